@@ -1,0 +1,50 @@
+# cuelog: `make run` serves, `make test` checks everything. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8088
+DATA ?= ./data
+
+.PHONY: run test check install lint typecheck layers pytest bench soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstalled on every `make test`: a strict editable install only sees files present at install time.
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+
+run: $(BIN)/python
+	@$(BIN)/python -c "import cuelog.http" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	@echo "cuelog: serving http://$(HOST):$(PORT)  (data in $(DATA), model: echo)"
+	@echo "try:    curl -s http://$(HOST):$(PORT)/health"
+	$(BIN)/cuelog serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
+
+test: install check
+
+check: lint typecheck layers pytest
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy -p cuelog.runtime -p cuelog.actors -p cuelog.http
+	$(BIN)/mypy tests benchmarks
+
+layers:
+	$(BIN)/lint-imports
+
+pytest:
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+soak: install
+	CUELOG_CRASH_ITERATIONS=500 $(BIN)/pytest -m slow tests/reliability
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Errors raised by cuelog.
+
+CuelogError
+├── LogError
+│   ├── WrongExpectedVersion      an append's expected version is not the stream's
+│   ├── IdempotencyConflict       an idempotency key reused with a different body
+│   ├── PayloadTooLarge           one event's encoded size is over the limit
+│   ├── LogLocked                 another process holds the data dir for writing
+│   ├── LogFormatError            the data dir is unreadable or from a newer format
+│   ├── LogClosed                 the log was closed before the append was written
+│   └── StorageFull               the map cannot grow any further
+└── ActorError
+    ├── MailboxFull               tell_nowait on a full mailbox
+    ├── ActorStopped              the actor gave up after repeated failures or shut down
+    └── CommandRejected           an actor's decide step refused a command
+"""
+
+from __future__ import annotations
+
+
+class CuelogError(Exception):
+    """Base of every error cuelog raises on purpose."""
+
+
+class LogError(CuelogError):
+    """Something about the event log."""
+
+
+class WrongExpectedVersion(LogError):
+    """The stream is not at the version the appender expected."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream!r} is at version {actual}, the append expected {expected}"
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class IdempotencyConflict(LogError):
+    """An idempotency key was reused with a different body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used with a different body")
+        self.key = key
+
+
+class PayloadTooLarge(LogError):
+    """An event is larger than the log accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"event of {size} bytes is over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class LogLocked(LogError):
+    """Another process has the data dir open for writing."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"data dir {path} is locked by {who}; stop it or open read-only")
+        self.path = path
+        self.pid = pid
+
+
+class LogFormatError(LogError):
+    """The data dir cannot be read by this version of cuelog."""
+
+
+class LogClosed(LogError):
+    """The log is closed; nothing more can be appended."""
+
+
+class StorageFull(LogError):
+    """The log reached its configured maximum size."""
+
+
+class ActorError(CuelogError):
+    """Something about an actor."""
+
+
+class MailboxFull(ActorError):
+    """The actor's mailbox has no room."""
+
+
+class ActorStopped(ActorError):
+    """The actor is not running and will not take the message."""
+
+
+class CommandRejected(ActorError):
+    """The actor refused the command; its state is unchanged."""

@@ -1,0 +1,1 @@
+"""Shared fixtures: free ports, real servers in subprocesses."""

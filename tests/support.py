@@ -1,0 +1,70 @@
+"""Helpers to run a real `cuelog serve` in a subprocess and find the port it bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+CUELOG = str(Path(sys.executable).parent / "cuelog")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    log_lines: list[str]
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+
+def start_server(data_dir: Path, *args: str, timeout: float = 20.0) -> ServerProcess:
+    """Start `cuelog serve --port 0` and wait until it logs the URL it is serving on."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [CUELOG, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "serving":
+            return ServerProcess(proc, record["urls"][0], lines)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("cuelog serve did not start:\n" + "".join(lines))
+
+
+@contextmanager
+def running_server(data_dir: Path, *args: str) -> Iterator[ServerProcess]:
+    server = start_server(data_dir, *args)
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
