@@ -1,0 +1,1 @@
+"""cuelog benchmarks: each module measures its own baseline in the same run and prints ratios."""
