@@ -1,5 +1,8 @@
 """cuelog.runtime: the event log, the actor system, logging. Knows nothing of agents or HTTP."""
 
+from cuelog.runtime._codec import Event as Event
+from cuelog.runtime._codec import EventCodec as EventCodec
+from cuelog.runtime._codec import event_type as event_type
 from cuelog.runtime._errors import ActorError as ActorError
 from cuelog.runtime._errors import ActorStopped as ActorStopped
 from cuelog.runtime._errors import CommandRejected as CommandRejected
@@ -13,21 +16,46 @@ from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
 from cuelog.runtime._errors import WrongExpectedVersion as WrongExpectedVersion
+from cuelog.runtime._lmdb import NO_STREAM as NO_STREAM
+from cuelog.runtime._lmdb import LmdbEventLog as LmdbEventLog
+from cuelog.runtime._lmdb import RawEvent as RawEvent
+from cuelog.runtime._lmdb import decode_record as decode_record
+from cuelog.runtime._lmdb import open_event_log as open_event_log
 from cuelog.runtime._logging import configure_logging as configure_logging
+from cuelog.runtime._protocol import EventLog as EventLog
+from cuelog.runtime._records import Anchor as Anchor
+from cuelog.runtime._records import Head as Head
+from cuelog.runtime._records import LogStatistics as LogStatistics
+from cuelog.runtime._records import RecordedEvent as RecordedEvent
+from cuelog.runtime._records import VerifyReport as VerifyReport
 
 __all__ = [
+    "NO_STREAM",
     "ActorError",
     "ActorStopped",
+    "Anchor",
     "CommandRejected",
     "CuelogError",
+    "Event",
+    "EventCodec",
+    "EventLog",
+    "Head",
     "IdempotencyConflict",
+    "LmdbEventLog",
     "LogClosed",
     "LogError",
     "LogFormatError",
     "LogLocked",
+    "LogStatistics",
     "MailboxFull",
     "PayloadTooLarge",
+    "RawEvent",
+    "RecordedEvent",
     "StorageFull",
+    "VerifyReport",
     "WrongExpectedVersion",
     "configure_logging",
+    "decode_record",
+    "event_type",
+    "open_event_log",
 ]

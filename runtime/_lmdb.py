@@ -1,0 +1,840 @@
+"""The LMDB event log: one writer task, group commit, fsync before any ack, a SHA-256 chain.
+
+Named databases in one LMDB environment (see docs/log-format.md):
+
+    events     u64be seq                      -> hash(32) || prev(32) || body
+    streams    stream utf-8 || 0x00 || u32be   -> u64be seq
+    idem       idempotency key utf-8           -> u64be first seq || u32be count || digest(32)
+    snapshots  stream utf-8                    -> u32be version || state bytes
+    meta       b"format", b"log_id", b"anchor"
+
+`body` is the canonical msgpack array [seq, stream, version, type, ts, causation, correlation,
+actor, data] and `hash = sha256(prev || body)`, so the stored value from byte 32 on is exactly the
+hashed input: verification hashes stored bytes and never re-encodes anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, Final, final
+
+import lmdb
+import msgspec
+import structlog
+import trio
+
+from cuelog.runtime._codec import Event, encode_payload, event_type
+from cuelog.runtime._errors import (
+    IdempotencyConflict,
+    LogClosed,
+    LogError,
+    LogFormatError,
+    LogLocked,
+    PayloadTooLarge,
+    StorageFull,
+    WrongExpectedVersion,
+)
+from cuelog.runtime._records import (
+    HASH_SIZE,
+    Anchor,
+    Head,
+    LogStatistics,
+    Progress,
+    RecordedEvent,
+    VerifyReport,
+)
+
+log = structlog.get_logger("cuelog.log")
+
+FORMAT_VERSION: Final = 1
+NO_STREAM: Final = 0
+MAX_NAME_BYTES: Final = 255
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_IDEM = struct.Struct(">QI")
+_VERSION_CACHE_LIMIT = 100_000
+
+
+class RawEvent(msgspec.Struct, frozen=True):
+    """An event whose payload is already encoded: `data` is exactly one msgpack value."""
+
+    type: str
+    data: bytes
+
+
+class _Body(msgspec.Struct, array_like=True):
+    seq: int
+    stream: str
+    version: int
+    type: str
+    ts: int
+    causation: str | None
+    correlation: str | None
+    actor: str | None
+    data: msgspec.Raw
+
+
+_body_encoder = msgspec.msgpack.Encoder()
+_body_decoder = msgspec.msgpack.Decoder(_Body)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def genesis_hash(log_id: bytes) -> bytes:
+    return hashlib.sha256(log_id).digest()
+
+
+def _stream_key(stream: str, version: int) -> bytes:
+    return stream.encode() + b"\x00" + _U32.pack(version)
+
+
+def decode_record(value: bytes) -> RecordedEvent:
+    """Decode a stored `events` value; raises LogFormatError on anything malformed."""
+    if len(value) <= 2 * HASH_SIZE:
+        raise LogFormatError("record is shorter than its two hashes")
+    try:
+        body = _body_decoder.decode(value[2 * HASH_SIZE :])
+    except msgspec.DecodeError as exc:
+        raise LogFormatError(f"record body is not a valid envelope: {exc}") from exc
+    return RecordedEvent(
+        seq=body.seq,
+        stream=body.stream,
+        version=body.version,
+        type=body.type,
+        ts=body.ts,
+        causation=body.causation,
+        correlation=body.correlation,
+        actor=body.actor,
+        data=bytes(body.data),
+        prev=bytes(value[HASH_SIZE : 2 * HASH_SIZE]),
+        hash=bytes(value[:HASH_SIZE]),
+    )
+
+
+_raw_decoder = msgspec.msgpack.Decoder(msgspec.Raw)
+
+
+def _check_msgpack(data: bytes) -> None:
+    """A raw payload is inlined into the envelope, so it must be exactly one msgpack value."""
+    try:
+        _raw_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"RawEvent.data is not one msgpack value: {exc}") from None
+
+
+def _check_name(kind: str, name: str) -> bytes:
+    raw = name.encode()
+    if not raw or len(raw) > MAX_NAME_BYTES or b"\x00" in raw:
+        raise ValueError(f"{kind} must be 1-{MAX_NAME_BYTES} bytes of UTF-8 without NUL")
+    return raw
+
+
+class _Append:
+    """One pending append: what was asked, and where the answer goes."""
+
+    __slots__ = (
+        "actor",
+        "causation",
+        "correlation",
+        "digest",
+        "error",
+        "events",
+        "expected",
+        "idem",
+        "result",
+        "stream",
+        "taken",
+        "task",
+    )
+
+    def __init__(
+        self,
+        stream: str,
+        events: list[tuple[str, bytes]],
+        expected: int | None,
+        idem: str | None,
+        digest: bytes,
+        causation: str | None,
+        correlation: str | None,
+        actor: str | None,
+    ) -> None:
+        self.stream = stream
+        self.events = events
+        self.expected = expected
+        self.idem = idem
+        self.digest = digest
+        self.causation = causation
+        self.correlation = correlation
+        self.actor = actor
+        self.result: list[RecordedEvent] | None = None
+        self.error: BaseException | None = None
+        self.taken = False
+        self.task: trio.lowlevel.Task | None = None
+
+
+class _Plan:
+    """A group commit ready to write: every key and value, and who gets which records."""
+
+    __slots__ = ("events", "idem", "index", "other", "tail_hash", "tail_seq", "versions")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[bytes, bytes]] = []
+        self.index: list[tuple[bytes, bytes]] = []
+        self.idem: list[tuple[bytes, bytes]] = []
+        self.other: list[tuple[str, bytes, bytes | None]] = []
+        self.versions: dict[str, int] = {}
+        self.tail_seq = 0
+        self.tail_hash = b""
+
+
+@final
+class LmdbEventLog:
+    """The embedded event log. Open it with `open_event_log`, never directly."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool,
+        sync: bool,
+        initial_map_size: int,
+        max_map_size: int,
+        max_event_bytes: int,
+        clock: Callable[[], int],
+        commit_in_thread: bool,
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._sync = sync
+        self._max_map_size = max_map_size
+        self.max_event_bytes = max_event_bytes
+        self._clock = clock
+        self._commit_in_thread = commit_in_thread
+        self._lock_fd: int | None = None
+        self._closed = False
+        self._pending: list[_Append] = []
+        self._other: list[tuple[str, bytes, bytes | None]] = []
+        self._wake_writer = trio.Event()
+        self._committed = trio.Event()
+        self._versions: dict[str, int] = {}
+        self._limiter = trio.CapacityLimiter(1)
+        self._subscribers = 0
+        self._generation = 0  # group commits attempted, failed ones too
+        # counters
+        self._appends = 0
+        self._events_appended = 0
+        self._batches = 0
+        self._largest_batch = 0
+        self._commit_seconds = 0.0
+        self._conflicts = 0
+        self._replays = 0
+
+        if not readonly:
+            self._take_lock()
+        try:
+            self._env = self._open_env(initial_map_size)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._events_db = self._env.open_db(b"events", create=not readonly)
+        self._streams_db = self._env.open_db(b"streams", create=not readonly)
+        self._idem_db = self._env.open_db(b"idem", create=not readonly)
+        self._snapshots_db = self._env.open_db(b"snapshots", create=not readonly)
+        self._meta_db = self._env.open_db(b"meta", create=not readonly)
+        self._log_id, self._tail_seq, self._tail_hash = self._load_meta_and_tail()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LogLocked(str(self.path), int(raw) if raw.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_env(self, map_size: int) -> Any:
+        if self.readonly and not (self.path / "data.mdb").exists():
+            raise LogFormatError(f"no cuelog log at {self.path} (data.mdb is missing)")
+        try:
+            env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=8,
+                max_readers=1024,
+                readonly=self.readonly,
+                sync=self._sync,
+                metasync=self._sync,
+                readahead=False,
+                create=not self.readonly,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise LogFormatError(f"cannot open the log at {self.path}: {exc}") from exc
+        if not self.readonly:
+            env.reader_check()
+        return env
+
+    def _load_meta_and_tail(self) -> tuple[bytes, int, bytes]:
+        # Read the tail inside a write txn: after a crash a read txn can see an older tail.
+        with self._env.begin(write=not self.readonly) as txn:
+            fmt = txn.get(b"format", db=self._meta_db)
+            if fmt is None:
+                if self.readonly:
+                    raise LogFormatError(f"{self.path} is not a cuelog log (no format marker)")
+                log_id = os.urandom(16)
+                txn.put(b"format", _U32.pack(FORMAT_VERSION), db=self._meta_db)
+                txn.put(b"log_id", log_id, db=self._meta_db)
+            else:
+                version = _U32.unpack(fmt)[0] if len(fmt) == 4 else -1
+                if version != FORMAT_VERSION:
+                    raise LogFormatError(
+                        f"{self.path} was written in log format {version}; this cuelog reads "
+                        f"format {FORMAT_VERSION}: upgrade cuelog to open it"
+                    )
+                log_id = bytes(txn.get(b"log_id", db=self._meta_db))
+            cursor = txn.cursor(db=self._events_db)
+            if cursor.last():
+                seq = _U64.unpack(cursor.key())[0]
+                tail_hash = bytes(cursor.value()[:HASH_SIZE])
+            else:
+                seq, tail_hash = 0, genesis_hash(log_id)
+        return log_id, seq, tail_hash
+
+    def _close(self) -> None:
+        self._env.close()
+        self._release_lock()
+
+    # -- appending -----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | RawEvent],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Append events to a stream; return them as recorded once they are durable.
+
+        `expected_version` is the stream's version the caller saw (`NO_STREAM` = 0 for a new
+        stream); a mismatch raises `WrongExpectedVersion`. With `idempotency_key`, a repeat with
+        the same stream and events returns the original records, and a different body raises
+        `IdempotencyConflict`.
+        """
+        if self._closed or self.readonly:
+            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
+        _check_name("stream", stream)
+        if not events:
+            raise ValueError("append needs at least one event")
+        encoded: list[tuple[str, bytes]] = []
+        for event in events:
+            if isinstance(event, RawEvent):
+                _check_msgpack(event.data)
+                item = (event.type, event.data)
+            else:
+                item = (event_type(type(event)), encode_payload(event))
+            if len(item[1]) > self.max_event_bytes:
+                raise PayloadTooLarge(len(item[1]), self.max_event_bytes)
+            encoded.append(item)
+        digest = b""
+        if idempotency_key is not None:
+            _check_name("idempotency key", idempotency_key)
+            h = hashlib.sha256(stream.encode())
+            for type_name, data in encoded:
+                h.update(b"\x00" + type_name.encode() + b"\x00" + _U64.pack(len(data)) + data)
+            digest = h.digest()
+        request = _Append(
+            stream,
+            encoded,
+            expected_version,
+            idempotency_key,
+            digest,
+            causation,
+            correlation,
+            actor,
+        )
+        self._pending.append(request)
+        self._wake_writer.set()
+        request.task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if request.taken:
+                return trio.lowlevel.Abort.FAILED  # the writer owns it now and will wake us
+            self._pending.remove(request)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
+        """Store a snapshot of a stream's folded state (not part of the chain)."""
+        await self._write_other("snapshots", stream.encode(), _U32.pack(version) + state)
+
+    async def _write_other(self, db: str, key: bytes, value: bytes | None) -> None:
+        if self._closed or self.readonly:
+            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
+        self._other.append((db, key, value))
+        self._wake_writer.set()
+        # Ride on the next group commit: wait until it is durable.
+        generation = self._generation
+        while self._generation == generation and not self._closed:
+            await self._committed.wait()
+
+    async def _writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake_writer.wait()
+            # Let every appender that is already runnable join this group.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._wake_writer = trio.Event()
+            batch, self._pending = self._pending, []
+            other, self._other = self._other, []
+            for request in batch:
+                request.taken = True
+            with trio.CancelScope(shield=True):
+                await self._commit_group(batch, other)
+            if self._closed and not self._pending and not self._other:
+                return
+
+    async def _commit_group(
+        self, batch: list[_Append], other: list[tuple[str, bytes, bytes | None]]
+    ) -> None:
+        plan = self._plan(batch)
+        plan.other = other
+        started = time.perf_counter()
+        error: BaseException | None = None
+        while True:
+            try:
+                if self._commit_in_thread and len(plan.events) > 1:
+                    await trio.to_thread.run_sync(self._write, plan, limiter=self._limiter)
+                else:
+                    self._write(plan)
+                break
+            except lmdb.MapFullError:
+                if not self._grow_map():
+                    error = StorageFull(
+                        f"the log reached its maximum size of {self._max_map_size} bytes; "
+                        "free space or raise log.max_size"
+                    )
+                    break
+            except lmdb.Error as exc:
+                log.error("commit failed", error=str(exc))
+                error = LogError(f"commit failed: {exc}")
+                break
+        elapsed = time.perf_counter() - started
+        if error is None:
+            self._tail_seq, self._tail_hash = plan.tail_seq, plan.tail_hash
+            if len(self._versions) + len(plan.versions) > _VERSION_CACHE_LIMIT:
+                self._versions.clear()
+            self._versions.update(plan.versions)
+            self._batches += 1
+            self._largest_batch = max(self._largest_batch, len(batch))
+            self._commit_seconds += elapsed
+            self._events_appended += len(plan.events)
+        for request in batch:
+            self._appends += 1
+            if error is not None and request.error is None:
+                request.error = error
+                request.result = None
+            assert request.task is not None
+            trio.lowlevel.reschedule(request.task)
+        self._generation += 1
+        committed, self._committed = self._committed, trio.Event()
+        committed.set()
+
+    def _grow_map(self) -> bool:
+        size = self._env.info()["map_size"]
+        if size >= self._max_map_size:
+            return False
+        new_size = min(size * 2, self._max_map_size)
+        # No read txn is open here: reads never span a checkpoint on this thread.
+        self._env.set_mapsize(new_size)
+        log.info("log map grown", map_size=new_size)
+        return True
+
+    def _plan(self, batch: list[_Append]) -> _Plan:
+        plan = _Plan()
+        seq, prev = self._tail_seq, self._tail_hash
+        ts = self._clock()
+        claimed: dict[str, _Append] = {}
+        repeats: list[tuple[_Append, _Append]] = []
+        with self._env.begin() as txn:
+            for request in batch:
+                stream = request.stream
+                if request.idem is not None:
+                    first = claimed.get(request.idem)
+                    if first is not None:
+                        repeats.append((request, first))
+                        continue
+                    stored = txn.get(request.idem.encode(), db=self._idem_db)
+                    if stored is not None:
+                        first_seq, count = _IDEM.unpack(stored[: _IDEM.size])
+                        if self._is_repeat(request, bytes(stored[_IDEM.size :])):
+                            request.result = self._read_range(txn, first_seq, count)
+                        continue
+                current = plan.versions.get(stream)
+                if current is None:
+                    current = self._version_in(txn, stream)
+                if request.expected is not None and request.expected != current:
+                    self._conflicts += 1
+                    request.error = WrongExpectedVersion(stream, request.expected, current)
+                    continue
+                records: list[RecordedEvent] = []
+                for type_name, data in request.events:
+                    seq += 1
+                    current += 1
+                    body = _body_encoder.encode(
+                        _Body(
+                            seq,
+                            stream,
+                            current,
+                            type_name,
+                            ts,
+                            request.causation,
+                            request.correlation,
+                            request.actor,
+                            msgspec.Raw(data),
+                        )
+                    )
+                    digest = hashlib.sha256(prev + body).digest()
+                    key = _U64.pack(seq)
+                    plan.events.append((key, digest + prev + body))
+                    plan.index.append((_stream_key(stream, current), key))
+                    records.append(
+                        RecordedEvent(
+                            seq=seq,
+                            stream=stream,
+                            version=current,
+                            type=type_name,
+                            ts=ts,
+                            causation=request.causation,
+                            correlation=request.correlation,
+                            actor=request.actor,
+                            data=data,
+                            prev=prev,
+                            hash=digest,
+                        )
+                    )
+                    prev = digest
+                plan.versions[stream] = current
+                request.result = records
+                if request.idem is not None:
+                    claimed[request.idem] = request
+                    plan.idem.append(
+                        (
+                            request.idem.encode(),
+                            _IDEM.pack(records[0].seq, len(records)) + request.digest,
+                        )
+                    )
+        # A repeat inside this batch takes the records of the request it repeats.
+        for request, first in repeats:
+            if self._is_repeat(request, first.digest):
+                request.result = first.result
+        plan.tail_seq, plan.tail_hash = seq, prev
+        return plan
+
+    def _is_repeat(self, request: _Append, original_digest: bytes) -> bool:
+        """A reused idempotency key: the same body is a repeat, another body a conflict."""
+        assert request.idem is not None
+        if original_digest != request.digest:
+            self._conflicts += 1
+            request.error = IdempotencyConflict(request.idem)
+            return False
+        self._replays += 1
+        return True
+
+    def _write(self, plan: _Plan) -> None:
+        with self._env.begin(write=True) as txn:
+            if plan.events:
+                cursor = txn.cursor(db=self._events_db)
+                _, added = cursor.putmulti(plan.events, append=True)
+                if added != len(plan.events):
+                    raise LogFormatError("events are not strictly after the tail")
+                streams = txn.cursor(db=self._streams_db)
+                streams.putmulti(plan.index)
+                if plan.idem:
+                    txn.cursor(db=self._idem_db).putmulti(plan.idem)
+            dbs = {"snapshots": self._snapshots_db, "meta": self._meta_db}
+            for name, key, value in plan.other:
+                if value is None:
+                    txn.delete(key, db=dbs[name])
+                else:
+                    txn.put(key, value, db=dbs[name])
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(txn)` in a read txn; follow a map grown by another process."""
+        for _ in range(3):
+            try:
+                with self._env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+        raise LogError("the log map keeps changing size under this reader")
+
+    def _version_in(self, txn: Any, stream: str) -> int:
+        cached = self._versions.get(stream)
+        if cached is not None:
+            return cached
+        prefix = stream.encode() + b"\x00"
+        cursor = txn.cursor(db=self._streams_db)
+        # Land on the stream's last entry: just before the first key past its versions.
+        if not cursor.set_range(prefix + b"\xff\xff\xff\xff"):
+            if not cursor.last():
+                return 0
+        elif not cursor.key().startswith(prefix) and not cursor.prev():
+            return 0
+        key = cursor.key()
+        if key.startswith(prefix) and len(key) == len(prefix) + 4:
+            return int(_U32.unpack(key[len(prefix) :])[0])
+        return 0
+
+    def _read_range(self, txn: Any, first_seq: int, count: int) -> list[RecordedEvent]:
+        out = []
+        for seq in range(first_seq, first_seq + count):
+            value = txn.get(_U64.pack(seq), db=self._events_db)
+            if value is None:
+                raise LogFormatError(f"seq {seq} is missing from the log")
+            out.append(decode_record(value))
+        return out
+
+    def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 when it has no events)."""
+        result: int = self._read(lambda txn: self._version_in(txn, stream))
+        return result
+
+    def read_stream(
+        self, stream: str, from_version: int = 1, *, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """The stream's events from `from_version` on, in order."""
+        prefix = stream.encode() + b"\x00"
+
+        def run(txn: Any) -> list[RecordedEvent]:
+            out: list[RecordedEvent] = []
+            cursor = txn.cursor(db=self._streams_db)
+            if not cursor.set_range(prefix + _U32.pack(max(from_version, 1))):
+                return out
+            for key, seq in cursor:
+                if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
+                    break
+                value = txn.get(seq, db=self._events_db)
+                if value is None:
+                    raise LogFormatError(f"stream index names seq {_U64.unpack(seq)[0]}: missing")
+                out.append(decode_record(value))
+            return out
+
+        result: list[RecordedEvent] = self._read(run)
+        return result
+
+    def read_all(self, after_seq: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Up to `limit` events with seq > `after_seq`, in order."""
+
+        def run(txn: Any) -> list[RecordedEvent]:
+            out: list[RecordedEvent] = []
+            cursor = txn.cursor(db=self._events_db)
+            if not cursor.set_range(_U64.pack(after_seq + 1)):
+                return out
+            for value in cursor.iternext(keys=False, values=True):
+                out.append(decode_record(value))
+                if len(out) >= limit:
+                    break
+            return out
+
+        result: list[RecordedEvent] = self._read(run)
+        return result
+
+    def read_event(self, seq: int) -> RecordedEvent | None:
+        value = self._read(lambda txn: txn.get(_U64.pack(seq), db=self._events_db))
+        return None if value is None else decode_record(value)
+
+    def load_snapshot(self, stream: str) -> tuple[int, bytes] | None:
+        value = self._read(lambda txn: txn.get(stream.encode(), db=self._snapshots_db))
+        if value is None:
+            return None
+        return _U32.unpack(value[:4])[0], bytes(value[4:])
+
+    def head(self) -> Head:
+        """The last committed seq and hash, as this process knows it."""
+        if self.readonly:
+            return self._read_head()
+        return Head(self._tail_seq, self._tail_hash)
+
+    def _read_head(self) -> Head:
+        def run(txn: Any) -> Head:
+            cursor = txn.cursor(db=self._events_db)
+            if cursor.last():
+                return Head(_U64.unpack(cursor.key())[0], bytes(cursor.value()[:HASH_SIZE]))
+            return Head(0, genesis_hash(self._log_id))
+
+        result: Head = self._read(run)
+        return result
+
+    async def subscribe(
+        self, after_seq: int = 0, stream_prefix: str | None = None, *, batch: int = 256
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every committed event after `after_seq` (optionally only streams with a prefix), then
+        each new one as it commits. The subscriber pulls from the log: lagging costs no memory."""
+        cursor = after_seq
+        self._subscribers += 1
+        try:
+            while True:
+                committed = self._committed
+                events = self.read_all(cursor, batch)
+                for event in events:
+                    cursor = event.seq
+                    if stream_prefix is None or event.stream.startswith(stream_prefix):
+                        yield event
+                if events:
+                    continue
+                if self._closed:
+                    return
+                if self.readonly:
+                    await trio.sleep(0.05)  # another process writes: poll
+                else:
+                    await committed.wait()
+        finally:
+            self._subscribers -= 1
+
+    # -- anchoring and verification ------------------------------------------------------------
+
+    async def anchor(self, key: bytes) -> Anchor:
+        """Seal the current head with `key`, store the seal in the log's meta and return it."""
+        head = self.head()
+        sealed = Anchor.seal(key, head.seq, head.hash, self._clock())
+        await self._write_other("meta", b"anchor", msgspec.msgpack.encode(sealed))
+        return sealed
+
+    def stored_anchor(self) -> Anchor | None:
+        raw = self._read(lambda txn: txn.get(b"anchor", db=self._meta_db))
+        if raw is None:
+            return None
+        try:
+            return msgspec.msgpack.decode(bytes(raw), type=Anchor)
+        except msgspec.DecodeError:
+            return Anchor(-1, b"", b"")
+
+    def verify_sync(
+        self,
+        *,
+        anchor_key: bytes | None = None,
+        anchor: Anchor | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Walk the chain and the stream index; name the first bad seq and why."""
+        from cuelog.runtime._verify import verify_environment
+
+        return verify_environment(
+            self._env,
+            self._events_db,
+            self._streams_db,
+            genesis_hash(self._log_id),
+            anchor=anchor if anchor is not None else self.stored_anchor(),
+            anchor_key=anchor_key,
+            progress=progress,
+        )
+
+    async def verify(
+        self,
+        *,
+        anchor_key: bytes | None = None,
+        anchor: Anchor | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """`verify_sync` in a worker thread, so the event loop keeps serving."""
+        return await trio.to_thread.run_sync(
+            lambda: self.verify_sync(anchor_key=anchor_key, anchor=anchor, progress=progress)
+        )
+
+    def statistics(self) -> LogStatistics:
+        return LogStatistics(
+            head_seq=self._tail_seq if not self.readonly else self._read_head().seq,
+            appends=self._appends,
+            events_appended=self._events_appended,
+            batches=self._batches,
+            largest_batch=self._largest_batch,
+            commit_seconds_total=self._commit_seconds,
+            conflicts=self._conflicts,
+            idempotent_replays=self._replays,
+            map_size=self._env.info()["map_size"],
+            pending=len(self._pending),
+            subscribers=self._subscribers,
+        )
+
+    def iter_raw(self) -> Iterator[tuple[int, bytes]]:
+        """(seq, stored value) for every event, for export and tools (one read txn)."""
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._events_db):
+                yield _U64.unpack(key)[0], bytes(value)
+
+
+@asynccontextmanager
+async def open_event_log(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    sync: bool = True,
+    initial_map_size: int = 64 << 20,
+    max_map_size: int = 1 << 40,
+    max_event_bytes: int = 1 << 20,
+    clock: Callable[[], int] = now_us,
+    commit_in_thread: bool = True,
+) -> AsyncIterator[LmdbEventLog]:
+    """Open (or create) the log in `path`. Read-only opens work beside a running writer.
+
+    On exit, appends already queued are committed before the writer stops.
+    """
+    event_log = LmdbEventLog(
+        Path(path),
+        readonly=readonly,
+        sync=sync,
+        initial_map_size=min(initial_map_size, max_map_size),
+        max_map_size=max_map_size,
+        max_event_bytes=max_event_bytes,
+        clock=clock,
+        commit_in_thread=commit_in_thread,
+    )
+    try:
+        if readonly:
+            yield event_log
+            return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(event_log._writer)
+            try:
+                yield event_log
+            finally:
+                event_log._closed = True
+                event_log._wake_writer.set()
+                # The writer drains what is queued, then returns.
+    finally:
+        event_log._closed = True
+        committed = event_log._committed
+        committed.set()
+        with suppress(lmdb.Error):
+            event_log._close()

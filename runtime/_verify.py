@@ -1,0 +1,189 @@
+"""Walk an LMDB log's chain and stream index and name the first bad seq and why.
+
+The fast path touches each stored value once: one SHA-256 over the stored bytes from offset 32
+(exactly the hashed input), two 32-byte comparisons and a three-field msgpack read of the body's
+head. The index is checked by comparing an order-independent fingerprint of (stream, version, seq)
+from both sides; only when they differ does a slower pass find the first bad entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Any
+
+import msgspec
+
+from cuelog.runtime._records import HASH_SIZE, Anchor, Progress, VerifyReport
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_PROGRESS_EVERY = 1 << 16
+
+
+class _BodyHead(msgspec.Struct, array_like=True):
+    seq: int
+    stream: str
+    version: int
+
+
+_head = msgspec.msgpack.Decoder(_BodyHead)
+
+
+class _Bad(Exception):
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+
+
+def verify_environment(
+    env: Any,
+    events_db: Any,
+    streams_db: Any,
+    genesis: bytes,
+    *,
+    anchor: Anchor | None,
+    anchor_key: bytes | None,
+    progress: Progress | None,
+) -> VerifyReport:
+    with env.begin() as txn:
+        total = int(txn.stat(events_db)["entries"])
+        checked = 0
+        try:
+            checked, fingerprint, hash_at_anchor = _walk_chain(
+                txn, events_db, genesis, total, anchor, progress
+            )
+            _check_index(txn, events_db, streams_db, checked, fingerprint)
+            anchored = _check_anchor(anchor, anchor_key, checked, hash_at_anchor)
+        except _Bad as bad:
+            return VerifyReport(
+                ok=False,
+                checked=checked or max(bad.seq - 1, 0),
+                head_seq=total,
+                first_bad_seq=bad.seq,
+                reason=bad.reason,
+            )
+    if progress is not None:
+        progress(checked, total)
+    return VerifyReport(ok=True, checked=checked, head_seq=checked, anchored_seq=anchored)
+
+
+def _walk_chain(
+    txn: Any,
+    events_db: Any,
+    genesis: bytes,
+    total: int,
+    anchor: Anchor | None,
+    progress: Progress | None,
+) -> tuple[int, int, bytes | None]:
+    """Return (events checked, index fingerprint, hash at the anchored seq)."""
+    sha256 = hashlib.sha256
+    unpack = _U64.unpack
+    decode_head = _head.decode
+    anchor_seq = anchor.seq if anchor is not None else -1
+    hash_at_anchor: bytes | None = None
+    prev = genesis
+    expected = 1
+    index_fp = 0
+    for key, value in txn.cursor(db=events_db):
+        seq = unpack(key)[0]
+        if seq != expected:
+            raise _Bad(expected, f"seq {expected} is missing (event removed); next is {seq}")
+        if value[HASH_SIZE : 2 * HASH_SIZE] != prev:
+            raise _Bad(seq, _diagnose_link(value, seq))
+        digest = sha256(value[HASH_SIZE:]).digest()
+        if digest != value[:HASH_SIZE]:
+            raise _Bad(seq, "content does not match its hash (payload edited)")
+        try:
+            head = decode_head(value[2 * HASH_SIZE :])
+        except msgspec.DecodeError:
+            raise _Bad(seq, "record body is not a valid envelope") from None
+        if head.seq != seq:
+            raise _Bad(seq, f"record stored at seq {seq} says it is seq {head.seq} (moved)")
+        index_fp += hash((head.stream, head.version, seq))
+        if seq == anchor_seq:
+            hash_at_anchor = digest
+        prev = digest
+        expected += 1
+        if progress is not None and seq % _PROGRESS_EVERY == 0:
+            progress(seq, total)
+    return expected - 1, index_fp, hash_at_anchor
+
+
+def _diagnose_link(value: bytes, seq: int) -> str:
+    try:
+        head = _head.decode(value[2 * HASH_SIZE :])
+    except msgspec.DecodeError:
+        return "record body is not a valid envelope"
+    if head.seq != seq:
+        return f"record stored at seq {seq} says it is seq {head.seq} (events swapped or moved)"
+    return f"prev hash does not match seq {seq - 1} (an earlier event was removed or replaced)"
+
+
+def _check_index(txn: Any, events_db: Any, streams_db: Any, count: int, events_fp: int) -> None:
+    index_fp = 0
+    entries = 0
+    unpack64 = _U64.unpack
+    unpack32 = _U32.unpack
+    for key, seq_bytes in txn.cursor(db=streams_db):
+        if len(key) < 6 or len(seq_bytes) != 8:
+            index_fp = -1
+            break
+        index_fp += hash(
+            (key[:-5].decode(errors="replace"), unpack32(key[-4:])[0], unpack64(seq_bytes)[0])
+        )
+        entries += 1
+    if entries == count and index_fp == events_fp:
+        return
+    _find_bad_index_entry(txn, events_db, streams_db)
+
+
+def _find_bad_index_entry(txn: Any, events_db: Any, streams_db: Any) -> None:
+    for key, value in txn.cursor(db=events_db):
+        seq = _U64.unpack(key)[0]
+        head = _head.decode(value[2 * HASH_SIZE :])
+        index_key = head.stream.encode() + b"\x00" + _U32.pack(head.version)
+        found = txn.get(index_key, db=streams_db)
+        if found is None:
+            raise _Bad(seq, f"stream index has no entry for {head.stream!r} v{head.version}")
+        if found != key:
+            other = _U64.unpack(found)[0] if len(found) == 8 else found.hex()
+            raise _Bad(
+                seq,
+                f"stream index maps {head.stream!r} v{head.version} to seq {other}, not {seq}",
+            )
+    for key, seq_bytes in txn.cursor(db=streams_db):
+        value = txn.get(seq_bytes, db=events_db)
+        seq = _U64.unpack(seq_bytes)[0] if len(seq_bytes) == 8 else 0
+        if value is None:
+            raise _Bad(seq, f"stream index entry {key!r} points to a missing seq")
+        head = _head.decode(value[2 * HASH_SIZE :])
+        if head.stream.encode() + b"\x00" + _U32.pack(head.version) != key:
+            raise _Bad(seq, f"stream index entry {key!r} points to seq {seq}, another event's")
+
+
+def _check_anchor(
+    anchor: Anchor | None, key: bytes | None, head_seq: int, hash_at_anchor: bytes | None
+) -> int | None:
+    if anchor is None:
+        if key is not None:
+            raise _Bad(head_seq, "an anchor key was given but the log holds no anchor")
+        return None
+    if key is None:
+        return None  # an anchor can only be checked with its key
+    if not anchor.is_sealed_by(key):
+        raise _Bad(
+            max(anchor.seq, 0),
+            "the anchor's MAC does not match the key (forged anchor or wrong key)",
+        )
+    if anchor.seq > head_seq:
+        raise _Bad(
+            head_seq + 1,
+            f"log ends at seq {head_seq} but seq {anchor.seq} was anchored (tail truncated)",
+        )
+    if anchor.seq > 0 and hash_at_anchor != anchor.hash:
+        raise _Bad(
+            anchor.seq,
+            f"seq {anchor.seq} no longer has its anchored hash (log rewritten at or before it)",
+        )
+    return anchor.seq
