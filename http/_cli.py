@@ -45,3 +45,21 @@ def serve_command(host: str, port: int, data_dir: Path, api_key: str | None) -> 
     except CuelogError as exc:
         click.echo(f"cuelog: {exc}", err=True)
         sys.exit(2)
+
+
+@main.command("verify")
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--anchor-key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Key that sealed the log's anchor; catches rewritten or truncated logs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_command(data_dir: Path, anchor_key_file: Path | None, as_json: bool) -> None:
+    """Verify the hash chain and indexes of a log (read-only; safe beside a running server).
+
+    Exit 0: intact. Exit 1: tampered (the first bad seq and why). Exit 2: cannot read.
+    """
+    from cuelog.http._verify_cli import run_verify
+
+    sys.exit(run_verify(data_dir, anchor_key_file, as_json=as_json))

@@ -40,7 +40,7 @@ class Head(msgspec.Struct, frozen=True):
     hash: bytes
 
 
-class Anchor(msgspec.Struct, frozen=True):
+class Anchor(msgspec.Struct, frozen=True, array_like=True):
     """A head sealed with a key kept outside the data dir: HMAC-SHA256(key, u64be(seq) || hash)."""
 
     seq: int

@@ -1,0 +1,174 @@
+"""Append, verify and open throughput of the LMDB event log against baselines in the same run.
+
+Baselines: SQLite WAL with synchronous=FULL committing once per event; raw py-lmdb with 64 puts
+per fsynced transaction (no chain); a bare loop that cursor-reads the log file and SHA-256s each
+value. Events are 500 bytes. Set CUELOG_BENCH_SCALE=0.1 for a quick run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import lmdb
+import msgspec
+import trio
+
+from cuelog.runtime import RawEvent, open_event_log
+
+SCALE = float(os.environ.get("CUELOG_BENCH_SCALE", "1"))
+APPENDERS = 64
+EVENT_BYTES = 500
+PAYLOAD = msgspec.msgpack.encode("x" * (EVENT_BYTES - 5))  # 500 bytes of msgpack
+
+
+def _n(count: int) -> int:
+    return max(int(count * SCALE), 64)
+
+
+def bench_sqlite(workdir: Path, count: int) -> float:
+    db = sqlite3.connect(workdir / "bench.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, stream TEXT, data BLOB)")
+    started = time.perf_counter()
+    for i in range(count):
+        db.execute("BEGIN")
+        db.execute("INSERT INTO events (stream, data) VALUES (?, ?)", (f"s{i % 64}", PAYLOAD))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return count / elapsed
+
+
+def bench_raw_lmdb(workdir: Path, count: int, *, chain: bool) -> float:
+    env = lmdb.open(str(workdir / ("raw-chain" if chain else "raw")), map_size=1 << 32, sync=True)
+    seq = 0
+    prev = b"\x00" * 32
+    started = time.perf_counter()
+    while seq < count:
+        items = []
+        for _ in range(APPENDERS):
+            seq += 1
+            value = PAYLOAD
+            if chain:
+                prev = hashlib.sha256(prev + value).digest()
+                value = prev + value
+            items.append((seq.to_bytes(8, "big"), value))
+        with env.begin(write=True) as txn:
+            txn.cursor().putmulti(items, append=True)
+    elapsed = time.perf_counter() - started
+    env.close()
+    return seq / elapsed
+
+
+async def bench_event_log(path: Path, count: int, *, commit_in_thread: bool) -> float:
+    per_task = count // APPENDERS
+    async with open_event_log(path, commit_in_thread=commit_in_thread) as log:
+
+        async def appender(i: int) -> None:
+            stream = f"bench-{i}"
+            event = [RawEvent("Bench", PAYLOAD)]
+            for _ in range(per_task):
+                await log.append(stream, event)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(APPENDERS):
+                nursery.start_soon(appender, i)
+        elapsed = time.perf_counter() - started
+        stats = log.statistics()
+    print(
+        f"    ({'thread' if commit_in_thread else 'inline'} commit: {stats.batches} group "
+        f"commits, mean {stats.events_appended / max(stats.batches, 1):.1f} events, "
+        f"{1000 * stats.commit_seconds_total / max(stats.batches, 1):.2f} ms each)"
+    )
+    return per_task * APPENDERS / elapsed
+
+
+async def build_big_log(path: Path, count: int) -> None:
+    async with open_event_log(path, initial_map_size=1 << 30) as log:
+        batch = [RawEvent("Bench", PAYLOAD)] * 1000
+        done = 0
+        while done < count:
+            await log.append(f"big-{done // 10_000}", batch[: min(1000, count - done)])
+            done += 1000
+            if done % 200_000 == 0:
+                print(f"    built {done:,} events", flush=True)
+
+
+def bare_hash_loop(path: Path) -> float:
+    env = lmdb.open(str(path), readonly=True, max_dbs=8, lock=False)
+    db = env.open_db(b"events", create=False)
+    started = time.perf_counter()
+    n = 0
+    with env.begin() as txn:
+        for _, value in txn.cursor(db=db):
+            hashlib.sha256(value).digest()
+            n += 1
+    elapsed = time.perf_counter() - started
+    env.close()
+    return n / elapsed
+
+
+async def verify_rate(path: Path) -> tuple[float, float]:
+    started = time.perf_counter()
+    async with open_event_log(path, readonly=True) as log:
+        opened = time.perf_counter() - started
+        started = time.perf_counter()
+        report = log.verify_sync()
+        elapsed = time.perf_counter() - started
+    assert report.ok, report
+    return report.checked / elapsed, opened
+
+
+async def cold_open(path: Path) -> float:
+    started = time.perf_counter()
+    async with open_event_log(path) as log:
+        log.head()
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cuelog-bench-", dir=os.environ.get("TMPDIR")) as tmp:
+        work = Path(tmp)
+        n_sqlite = _n(4_000)
+        n_append = _n(64 * 1_000)
+        print(f"append: {EVENT_BYTES} B events, {APPENDERS} concurrent appenders", flush=True)
+        sqlite_rate = bench_sqlite(work, n_sqlite)
+        print(f"  SQLite WAL FULL, 1 commit/event   {sqlite_rate:>10,.0f} ev/s", flush=True)
+        raw = bench_raw_lmdb(work, n_append, chain=False)
+        print(f"  raw LMDB, 64 puts/sync txn        {raw:>10,.0f} ev/s", flush=True)
+        raw_chain = bench_raw_lmdb(work, n_append, chain=True)
+        print(f"  raw LMDB + sha256 chain           {raw_chain:>10,.0f} ev/s", flush=True)
+        inline = trio.run(
+            lambda: bench_event_log(work / "log-inline", n_append, commit_in_thread=False)
+        )
+        print(f"  EventLog.append (inline commit)   {inline:>10,.0f} ev/s", flush=True)
+        threaded = trio.run(
+            lambda: bench_event_log(work / "log-thread", n_append, commit_in_thread=True)
+        )
+        print(f"  EventLog.append (thread commit)   {threaded:>10,.0f} ev/s", flush=True)
+        best = max(inline, threaded)
+        print(f"  ratio vs SQLite per-event commit  {best / sqlite_rate:>10.1f}x  (target >= 15x)")
+        print(f"  ratio vs raw batched LMDB         {best / raw:>10.2f}   (target >= 0.75)")
+
+        n_big = _n(1_000_000)
+        big = work / "big"
+        print(f"verify: building a {n_big:,}-event log", flush=True)
+        trio.run(build_big_log, big, n_big)
+        bare = bare_hash_loop(big)
+        rate, _ = trio.run(verify_rate, big)
+        print(f"  bare cursor read + sha256         {bare:>10,.0f} ev/s")
+        print(f"  verify (chain + index)            {rate:>10,.0f} ev/s")
+        print(f"  ratio verify / bare loop          {rate / bare:>10.2f}   (target >= 0.80)")
+        opened = trio.run(cold_open, big)
+        print(f"  cold open of {n_big:,} events      {opened * 1000:>10.1f} ms  (target < 1000 ms)")
+
+
+if __name__ == "__main__":
+    main()

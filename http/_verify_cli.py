@@ -1,0 +1,48 @@
+"""`cuelog verify`: walk a log read-only with a progress bar and report in words or JSON."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgspec
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from cuelog.runtime import LogError, VerifyReport, open_event_log
+
+EXIT_OK, EXIT_TAMPERED, EXIT_UNREADABLE = 0, 1, 2
+
+
+def run_verify(data_dir: Path, anchor_key_file: Path | None, *, as_json: bool) -> int:
+    err = Console(stderr=True)
+    key = anchor_key_file.read_bytes().strip() if anchor_key_file else None
+    show_progress = sys.stderr.isatty() and not as_json
+    try:
+        report = trio.run(_verify, data_dir, key, show_progress)
+    except LogError as exc:
+        err.print(f"cuelog verify: {exc}")
+        return EXIT_UNREADABLE
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    elif report.ok:
+        anchored = f", anchored at seq {report.anchored_seq}" if report.anchored_seq else ""
+        print(f"ok: {report.checked:,} events, chain and index intact{anchored}")
+    else:
+        print(f"TAMPERED at seq {report.first_bad_seq}: {report.reason}")
+    return EXIT_OK if report.ok else EXIT_TAMPERED
+
+
+async def _verify(data_dir: Path, key: bytes | None, show_progress: bool) -> VerifyReport:
+    async with open_event_log(data_dir, readonly=True) as log:
+        total = log.head().seq
+        if not show_progress:
+            return log.verify_sync(anchor_key=key)
+        with Progress(
+            "verifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        ) as bar:
+            task = bar.add_task("verify", total=total)
+            return log.verify_sync(
+                anchor_key=key, progress=lambda done, _total: bar.update(task, completed=done)
+            )
