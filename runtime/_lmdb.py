@@ -653,6 +653,27 @@ class LmdbEventLog:
         result: list[RecordedEvent] = self._read(run)
         return result
 
+    def list_streams(self, prefix: str, *, after: str | None = None, limit: int = 100) -> list[str]:
+        """Names of streams starting with `prefix`, in byte order, after `after` (a cursor)."""
+        raw_prefix = prefix.encode()
+
+        def run(txn: Any) -> list[str]:
+            out: list[str] = []
+            cursor = txn.cursor(db=self._streams_db)
+            start = after.encode() + b"\x01" if after is not None else raw_prefix
+            found = cursor.set_range(max(start, raw_prefix))
+            while found and len(out) < limit:
+                key = cursor.key()
+                if not key.startswith(raw_prefix):
+                    break
+                name = key[: key.index(b"\x00")]
+                out.append(name.decode())
+                found = cursor.set_range(name + b"\x01")  # skip the rest of its versions
+            return out
+
+        result: list[str] = self._read(run)
+        return result
+
     def read_all(self, after_seq: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         """Up to `limit` events with seq > `after_seq`, in order."""
 
