@@ -1,0 +1,107 @@
+"""The registry of built-in tools: which exist, which are enabled, and their specs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final, final
+
+import msgspec
+
+from cuelog.actors._errors import ToolError
+from cuelog.actors._messages import ToolSpec
+from cuelog.actors._tools import ClockTool, Tool, invoke_tool, tool_spec
+from cuelog.actors._tools_calculator import CalculatorTool
+from cuelog.actors._tools_files import FilesTool
+from cuelog.actors._tools_net import (
+    AddressPolicy,
+    HttpFetchConfig,
+    HttpFetchTool,
+    public_addresses_only,
+)
+
+BUILTIN_NAMES: Final = ("clock", "calculator", "http_fetch", "files")
+DEFAULT_ENABLED: Final = ("clock", "calculator")
+
+
+class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which built-ins are on, and their settings. `files` needs `files_root`."""
+
+    enabled: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ENABLED))
+    timeout: float = 30.0
+    timeouts: dict[str, float] = msgspec.field(default_factory=dict)
+    files_root: Path | None = None
+    files_max_bytes: int = 1024 * 1024
+    http_fetch: HttpFetchConfig = msgspec.field(default_factory=HttpFetchConfig)
+
+
+@final
+class ToolRegistry:
+    """Every known tool by name, the enabled subset, and each tool's timeout."""
+
+    def __init__(
+        self,
+        tools: Iterable[Tool],
+        *,
+        enabled: Iterable[str],
+        timeout: float = 30.0,
+        timeouts: dict[str, float] | None = None,
+    ) -> None:
+        self._tools = {tool.name: tool for tool in tools}
+        self._enabled = list(dict.fromkeys(enabled))
+        unknown = [name for name in self._enabled if name not in self._tools]
+        if unknown:
+            raise ToolError(f"unknown tools enabled: {', '.join(unknown)}")
+        self._timeout = timeout
+        self._timeouts = dict(timeouts or {})
+
+    @classmethod
+    def builtins(
+        cls,
+        config: ToolsConfig | None = None,
+        *,
+        clock: ClockTool | None = None,
+        address_policy: AddressPolicy = public_addresses_only,
+    ) -> ToolRegistry:
+        """The built-in tools configured by `config` (clock and calculator on by default)."""
+        config = config or ToolsConfig()
+        tools: list[Tool] = [
+            clock or ClockTool(),
+            CalculatorTool(),
+            HttpFetchTool(config.http_fetch, address_policy=address_policy),
+        ]
+        if config.files_root is not None:
+            tools.append(FilesTool(config.files_root, max_file_bytes=config.files_max_bytes))
+        elif "files" in config.enabled:
+            raise ToolError("the files tool needs a sandbox dir: set tools.files_root")
+        return cls(tools, enabled=config.enabled, timeout=config.timeout, timeouts=config.timeouts)
+
+    def names(self) -> list[str]:
+        """Every known tool, enabled or not."""
+        return list(self._tools)
+
+    def enabled(self) -> list[str]:
+        return list(self._enabled)
+
+    def is_enabled(self, name: str) -> bool:
+        return name in self._enabled
+
+    def get(self, name: str) -> Tool:
+        """An enabled tool; unknown or disabled names raise ToolError."""
+        if name not in self._tools:
+            raise ToolError(f"no tool named {name!r}")
+        if name not in self._enabled:
+            raise ToolError(f"tool {name!r} is disabled on this server")
+        return self._tools[name]
+
+    def timeout_of(self, name: str) -> float:
+        return self._timeouts.get(name, self._timeout)
+
+    def specs(self, allowed: Iterable[str] | None = None) -> list[ToolSpec]:
+        """Specs of enabled tools, limited to `allowed` (an agent's list) when given."""
+        wanted = self._enabled if allowed is None else [n for n in allowed if n in self._enabled]
+        return [tool_spec(self._tools[name]) for name in wanted]
+
+    async def invoke(self, name: str, args: dict[str, Any]) -> str:
+        """Run an enabled tool with its timeout; every failure raises ToolError."""
+        return await invoke_tool(self.get(name), args, self.timeout_of(name))
