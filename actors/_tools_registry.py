@@ -30,7 +30,7 @@ class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     enabled: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ENABLED))
     timeout: float = 30.0
     timeouts: dict[str, float] = msgspec.field(default_factory=dict)
-    files_root: Path | None = None
+    files_root: str | None = None
     files_max_bytes: int = 1024 * 1024
     http_fetch: HttpFetchConfig = msgspec.field(default_factory=HttpFetchConfig)
 
@@ -71,7 +71,7 @@ class ToolRegistry:
             HttpFetchTool(config.http_fetch, address_policy=address_policy),
         ]
         if config.files_root is not None:
-            tools.append(FilesTool(config.files_root, max_file_bytes=config.files_max_bytes))
+            tools.append(FilesTool(Path(config.files_root), max_file_bytes=config.files_max_bytes))
         elif "files" in config.enabled:
             raise ToolError("the files tool needs a sandbox dir: set tools.files_root")
         return cls(tools, enabled=config.enabled, timeout=config.timeout, timeouts=config.timeouts)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -161,15 +163,26 @@ async def test_registry_enables_clock_and_calculator_by_default() -> None:
         registry.get("rm")
 
 
-def test_registry_config_enables_files_only_with_a_root(tmp_path: Any) -> None:
+def test_registry_config_enables_files_only_with_a_root(tmp_path: Path) -> None:
     """Enabling files needs files_root; with it, files is known and enabled."""
     with pytest.raises(ToolError, match="files_root"):
         ToolRegistry.builtins(ToolsConfig(enabled=["files"]))
     registry = ToolRegistry.builtins(
-        ToolsConfig(enabled=["files", "clock"], files_root=tmp_path, timeouts={"files": 2})
+        ToolsConfig(enabled=["files", "clock"], files_root=str(tmp_path), timeouts={"files": 2})
     )
     assert registry.enabled() == ["files", "clock"]
     assert "files" in registry.names()
     assert registry.timeout_of("files") == 2 and registry.timeout_of("clock") == 30
     with pytest.raises(ToolError, match="unknown tools enabled: shell"):
         ToolRegistry.builtins(ToolsConfig(enabled=["shell"]))
+
+
+def test_tools_config_decodes_from_plain_data() -> None:
+    """A TOML-shaped dict converts to ToolsConfig; unknown keys are refused."""
+    config = msgspec.convert(
+        {"enabled": ["clock"], "files_root": "/srv/sandbox", "http_fetch": {"max_bytes": 10}},
+        ToolsConfig,
+    )
+    assert config.files_root == "/srv/sandbox" and config.http_fetch.max_bytes == 10
+    with pytest.raises(msgspec.ValidationError, match="unknown field `shell`"):
+        msgspec.convert({"shell": True}, ToolsConfig)
