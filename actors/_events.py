@@ -1,0 +1,203 @@
+"""Domain events: everything agents, sessions and runs record. The log is their only state.
+
+Streams: `agent:<id>`, `session:<key>`, `run:<id>`. New fields go at the end with defaults; a
+changed shape bumps `__schema__` and registers an upcaster on `DOMAIN_CODEC`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.runtime import Event, EventCodec
+
+ApprovalPolicy = Literal["auto", "ask", "reject"]
+BusyPolicy = Literal["enqueue", "reject", "interrupt"]
+
+
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an agent is: its model, prompt, tools and limits."""
+
+    name: str = ""
+    provider: str = "echo"
+    model: str = "echo-1"
+    system_prompt: str = ""
+    tools: list[str] = msgspec.field(default_factory=list)
+    approval: ApprovalPolicy = "auto"
+    tool_approval: dict[str, ApprovalPolicy] = msgspec.field(default_factory=dict)
+    max_steps: int = 8
+    max_tokens: int = 1024
+    temperature: float | None = None
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+class AgentCreated(Event, tag="AgentCreated", frozen=True):
+    agent_id: str
+    spec: AgentSpec
+
+
+class AgentUpdated(Event, tag="AgentUpdated", frozen=True):
+    spec: AgentSpec
+
+
+class AgentDeleted(Event, tag="AgentDeleted", frozen=True):
+    pass
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+class SessionCreated(Event, tag="SessionCreated", frozen=True):
+    session_key: str
+    agent_id: str
+    owner: str | None = None
+    busy_policy: BusyPolicy = "enqueue"
+    label: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    parent_session: str | None = None
+    parent_seq: int | None = None
+    parent_hash: str | None = None
+
+
+class MessageAccepted(Event, tag="MessageAccepted", frozen=True):
+    """A user message is in the inbox: durable before it is acknowledged."""
+
+    run_id: str
+    message: ChatMessage
+
+
+class RunAssigned(Event, tag="RunAssigned", frozen=True):
+    """The session started (or restarted) the run for a queued message."""
+
+    run_id: str
+
+
+class RunSettled(Event, tag="RunSettled", frozen=True):
+    """A run ended; its assistant and tool messages join the history."""
+
+    run_id: str
+    status: str
+    messages: list[ChatMessage] = msgspec.field(default_factory=list)
+
+
+class SessionReset(Event, tag="SessionReset", frozen=True):
+    pass
+
+
+class SessionPatched(Event, tag="SessionPatched", frozen=True):
+    label: str | None = None
+    metadata: dict[str, Any] | None = None
+    busy_policy: BusyPolicy | None = None
+
+
+class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
+    pass
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class RunStarted(Event, tag="RunStarted", frozen=True):
+    run_id: str
+    session_key: str
+    agent_id: str
+    spec: AgentSpec
+    messages: list[ChatMessage]
+    owner: str | None = None
+
+
+class ModelRequested(Event, tag="ModelRequested", frozen=True):
+    step: int
+    message_count: int
+
+
+class AssistantDelta(Event, tag="AssistantDelta", frozen=True):
+    step: int
+    text: str
+
+
+class ToolCallRequested(Event, tag="ToolCallRequested", frozen=True):
+    step: int
+    call: ToolCall
+
+
+class ApprovalRequested(Event, tag="ApprovalRequested", frozen=True):
+    approval_id: str
+    call: ToolCall
+    args_digest: str
+
+
+class ApprovalGranted(Event, tag="ApprovalGranted", frozen=True):
+    approval_id: str
+    by: str | None = None
+
+
+class ApprovalDenied(Event, tag="ApprovalDenied", frozen=True):
+    approval_id: str
+    by: str | None = None
+    reason: str = ""
+
+
+class ToolCallCompleted(Event, tag="ToolCallCompleted", frozen=True):
+    call_id: str
+    name: str
+    output: str
+
+
+class ToolCallFailed(Event, tag="ToolCallFailed", frozen=True):
+    call_id: str
+    name: str
+    error: str
+
+
+class AssistantMessage(Event, tag="AssistantMessage", frozen=True):
+    step: int
+    message: ChatMessage
+    finish_reason: str
+
+
+class RunCompleted(Event, tag="RunCompleted", frozen=True):
+    usage: Usage
+    content: str
+
+
+class RunFailed(Event, tag="RunFailed", frozen=True):
+    reason: str
+    usage: Usage | None = None
+
+
+class RunCancelled(Event, tag="RunCancelled", frozen=True):
+    reason: str = "cancelled"
+
+
+DOMAIN_EVENTS: tuple[type[Event], ...] = (
+    AgentCreated,
+    AgentUpdated,
+    AgentDeleted,
+    SessionCreated,
+    MessageAccepted,
+    RunAssigned,
+    RunSettled,
+    SessionReset,
+    SessionPatched,
+    SessionDeleted,
+    RunStarted,
+    ModelRequested,
+    AssistantDelta,
+    ToolCallRequested,
+    ApprovalRequested,
+    ApprovalGranted,
+    ApprovalDenied,
+    ToolCallCompleted,
+    ToolCallFailed,
+    AssistantMessage,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+)
+
+DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

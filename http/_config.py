@@ -1,0 +1,146 @@
+"""`cuelog serve` configuration: a TOML file, then `CUELOG_<SECTION>_<KEY>` env vars, then flags.
+
+Every key is listed in docs/configuration.md. An invalid value is one clear line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cuelog.actors._events import AgentSpec
+from cuelog.runtime import CuelogError
+
+
+class ConfigError(CuelogError):
+    """A setting is invalid; the message names it."""
+
+
+class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8088
+    api_key: str | None = None
+    auto_approve: bool = False
+    enabled_tools: list[str] = msgspec.field(default_factory=lambda: ["clock", "calculator"])
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 120.0
+    graceful_timeout: float = 10.0
+
+
+class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: Path = Path("data")
+    sync: bool = True
+    max_size: int = 1 << 40
+    anchor_key_file: Path | None = None
+
+
+class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    provider: str = "echo"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    name: str = "echo-1"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+    model: ModelSection = msgspec.field(default_factory=ModelSection)
+    agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "server": ServerSection,
+    "log": LogSection,
+    "model": ModelSection,
+}
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def _key_from_error(message: str) -> tuple[str, str]:
+    match = _PATH_RE.search(message)
+    key = match.group(1).replace("[", ".").replace("]", "").replace("'", "") if match else ""
+    text = _PATH_RE.sub("", message).strip(" -")
+    return key, text
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        for field in msgspec.structs.fields(cls):
+            value = environ.get(f"CUELOG_{section.upper()}_{field.name.upper()}")
+            if value is None:
+                continue
+            out.setdefault(section, {})[field.name] = _parse_env(value, field.type)
+    return out
+
+
+def _parse_env(value: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if "list" in text:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if "bool" in text:
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if "int" in text and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if "float" in text:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_settings(
+    config_file: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Merge file < env < flags into validated Settings; raise ConfigError naming the key."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if config_file is None and Path("cuelog.toml").is_file():
+        config_file = Path("cuelog.toml")
+    if config_file is not None:
+        try:
+            raw = msgspec.toml.decode(config_file.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"--config: {config_file} does not exist") from None
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+    for layer in (_env_overrides(environ), flags or {}):
+        for section, values in layer.items():
+            merged = dict(raw.get(section) or {})
+            merged.update({k: v for k, v in values.items() if v is not None})
+            raw[section] = merged
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        key, text = _key_from_error(str(exc))
+        raise ConfigError(f"{key or 'config'}: {text}") from None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    server = settings.server
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"server.port: {server.port} is not a TCP port (0-65535)")
+    if server.api_key is not None and len(server.api_key) < 16:
+        raise ConfigError("server.api_key: use at least 16 characters (128 random bits is best)")
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if settings.model.provider not in {"echo", "openai"}:
+        raise ConfigError(f"model.provider: {settings.model.provider!r} is not echo or openai")
+    if settings.model.provider == "openai" and not settings.model.base_url:
+        raise ConfigError("model.base_url: required when model.provider is openai")
+    key_file = settings.log.anchor_key_file
+    if key_file is not None:
+        data_dir = settings.log.data_dir.resolve()
+        if key_file.resolve().is_relative_to(data_dir):
+            raise ConfigError("log.anchor_key_file: keep the anchor key outside the data dir")

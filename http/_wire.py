@@ -1,0 +1,114 @@
+"""Request bodies in, JSON and SSE out: strict decoding and OpenAI-shaped errors.
+
+Bodies are decoded with msgspec from the raw bytes (never `get_json`: it raises on invalid UTF-8),
+with unknown fields rejected. Every failure is an `ApiError` that becomes the documented error body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import msgspec
+from quart import Response, request
+
+from cuelog.http._errors import error_body
+
+T = TypeVar("T")
+
+_json = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_PATH_RE = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+class ApiError(Exception):
+    """An error answered to the client with its status and the OpenAI error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        return json_response(
+            error_body(self.status, self.message, code=self.code, param=self.param),
+            self.status,
+            self.headers,
+        )
+
+
+def json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(body, status=status, headers=headers, content_type="application/json")
+
+
+def to_json(value: Any) -> bytes:
+    return _json.encode(value)
+
+
+def _decoder(cls: type[T]) -> msgspec.json.Decoder[T]:
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+    return decoder
+
+
+async def read_body(cls: type[T], *, max_bytes: int) -> T:
+    """Decode the request body as `cls`: 415 wrong type, 413 too large, 400 invalid."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "send the body as JSON with Content-Type: application/json")
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise ApiError(413, f"body of {length} bytes is over the {max_bytes}-byte limit")
+    raw = await request.get_data(cache=False, as_text=False)
+    assert isinstance(raw, bytes)
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"body is over the {max_bytes}-byte limit")
+    return decode_body(cls, raw)
+
+
+def decode_body(cls: type[T], raw: bytes) -> T:
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        return _decoder(cls).decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        param = match.group(1) if match else None
+        raise ApiError(400, _PATH_RE.sub("", message), code="invalid_value", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def sse_frame(data: bytes, *, event: str | None = None, id: int | None = None) -> bytes:
+    head = b""
+    if id is not None:
+        head += b"id: %d\n" % id
+    if event is not None:
+        head += b"event: " + event.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+def sse_response(frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
+    response = Response(
+        frames,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+    )
+    response.timeout = None  # Quart would end the stream after 60 s otherwise
+    return response
