@@ -1,5 +1,16 @@
 """cuelog.runtime: the event log, the actor system, logging. Knows nothing of agents or HTTP."""
 
+from cuelog.runtime._actor import Actor as Actor
+from cuelog.runtime._actor import ActorConfig as ActorConfig
+from cuelog.runtime._actor import ActorContext as ActorContext
+from cuelog.runtime._actor import ActorFactory as ActorFactory
+from cuelog.runtime._actor import ActorRef as ActorRef
+from cuelog.runtime._actor import ActorSystem as ActorSystem
+from cuelog.runtime._actor import ActorSystemStatistics as ActorSystemStatistics
+from cuelog.runtime._actor import TaskHandle as TaskHandle
+from cuelog.runtime._actor import open_actor_system as open_actor_system
+from cuelog.runtime._actor_sourced import ActorFailed as ActorFailed
+from cuelog.runtime._actor_sourced import EventSourcedActor as EventSourcedActor
 from cuelog.runtime._codec import Event as Event
 from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
@@ -31,14 +42,23 @@ from cuelog.runtime._records import VerifyReport as VerifyReport
 
 __all__ = [
     "NO_STREAM",
+    "Actor",
+    "ActorConfig",
+    "ActorContext",
     "ActorError",
+    "ActorFactory",
+    "ActorFailed",
+    "ActorRef",
     "ActorStopped",
+    "ActorSystem",
+    "ActorSystemStatistics",
     "Anchor",
     "CommandRejected",
     "CuelogError",
     "Event",
     "EventCodec",
     "EventLog",
+    "EventSourcedActor",
     "Head",
     "IdempotencyConflict",
     "LmdbEventLog",
@@ -52,10 +72,12 @@ __all__ = [
     "RawEvent",
     "RecordedEvent",
     "StorageFull",
+    "TaskHandle",
     "VerifyReport",
     "WrongExpectedVersion",
     "configure_logging",
     "decode_record",
     "event_type",
+    "open_actor_system",
     "open_event_log",
 ]

@@ -1,0 +1,848 @@
+"""The actor kernel: mailboxes, ask/tell, supervision, passivation and rehydration from the log.
+
+Every actor has an address `(kind, id)` and a stream `f"{kind}:{id}"` in the event log. The
+system spawns an actor on its first message, runs it as one trio task handling one message at a
+time, passivates it when idle (it is forgotten; the next message rehydrates it from the latest
+snapshot plus later events) and restarts it from its log state when a handler raises.
+
+Invariants the code relies on (trio is cooperative, so "synchronous" means "atomic"):
+
+- A live actor is in `ActorSystem._live`; senders find it there and put into its queue without
+  a checkpoint. An actor is removed from `_live` only by synchronous code that has just seen it
+  idle (parked waiting, queue empty, no background task), so no message can land in the queue of
+  an actor that is going away: a later message spawns a fresh incarnation.
+- An actor parks only when its queue is empty; putting a message unparks it.
+- Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
+  drops it (before handling) or discards the reply (after), never blocking.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeAlias, final
+
+import msgspec
+import outcome
+import structlog
+import trio
+
+from cuelog.runtime._actor_sourced import ACTOR_FAILED, ActorFailed, EventSourcedActor
+from cuelog.runtime._codec import Event
+from cuelog.runtime._errors import (
+    ActorStopped,
+    CommandRejected,
+    LogError,
+    MailboxFull,
+    WrongExpectedVersion,
+)
+from cuelog.runtime._protocol import EventLog
+from cuelog.runtime._records import RecordedEvent
+
+logger = structlog.get_logger("cuelog.actor")
+
+Address: TypeAlias = tuple[str, str]
+_ERROR_TEXT_LIMIT = 200
+_REPLAY_PAGE = 1000
+_MAX_STREAM_BYTES = 255
+_state_encoder = msgspec.msgpack.Encoder()
+
+
+class ActorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the actor system sizes mailboxes, passivates, supervises and shuts down.
+
+    Durations are seconds of trio's clock.
+    """
+
+    mailbox_size: int = 64
+    passivate_after: float = 300.0
+    max_live_actors: int | None = None
+    max_failures: int = 5
+    failure_window: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    snapshot_every: int = 100
+    shutdown_deadline: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.mailbox_size < 1:
+            raise ValueError("mailbox_size must be at least 1")
+        if self.max_live_actors is not None and self.max_live_actors < 1:
+            raise ValueError("max_live_actors must be at least 1 (or None for no limit)")
+        if self.max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        if self.snapshot_every < 0:
+            raise ValueError("snapshot_every must be 0 (never) or more")
+        if min(self.passivate_after, self.backoff_initial, self.backoff_max) < 0:
+            raise ValueError("durations must not be negative")
+
+
+class ActorSystemStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters for tests and metrics; totals count since the system opened."""
+
+    live_actors: int
+    spawned: int
+    passivated: int
+    stopped_actors: int
+    mailbox_depth: int
+    asks_in_flight: int
+    failures: int
+    restarts: int
+    events_replayed: int
+    snapshots_saved: int
+
+
+class Actor(Protocol):
+    """A plain actor: handles one message at a time; what it returns is the ask's reply."""
+
+    async def handle(self, msg: Any) -> Any: ...
+
+
+ActorFactory: TypeAlias = Callable[["ActorContext"], "Actor | EventSourcedActor[Any]"]
+
+
+class _Envelope:
+    """One message in a mailbox; `task` is the asker waiting for the reply (None for tell)."""
+
+    __slots__ = ("abandoned", "msg", "task")
+
+    def __init__(self, msg: Any, task: trio.lowlevel.Task | None) -> None:
+        self.msg = msg
+        self.task = task
+        self.abandoned = False
+
+    def reply(self, value: Any) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            if not self.abandoned:
+                trio.lowlevel.reschedule(task, outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            if not self.abandoned:
+                trio.lowlevel.reschedule(task, outcome.Error(error))
+
+
+@final
+class TaskHandle:
+    """A background task owned by an actor (see `ActorContext.start_task`)."""
+
+    __slots__ = ("_done", "_incarnation", "_scope", "name")
+
+    def __init__(self, name: str, incarnation: int) -> None:
+        self.name = name
+        self._scope = trio.CancelScope()
+        self._incarnation = incarnation
+        self._done = False
+
+    def cancel(self) -> None:
+        """Cancel the task (it sees `trio.Cancelled` at its next checkpoint)."""
+        self._scope.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+
+class _Cell:
+    """One incarnation of an actor: mailbox, state of the task, supervision history."""
+
+    __slots__ = (
+        "actor",
+        "address",
+        "closed",
+        "ctx",
+        "current",
+        "failures",
+        "incarnation",
+        "last_active",
+        "queue",
+        "room",
+        "snapshot_version",
+        "stale",
+        "stop_reason",
+        "stop_requested",
+        "stream",
+        "task_error",
+        "tasks",
+        "waiter",
+    )
+
+    def __init__(self, system: ActorSystem, address: Address) -> None:
+        self.address = address
+        self.stream = f"{address[0]}:{address[1]}"
+        self.ctx = ActorContext(system, self)
+        self.actor: Actor | EventSourcedActor[Any] | None = None
+        self.queue: deque[_Envelope] = deque()
+        self.waiter: trio.lowlevel.Task | None = None  # the actor task, parked for a message
+        self.room: trio.lowlevel.ParkingLot | None = None  # senders waiting for room
+        self.current: Sequence[_Envelope] = ()  # envelopes being handled
+        self.tasks: set[TaskHandle] = set()
+        self.task_error: Exception | None = None
+        self.failures: deque[float] = deque()
+        self.incarnation = 0
+        self.snapshot_version = 0
+        self.stale = False
+        self.stop_requested = False
+        self.stop_reason = ""
+        self.closed = False
+        self.last_active = trio.current_time()
+
+    def is_idle(self) -> bool:
+        return self.waiter is not None and not self.tasks
+
+    def put(self, env: _Envelope) -> None:
+        self.queue.append(env)
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    def take(self) -> list[_Envelope]:
+        """Everything queued, minus asks whose callers gave up; senders waiting get the room."""
+        queue = self.queue
+        taken = len(queue)
+        envs = [env for env in queue if not env.abandoned]
+        queue.clear()
+        if self.room is not None:
+            self.room.unpark(count=taken)
+        return envs
+
+    def take_one(self) -> _Envelope | None:
+        env = self.queue.popleft()
+        if self.room is not None:
+            self.room.unpark()
+        return None if env.abandoned else env
+
+    def push_back(self, envs: Sequence[_Envelope]) -> None:
+        self.queue.extendleft(reversed(envs))
+
+    async def wait(self) -> None:
+        self.waiter = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+@final
+class ActorContext:
+    """What an actor knows about where it lives: its address, ref, system and log."""
+
+    __slots__ = ("_cell", "_system")
+
+    def __init__(self, system: ActorSystem, cell: _Cell) -> None:
+        self._system = system
+        self._cell = cell
+
+    @property
+    def kind(self) -> str:
+        return self._cell.address[0]
+
+    @property
+    def id(self) -> str:
+        return self._cell.address[1]
+
+    @property
+    def address(self) -> Address:
+        return self._cell.address
+
+    @property
+    def stream(self) -> str:
+        """The actor's stream in the log: `f"{kind}:{id}"`."""
+        return self._cell.stream
+
+    @property
+    def ref(self) -> ActorRef:
+        return ActorRef(self._system, self._cell.address)
+
+    @property
+    def system(self) -> ActorSystem:
+        return self._system
+
+    @property
+    def log(self) -> EventLog:
+        return self._system.log
+
+    def start_task(
+        self, fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None
+    ) -> TaskHandle:
+        """Run `fn(*args)` beside the actor until it returns, is cancelled, or the actor stops.
+
+        While it runs the actor is not passivated. It talks to the actor by sending it messages
+        (through `ctx.ref`); if it raises, the actor fails as if a handler had raised.
+        """
+        cell = self._cell
+        if cell.closed:
+            raise ActorStopped(f"actor {cell.stream} has stopped; it cannot start tasks")
+        name = name or str(getattr(fn, "__qualname__", "task"))
+        handle = TaskHandle(name, cell.incarnation)
+        cell.tasks.add(handle)
+        self._system._start_task(cell, handle, fn, args)
+        return handle
+
+
+@final
+class ActorRef:
+    """A handle to the actor at `(kind, id)`, whether it is live, passivated or not yet spawned."""
+
+    __slots__ = ("_system", "address")
+
+    def __init__(self, system: ActorSystem, address: Address) -> None:
+        self._system = system
+        self.address = address
+
+    @property
+    def kind(self) -> str:
+        return self.address[0]
+
+    @property
+    def id(self) -> str:
+        return self.address[1]
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self.address[0]!r}, {self.address[1]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ActorRef)
+            and other._system is self._system
+            and other.address == self.address
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.address)
+
+    async def tell(self, msg: Any) -> None:
+        """Queue `msg` for the actor, waiting while its mailbox is full."""
+        if not await self._system._send(self.address, _Envelope(msg, None)):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def tell_nowait(self, msg: Any) -> None:
+        """Queue `msg` for the actor; raise `MailboxFull` when there is no room."""
+        system = self._system
+        cell = system._cell_for(self.address)
+        if len(cell.queue) >= system.config.mailbox_size:
+            raise MailboxFull(
+                f"mailbox of {cell.stream} is full ({system.config.mailbox_size} messages)"
+            )
+        cell.put(_Envelope(msg, None))
+
+    async def ask(self, msg: Any) -> Any:
+        """Send `msg` and wait for the reply; the handler's error is raised here.
+
+        Cancelling the caller leaves nothing behind: a message not yet taken is dropped, and a
+        reply to a message being handled is discarded.
+        """
+        system = self._system
+        env = _Envelope(msg, trio.lowlevel.current_task())
+        system._asks += 1
+        try:
+            await system._send(self.address, env)
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                env.abandoned = True
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            system._asks -= 1
+
+
+@final
+class ActorSystem:
+    """Spawns, supervises and passivates actors. Open it with `open_actor_system`."""
+
+    def __init__(self, log: EventLog, config: ActorConfig, nursery: trio.Nursery) -> None:
+        self.log = log
+        self.config = config
+        self._nursery = nursery
+        self._factories: dict[str, ActorFactory] = {}
+        # Ordered by when each actor last went idle: the front is least recently used.
+        self._live: OrderedDict[Address, _Cell] = OrderedDict()
+        self._stopped: dict[Address, str] = {}
+        self._accepting = True
+        self._all_stopped = trio.Event()
+        self._sweeper_wakeup = trio.Event()
+        # counters
+        self._asks = 0
+        self._spawned = 0
+        self._passivated = 0
+        self._failures = 0
+        self._restarts = 0
+        self._events_replayed = 0
+        self._snapshots_saved = 0
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def register(self, kind: str, factory: ActorFactory) -> None:
+        """Declare how to build actors of `kind`: `factory(ctx)` returns a fresh actor."""
+        if not kind or ":" in kind or "\x00" in kind:
+            raise ValueError(f"actor kind {kind!r} must be non-empty without ':' or NUL")
+        if kind in self._factories:
+            raise ValueError(f"actor kind {kind!r} is already registered")
+        self._factories[kind] = factory
+
+    def ref(self, kind: str, id: str) -> ActorRef:
+        """The ref of actor `(kind, id)`; it is spawned by its first message."""
+        if kind not in self._factories:
+            raise LookupError(f"no actor kind {kind!r} is registered")
+        stream = f"{kind}:{id}".encode()
+        if not id or len(stream) > _MAX_STREAM_BYTES or b"\x00" in stream:
+            raise ValueError(
+                f"actor id {id!r} must be non-empty, without NUL, and make a stream name of "
+                f"at most {_MAX_STREAM_BYTES} bytes"
+            )
+        return ActorRef(self, (kind, id))
+
+    def restart(self, kind: str, id: str) -> bool:
+        """Let an actor that gave up after repeated failures take messages again.
+
+        Returns whether it was stopped. The next message rehydrates it from the log.
+        """
+        return self._stopped.pop((kind, id), None) is not None
+
+    def is_live(self, kind: str, id: str) -> bool:
+        """Whether the actor is in memory now (not passivated, stopped or never spawned)."""
+        return (kind, id) in self._live
+
+    def statistics(self) -> ActorSystemStatistics:
+        return ActorSystemStatistics(
+            live_actors=len(self._live),
+            spawned=self._spawned,
+            passivated=self._passivated,
+            stopped_actors=len(self._stopped),
+            mailbox_depth=sum(len(cell.queue) for cell in self._live.values()),
+            asks_in_flight=self._asks,
+            failures=self._failures,
+            restarts=self._restarts,
+            events_replayed=self._events_replayed,
+            snapshots_saved=self._snapshots_saved,
+        )
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _cell_for(self, address: Address) -> _Cell:
+        if not self._accepting:
+            raise ActorStopped(
+                f"the actor system is shutting down; {address[0]}:{address[1]} takes no messages"
+            )
+        cell = self._live.get(address)
+        if cell is None:
+            reason = self._stopped.get(address)
+            if reason is not None:
+                raise ActorStopped(reason)
+            if address[0] not in self._factories:
+                raise LookupError(f"no actor kind {address[0]!r} is registered")
+            cell = self._spawn(address)
+        return cell
+
+    async def _send(self, address: Address, env: _Envelope) -> bool:
+        """Put `env` in the actor's mailbox, waiting for room; return whether it waited."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        limit = self.config.mailbox_size
+        waited = False
+        while True:
+            cell = self._cell_for(address)
+            if len(cell.queue) < limit:
+                cell.put(env)
+                return waited
+            if cell.room is None:
+                cell.room = trio.lowlevel.ParkingLot()
+            waited = True
+            await cell.room.park()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _spawn(self, address: Address) -> _Cell:
+        limit = self.config.max_live_actors
+        if limit is not None and len(self._live) >= limit:
+            for candidate in self._live.values():
+                if candidate.is_idle():
+                    self._passivate(candidate)
+                    break
+        cell = _Cell(self, address)
+        self._live[address] = cell
+        self._spawned += 1
+        self._nursery.start_soon(self._run, cell, name=cell.stream)
+        if len(self._live) == 1:
+            self._sweeper_wakeup.set()
+        return cell
+
+    def _passivate(self, cell: _Cell) -> None:
+        """Forget an idle actor. Synchronous: the idle check and the removal are one step."""
+        assert cell.is_idle() and not cell.queue
+        del self._live[cell.address]
+        self._passivated += 1
+        cell.stop_requested = True
+        cell.wake()
+
+    def _went_idle(self, cell: _Cell) -> None:
+        cell.last_active = trio.current_time()
+        if self._live.get(cell.address) is cell:
+            self._live.move_to_end(cell.address)
+
+    async def _sweep(self) -> None:
+        """Passivate actors idle for `passivate_after`, oldest first."""
+        after = self.config.passivate_after
+        while True:
+            now = trio.current_time()
+            due = now + after
+            idle: list[_Cell] = []
+            for cell in self._live.values():
+                if cell.last_active + after > now:
+                    due = cell.last_active + after
+                    break
+                if cell.is_idle():
+                    idle.append(cell)
+            for cell in idle:
+                self._passivate(cell)
+            if not self._live:
+                self._sweeper_wakeup = trio.Event()
+                await self._sweeper_wakeup.wait()
+                continue
+            await trio.sleep_until(due)
+
+    async def _run(self, cell: _Cell) -> None:
+        """The actor's task: (re)start, serve messages, and on failure back off and restart."""
+        try:
+            while True:
+                try:
+                    await self._start(cell)
+                    await self._serve(cell)
+                    return
+                except Exception as exc:
+                    error = exc
+                cell.incarnation += 1
+                cell.task_error = None
+                for handle in cell.tasks:
+                    handle.cancel()
+                delay = await self._record_failure(cell, error)
+                # The failing asks hear of it once the failure is durable.
+                failed, cell.current = cell.current, ()
+                for env in failed:
+                    env.fail(error)
+                if delay is None:
+                    return
+                await trio.sleep(delay)
+                self._restarts += 1
+                logger.info("actor restarting", actor=cell.stream)
+        finally:
+            self._retire(cell)
+
+    async def _start(self, cell: _Cell) -> None:
+        actor = self._factories[cell.address[0]](cell.ctx)
+        cell.actor = actor
+        if isinstance(actor, EventSourcedActor):
+            self._load(cell, actor)
+            repairs = await actor.on_rehydrated(actor.state)
+            if repairs:
+                await self._record(cell, actor, repairs)
+            await self._maybe_snapshot(cell, actor)
+
+    async def _serve(self, cell: _Cell) -> None:
+        actor = cell.actor
+        assert actor is not None
+        queue = cell.queue
+        while True:
+            if cell.task_error is not None:
+                raise cell.task_error
+            if not queue:
+                if cell.stop_requested:
+                    return
+                self._went_idle(cell)
+                await cell.wait()
+                continue
+            if isinstance(actor, EventSourcedActor):
+                await self._run_commands(cell, actor)
+            else:
+                await self._run_message(cell, actor)
+
+    def _retire(self, cell: _Cell) -> None:
+        """The incarnation is over: nobody waits on it any longer. Synchronous."""
+        cell.closed = True
+        if self._live.get(cell.address) is cell:
+            del self._live[cell.address]
+        for handle in cell.tasks:
+            handle.cancel()
+        reason = cell.stop_reason or (
+            f"actor {cell.stream} stopped before handling the message (the system shut down)"
+        )
+        for env in cell.current:
+            env.fail(ActorStopped(reason))
+        for env in cell.queue:
+            env.fail(ActorStopped(reason))
+        cell.queue.clear()
+        if cell.room is not None:
+            cell.room.unpark_all()
+        if not self._accepting and not self._live:
+            self._all_stopped.set()
+
+    async def _record_failure(self, cell: _Cell, error: Exception) -> float | None:
+        """Record `ActorFailed`; return the backoff before restarting, or None to give up."""
+        self._failures += 1
+        error_type = type(error).__qualname__
+        message = str(error)[:_ERROR_TEXT_LIMIT]
+        now = trio.current_time()
+        failures = cell.failures
+        failures.append(now)
+        while failures[0] <= now - self.config.failure_window:
+            failures.popleft()
+        logger.warning("actor failed", actor=cell.stream, error_type=error_type)
+        try:
+            await self.log.append(
+                cell.stream, [ActorFailed(error_type=error_type, message=message)]
+            )
+        except LogError as exc:
+            logger.error("cannot record actor failure", actor=cell.stream, error=str(exc))
+        if len(failures) >= self.config.max_failures:
+            cell.stop_reason = (
+                f"actor {cell.stream} stopped after {len(failures)} failures within "
+                f"{self.config.failure_window:g}s (last: {error_type}: {message}); "
+                f"call system.restart({cell.address[0]!r}, {cell.address[1]!r}) to start it again"
+            )
+            self._stopped[cell.address] = cell.stop_reason
+            logger.error("actor gave up", actor=cell.stream, failures=len(failures))
+            return None
+        return float(
+            min(self.config.backoff_max, self.config.backoff_initial * 2 ** (len(failures) - 1))
+        )
+
+    # -- handling -------------------------------------------------------------------------------
+
+    async def _run_message(self, cell: _Cell, actor: Actor) -> None:
+        env = cell.take_one()
+        if env is None:
+            return
+        cell.current = (env,)  # any other error fails it once the failure is recorded
+        try:
+            value = await actor.handle(env.msg)
+        except CommandRejected as exc:
+            env.fail(exc)
+        else:
+            env.reply(value)
+        cell.current = ()
+
+    async def _run_commands(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        """Decide every queued command in order against the evolving state, append all their
+        events in one write, then reply: one commit per batch instead of one per command."""
+        if cell.stale:
+            self._load(cell, actor)
+        envs = cell.take()
+        if not envs:
+            return
+        cell.current = envs
+        retried = False
+        while True:
+            decided, failure = await self._decide(actor, envs)
+            if failure is not None:
+                cell.push_back(envs[failure[0] + 1 :])
+                envs = envs[: failure[0] + 1]
+                cell.current = envs
+            events = [event for _, events_, _, _ in decided for event in events_]
+            recorded: list[RecordedEvent] = []
+            if events:
+                # Any other append error fails the actor and every command in `cell.current`.
+                try:
+                    recorded = await self.log.append(
+                        cell.stream, events, expected_version=actor._version
+                    )
+                except WrongExpectedVersion as exc:
+                    # Someone else wrote to the stream: catch up and decide again, once.
+                    self._load(cell, actor)
+                    if not retried:
+                        retried = True
+                        continue
+                    for env, _, _, _ in decided:
+                        env.fail(exc)
+                    decided = []
+            break
+        if decided and recorded:
+            actor._state = decided[-1][2]
+            actor._version = recorded[-1].version
+        position = 0
+        for env, events_, state, rejected in decided:
+            mine = recorded[position : position + len(events_)]
+            position += len(events_)
+            if env.task is None:
+                if rejected is not None:
+                    logger.debug("command rejected", actor=cell.stream, reason=str(rejected))
+                continue
+            if rejected is not None:
+                env.fail(rejected)
+                continue
+            try:
+                value = actor.reply(state, env.msg, mine)
+            except Exception as exc:
+                env.fail(exc)
+            else:
+                env.reply(value)
+        cell.current = ()
+        await self._maybe_snapshot(cell, actor)
+        if failure is not None:
+            cell.current = envs[-1:]
+            raise failure[1]
+
+    async def _decide(
+        self, actor: EventSourcedActor[Any], envs: list[_Envelope]
+    ) -> tuple[
+        list[tuple[_Envelope, Sequence[Event], Any, CommandRejected | None]],
+        tuple[int, Exception] | None,
+    ]:
+        """Each command's events and the state after them; stop at the first failure."""
+        state = actor._state
+        decided: list[tuple[_Envelope, Sequence[Event], Any, CommandRejected | None]] = []
+        for index, env in enumerate(envs):
+            try:
+                events = await actor.decide(state, env.msg)
+                after = state
+                for event in events:
+                    after = actor.evolve(after, event)
+            except CommandRejected as exc:
+                decided.append((env, (), state, exc))
+                continue
+            except Exception as exc:
+                return decided, (index, exc)
+            decided.append((env, events, after, None))
+            state = after
+        return decided, None
+
+    async def _record(
+        self, cell: _Cell, actor: EventSourcedActor[Any], events: Sequence[Event]
+    ) -> None:
+        state = actor.state
+        for event in events:
+            state = actor.evolve(state, event)
+        recorded = await self.log.append(cell.stream, events, expected_version=actor._version)
+        actor._state = state
+        actor._version = recorded[-1].version
+
+    # -- state from the log ---------------------------------------------------------------------
+
+    def _load(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        """Fold the actor's stream from its latest snapshot into `actor.state`."""
+        cls = type(actor)
+        if not hasattr(cls, "codec") or not hasattr(cls, "_state_decoder"):
+            raise TypeError(
+                f"{cls.__qualname__} must declare `codec` and a state type "
+                "(EventSourcedActor[StateStruct] or `state_type`)"
+            )
+        state: Any = None
+        version = 0
+        snapshot = self.log.load_snapshot(cell.stream)
+        if snapshot is not None:
+            try:
+                state = cls._state_decoder.decode(snapshot[1])
+                version = snapshot[0]
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                # The state's shape changed since the snapshot: replay the whole stream.
+                logger.warning("snapshot unreadable, replaying", actor=cell.stream)
+                state = None
+        if state is None:
+            state = actor.initial_state()
+        cell.snapshot_version = version
+        codec = cls.codec
+        while True:
+            page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
+            for record in page:
+                if record.type != ACTOR_FAILED:
+                    state = actor.evolve(state, codec.decode(record.type, record.data))
+                version = record.version
+            self._events_replayed += len(page)
+            if len(page) < _REPLAY_PAGE:
+                break
+        actor._state = state
+        actor._version = version
+        cell.stale = False
+
+    async def _maybe_snapshot(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        every = self.config.snapshot_every
+        version = actor._version
+        if not every or version - cell.snapshot_version < every:
+            return
+        try:
+            await self.log.save_snapshot(cell.stream, version, _state_encoder.encode(actor.state))
+        except LogError as exc:
+            logger.warning("snapshot not saved", actor=cell.stream, error=str(exc))
+            return
+        cell.snapshot_version = version
+        self._snapshots_saved += 1
+
+    # -- background tasks -----------------------------------------------------------------------
+
+    def _start_task(
+        self,
+        cell: _Cell,
+        handle: TaskHandle,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+    ) -> None:
+        self._nursery.start_soon(self._run_task, cell, handle, fn, args, name=handle.name)
+
+    async def _run_task(
+        self,
+        cell: _Cell,
+        handle: TaskHandle,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+    ) -> None:
+        try:
+            with handle._scope:
+                await fn(*args)
+        except Exception as exc:
+            if not self._accepting or cell.closed or handle._incarnation != cell.incarnation:
+                logger.debug("background task failed after its actor", actor=cell.stream)
+            elif cell.task_error is None:
+                cell.task_error = exc
+                cell.wake()
+        finally:
+            handle._done = True
+            cell.tasks.discard(handle)
+            if not cell.tasks:
+                self._went_idle(cell)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Stop accepting messages; every actor stops once its mailbox is drained."""
+        self._accepting = False
+        if not self._live:
+            self._all_stopped.set()
+        for cell in list(self._live.values()):
+            cell.stop_requested = True
+            cell.wake()
+            if cell.room is not None:
+                cell.room.unpark_all()
+
+
+@asynccontextmanager
+async def open_actor_system(
+    log: EventLog, *, config: ActorConfig | None = None
+) -> AsyncIterator[ActorSystem]:
+    """Run an actor system over `log` until the block exits.
+
+    On exit: stop accepting (tell and ask raise `ActorStopped`), let actors drain their mailboxes
+    for up to `config.shutdown_deadline` seconds, then cancel whatever is left.
+    """
+    config = config or ActorConfig()
+    async with trio.open_nursery() as nursery:
+        system = ActorSystem(log, config, nursery)
+        nursery.start_soon(system._sweep, name="actor passivation")
+        try:
+            yield system
+        finally:
+            system._close()
+            try:
+                with trio.move_on_after(config.shutdown_deadline):
+                    await system._all_stopped.wait()
+            finally:
+                nursery.cancel_scope.cancel()

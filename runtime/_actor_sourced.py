@@ -1,0 +1,119 @@
+"""Event-sourced actors: decide -> append -> evolve, state folded from the actor's stream.
+
+    class Counted(Event, tag="Counted"):
+        by: int
+
+    class CounterState(msgspec.Struct, frozen=True):
+        total: int = 0
+
+    class Counter(EventSourcedActor[CounterState]):
+        codec = EventCodec([Counted])
+
+        def initial_state(self) -> CounterState:
+            return CounterState()
+
+        def evolve(self, state: CounterState, event: Event) -> CounterState:
+            assert isinstance(event, Counted)
+            return CounterState(state.total + event.by)
+
+        async def decide(self, state: CounterState, command: Any) -> Sequence[Event]:
+            if command <= 0:
+                raise CommandRejected("count by a positive number")
+            return [Counted(by=command)]
+
+    system.register("counter", Counter)
+
+The kernel (`cuelog.runtime._actor`) owns the loading, appending, snapshotting and supervision;
+this module only declares what an actor author writes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, get_args, get_origin
+
+import msgspec
+
+from cuelog.runtime._codec import Event, EventCodec, event_type
+from cuelog.runtime._records import RecordedEvent
+
+if TYPE_CHECKING:
+    from cuelog.runtime._actor import ActorContext
+
+S = TypeVar("S")
+
+
+class ActorFailed(Event, frozen=True, tag="ActorFailed"):
+    """Recorded by the kernel when a handler raised: the error's type and a truncated message.
+
+    Nothing else (no traceback, no locals, no arguments) so no secret reaches the log.
+    """
+
+    error_type: str
+    message: str
+
+
+ACTOR_FAILED: Final = event_type(ActorFailed)
+
+
+class EventSourcedActor(ABC, Generic[S]):
+    """An actor whose state is a fold of its stream `f"{kind}:{id}"` from the latest snapshot.
+
+    Subclasses declare `codec` (an `EventCodec` knowing every event type they record) and get
+    `state_type` from the generic parameter (or set it) so snapshots can be decoded. The state
+    should be a msgspec Struct (snapshots are its msgpack encoding).
+    """
+
+    codec: ClassVar[EventCodec]
+    state_type: ClassVar[type[Any]]
+    _state_decoder: ClassVar[msgspec.msgpack.Decoder[Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "state_type" not in cls.__dict__:
+            for base in cls.__dict__.get("__orig_bases__", ()):
+                if get_origin(base) is EventSourcedActor:
+                    (arg,) = get_args(base)
+                    if isinstance(arg, type):
+                        cls.state_type = arg
+        if "state_type" in cls.__dict__:
+            cls._state_decoder = msgspec.msgpack.Decoder(cls.state_type)
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+        self._state: S | None = None
+        self._version = 0
+
+    @property
+    def state(self) -> S:
+        """The state as of `version` (set by the kernel before the first command)."""
+        if self._state is None:
+            raise RuntimeError(f"{type(self).__name__} has not been loaded yet")
+        return self._state
+
+    @property
+    def version(self) -> int:
+        """The version of the actor's stream that `state` reflects."""
+        return self._version
+
+    @abstractmethod
+    def initial_state(self) -> S:
+        """The state of an actor whose stream is empty."""
+
+    @abstractmethod
+    def evolve(self, state: S, event: Event) -> S:
+        """Apply one recorded event; pure, never fails for an event `decide` produced."""
+
+    @abstractmethod
+    async def decide(self, state: S, command: Any) -> Sequence[Event]:
+        """The events a command produces (may be none); raise `CommandRejected` to refuse it."""
+
+    def reply(self, state: S, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
+        """What `ask` returns once the command's events are durable; by default the records."""
+        return list(recorded)
+
+    async def on_rehydrated(self, state: S) -> Sequence[Event]:
+        """Called after every (re)load, before the next command; the events returned are recorded
+        first (e.g. close a run that a crash interrupted). Background tasks may be started here."""
+        return ()
