@@ -347,7 +347,13 @@ class ActorRef:
         env = _Envelope(msg, trio.lowlevel.current_task())
         system._asks += 1
         try:
-            await system._send(self.address, env)
+            # Fast path: a live actor with room. No checkpoint is needed before parking: if the
+            # caller is already cancelled, the park aborts at once and the message is dropped.
+            cell = system._live.get(self.address) if system._accepting else None
+            if cell is not None and len(cell.queue) < system.config.mailbox_size:
+                cell.put(env)
+            else:
+                await system._send(self.address, env)
 
             def abort(_: Any) -> trio.lowlevel.Abort:
                 env.abandoned = True
@@ -493,24 +499,31 @@ class ActorSystem:
 
     async def _sweep(self) -> None:
         """Passivate actors idle for `passivate_after`, oldest first."""
-        after = self.config.passivate_after
         while True:
-            now = trio.current_time()
-            due = now + after
-            idle: list[_Cell] = []
-            for cell in self._live.values():
-                if cell.last_active + after > now:
-                    due = cell.last_active + after
-                    break
-                if cell.is_idle():
-                    idle.append(cell)
-            for cell in idle:
-                self._passivate(cell)
+            due = self._passivate_idle(trio.current_time())
             if not self._live:
                 self._sweeper_wakeup = trio.Event()
                 await self._sweeper_wakeup.wait()
                 continue
             await trio.sleep_until(due)
+
+    def _passivate_idle(self, now: float) -> float:
+        """Passivate every actor idle since `now - passivate_after`; return when to look again.
+
+        A separate function so the sweeper holds no reference to a passivated actor meanwhile.
+        """
+        after = self.config.passivate_after
+        due = now + after
+        idle: list[_Cell] = []
+        for cell in self._live.values():
+            if cell.last_active + after > now:
+                due = cell.last_active + after
+                break
+            if cell.is_idle():
+                idle.append(cell)
+        for cell in idle:
+            self._passivate(cell)
+        return due
 
     async def _run(self, cell: _Cell) -> None:
         """The actor's task: (re)start, serve messages, and on failure back off and restart."""
@@ -552,6 +565,7 @@ class ActorSystem:
     async def _serve(self, cell: _Cell) -> None:
         actor = cell.actor
         assert actor is not None
+        sourced = isinstance(actor, EventSourcedActor)
         queue = cell.queue
         while True:
             if cell.task_error is not None:
@@ -562,10 +576,10 @@ class ActorSystem:
                 self._went_idle(cell)
                 await cell.wait()
                 continue
-            if isinstance(actor, EventSourcedActor):
-                await self._run_commands(cell, actor)
+            if sourced:
+                await self._run_commands(cell, actor)  # type: ignore[arg-type]
             else:
-                await self._run_message(cell, actor)
+                await self._run_message(cell, actor)  # type: ignore[arg-type]
 
     def _retire(self, cell: _Cell) -> None:
         """The incarnation is over: nobody waits on it any longer. Synchronous."""
@@ -687,7 +701,8 @@ class ActorSystem:
             else:
                 env.reply(value)
         cell.current = ()
-        await self._maybe_snapshot(cell, actor)
+        if actor._version - cell.snapshot_version >= self.config.snapshot_every > 0:
+            await self._maybe_snapshot(cell, actor)
         if failure is not None:
             cell.current = envs[-1:]
             raise failure[1]
