@@ -2,12 +2,17 @@
 
 CuelogError (cuelog.runtime)
 ├── ModelError      a model provider could not produce a reply (upstream status, network, config)
-└── ToolError       a tool refused its arguments, failed or timed out; becomes a tool message
+├── ToolError       a tool refused its arguments, failed or timed out; becomes a tool message
+└── CommandRejected (cuelog.runtime): an actor refused a command, its state unchanged
+    ├── NotFound    no such agent, session, run or approval (or not the caller's)
+    ├── Conflict    the command clashes with the current state (exists, busy, finished)
+    ├── Invalid     the command's content is wrong (a digest that does not match, a bad value)
+    └── Unavailable runs are refused for now (emergency stop)
 """
 
 from __future__ import annotations
 
-from cuelog.runtime import CuelogError
+from cuelog.runtime import CommandRejected, CuelogError
 
 
 class ModelError(CuelogError):
@@ -20,3 +25,19 @@ class ModelError(CuelogError):
 
 class ToolError(CuelogError):
     """A tool call failed; the message is written for the model to read."""
+
+
+class NotFound(CommandRejected):
+    """No such agent, session, run or approval, or it belongs to someone else."""
+
+
+class Conflict(CommandRejected):
+    """The command clashes with the current state."""
+
+
+class Invalid(CommandRejected):
+    """The command's content is wrong."""
+
+
+class Unavailable(CommandRejected):
+    """New work is refused for now."""

@@ -61,13 +61,18 @@ class SessionCreated(Event, tag="SessionCreated", frozen=True):
     parent_session: str | None = None
     parent_seq: int | None = None
     parent_hash: str | None = None
+    history: list[ChatMessage] = msgspec.field(default_factory=list)
 
 
 class MessageAccepted(Event, tag="MessageAccepted", frozen=True):
-    """A user message is in the inbox: durable before it is acknowledged."""
+    """Messages are in the inbox for a run: durable before they are acknowledged.
+
+    Usually one user message; a stateless chat completion brings its whole conversation.
+    """
 
     run_id: str
-    message: ChatMessage
+    messages: list[ChatMessage]
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class RunAssigned(Event, tag="RunAssigned", frozen=True):
@@ -113,6 +118,7 @@ class RunStarted(Event, tag="RunStarted", frozen=True):
 class ModelRequested(Event, tag="ModelRequested", frozen=True):
     step: int
     message_count: int
+    model: str = ""
 
 
 class AssistantDelta(Event, tag="AssistantDelta", frozen=True):
@@ -158,6 +164,7 @@ class AssistantMessage(Event, tag="AssistantMessage", frozen=True):
     step: int
     message: ChatMessage
     finish_reason: str
+    usage: Usage = msgspec.field(default_factory=Usage)
 
 
 class RunCompleted(Event, tag="RunCompleted", frozen=True):

@@ -181,6 +181,19 @@ class _Append:
         self.task: trio.lowlevel.Task | None = None
 
 
+class _OtherWrite:
+    """A write outside the chain (snapshot, anchor) that rides on the next group commit."""
+
+    __slots__ = ("db", "done", "error", "key", "value")
+
+    def __init__(self, db: str, key: bytes, value: bytes | None) -> None:
+        self.db = db
+        self.key = key
+        self.value = value
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
 class _Plan:
     """A group commit ready to write: every key and value, and who gets which records."""
 
@@ -190,7 +203,7 @@ class _Plan:
         self.events: list[tuple[bytes, bytes]] = []
         self.index: list[tuple[bytes, bytes]] = []
         self.idem: list[tuple[bytes, bytes]] = []
-        self.other: list[tuple[str, bytes, bytes | None]] = []
+        self.other: list[_OtherWrite] = []
         self.versions: dict[str, int] = {}
         self.tail_seq = 0
         self.tail_hash = b""
@@ -222,13 +235,15 @@ class LmdbEventLog:
         self._lock_fd: int | None = None
         self._closed = False
         self._pending: list[_Append] = []
-        self._other: list[tuple[str, bytes, bytes | None]] = []
+        self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
         self._committed = trio.Event()
         self._versions: dict[str, int] = {}
         self._limiter = trio.CapacityLimiter(1)
         self._subscribers = 0
         self._generation = 0  # group commits attempted, failed ones too
+        self._thread_readers = 0  # read txns held in worker threads (verify)
+        self._readers_gone = trio.Event()
         # counters
         self._appends = 0
         self._events_appended = 0
@@ -240,17 +255,23 @@ class LmdbEventLog:
 
         if not readonly:
             self._take_lock()
+        self._env: Any = None
         try:
             self._env = self._open_env(initial_map_size)
+            try:
+                self._events_db = self._env.open_db(b"events", create=not readonly)
+                self._streams_db = self._env.open_db(b"streams", create=not readonly)
+                self._idem_db = self._env.open_db(b"idem", create=not readonly)
+                self._snapshots_db = self._env.open_db(b"snapshots", create=not readonly)
+                self._meta_db = self._env.open_db(b"meta", create=not readonly)
+            except lmdb.Error as exc:
+                raise LogFormatError(f"{self.path} is not a cuelog log: {exc}") from exc
+            self._log_id, self._tail_seq, self._tail_hash = self._load_meta_and_tail()
         except BaseException:
+            if self._env is not None:
+                self._env.close()
             self._release_lock()
             raise
-        self._events_db = self._env.open_db(b"events", create=not readonly)
-        self._streams_db = self._env.open_db(b"streams", create=not readonly)
-        self._idem_db = self._env.open_db(b"idem", create=not readonly)
-        self._snapshots_db = self._env.open_db(b"snapshots", create=not readonly)
-        self._meta_db = self._env.open_db(b"meta", create=not readonly)
-        self._log_id, self._tail_seq, self._tail_hash = self._load_meta_and_tail()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -313,11 +334,15 @@ class LmdbEventLog:
                     )
                 log_id = bytes(txn.get(b"log_id", db=self._meta_db))
             cursor = txn.cursor(db=self._events_db)
+            seq, tail_hash = 0, genesis_hash(log_id)
             if cursor.last():
-                seq = _U64.unpack(cursor.key())[0]
-                tail_hash = bytes(cursor.value()[:HASH_SIZE])
-            else:
-                seq, tail_hash = 0, genesis_hash(log_id)
+                if len(cursor.key()) == 8 and len(cursor.value()) >= HASH_SIZE:
+                    seq = _U64.unpack(cursor.key())[0]
+                    tail_hash = bytes(cursor.value()[:HASH_SIZE])
+                elif not self.readonly:  # readers may still open it, to verify
+                    raise LogFormatError(
+                        f"{self.path}: the last event record is malformed; run `cuelog verify`"
+                    )
         return log_id, seq, tail_hash
 
     def _close(self) -> None:
@@ -399,12 +424,13 @@ class LmdbEventLog:
     async def _write_other(self, db: str, key: bytes, value: bytes | None) -> None:
         if self._closed or self.readonly:
             raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        self._other.append((db, key, value))
+        write = _OtherWrite(db, key, value)
+        self._other.append(write)
         self._wake_writer.set()
-        # Ride on the next group commit: wait until it is durable.
-        generation = self._generation
-        while self._generation == generation and not self._closed:
-            await self._committed.wait()
+        # Ride on the next group commit and return once that commit is durable.
+        await write.done.wait()
+        if write.error is not None:
+            raise write.error
 
     async def _writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -422,14 +448,18 @@ class LmdbEventLog:
             if self._closed and not self._pending and not self._other:
                 return
 
-    async def _commit_group(
-        self, batch: list[_Append], other: list[tuple[str, bytes, bytes | None]]
-    ) -> None:
-        plan = self._plan(batch)
+    async def _commit_group(self, batch: list[_Append], other: list[_OtherWrite]) -> None:
+        error: BaseException | None = None
+        try:
+            plan = self._plan(batch)
+        except Exception as exc:  # a bad index or idem record must not kill the writer
+            log.error("cannot plan group commit", error=repr(exc))
+            error = LogError(f"cannot append: {exc}")
+            plan = _Plan()
+            plan.tail_seq, plan.tail_hash = self._tail_seq, self._tail_hash
         plan.other = other
         started = time.perf_counter()
-        error: BaseException | None = None
-        while True:
+        while error is None:
             try:
                 if self._commit_in_thread and len(plan.events) > 1:
                     await trio.to_thread.run_sync(self._write, plan, limiter=self._limiter)
@@ -437,16 +467,14 @@ class LmdbEventLog:
                     self._write(plan)
                 break
             except lmdb.MapFullError:
-                if not self._grow_map():
+                if not await self._grow_map():
                     error = StorageFull(
                         f"the log reached its maximum size of {self._max_map_size} bytes; "
                         "free space or raise log.max_size"
                     )
-                    break
             except lmdb.Error as exc:
                 log.error("commit failed", error=str(exc))
                 error = LogError(f"commit failed: {exc}")
-                break
         elapsed = time.perf_counter() - started
         if error is None:
             self._tail_seq, self._tail_hash = plan.tail_seq, plan.tail_hash
@@ -464,16 +492,21 @@ class LmdbEventLog:
                 request.result = None
             assert request.task is not None
             trio.lowlevel.reschedule(request.task)
+        for write in other:
+            write.error = error
+            write.done.set()
         self._generation += 1
         committed, self._committed = self._committed, trio.Event()
         committed.set()
 
-    def _grow_map(self) -> bool:
+    async def _grow_map(self) -> bool:
         size = self._env.info()["map_size"]
         if size >= self._max_map_size:
             return False
         new_size = min(size * 2, self._max_map_size)
-        # No read txn is open here: reads never span a checkpoint on this thread.
+        # LMDB forbids resizing while any read txn is open: wait for verifications in threads.
+        while self._thread_readers:
+            await self._readers_gone.wait()
         self._env.set_mapsize(new_size)
         log.info("log map grown", map_size=new_size)
         return True
@@ -581,11 +614,11 @@ class LmdbEventLog:
                 if plan.idem:
                     txn.cursor(db=self._idem_db).putmulti(plan.idem)
             dbs = {"snapshots": self._snapshots_db, "meta": self._meta_db}
-            for name, key, value in plan.other:
-                if value is None:
-                    txn.delete(key, db=dbs[name])
+            for write in plan.other:
+                if write.value is None:
+                    txn.delete(write.key, db=dbs[write.db])
                 else:
-                    txn.put(key, value, db=dbs[name])
+                    txn.put(write.key, write.value, db=dbs[write.db])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -680,7 +713,7 @@ class LmdbEventLog:
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
             cursor = txn.cursor(db=self._events_db)
-            if not cursor.set_range(_U64.pack(after_seq + 1)):
+            if limit <= 0 or not cursor.set_range(_U64.pack(after_seq + 1)):
                 return out
             for value in cursor.iternext(keys=False, values=True):
                 out.append(decode_record(value))
@@ -710,7 +743,7 @@ class LmdbEventLog:
     def _read_head(self) -> Head:
         def run(txn: Any) -> Head:
             cursor = txn.cursor(db=self._events_db)
-            if cursor.last():
+            if cursor.last() and len(cursor.key()) == 8:
                 return Head(_U64.unpack(cursor.key())[0], bytes(cursor.value()[:HASH_SIZE]))
             return Head(0, genesis_hash(self._log_id))
 
@@ -742,6 +775,36 @@ class LmdbEventLog:
                     await committed.wait()
         finally:
             self._subscribers -= 1
+
+    async def subscribe_stream(
+        self, stream: str, after_version: int = 0, *, batch: int = 256
+    ) -> AsyncIterator[RecordedEvent]:
+        """One stream's events after `after_version`, then each new one as it commits.
+
+        Reads the stream index only, so following one run costs nothing per unrelated event.
+        """
+        version = after_version
+        self._subscribers += 1
+        try:
+            while True:
+                committed = self._committed
+                events = self.read_stream(stream, version + 1, limit=batch)
+                for event in events:
+                    version = event.version
+                    yield event
+                if events:
+                    continue
+                if self._closed:
+                    return
+                if self.readonly:
+                    await trio.sleep(0.05)  # another process writes: poll
+                else:
+                    await committed.wait()
+        finally:
+            self._subscribers -= 1
+
+    def is_closed(self) -> bool:
+        return self._closed
 
     # -- anchoring and verification ------------------------------------------------------------
 
@@ -789,9 +852,16 @@ class LmdbEventLog:
         progress: Progress | None = None,
     ) -> VerifyReport:
         """`verify_sync` in a worker thread, so the event loop keeps serving."""
-        return await trio.to_thread.run_sync(
-            lambda: self.verify_sync(anchor_key=anchor_key, anchor=anchor, progress=progress)
-        )
+        self._thread_readers += 1
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: self.verify_sync(anchor_key=anchor_key, anchor=anchor, progress=progress)
+            )
+        finally:
+            self._thread_readers -= 1
+            if not self._thread_readers:
+                self._readers_gone.set()
+                self._readers_gone = trio.Event()
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(

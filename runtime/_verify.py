@@ -2,8 +2,10 @@
 
 The fast path touches each stored value once: one SHA-256 over the stored bytes from offset 32
 (exactly the hashed input), two 32-byte comparisons and a three-field msgpack read of the body's
-head. The index is checked by comparing an order-independent fingerprint of (stream, version, seq)
-from both sides; only when they differ does a slower pass find the first bad entry.
+head. The index is checked by comparing an order-independent fingerprint of its entries from both
+sides: the sum of each entry's keyed hash (Python's SipHash of the entry's bytes, keyed per
+process, so swapping entries changes the sum). Only when the sums differ does a slower pass find
+the first bad entry.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def verify_environment(
             checked, fingerprint, hash_at_anchor = _walk_chain(
                 txn, events_db, genesis, total, anchor, progress
             )
-            _check_index(txn, events_db, streams_db, checked, fingerprint)
             anchored = _check_anchor(anchor, anchor_key, checked, hash_at_anchor)
+            _check_index(txn, events_db, streams_db, checked, fingerprint)
         except _Bad as bad:
             return VerifyReport(
                 ok=False,
@@ -85,7 +87,10 @@ def _walk_chain(
     prev = genesis
     expected = 1
     index_fp = 0
+    pack32 = _U32.pack
     for key, value in txn.cursor(db=events_db):
+        if len(key) != 8 or len(value) <= 2 * HASH_SIZE:
+            raise _Bad(expected, f"record after seq {expected - 1} is malformed")
         seq = unpack(key)[0]
         if seq != expected:
             raise _Bad(expected, f"seq {expected} is missing (event removed); next is {seq}")
@@ -100,7 +105,7 @@ def _walk_chain(
             raise _Bad(seq, "record body is not a valid envelope") from None
         if head.seq != seq:
             raise _Bad(seq, f"record stored at seq {seq} says it is seq {head.seq} (moved)")
-        index_fp += hash((head.stream, head.version, seq))
+        index_fp += hash(head.stream.encode() + b"\x00" + pack32(head.version) + key)
         if seq == anchor_seq:
             hash_at_anchor = digest
         prev = digest
@@ -123,15 +128,11 @@ def _diagnose_link(value: bytes, seq: int) -> str:
 def _check_index(txn: Any, events_db: Any, streams_db: Any, count: int, events_fp: int) -> None:
     index_fp = 0
     entries = 0
-    unpack64 = _U64.unpack
-    unpack32 = _U32.unpack
     for key, seq_bytes in txn.cursor(db=streams_db):
         if len(key) < 6 or len(seq_bytes) != 8:
             index_fp = -1
             break
-        index_fp += hash(
-            (key[:-5].decode(errors="replace"), unpack32(key[-4:])[0], unpack64(seq_bytes)[0])
-        )
+        index_fp += hash(key + seq_bytes)
         entries += 1
     if entries == count and index_fp == events_fp:
         return
@@ -153,13 +154,16 @@ def _find_bad_index_entry(txn: Any, events_db: Any, streams_db: Any) -> None:
                 f"stream index maps {head.stream!r} v{head.version} to seq {other}, not {seq}",
             )
     for key, seq_bytes in txn.cursor(db=streams_db):
+        if len(seq_bytes) != 8:
+            raise _Bad(0, f"stream index entry {key!r} holds a malformed seq")
         value = txn.get(seq_bytes, db=events_db)
-        seq = _U64.unpack(seq_bytes)[0] if len(seq_bytes) == 8 else 0
+        seq = _U64.unpack(seq_bytes)[0]
         if value is None:
             raise _Bad(seq, f"stream index entry {key!r} points to a missing seq")
         head = _head.decode(value[2 * HASH_SIZE :])
         if head.stream.encode() + b"\x00" + _U32.pack(head.version) != key:
             raise _Bad(seq, f"stream index entry {key!r} points to seq {seq}, another event's")
+    raise _Bad(0, "the stream index does not match the events (an entry was added or changed)")
 
 
 def _check_anchor(
@@ -171,7 +175,7 @@ def _check_anchor(
         return None
     if key is None:
         return None  # an anchor can only be checked with its key
-    if not anchor.is_sealed_by(key):
+    if anchor.seq < 0 or len(anchor.hash) != HASH_SIZE or not anchor.is_sealed_by(key):
         raise _Bad(
             max(anchor.seq, 0),
             "the anchor's MAC does not match the key (forged anchor or wrong key)",

@@ -251,10 +251,6 @@ async def test_a_readonly_open_of_a_missing_dir_is_refused(tmp_path: Path) -> No
             pass  # pragma: no cover - the open must fail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LmdbEventLog.__init__ lets lmdb.NotFoundError from open_db escape on a foreign env",
-)
 async def test_a_readonly_open_of_a_foreign_lmdb_dir_is_refused(tmp_path: Path) -> None:
     """An LMDB environment that is not a cuelog log is refused with LogFormatError."""
     env = lmdb.open(str(tmp_path / "foreign"))
@@ -278,10 +274,6 @@ async def test_a_newer_format_is_refused_with_a_clear_message(tmp_path: Path) ->
                 pass  # pragma: no cover - the open must fail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LmdbEventLog.__init__ keeps the writer.lock fd when the format check fails",
-)
 async def test_a_refused_open_leaves_the_writer_lock_free(tmp_path: Path) -> None:
     """When opening for writing fails on the format check, the writer lock is released."""
     path = tmp_path / "log"
@@ -343,10 +335,6 @@ async def test_a_full_log_keeps_its_data_and_keeps_reading(tmp_path: Path) -> No
         assert log.verify_sync().checked == len(landed) + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_write_other waits for any commit to finish, not the one that holds its write",
-)
 async def test_a_snapshot_is_stored_when_save_snapshot_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
