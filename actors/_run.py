@@ -1,0 +1,601 @@
+"""The run actor: model call → streamed deltas → tool calls → approvals → tool results → model …
+
+The run's driver is a background task of the actor. It reads the actor's state, does the next
+piece of work (a model call, a tool call, waiting for an approval) and records what happened by
+asking its own actor, so every output is in the log before it counts. Because the driver always
+starts from the recorded state, a run waiting for an approval resumes after a restart, and a run
+caught mid-model-call by a crash is closed as `RunFailed(reason="interrupted")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import aclosing, suppress
+from typing import TYPE_CHECKING, Any, final
+
+import msgspec
+import structlog
+import trio
+
+from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
+from cuelog.actors._events import (
+    DOMAIN_CODEC,
+    AgentSpec,
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    AssistantDelta,
+    AssistantMessage,
+    ModelRequested,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+)
+from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
+from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState
+from cuelog.actors._tools import parse_tool_arguments
+from cuelog.actors._tools_registry import ToolRegistry
+from cuelog.runtime import ActorError, Event, RecordedEvent
+from cuelog.runtime._actor import ActorContext, ActorSystem, TaskHandle
+from cuelog.runtime._actor_sourced import EventSourcedActor
+
+if TYPE_CHECKING:
+    from cuelog.actors._agent import AgentView
+
+logger = structlog.get_logger("cuelog.run")
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def args_digest(call: ToolCall) -> str:
+    """sha256 of the call's canonical arguments: what an approval is bound to."""
+    try:
+        parsed: Any = msgspec.json.decode(call.arguments or "{}")
+        canonical = _canonical.encode({"name": call.name, "arguments": parsed})
+    except msgspec.DecodeError:
+        canonical = _canonical.encode({"name": call.name, "raw": call.arguments})
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class RunEnvironment:
+    """What every run shares: models, tools, approval settings and the emergency stop."""
+
+    def __init__(
+        self,
+        *,
+        providers: dict[str, ModelProvider],
+        tools: ToolRegistry,
+        auto_approve: bool = False,
+        approval_timeout: float = 3600.0,
+        delta_interval: float = 0.05,
+        delta_chars: int = 64,
+    ) -> None:
+        self.providers = providers
+        self.tools = tools
+        self.auto_approve = auto_approve
+        self.approval_timeout = approval_timeout
+        self.delta_interval = delta_interval
+        self.delta_chars = delta_chars
+        self.active: set[str] = set()
+        self.pending_approvals: dict[str, str] = {}  # approval id -> run id
+        self.stopped = False
+
+    def provider(self, spec: AgentSpec) -> ModelProvider:
+        provider = self.providers.get(spec.provider)
+        if provider is None:
+            raise ModelError(f"model provider {spec.provider!r} is not configured on this server")
+        return provider
+
+
+class Approval(msgspec.Struct, frozen=True):
+    call: ToolCall
+    digest: str
+    status: str = "pending"  # pending | granted | denied
+    reason: str = ""
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    status: str = "new"
+    session_key: str = ""
+    agent_id: str = ""
+    owner: str | None = None
+    spec: AgentSpec | None = None
+    messages: list[ChatMessage] = msgspec.field(default_factory=list)
+    produced: list[ChatMessage] = msgspec.field(default_factory=list)
+    step: int = 0
+    text: str = ""
+    pending_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    approvals: dict[str, Approval] = msgspec.field(default_factory=dict)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    content: str = ""
+    error: str | None = None
+
+
+class RunView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    status: str
+    session_key: str
+    agent_id: str
+    owner: str | None
+    step: int
+    content: str
+    usage: Usage
+    error: str | None
+    pending_approvals: list[str]
+    messages: list[ChatMessage]
+    version: int
+
+
+def status_of(state: RunState) -> str:
+    return state.status
+
+
+def fold_run(state: RunState, event: Event) -> RunState:
+    """Apply one run event; also what replay uses to rebuild a run at any seq."""
+    replace = msgspec.structs.replace
+    match event:
+        case RunStarted():
+            return RunState(
+                status="running",
+                session_key=event.session_key,
+                agent_id=event.agent_id,
+                owner=event.owner,
+                spec=event.spec,
+                messages=list(event.messages),
+            )
+        case ModelRequested(step=step):
+            return replace(state, step=step, text="")
+        case AssistantDelta(text=text):
+            return replace(state, text=state.text + text)
+        case AssistantMessage(message=message, usage=usage):
+            return replace(
+                state,
+                messages=[*state.messages, message],
+                produced=[*state.produced, message],
+                text="",
+                usage=state.usage + usage,
+            )
+        case ToolCallRequested(call=call):
+            return replace(state, pending_calls=[*state.pending_calls, call])
+        case ApprovalRequested(approval_id=approval_id, call=call, args_digest=digest):
+            approvals = {**state.approvals, approval_id: Approval(call, digest)}
+            return replace(state, approvals=approvals, status="waiting_approval")
+        case ApprovalGranted(approval_id=approval_id):
+            return _settle_approval(state, approval_id, "granted", "")
+        case ApprovalDenied(approval_id=approval_id, reason=reason):
+            return _settle_approval(state, approval_id, "denied", reason)
+        case ToolCallCompleted(call_id=call_id, name=name, output=output):
+            return _tool_answered(state, call_id, name, output)
+        case ToolCallFailed(call_id=call_id, name=name, error=error):
+            return _tool_answered(state, call_id, name, f"error: {error}")
+        case RunCompleted(content=content):
+            return replace(state, status="completed", content=content)
+        case RunFailed(reason=reason):
+            return replace(state, status="failed", error=reason)
+        case RunCancelled(reason=reason):
+            return replace(state, status="cancelled", error=reason)
+    return state
+
+
+def _settle_approval(state: RunState, approval_id: str, status: str, reason: str) -> RunState:
+    approval = state.approvals.get(approval_id)
+    if approval is None:
+        return state
+    approvals = {
+        **state.approvals,
+        approval_id: msgspec.structs.replace(approval, status=status, reason=reason),
+    }
+    waiting = any(a.status == "pending" for a in approvals.values())
+    run_status = state.status
+    if run_status == "waiting_approval" and not waiting:
+        run_status = "running"
+    return msgspec.structs.replace(state, approvals=approvals, status=run_status)
+
+
+def _tool_answered(state: RunState, call_id: str, name: str, content: str) -> RunState:
+    message = ChatMessage(role="tool", content=content, tool_call_id=call_id, name=name)
+    return msgspec.structs.replace(
+        state,
+        pending_calls=[c for c in state.pending_calls if c.id != call_id],
+        messages=[*state.messages, message],
+        produced=[*state.produced, message],
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+class StartRun(msgspec.Struct, frozen=True, kw_only=True):
+    session_key: str
+    agent_id: str
+    owner: str | None
+    spec: AgentSpec | None
+    messages: list[ChatMessage]
+    error: str | None = None
+
+
+class Record(msgspec.Struct, frozen=True):
+    """Sent by the run's own driver: outputs to record."""
+
+    events: list[Event]
+
+
+class CancelRun(msgspec.Struct, frozen=True):
+    reason: str = "cancelled"
+    caller: Caller = ADMIN
+
+
+class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
+    approval_id: str
+    approve: bool
+    args_digest: str
+    by: str | None = None
+    reason: str = ""
+    caller: Caller = ADMIN
+
+
+class GetRun(msgspec.Struct, frozen=True):
+    caller: Caller = ADMIN
+
+
+@final
+class RunActor(EventSourcedActor[RunState]):
+    codec = DOMAIN_CODEC
+
+    def __init__(self, ctx: ActorContext, env: RunEnvironment) -> None:
+        super().__init__(ctx)
+        self.env = env
+        self._driver: TaskHandle | None = None
+        self._wakeup = trio.Event()
+
+    def initial_state(self) -> RunState:
+        return RunState()
+
+    def evolve(self, state: RunState, event: Event) -> RunState:
+        return fold_run(state, event)
+
+    def _check_access(self, state: RunState, caller: Caller) -> None:
+        if state.status == "new" or (not caller.admin and state.owner != caller.owner):
+            raise NotFound(f"no run {self.ctx.id!r}")
+
+    async def decide(self, state: RunState, command: Any) -> Sequence[Event]:
+        match command:
+            case StartRun():
+                if state.status != "new":
+                    return []
+                error: str | None = command.error
+                if self.env.stopped:
+                    error = "emergency stop: new runs are refused"
+                spec = command.spec or AgentSpec()
+                started = RunStarted(
+                    run_id=self.ctx.id,
+                    session_key=command.session_key,
+                    agent_id=command.agent_id,
+                    spec=spec,
+                    messages=_with_system_prompt(spec, command.messages),
+                    owner=command.owner,
+                )
+                return [started] if error is None else [started, RunFailed(reason=error)]
+            case Record(events=events):
+                if state.status in TERMINAL:
+                    raise Conflict(f"run {self.ctx.id} has already ended ({state.status})")
+                return events
+            case CancelRun(reason=reason, caller=caller):
+                self._check_access(state, caller)
+                if state.status in TERMINAL:
+                    return []
+                return [RunCancelled(reason=reason)]
+            case DecideApproval():
+                self._check_access(state, command.caller)
+                approval = state.approvals.get(command.approval_id)
+                if approval is None or state.status in TERMINAL:
+                    raise NotFound(f"no pending approval {command.approval_id!r}")
+                if approval.status != "pending":
+                    raise Conflict(f"approval {command.approval_id!r} is already {approval.status}")
+                if command.args_digest != approval.digest:
+                    raise Invalid(
+                        "args_digest does not match the arguments awaiting approval; "
+                        "read the approval again and send its args_digest"
+                    )
+                if command.approve:
+                    return [ApprovalGranted(approval_id=command.approval_id, by=command.by)]
+                return [
+                    ApprovalDenied(
+                        approval_id=command.approval_id, by=command.by, reason=command.reason
+                    )
+                ]
+            case GetRun(caller=caller):
+                self._check_access(state, caller)
+                return []
+        raise TypeError(f"run actor cannot handle {type(command).__name__}")
+
+    def reply(self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
+        if recorded:
+            self._after(state, recorded)
+        if isinstance(command, Record):
+            return None
+        return self.view(state)
+
+    def view(self, state: RunState) -> RunView:
+        return RunView(
+            id=self.ctx.id,
+            status=state.status,
+            session_key=state.session_key,
+            agent_id=state.agent_id,
+            owner=state.owner,
+            step=state.step,
+            content=state.content,
+            usage=state.usage,
+            error=state.error,
+            pending_approvals=[k for k, a in state.approvals.items() if a.status == "pending"],
+            messages=state.produced,
+            version=self.version,
+        )
+
+    def _after(self, state: RunState, recorded: Sequence[RecordedEvent]) -> None:
+        """Effects once events are durable: drive, wake the driver, or tell the session."""
+        for approval_id, approval in state.approvals.items():
+            if approval.status == "pending":
+                self.env.pending_approvals[approval_id] = self.ctx.id
+            else:
+                self.env.pending_approvals.pop(approval_id, None)
+        if state.status in TERMINAL:
+            self.env.active.discard(self.ctx.id)
+            if self._driver is not None and not self._driver.done:
+                self._driver.cancel()
+            if any(r.type in _TERMINAL_TYPES for r in recorded):
+                self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
+            return
+        if recorded[0].type == "RunStarted":
+            self._start_driver()
+        self._wakeup.set()
+
+    def _start_driver(self) -> None:
+        if self._driver is None or self._driver.done:
+            self.env.active.add(self.ctx.id)
+            self._driver = self.ctx.start_task(self._drive, name=f"run {self.ctx.id}")
+
+    async def on_rehydrated(self, state: RunState) -> Sequence[Event]:
+        if state.status == "running":
+            return [RunFailed(reason="interrupted")]
+        if state.status == "waiting_approval":
+            self._start_driver()
+        return ()
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def _record(self, *events: Event) -> None:
+        await self.ctx.ref.ask(Record(list(events)))
+
+    async def _drive(self) -> None:
+        try:
+            while True:
+                state = self.state
+                if state.status in TERMINAL:
+                    return
+                spec = state.spec or AgentSpec()
+                pending = [a for a in state.approvals.items() if a[1].status == "pending"]
+                if pending:
+                    await self._await_decision(*pending[0])
+                elif state.pending_calls:
+                    await self._run_tool(state, spec, state.pending_calls[0])
+                elif state.step >= spec.max_steps:
+                    await self._record(
+                        RunFailed(
+                            reason=f"step limit of {spec.max_steps} reached", usage=state.usage
+                        )
+                    )
+                else:
+                    await self._model_step(state, spec)
+        except Conflict:
+            return  # the run ended (cancelled) while the driver was working
+        except ActorError:
+            return  # the system is shutting down; the log has everything recorded so far
+
+    async def _await_decision(self, approval_id: str, approval: Approval) -> None:
+        with trio.move_on_after(self.env.approval_timeout) as scope:
+            while self.state.approvals[approval_id].status == "pending":
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+        if scope.cancelled_caught:
+            await self._record(ApprovalDenied(approval_id=approval_id, reason="approval timed out"))
+
+    async def _run_tool(self, state: RunState, spec: AgentSpec, call: ToolCall) -> None:
+        tools = self.env.tools
+        decided = next(
+            (a for a in state.approvals.values() if a.call.id == call.id and a.status != "pending"),
+            None,
+        )
+        if call.name not in spec.tools or not tools.is_enabled(call.name):
+            await self._record(
+                ToolCallFailed(
+                    call_id=call.id,
+                    name=call.name,
+                    error=f"tool {call.name!r} is not available to this agent",
+                )
+            )
+            return
+        policy = spec.tool_approval.get(call.name, spec.approval)
+        if policy == "ask" and self.env.auto_approve:
+            policy = "auto"
+        if policy == "reject":
+            await self._record(
+                ToolCallFailed(call_id=call.id, name=call.name, error="denied by approval policy")
+            )
+            return
+        if policy == "ask" and decided is None:
+            number = len(state.approvals) + 1
+            await self._record(
+                ApprovalRequested(
+                    approval_id=f"{self.ctx.id}.{number}", call=call, args_digest=args_digest(call)
+                )
+            )
+            return
+        if decided is not None and decided.status == "denied":
+            reason = (
+                f"denied by approver: {decided.reason}" if decided.reason else "denied by approver"
+            )
+            await self._record(ToolCallFailed(call_id=call.id, name=call.name, error=reason))
+            return
+        try:
+            output = await tools.invoke(call.name, parse_tool_arguments(call.name, call.arguments))
+        except ToolError as exc:
+            await self._record(ToolCallFailed(call_id=call.id, name=call.name, error=str(exc)))
+        else:
+            await self._record(ToolCallCompleted(call_id=call.id, name=call.name, output=output))
+
+    async def _model_step(self, state: RunState, spec: AgentSpec) -> None:
+        step = state.step + 1
+        await self._record(
+            ModelRequested(step=step, message_count=len(state.messages), model=spec.model)
+        )
+        try:
+            provider = self.env.provider(spec)
+        except ModelError as exc:
+            await self._record(RunFailed(reason=str(exc), usage=state.usage))
+            return
+        request = ModelRequest(
+            model=spec.model,
+            messages=state.messages,
+            tools=self.env.tools.specs(spec.tools),
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+        )
+        text: list[str] = []
+        buffered: list[str] = []
+        calls: list[ToolCall] = []
+        last_flush = time.monotonic()
+        try:
+            async with aclosing(provider.stream(request)) as chunks:
+                async for chunk in chunks:
+                    if isinstance(chunk, TextDelta):
+                        text.append(chunk.text)
+                        buffered.append(chunk.text)
+                        now = time.monotonic()
+                        size = sum(map(len, buffered))
+                        if (
+                            size >= self.env.delta_chars
+                            or now - last_flush >= self.env.delta_interval
+                        ):
+                            await self._record(AssistantDelta(step=step, text="".join(buffered)))
+                            buffered.clear()
+                            last_flush = now
+                    elif isinstance(chunk, ToolCallChunk):
+                        calls.append(chunk.call)
+                    elif isinstance(chunk, Finished):
+                        await self._finish_step(step, text, buffered, calls, chunk)
+                        return
+        except ModelError as exc:
+            await self._record(RunFailed(reason=f"model error: {exc}", usage=self.state.usage))
+            return
+        await self._record(
+            RunFailed(reason="model stream ended without finishing", usage=self.state.usage)
+        )
+
+    async def _finish_step(
+        self,
+        step: int,
+        text: list[str],
+        buffered: list[str],
+        calls: list[ToolCall],
+        finished: Finished,
+    ) -> None:
+        content = "".join(text)
+        message = ChatMessage(role="assistant", content=content or None, tool_calls=calls or None)
+        events: list[Event] = []
+        if buffered:
+            events.append(AssistantDelta(step=step, text="".join(buffered)))
+        events.append(
+            AssistantMessage(
+                step=step,
+                message=message,
+                finish_reason=finished.finish_reason,
+                usage=finished.usage,
+            )
+        )
+        events.extend(ToolCallRequested(step=step, call=call) for call in calls)
+        if not calls:
+            events.append(RunCompleted(usage=self.state.usage + finished.usage, content=content))
+        await self._record(*events)
+
+
+_TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
+
+
+def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[ChatMessage]:
+    if spec.system_prompt and not (messages and messages[0].role == "system"):
+        return [ChatMessage(role="system", content=spec.system_prompt), *messages]
+    return list(messages)
+
+
+# -- effects used by sessions -------------------------------------------------------------------
+
+
+async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> None:
+    try:
+        await system.ref("session", state.session_key).ask(
+            RunDone(run_id=run_id, status=state.status, messages=state.produced)
+        )
+    except ActorError as exc:
+        logger.warning("session not told of run end", run_id=run_id, error=str(exc))
+
+
+async def start_run_for_session(ctx: ActorContext, state: SessionState, run_id: str) -> None:
+    """Start the run a session assigned, with the agent's current definition."""
+    from cuelog.actors._agent import GetAgent
+
+    error: str | None = None
+    spec: AgentSpec | None = None
+    try:
+        agent: AgentView = await ctx.system.ref("agent", state.agent_id).ask(GetAgent())
+        spec = agent.spec
+    except NotFound:
+        error = f"agent {state.agent_id!r} does not exist"
+    await ctx.system.ref("run", run_id).ask(
+        StartRun(
+            session_key=ctx.id,
+            agent_id=state.agent_id,
+            owner=state.owner,
+            spec=spec,
+            messages=state.history,
+            error=error,
+        )
+    )
+
+
+async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
+    with suppress(NotFound, ActorError):
+        await system.ref("run", run_id).ask(CancelRun(reason=reason))
+
+
+async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
+    """After a session rehydrates with a run in flight: finish what a crash interrupted."""
+    run = ctx.system.ref("run", run_id)
+    try:
+        view: RunView = await run.ask(GetRun())
+    except NotFound:
+        # The run was assigned but never started: start it now.
+        from cuelog.actors._session import GetSession, SessionView
+
+        session: SessionView = await ctx.ref.ask(GetSession())
+        state = SessionState(
+            exists=True, agent_id=session.agent_id, owner=session.owner, history=session.messages
+        )
+        await start_run_for_session(ctx, state, run_id)
+        return
+    if view.status in TERMINAL:
+        await ctx.ref.ask(RunDone(run_id=run_id, status=view.status, messages=view.messages))
+
+
+RunFactory = Callable[[ActorContext], RunActor]
+
+
+def run_factory(env: RunEnvironment) -> RunFactory:
+    return lambda ctx: RunActor(ctx, env)

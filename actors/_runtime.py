@@ -1,0 +1,398 @@
+"""`AgentRuntime`: the domain's front door. Everything above it (HTTP, CLI, tests) goes through it.
+
+It registers the agent, session and run actors, seeds the `default` agent, closes or resumes the
+runs a crash interrupted, and turns calls into actor messages.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, final
+
+import structlog
+import trio
+
+from cuelog.actors._agent import (
+    AgentActor,
+    AgentView,
+    CreateAgent,
+    DeleteAgent,
+    GetAgent,
+    UpdateAgent,
+)
+from cuelog.actors._errors import NotFound, Unavailable
+from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, BusyPolicy
+from cuelog.actors._messages import ChatMessage, Usage
+from cuelog.actors._run import (
+    CancelRun,
+    DecideApproval,
+    GetRun,
+    RunEnvironment,
+    RunView,
+    run_factory,
+)
+from cuelog.actors._session import (
+    ADMIN,
+    Caller,
+    DeleteSession,
+    ForkFrom,
+    GetSession,
+    PatchSession,
+    ResetSession,
+    Send,
+    Sent,
+    SessionActor,
+    SessionState,
+    SessionView,
+    fold_session,
+)
+from cuelog.runtime import EventLog, RecordedEvent
+from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
+
+logger = structlog.get_logger("cuelog.runtime")
+
+TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@final
+class AgentRuntime:
+    """Agents, sessions and runs over one actor system and one log."""
+
+    def __init__(
+        self, system: ActorSystem, log: EventLog, env: RunEnvironment, ids: Callable[[str], str]
+    ) -> None:
+        self.system = system
+        self.log = log
+        self.env = env
+        self._ids = ids
+        self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
+
+    # -- agents --------------------------------------------------------------------------------
+
+    async def create_agent(
+        self, agent_id: str, spec: AgentSpec, *, if_absent: bool = False
+    ) -> AgentView:
+        view: AgentView = await self.system.ref("agent", agent_id).ask(CreateAgent(spec, if_absent))
+        return view
+
+    async def update_agent(self, agent_id: str, spec: AgentSpec) -> AgentView:
+        view: AgentView = await self.system.ref("agent", agent_id).ask(UpdateAgent(spec))
+        return view
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self.system.ref("agent", agent_id).ask(DeleteAgent())
+
+    async def get_agent(self, agent_id: str) -> AgentView:
+        view: AgentView = await self.system.ref("agent", agent_id).ask(GetAgent())
+        return view
+
+    async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
+        out: list[AgentView] = []
+        cursor = f"agent:{after}" if after is not None else None
+        while len(out) < limit:
+            names = self.log.list_streams("agent:", after=cursor, limit=limit)
+            if not names:
+                break
+            for name in names:
+                try:
+                    out.append(await self.get_agent(name.removeprefix("agent:")))
+                except NotFound:
+                    continue  # deleted
+                if len(out) >= limit:
+                    break
+            cursor = names[-1]
+        return out
+
+    # -- messages and runs ---------------------------------------------------------------------
+
+    async def send(
+        self,
+        agent_id: str,
+        messages: list[ChatMessage],
+        *,
+        session_key: str | None = None,
+        caller: Caller = ADMIN,
+        busy_policy: BusyPolicy | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> Sent:
+        """Put messages in a session's inbox (creating it if needed); return the run's id.
+
+        Durable before it returns: the messages and the run are in the log.
+        """
+        if self.env.stopped:
+            raise Unavailable("emergency stop is on: new runs are refused until it is released")
+        await self.get_agent(agent_id)
+        key = session_key or self._ids("sess")
+        run = run_id or self._ids("run")
+        self._queued[run] = key
+        try:
+            sent: Sent = await self.system.ref("session", key).ask(
+                Send(
+                    run_id=run,
+                    messages=messages,
+                    agent_id=agent_id,
+                    caller=caller,
+                    busy_policy=busy_policy,
+                    metadata=metadata or {},
+                )
+            )
+        except BaseException:
+            self._queued.pop(run, None)
+            raise
+        return sent
+
+    async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
+        """The run's current view; a queued run that has not started yet is reported queued."""
+        try:
+            view: RunView = await self.system.ref("run", run_id).ask(GetRun(caller))
+        except NotFound:
+            session_key = self._queued.get(run_id)
+            if session_key is None:
+                raise
+            session = await self.get_session(session_key, caller=caller)
+            return RunView(
+                id=run_id,
+                status="queued",
+                session_key=session_key,
+                agent_id=session.agent_id,
+                owner=session.owner,
+                step=0,
+                content="",
+                usage=Usage(),
+                error=None,
+                pending_approvals=[],
+                messages=[],
+                version=0,
+            )
+        self._queued.pop(run_id, None)
+        return view
+
+    async def wait_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
+        """Wait until the run ends and return its final view."""
+        await self.get_run(run_id, caller=caller)  # ownership and existence
+        async for event in self.log.subscribe_stream(f"run:{run_id}"):
+            if event.type in TERMINAL_EVENTS:
+                break
+        return await self.get_run(run_id, caller=caller)
+
+    async def cancel_run(
+        self, run_id: str, *, caller: Caller = ADMIN, reason: str = "cancelled"
+    ) -> RunView:
+        view: RunView = await self.system.ref("run", run_id).ask(CancelRun(reason, caller))
+        return view
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        args_digest: str,
+        by: str | None = None,
+        reason: str = "",
+        caller: Caller = ADMIN,
+    ) -> RunView:
+        run_id = approval_id.rpartition(".")[0]
+        if not run_id:
+            raise NotFound(f"no approval {approval_id!r}")
+        view: RunView = await self.system.ref("run", run_id).ask(
+            DecideApproval(
+                approval_id=approval_id,
+                approve=approve,
+                args_digest=args_digest,
+                by=by,
+                reason=reason,
+                caller=caller,
+            )
+        )
+        return view
+
+    def pending_approvals(self) -> dict[str, str]:
+        """approval id -> run id, for every approval waiting for a decision."""
+        return dict(self.env.pending_approvals)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def get_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
+        view: SessionView = await self.system.ref("session", key).ask(GetSession(caller))
+        return view
+
+    async def reset_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
+        view: SessionView = await self.system.ref("session", key).ask(ResetSession(caller))
+        return view
+
+    async def patch_session(
+        self,
+        key: str,
+        *,
+        caller: Caller = ADMIN,
+        label: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        busy_policy: BusyPolicy | None = None,
+    ) -> SessionView:
+        view: SessionView = await self.system.ref("session", key).ask(
+            PatchSession(caller=caller, label=label, metadata=metadata, busy_policy=busy_policy)
+        )
+        return view
+
+    async def delete_session(self, key: str, *, caller: Caller = ADMIN) -> None:
+        await self.system.ref("session", key).ask(DeleteSession(caller))
+
+    async def list_sessions(
+        self,
+        *,
+        caller: Caller = ADMIN,
+        agent_id: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[SessionView], str | None]:
+        """A page of sessions the caller may see, and the cursor of the next page (or None)."""
+        out: list[SessionView] = []
+        cursor = f"session:{after}" if after is not None else None
+        exhausted = False
+        while len(out) < limit:
+            names = self.log.list_streams("session:", after=cursor, limit=max(limit, 64))
+            if not names:
+                exhausted = True
+                break
+            for name in names:
+                cursor = name
+                state = self.session_state_at(name.removeprefix("session:"))
+                if not state.exists or state.deleted:
+                    continue
+                if not caller.admin and state.owner != caller.owner:
+                    continue
+                if agent_id is not None and state.agent_id != agent_id:
+                    continue
+                out.append(await self.get_session(name.removeprefix("session:"), caller=caller))
+                if len(out) >= limit:
+                    break
+        next_cursor = None
+        if not exhausted and out and cursor is not None:
+            next_cursor = cursor.removeprefix("session:")
+        return out, next_cursor
+
+    def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:
+        """The session's folded state as of `at_seq` (or now), straight from the log."""
+        state = SessionState()
+        for record in self.log.read_stream(f"session:{key}"):
+            if at_seq is not None and record.seq > at_seq:
+                break
+            if DOMAIN_CODEC.knows(record.type):
+                state = fold_session(state, DOMAIN_CODEC.decode(record.type, record.data))
+        return state
+
+    async def fork_session(
+        self, key: str, at_seq: int, *, agent_id: str | None = None, caller: Caller = ADMIN
+    ) -> SessionView:
+        """A new session whose history is `key`'s at `at_seq`; its first event names the parent."""
+        parent = await self.get_session(key, caller=caller)
+        event = self.log.read_event(at_seq)
+        if event is None:
+            raise NotFound(f"no event at seq {at_seq}")
+        state = self.session_state_at(key, at_seq)
+        new_key = self._ids("sess")
+        view: SessionView = await self.system.ref("session", new_key).ask(
+            ForkFrom(
+                agent_id=agent_id or parent.agent_id,
+                history=state.history,
+                parent_session=key,
+                parent_seq=at_seq,
+                parent_hash=event.hash.hex(),
+                caller=caller,
+            )
+        )
+        return view
+
+    # -- start-up and emergency stop -----------------------------------------------------------
+
+    async def seed_agents(self, agents: dict[str, AgentSpec]) -> None:
+        specs = {"default": AgentSpec(name="default", tools=["clock", "calculator"]), **agents}
+        for agent_id, spec in specs.items():
+            await self.create_agent(agent_id, spec, if_absent=True)
+
+    async def recover(self) -> int:
+        """Touch every session and run left in flight by a crash; return how many were found."""
+        found = 0
+        after: str | None = None
+        while True:
+            names = self.log.list_streams("run:", after=after, limit=500)
+            if not names:
+                break
+            after = names[-1]
+            for name in names:
+                last = self._last_event(name)
+                if last is None or last.type in TERMINAL_EVENTS:
+                    continue
+                found += 1
+                run_id = name.removeprefix("run:")
+                try:
+                    view = await self.get_run(run_id)
+                    await self.get_session(view.session_key)  # rehydrates: settles, starts next
+                except NotFound:
+                    continue
+        after = None
+        while True:
+            names = self.log.list_streams("session:", after=after, limit=500)
+            if not names:
+                break
+            after = names[-1]
+            for name in names:
+                state = self.session_state_at(name.removeprefix("session:"))
+                if state.current_run is not None and not state.deleted:
+                    found += 1
+                    await self.get_session(name.removeprefix("session:"))
+        if found:
+            logger.info("recovered interrupted work", count=found)
+        return found
+
+    def _last_event(self, stream: str) -> RecordedEvent | None:
+        version = self.log.stream_version(stream)
+        if version == 0:
+            return None
+        events = self.log.read_stream(stream, version, limit=1)
+        return events[0] if events else None
+
+    async def emergency_stop(self) -> int:
+        """Refuse new runs and cancel every active one; return how many were cancelled."""
+        self.env.stopped = True
+        active = list(self.env.active)
+        async with trio.open_nursery() as nursery:
+            for run_id in active:
+                nursery.start_soon(self._cancel_quietly, run_id)
+        return len(active)
+
+    async def _cancel_quietly(self, run_id: str) -> None:
+        with suppress(NotFound):
+            await self.cancel_run(run_id, reason="emergency stop")
+
+    def release_emergency_stop(self) -> None:
+        self.env.stopped = False
+
+
+@asynccontextmanager
+async def open_agent_runtime(
+    log: EventLog,
+    env: RunEnvironment,
+    *,
+    config: ActorConfig | None = None,
+    agents: dict[str, AgentSpec] | None = None,
+    ids: Callable[[str], str] = random_id,
+    recover: bool = True,
+) -> AsyncIterator[AgentRuntime]:
+    """Open the actor system, register the domain actors, seed agents and recover."""
+    async with open_actor_system(log, config=config) as system:
+        system.register("agent", AgentActor)
+        system.register("session", SessionActor)
+        system.register("run", run_factory(env))
+        runtime = AgentRuntime(system, log, env, ids)
+        await runtime.seed_agents(agents or {})
+        if recover:
+            await runtime.recover()
+        yield runtime
