@@ -522,7 +522,11 @@ class RunActor(EventSourcedActor[RunState]):
         )
         events.extend(ToolCallRequested(step=step, call=call) for call in calls)
         if not calls:
-            events.append(RunCompleted(usage=self.state.usage + finished.usage, content=content))
+            # The run's answer is all its assistant text, so a streamed read joins to the same.
+            earlier = "".join(m.content or "" for m in self.state.produced if m.role == "assistant")
+            events.append(
+                RunCompleted(usage=self.state.usage + finished.usage, content=earlier + content)
+            )
         await self._record(*events)
 
 
