@@ -181,6 +181,21 @@ class RunCancelled(Event, tag="RunCancelled", frozen=True):
     reason: str = "cancelled"
 
 
+# -- idempotent requests -----------------------------------------------------------------------
+
+
+class RequestClaimed(Event, tag="RequestClaimed", frozen=True):
+    """An `Idempotency-Key` was used: what it was used for and the run it created.
+
+    Stream `idem:<digest of scope and key>`; the first claim wins (expected version 0).
+    """
+
+    body_digest: str
+    route: str
+    run_id: str
+    session_key: str
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -205,6 +220,7 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     RunCompleted,
     RunFailed,
     RunCancelled,
+    RequestClaimed,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

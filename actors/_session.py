@@ -270,6 +270,9 @@ class SessionActor(EventSourcedActor[SessionState]):
                     metadata=command.metadata,
                 )
             )
+        known = {q.run_id for q in state.inbox} | set(state.recent_runs)
+        if command.run_id in known:
+            return []  # a retried request: the message is already in
         busy = state.current_run is not None or bool(state.inbox)
         if busy and policy == "reject":
             raise Conflict(
