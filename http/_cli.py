@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 import trio
 
-from cuelog.http._server import ServerSettings, serve
 from cuelog.runtime import CuelogError, configure_logging
 
 
@@ -25,22 +24,45 @@ def main() -> None:
 
 
 @main.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="CUELOG_SERVER_HOST")
-@click.option("--port", default=8088, show_default=True, type=int, envvar="CUELOG_SERVER_PORT")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (default: ./cuelog.toml if present). See docs/configuration.md.",
+)
+@click.option("--host", default=None, help="Address to bind [server.host, 127.0.0.1].")
+@click.option("--port", default=None, type=int, help="Port to bind, 0 for any [server.port, 8088].")
 @click.option(
     "--data-dir",
-    default="data",
-    show_default=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    envvar="CUELOG_LOG_DATA_DIR",
-    help="Where the event log lives.",
+    help="Where the event log lives [log.data_dir, ./data].",
 )
-@click.option("--api-key", default=None, envvar="CUELOG_SERVER_API_KEY", help="Static admin key.")
-def serve_command(host: str, port: int, data_dir: Path, api_key: str | None) -> None:
-    """Serve the HTTP API (OpenAI-compatible chat, agents, sessions, runs, events)."""
+@click.option("--api-key", default=None, help="Static admin API key [server.api_key].")
+def serve_command(
+    config_file: Path | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    api_key: str | None,
+) -> None:
+    """Serve the HTTP API: OpenAI-compatible chat, agents, sessions, wake, runs, events.
+
+    Settings come from the config file, then CUELOG_<SECTION>_<KEY> environment variables
+    (e.g. CUELOG_SERVER_API_KEY), then these flags.
+    """
+    from cuelog.http._config import load_settings
+    from cuelog.http._server import serve
+
     configure_logging()
-    settings = ServerSettings(host=host, port=port, data_dir=data_dir, api_key=api_key)
     try:
+        settings = load_settings(
+            config_file,
+            flags={
+                "server": {"host": host, "port": port, "api_key": api_key},
+                "log": {"data_dir": data_dir},
+            },
+        )
         trio.run(serve, settings)
     except CuelogError as exc:
         click.echo(f"cuelog: {exc}", err=True)

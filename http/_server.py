@@ -1,35 +1,38 @@
-"""Run the HTTP facade on Hypercorn's trio worker, with graceful shutdown on SIGTERM/SIGINT."""
+"""Run the HTTP facade on Hypercorn's trio worker, with graceful shutdown on SIGTERM/SIGINT.
+
+Start-up order: open the log, open the agent runtime (seeds agents, recovers interrupted runs),
+then bind. Shutdown runs it backwards: stop accepting connections, let Hypercorn drain within
+`server.graceful_timeout`, stop the actors, and let the log commit what is queued.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
-from pathlib import Path
 
-import msgspec
 import structlog
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from cuelog.http._app import create_app
-from cuelog.runtime import CuelogError
+from cuelog.actors import (
+    AgentSpec,
+    EchoModel,
+    ModelProvider,
+    OpenAIConfig,
+    OpenAIModel,
+    ToolRegistry,
+)
+from cuelog.actors._run import RunEnvironment
+from cuelog.actors._runtime import open_agent_runtime
+from cuelog.actors._tools_registry import ToolsConfig
+from cuelog.http._app import Services, create_app
+from cuelog.http._auth import Authenticator
+from cuelog.http._config import ConfigError, Settings
+from cuelog.runtime import open_event_log
 
 log = structlog.get_logger("cuelog.server")
-
-
-class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """What `cuelog serve` needs to start."""
-
-    host: str = "127.0.0.1"
-    port: int = 8088
-    data_dir: Path = Path("data")
-    api_key: str | None = None
-    graceful_timeout: float = 10.0
-
-
-class ConfigError(CuelogError):
-    """A setting is invalid; the message names it."""
 
 
 def is_loopback(host: str) -> bool:
@@ -41,29 +44,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_settings(settings: ServerSettings) -> None:
-    if settings.api_key is None and not is_loopback(settings.host):
+def check_settings(settings: Settings) -> None:
+    server = settings.server
+    if server.api_key is None and not is_loopback(server.host):
         raise ConfigError(
-            f"server.host: refusing to bind {settings.host} without server.api_key; "
+            f"server.host: refusing to bind {server.host} without server.api_key; "
             "set an API key or bind 127.0.0.1"
         )
-    if not 0 <= settings.port <= 65535:
-        raise ConfigError(f"server.port: {settings.port} is not a TCP port")
 
 
-def hypercorn_config(settings: ServerSettings) -> Config:
+def hypercorn_config(settings: Settings) -> Config:
     config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.graceful_timeout = settings.graceful_timeout
+    host = settings.server.host
+    host = f"[{host}]" if ":" in host else host
+    config.bind = [f"{host}:{settings.server.port}"]
+    config.graceful_timeout = settings.server.graceful_timeout
     config.accesslog = None
     config.errorlog = None
     config.keep_alive_timeout = 75
     return config
 
 
+def model_providers(settings: Settings) -> dict[str, ModelProvider]:
+    providers: dict[str, ModelProvider] = {"echo": EchoModel()}
+    model = settings.model
+    if model.base_url:
+        providers["openai"] = OpenAIModel(
+            OpenAIConfig(base_url=model.base_url, api_key_env=model.api_key_env)
+        )
+    return providers
+
+
+def seeded_agents(settings: Settings) -> dict[str, AgentSpec]:
+    """`[agents.<id>]` from the config, with `default` on the configured model."""
+    default = AgentSpec(
+        name="default",
+        provider=settings.model.provider,
+        model=settings.model.name,
+        tools=["clock", "calculator"],
+    )
+    return {"default": default, **settings.agents}
+
+
 async def serve(
-    settings: ServerSettings,
+    settings: Settings,
     *,
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
@@ -72,8 +96,21 @@ async def serve(
     """Serve until `shutdown` is set (or SIGTERM/SIGINT arrives); report the bound URLs."""
     check_settings(settings)
     stop = trio.Event() if shutdown is None else shutdown
-    app = create_app()
-    async with trio.open_nursery() as nursery:
+    tools = ToolRegistry.builtins(ToolsConfig(enabled=settings.server.enabled_tools))
+    env = RunEnvironment(
+        providers=model_providers(settings),
+        tools=tools,
+        auto_approve=settings.server.auto_approve,
+    )
+    async with (
+        open_event_log(
+            settings.log.data_dir, sync=settings.log.sync, max_map_size=settings.log.max_size
+        ) as event_log,
+        open_agent_runtime(event_log, env, agents=seeded_agents(settings)) as runtime,
+        trio.open_nursery() as nursery,
+    ):
+        auth = Authenticator(settings.server.api_key)
+        app = create_app(Services(runtime, event_log, settings, auth))
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
         async with trio.open_nursery() as server:
@@ -85,7 +122,13 @@ async def serve(
                     task_status=task_status,
                 )
             )
-            log.info("serving", urls=binds, data_dir=str(settings.data_dir))
+            log.info(
+                "serving",
+                urls=binds,
+                data_dir=str(settings.log.data_dir),
+                head_seq=event_log.head().seq,
+                pid=os.getpid(),
+            )
             task_status.started(binds)
         # Hypercorn has drained its connections; only the signal watcher is left.
         nursery.cancel_scope.cancel()

@@ -9,13 +9,16 @@ import httpx
 import pytest
 import trio
 
-from cuelog.http._server import ServerSettings, serve
+from cuelog.http._config import load_settings
+from cuelog.http._server import serve
 
 
 @pytest.fixture
 async def base_url(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[str]:
     stop = trio.Event()
-    settings = ServerSettings(port=0, data_dir=tmp_path / "data")
+    settings = load_settings(
+        None, environ={}, flags={"server": {"port": 0}, "log": {"data_dir": tmp_path / "data"}}
+    )
     binds = await nursery.start(
         lambda task_status: serve(
             settings, shutdown=stop, handle_signals=False, task_status=task_status

@@ -1,0 +1,145 @@
+"""Who is calling: API keys, scopes, and the route table that says which scope each route needs.
+
+Every route is declared through `Routes.add` with its scope, so the scope table lives in one place
+(and docs/api.md and the authz sweep test read the same table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from cuelog.actors._session import Caller
+from cuelog.http._wire import ApiError
+
+SCOPES: Final = ("read", "chat", "wake", "approve", "admin")
+PUBLIC: Final = "public"
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """The authenticated caller: which key (None when auth is off) and what it may do."""
+
+    key_id: str | None
+    scopes: frozenset[str]
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def allows(self, scope: str) -> bool:
+        return scope == PUBLIC or self.admin or scope in self.scopes
+
+    def caller(self) -> Caller:
+        return Caller(owner=self.key_id, admin=self.admin)
+
+
+LOCAL: Final = Principal(None, frozenset(SCOPES))
+STATIC_KEY_ID: Final = "static"
+
+
+def key_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+KeyLookup = Callable[[str], Principal | None]  # sha256 hex of a presented key -> principal
+
+
+class Authenticator:
+    """Checks `Authorization: Bearer <key>` or `X-API-Key: <key>` in constant time."""
+
+    def __init__(self, static_key: str | None, lookup: KeyLookup | None = None) -> None:
+        self._static = key_digest(static_key) if static_key else None
+        self._lookup = lookup
+        self.enabled = static_key is not None or lookup is not None
+
+    def presented_key(self) -> str | None:
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            return header[7:].strip() or None
+        return request.headers.get("x-api-key") or None
+
+    def authenticate(self, *, required: bool = True) -> Principal | None:
+        if not self.enabled:
+            return LOCAL
+        key = self.presented_key()
+        if key is None:
+            if required:
+                raise ApiError(
+                    401,
+                    "no API key: send Authorization: Bearer <key> or X-API-Key",
+                    code="missing_api_key",
+                )
+            return None
+        digest = key_digest(key)
+        if self._static is not None and hmac.compare_digest(digest, self._static):
+            return Principal(STATIC_KEY_ID, frozenset(SCOPES))
+        principal = self._lookup(digest) if self._lookup is not None else None
+        if principal is None:
+            if required:
+                raise ApiError(401, "the API key is not valid (unknown, revoked or expired)")
+            return None
+        return principal
+
+
+def principal() -> Principal:
+    """The caller of the current request (set by the route wrapper)."""
+    found: Principal = g.principal
+    return found
+
+
+def caller() -> Caller:
+    return principal().caller()
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class RouteInfo(msgspec.Struct, frozen=True):
+    rule: str
+    methods: tuple[str, ...]
+    scope: str
+    summary: str
+
+
+class Routes:
+    """Registers routes with their scope; the one place authorization is enforced."""
+
+    def __init__(self, app: QuartTrio, auth: Authenticator) -> None:
+        self.app = app
+        self.auth = auth
+        self.table: list[RouteInfo] = []
+
+    def add(
+        self, rule: str, methods: list[str], scope: str, summary: str = ""
+    ) -> Callable[[Handler], Handler]:
+        if scope not in SCOPES and scope != PUBLIC:
+            raise ValueError(f"unknown scope {scope!r}")
+
+        def register(handler: Handler) -> Handler:
+            async def guarded(**kwargs: Any) -> Response:
+                if scope == PUBLIC:
+                    g.principal = self.auth.authenticate(required=False)
+                else:
+                    who = self.auth.authenticate()
+                    assert who is not None
+                    if not who.allows(scope):
+                        raise ApiError(
+                            403, f"this key lacks the {scope!r} scope needed here", param=scope
+                        )
+                    g.principal = who
+                return await handler(**kwargs)
+
+            endpoint = f"{handler.__name__}_{'_'.join(methods).lower()}_{len(self.table)}"
+            self.app.add_url_rule(rule, endpoint, guarded, methods=methods)
+            self.table.append(
+                RouteInfo(rule, tuple(methods), scope, summary or handler.__doc__ or "")
+            )
+            return handler
+
+        return register

@@ -1,0 +1,65 @@
+"""`Idempotency-Key`: the first request with a key claims it in the log; repeats attach to its run.
+
+The claim is an append with expected version 0 to `idem:<sha256(scope, key)>`, so of many
+concurrent requests exactly one wins, whatever process or retry it comes from. A repeat with the
+same body gets the original run; with another body it is a 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from cuelog.actors._events import DOMAIN_CODEC, RequestClaimed
+from cuelog.http._wire import ApiError
+from cuelog.runtime import NO_STREAM, EventLog, WrongExpectedVersion
+
+MAX_KEY_LENGTH = 255
+
+
+class Claim(msgspec.Struct, frozen=True):
+    run_id: str
+    session_key: str
+    repeated: bool
+
+
+def _stream(scope: str, key: str) -> str:
+    return "idem:" + hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()[:40]
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+async def claim(
+    log: EventLog,
+    *,
+    scope: str,
+    key: str,
+    route: str,
+    digest: str,
+    run_id: str,
+    session_key: str,
+) -> Claim:
+    """Claim `key` for this request, or return the run of the request that claimed it first."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ApiError(400, f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
+    stream = _stream(scope, key)
+    event = RequestClaimed(body_digest=digest, route=route, run_id=run_id, session_key=session_key)
+    try:
+        await log.append(stream, [event], expected_version=NO_STREAM)
+    except WrongExpectedVersion:
+        pass
+    else:
+        return Claim(run_id, session_key, repeated=False)
+    first = log.read_stream(stream, 1, limit=1)[0]
+    original = DOMAIN_CODEC.decode(first.type, first.data)
+    assert isinstance(original, RequestClaimed)
+    if original.body_digest != digest or original.route != route:
+        raise ApiError(
+            409,
+            "this Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+        )
+    return Claim(original.run_id, original.session_key, repeated=True)
