@@ -30,6 +30,10 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 1 << 20
     request_timeout: float = 120.0
     graceful_timeout: float = 10.0
+    rate_limit: float = 0.0  # requests per second per API key; 0 turns it off
+    rate_burst: int = 20
+    ip_rate_limit: float = 0.0  # requests per second per client address; 0 turns it off
+    max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
 
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
