@@ -196,6 +196,30 @@ class RequestClaimed(Event, tag="RequestClaimed", frozen=True):
     session_key: str
 
 
+# -- operators -------------------------------------------------------------------------------
+
+
+class KeyCreated(Event, tag="KeyCreated", frozen=True):
+    """An API key was issued; only the sha256 of the secret is kept."""
+
+    key_id: str
+    name: str
+    scopes: list[str]
+    digest: str
+    expires_at: int | None = None  # seconds since the Unix epoch
+
+
+class KeyRevoked(Event, tag="KeyRevoked", frozen=True):
+    key_id: str
+
+
+class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
+    """New runs refused (`stopped`) or allowed again, and every active run cancelled on stop."""
+
+    stopped: bool
+    cancelled_runs: int = 0
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -221,6 +245,9 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     RunFailed,
     RunCancelled,
     RequestClaimed,
+    KeyCreated,
+    KeyRevoked,
+    EmergencyStopChanged,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

@@ -9,8 +9,8 @@ caught mid-model-call by a crash is closed as `RunFailed(reason="interrupted")`.
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Any, final
@@ -39,7 +39,7 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState
+from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState, caller_actor
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import ActorError, Event, RecordedEvent
@@ -84,6 +84,7 @@ class RunEnvironment:
         self.delta_interval = delta_interval
         self.delta_chars = delta_chars
         self.active: set[str] = set()
+        self.finished: collections.Counter[str] = collections.Counter()  # runs ended, by status
         self.pending_approvals: dict[str, str] = {}  # approval id -> run id
         self.stopped = False
 
@@ -261,6 +262,9 @@ class RunActor(EventSourcedActor[RunState]):
     def evolve(self, state: RunState, event: Event) -> RunState:
         return fold_run(state, event)
 
+    def actor_of(self, command: Any) -> str | None:
+        return caller_actor(command)
+
     def _check_access(self, state: RunState, caller: Caller) -> None:
         if state.status == "new" or (not caller.admin and state.owner != caller.owner):
             raise NotFound(f"no run {self.ctx.id!r}")
@@ -341,21 +345,26 @@ class RunActor(EventSourcedActor[RunState]):
 
     def _after(self, state: RunState, recorded: Sequence[RecordedEvent]) -> None:
         """Effects once events are durable: drive, wake the driver, or tell the session."""
-        for approval_id, approval in state.approvals.items():
-            if approval.status == "pending":
-                self.env.pending_approvals[approval_id] = self.ctx.id
-            else:
-                self.env.pending_approvals.pop(approval_id, None)
+        self._track_approvals(state)
         if state.status in TERMINAL:
             self.env.active.discard(self.ctx.id)
             if self._driver is not None and not self._driver.done:
                 self._driver.cancel()
             if any(r.type in _TERMINAL_TYPES for r in recorded):
+                self.env.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
             return
         if recorded[0].type == "RunStarted":
             self._start_driver()
         self._wakeup.set()
+
+    def _track_approvals(self, state: RunState) -> None:
+        """Keep the environment's list of pending approvals in step with this run's state."""
+        for approval_id, approval in state.approvals.items():
+            if approval.status == "pending" and state.status not in TERMINAL:
+                self.env.pending_approvals[approval_id] = self.ctx.id
+            else:
+                self.env.pending_approvals.pop(approval_id, None)
 
     def _start_driver(self) -> None:
         if self._driver is None or self._driver.done:
@@ -366,6 +375,8 @@ class RunActor(EventSourcedActor[RunState]):
         if state.status == "running":
             return [RunFailed(reason="interrupted")]
         if state.status == "waiting_approval":
+            # A restart lost the in-memory list of pending approvals; rebuild it from the log.
+            self._track_approvals(state)
             self._start_driver()
         return ()
 
@@ -471,14 +482,14 @@ class RunActor(EventSourcedActor[RunState]):
         text: list[str] = []
         buffered: list[str] = []
         calls: list[ToolCall] = []
-        last_flush = time.monotonic()
+        last_flush = trio.current_time()
         try:
             async with aclosing(provider.stream(request)) as chunks:
                 async for chunk in chunks:
                     if isinstance(chunk, TextDelta):
                         text.append(chunk.text)
                         buffered.append(chunk.text)
-                        now = time.monotonic()
+                        now = trio.current_time()
                         size = sum(map(len, buffered))
                         if (
                             size >= self.env.delta_chars

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, final
 
+import msgspec
 import structlog
 import trio
 
@@ -23,7 +24,7 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._errors import NotFound, Unavailable
-from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, BusyPolicy
+from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, ApprovalRequested, BusyPolicy, RunSettled
 from cuelog.actors._messages import ChatMessage, Usage
 from cuelog.actors._run import (
     CancelRun,
@@ -175,12 +176,32 @@ class AgentRuntime:
         return view
 
     async def wait_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
-        """Wait until the run ends and return its final view."""
+        """Wait until the run ends and its session has taken its messages; return its view.
+
+        Waiting for the session too means a message sent right after goes to an idle session
+        (a `reject` session would otherwise refuse it as busy).
+        """
         await self.get_run(run_id, caller=caller)  # ownership and existence
         async for event in self.log.subscribe_stream(f"run:{run_id}"):
             if event.type in TERMINAL_EVENTS:
                 break
-        return await self.get_run(run_id, caller=caller)
+        view = await self.get_run(run_id, caller=caller)
+        await self._wait_settled(view.session_key, run_id)
+        return view
+
+    async def _wait_settled(self, session_key: str, run_id: str) -> None:
+        try:
+            session = await self.get_session(session_key)
+        except NotFound:
+            return  # deleted: nobody will read its history
+        if session.current_run != run_id:
+            return
+        stream = f"session:{session_key}"
+        async for record in self.log.subscribe_stream(stream, session.version):
+            if record.type == "RunSettled":
+                event = DOMAIN_CODEC.decode(record.type, record.data)
+                if isinstance(event, RunSettled) and event.run_id == run_id:
+                    return
 
     async def cancel_run(
         self, run_id: str, *, caller: Caller = ADMIN, reason: str = "cancelled"
@@ -212,6 +233,66 @@ class AgentRuntime:
             )
         )
         return view
+
+    async def approval_detail(
+        self, approval_id: str, *, caller: Caller = ADMIN
+    ) -> dict[str, Any] | None:
+        """What an approval is for: its run, tool call, arguments digest and state."""
+        run_id = approval_id.rpartition(".")[0]
+        if not run_id:
+            return None
+        view = await self.get_run(run_id, caller=caller)
+        for record in self.log.read_stream(f"run:{run_id}"):
+            if record.type != "ApprovalRequested":
+                continue
+            event = DOMAIN_CODEC.decode(record.type, record.data)
+            assert isinstance(event, ApprovalRequested)
+            if event.approval_id == approval_id:
+                return {
+                    "id": approval_id,
+                    "object": "approval",
+                    "run_id": run_id,
+                    "session_key": view.session_key,
+                    "agent_id": view.agent_id,
+                    "tool": event.call.name,
+                    "arguments": event.call.arguments,
+                    "call_id": event.call.id,
+                    "args_digest": event.args_digest,
+                    "status": "pending" if approval_id in view.pending_approvals else "decided",
+                    "requested_seq": record.seq,
+                    "requested_at": record.ts // 1_000_000,
+                }
+        return None
+
+    async def invoke_tool(
+        self, name: str, args: dict[str, Any], *, caller: Caller = ADMIN
+    ) -> RunView:
+        """Run one tool call through the `tools` agent: the same approvals, the same log.
+
+        Returns once the run ends or waits for an approval.
+        """
+        default = await self.get_agent("default")
+        spec = AgentSpec(
+            name="tools",
+            provider="echo",
+            model="echo-1",
+            tools=self.env.tools.enabled(),
+            approval=default.spec.approval,
+            tool_approval=default.spec.tool_approval,
+            max_steps=2,
+        )
+        try:
+            current = await self.get_agent("tools")
+            if current.spec != spec:
+                await self.update_agent("tools", spec)
+        except NotFound:
+            await self.create_agent("tools", spec, if_absent=True)
+        line = f"/tool {name} {msgspec.json.encode(args).decode()}"
+        sent = await self.send("tools", [ChatMessage(role="user", content=line)], caller=caller)
+        async for event in self.log.subscribe_stream(f"run:{sent.run_id}"):
+            if event.type in TERMINAL_EVENTS or event.type == "ApprovalRequested":
+                break
+        return await self.get_run(sent.run_id, caller=caller)
 
     def pending_approvals(self) -> dict[str, str]:
         """approval id -> run id, for every approval waiting for a decision."""

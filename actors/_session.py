@@ -46,6 +46,14 @@ class Caller(msgspec.Struct, frozen=True):
 ADMIN = Caller()
 
 
+def caller_actor(command: Any) -> str | None:
+    """The envelope `actor` for a command: the calling key's id, `local` without auth."""
+    caller = getattr(command, "caller", None)
+    if not isinstance(caller, Caller):
+        return None
+    return caller.owner or "local"
+
+
 class QueuedRun(msgspec.Struct, frozen=True):
     run_id: str
     messages: list[ChatMessage]
@@ -194,6 +202,9 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     def evolve(self, state: SessionState, event: Event) -> SessionState:
         return fold_session(state, event)
+
+    def actor_of(self, command: Any) -> str | None:
+        return caller_actor(command)
 
     def _check_access(self, state: SessionState, caller: Caller) -> None:
         if not state.exists or state.deleted:

@@ -94,6 +94,29 @@ class ToolRegistry:
             raise ToolError(f"tool {name!r} is disabled on this server")
         return self._tools[name]
 
+    def spec_of(self, name: str) -> ToolSpec:
+        """The spec of any known tool, enabled or not."""
+        if name not in self._tools:
+            raise ToolError(f"no tool named {name!r}")
+        return tool_spec(self._tools[name])
+
+    def check_args(self, name: str, args: dict[str, Any]) -> str | None:
+        """What is wrong with `args` for the tool's schema (top level), or None when they fit."""
+        schema = self.spec_of(name).parameters
+        properties: dict[str, Any] = schema.get("properties", {})
+        missing = [field for field in schema.get("required", []) if field not in args]
+        if missing:
+            return f"missing required argument(s): {', '.join(missing)}"
+        if schema.get("additionalProperties") is False:
+            unknown = sorted(set(args) - set(properties))
+            if unknown:
+                return f"unknown argument(s): {', '.join(unknown)}"
+        for field, value in args.items():
+            expected = properties.get(field, {}).get("type")
+            if expected is not None and not _matches(value, expected):
+                return f"argument {field!r} must be of type {expected}"
+        return None
+
     def timeout_of(self, name: str) -> float:
         return self._timeouts.get(name, self._timeout)
 
@@ -105,3 +128,27 @@ class ToolRegistry:
     async def invoke(self, name: str, args: dict[str, Any]) -> str:
         """Run an enabled tool with its timeout; every failure raises ToolError."""
         return await invoke_tool(self.get(name), args, self.timeout_of(name))
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+def _matches(value: Any, expected: str | list[str]) -> bool:
+    kinds = [expected] if isinstance(expected, str) else expected
+    for kind in kinds:
+        types = _JSON_TYPES.get(kind)
+        if types is None:
+            return True
+        if isinstance(value, bool) and kind in {"integer", "number"}:
+            continue
+        if isinstance(value, types):
+            return True
+    return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Literal
@@ -31,10 +31,13 @@ from cuelog.actors._messages import ChatMessage
 from cuelog.actors._run import RunView
 from cuelog.actors._runtime import TERMINAL_EVENTS, AgentRuntime, random_id
 from cuelog.actors._session import Sent, SessionView
-from cuelog.http._auth import PUBLIC, Authenticator, Routes, caller, principal
+from cuelog.http._auth import PUBLIC, Authenticator, Principal, Routes, caller, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
 from cuelog.http._idempotency import body_digest, claim
+from cuelog.http._keys import KeyStore
+from cuelog.http._limits import StreamSlots, TokenBuckets, retry_after
+from cuelog.http._metrics import Metrics
 from cuelog.http._openai import (
     DONE_FRAME,
     ChatCompletionRequest,
@@ -46,6 +49,7 @@ from cuelog.http._openai import (
     response_object,
     responses_messages,
 )
+from cuelog.http._operator import register_operator_routes
 from cuelog.http._wire import (
     ApiError,
     decode_body,
@@ -75,16 +79,29 @@ _generic = msgspec.msgpack.Decoder()
 
 
 class Services:
-    """What the routes use: the runtime, the log, settings and the authenticator."""
+    """What the routes use: the runtime, the log, settings, keys and limits."""
 
     def __init__(
-        self, runtime: AgentRuntime, log: LmdbEventLog, settings: Settings, auth: Authenticator
+        self,
+        runtime: AgentRuntime,
+        log: LmdbEventLog,
+        settings: Settings,
+        auth: Authenticator,
+        keys: KeyStore,
+        anchor_key: bytes | None = None,
     ) -> None:
         self.runtime = runtime
         self.log = log
         self.settings = settings
         self.auth = auth
+        self.keys = keys
+        self.anchor_key = anchor_key
         self.started = time.monotonic()
+        server = settings.server
+        self.key_buckets = TokenBuckets(server.rate_limit, server.rate_burst)
+        self.ip_buckets = TokenBuckets(server.ip_rate_limit, server.rate_burst)
+        self.streams = StreamSlots(server.max_streams_per_key)
+        self.metrics = Metrics(self)
 
 
 # -- bodies --------------------------------------------------------------------------------------
@@ -302,8 +319,10 @@ def create_app(services: Services | None = None) -> QuartTrio:
         return ApiError(500, "internal error; the server log has the details").response()
 
     auth = services.auth if services is not None else Authenticator(None)
-    routes = Routes(app, auth)
+    routes = Routes(app, auth, limit=_rate_limit(services) if services is not None else None)
     app.extensions["cuelog.routes"] = routes
+    if services is not None:
+        services.metrics.install(app)
 
     @routes.add("/health", ["GET"], PUBLIC)
     @routes.add("/v1/health", ["GET"], PUBLIC)
@@ -327,11 +346,38 @@ def create_app(services: Services | None = None) -> QuartTrio:
         )
 
     if services is not None:
-        _register_api(routes, services)
+        read = _register_api(routes, services)
+        register_operator_routes(
+            routes, services.runtime, services.log, services.keys, read, services.anchor_key
+        )
+
+        @routes.add("/metrics", ["GET"], "read")
+        async def metrics() -> Response:
+            """Prometheus text: requests, latency, appends, group commits, actors, runs, SSE."""
+            body, content_type = services.metrics.render()
+            return Response(body, content_type=content_type)
+
     return app
 
 
-def _register_api(routes: Routes, services: Services) -> None:
+def _rate_limit(services: Services) -> Callable[[Principal | None], None]:
+    def check(who: Principal | None) -> None:
+        address = request.remote_addr or "unknown"
+        wait = services.ip_buckets.take(f"ip:{address}")
+        if wait is None and who is not None and who.key_id is not None:
+            wait = services.key_buckets.take(f"key:{who.key_id}")
+        if wait is not None:
+            services.metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                "too many requests; slow down and retry after the Retry-After seconds",
+                headers={"Retry-After": retry_after(wait)},
+            )
+
+    return check
+
+
+def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], Any]:
     runtime = services.runtime
     log = services.log
     settings = services.settings
@@ -394,6 +440,25 @@ def _register_api(routes: Routes, services: Services) -> None:
     async def cancel_quietly(run_id: str) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(CuelogError):
             await runtime.cancel_run(run_id, reason="client disconnected")
+
+    def stream(frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
+        """An SSE response counted against the key's stream cap while it is open."""
+        slot = principal().key_id or "local"
+        if not services.streams.acquire(slot):
+            raise ApiError(
+                429,
+                f"this key already has {services.streams.per_key} streams open; close one",
+                headers={"Retry-After": "1"},
+            )
+
+        async def counted() -> AsyncIterator[bytes]:
+            try:
+                async for frame in frames:
+                    yield frame
+            finally:
+                services.streams.release(slot)
+
+        return sse_response(counted(), headers)
 
     def run_headers(sent: Sent) -> dict[str, str]:
         return {"X-Run-Id": sent.run_id, "X-Session-Key": sent.session_key}
@@ -522,7 +587,7 @@ def _register_api(routes: Routes, services: Services) -> None:
             frames = run_frames(
                 sent.run_id, 0, "openai", include_usage=include_usage, cancel_on_close=cancel
             )
-            return sse_response(frames, run_headers(sent))
+            return stream(frames, run_headers(sent))
         try:
             view = await wait_for(sent.run_id)
         except trio.Cancelled:  # the client went away
@@ -544,7 +609,7 @@ def _register_api(routes: Routes, services: Services) -> None:
         sent = await start_run("responses", raw, body.model, messages, None)
         created = int(time.time())
         if body.stream:
-            return sse_response(
+            return stream(
                 _response_events(log, sent.run_id, body.model, created), run_headers(sent)
             )
         view = await wait_for(sent.run_id)
@@ -657,18 +722,18 @@ def _register_api(routes: Routes, services: Services) -> None:
     async def session_events(key: str) -> Response:
         """The session's own events: a JSON page, or SSE that follows new ones."""
         await runtime.get_session(key, caller=caller())
-        stream = f"session:{key}"
+        stream_name = f"session:{key}"
         after = _after_seq()
         if _wants_sse():
 
             async def frames() -> AsyncIterator[bytes]:
-                async for event in log.subscribe_stream(stream):
+                async for event in log.subscribe_stream(stream_name):
                     if event.seq > after:
                         yield sse_frame(event_json(event), event=event.type, id=event.seq)
 
-            return sse_response(frames())
+            return stream(frames())
         limit = _int_arg("limit", 100, lo=1, hi=1000)
-        page = [e for e in log.read_stream(stream) if e.seq > after][: limit + 1]
+        page = [e for e in log.read_stream(stream_name) if e.seq > after][: limit + 1]
         return _page(page, limit)
 
     # -- runs ----------------------------------------------------------------------------------
@@ -695,7 +760,7 @@ def _register_api(routes: Routes, services: Services) -> None:
             raise ApiError(400, "format must be cuelog or openai", param="format")
         include_usage = request.args.get("include_usage", "") in {"1", "true"}
         frames = run_frames(run_id, _after_seq(), fmt, include_usage=include_usage)
-        return sse_response(frames, {"X-Run-Id": run_id})
+        return stream(frames, {"X-Run-Id": run_id})
 
     # -- the firehose --------------------------------------------------------------------------
 
@@ -710,7 +775,7 @@ def _register_api(routes: Routes, services: Services) -> None:
                 async for event in log.subscribe(after, prefix):
                     yield sse_frame(event_json(event), event=event.type, id=event.seq)
 
-            return sse_response(frames())
+            return stream(frames())
         limit = _int_arg("limit", 100, lo=1, hi=1000)
         page: list[RecordedEvent] = []
         cursor = after
@@ -721,6 +786,8 @@ def _register_api(routes: Routes, services: Services) -> None:
             cursor = batch[-1].seq
             page.extend(e for e in batch if prefix is None or e.stream.startswith(prefix))
         return _page(page[: limit + 1], limit)
+
+    return read
 
 
 def _page(events: list[RecordedEvent], limit: int) -> Response:

@@ -110,9 +110,16 @@ class RouteInfo(msgspec.Struct, frozen=True):
 class Routes:
     """Registers routes with their scope; the one place authorization is enforced."""
 
-    def __init__(self, app: QuartTrio, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        app: QuartTrio,
+        auth: Authenticator,
+        *,
+        limit: Callable[[Principal | None], None] | None = None,
+    ) -> None:
         self.app = app
         self.auth = auth
+        self.limit = limit
         self.table: list[RouteInfo] = []
 
     def add(
@@ -133,6 +140,8 @@ class Routes:
                             403, f"this key lacks the {scope!r} scope needed here", param=scope
                         )
                     g.principal = who
+                if self.limit is not None:
+                    self.limit(g.principal)
                 return await handler(**kwargs)
 
             endpoint = f"{handler.__name__}_{'_'.join(methods).lower()}_{len(self.table)}"

@@ -9,12 +9,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from cuelog.actors._events import AgentSpec
 from cuelog.runtime import CuelogError
+
+T = TypeVar("T")
 
 
 class ConfigError(CuelogError):
@@ -63,13 +65,37 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "model": ModelSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
-def _key_from_error(message: str) -> tuple[str, str]:
+def _key_from_error(message: str, prefix: str = "") -> tuple[str, str]:
     match = _PATH_RE.search(message)
     key = match.group(1).replace("[", ".").replace("]", "").replace("'", "") if match else ""
     text = _PATH_RE.sub("", message).strip(" -")
-    return key, text
+    unknown = _UNKNOWN_RE.search(message)
+    if unknown is not None:
+        key = ".".join(k for k in (key, unknown.group(1)) if k)
+        text = "unknown key (see docs/configuration.md for the keys there are)"
+    return ".".join(k for k in (prefix, key) if k), text
+
+
+def _path_hook(cls: type, value: Any) -> Any:
+    """TOML and env give paths as strings; msgspec has no built-in `Path`."""
+    if cls is Path and isinstance(value, str | Path):
+        if not str(value).strip():
+            raise ValueError("must not be empty")
+        return Path(value)
+    raise NotImplementedError
+
+
+def _convert(raw: Any, cls: type[T], prefix: str = "") -> T:
+    try:
+        return msgspec.convert(raw, cls, strict=False, dec_hook=_path_hook)
+    except msgspec.ValidationError as exc:
+        key, text = _key_from_error(str(exc), prefix)
+        raise ConfigError(f"{key or 'config'}: {text}") from None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -88,7 +114,12 @@ def _parse_env(value: str, annotation: Any) -> Any:
     if "list" in text:
         return [item.strip() for item in value.split(",") if item.strip()]
     if "bool" in text:
-        return value.strip().lower() in {"1", "true", "yes", "on"}
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        return value  # not a boolean: validation names the key
     if "int" in text and value.strip().lstrip("-").isdigit():
         return int(value)
     if "float" in text:
@@ -122,11 +153,15 @@ def load_settings(
             merged = dict(raw.get(section) or {})
             merged.update({k: v for k, v in values.items() if v is not None})
             raw[section] = merged
-    try:
-        settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        key, text = _key_from_error(str(exc))
-        raise ConfigError(f"{key or 'config'}: {text}") from None
+    # msgspec names a dict entry `[...]`, so each agent table is checked on its own to name it.
+    agents = raw.pop("agents", None) or {}
+    if not isinstance(agents, dict):
+        raise ConfigError("agents: must be a table of [agents.<id>] tables")
+    settings = _convert(raw, Settings)
+    settings.agents = {
+        agent_id: _convert(spec, AgentSpec, f"agents.{agent_id}")
+        for agent_id, spec in agents.items()
+    }
     _check(settings)
     return settings
 
@@ -137,6 +172,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"server.port: {server.port} is not a TCP port (0-65535)")
     if server.api_key is not None and len(server.api_key) < 16:
         raise ConfigError("server.api_key: use at least 16 characters (128 random bits is best)")
+    if server.request_timeout <= 0:
+        raise ConfigError("server.request_timeout: must be more than 0 seconds")
+    if server.graceful_timeout < 0:
+        raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if settings.model.provider not in {"echo", "openai"}:

@@ -30,6 +30,8 @@ from cuelog.actors._tools_registry import ToolsConfig
 from cuelog.http._app import Services, create_app
 from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
+from cuelog.http._keys import KeyStore
+from cuelog.http._operator import emergency_stop_state
 from cuelog.runtime import open_event_log
 
 log = structlog.get_logger("cuelog.server")
@@ -51,6 +53,19 @@ def check_settings(settings: Settings) -> None:
             f"server.host: refusing to bind {server.host} without server.api_key; "
             "set an API key or bind 127.0.0.1"
         )
+
+
+def read_anchor_key(settings: Settings) -> bytes | None:
+    path = settings.log.anchor_key_file
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"log.anchor_key_file: cannot read {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ConfigError("log.anchor_key_file: the key must be at least 16 bytes")
+    return key
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -109,8 +124,13 @@ async def serve(
         open_agent_runtime(event_log, env, agents=seeded_agents(settings)) as runtime,
         trio.open_nursery() as nursery,
     ):
-        auth = Authenticator(settings.server.api_key)
-        app = create_app(Services(runtime, event_log, settings, auth))
+        keys = KeyStore(event_log)
+        auth = Authenticator(settings.server.api_key, keys.lookup)
+        env.stopped = emergency_stop_state(event_log)
+        if env.stopped:
+            log.warning("emergency stop is on: new runs are refused until it is released")
+        anchor_key = read_anchor_key(settings)
+        app = create_app(Services(runtime, event_log, settings, auth, keys, anchor_key))
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
         async with trio.open_nursery() as server:

@@ -20,6 +20,7 @@ T = TypeVar("T")
 _json = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 _PATH_RE = re.compile(r" - at `\$\.?([^`]*)`")
+_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 
 class ApiError(Exception):
@@ -88,11 +89,22 @@ def decode_body(cls: type[T], raw: bytes) -> T:
         return _decoder(cls).decode(raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        match = _PATH_RE.search(message)
-        param = match.group(1) if match else None
-        raise ApiError(400, _PATH_RE.sub("", message), code="invalid_value", param=param) from None
+        raise ApiError(
+            400, _PATH_RE.sub("", message), code="invalid_value", param=_param_of(message)
+        ) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except UnicodeDecodeError:  # msgspec raises it (not DecodeError) for a bad byte in a string
+        raise ApiError(400, "the body is not valid UTF-8", code="invalid_json") from None
+
+
+def _param_of(message: str) -> str | None:
+    """The field a msgspec validation message is about: its path, plus the unknown or missing
+    field's name when there is one (`messages[0].role`)."""
+    path_match = _PATH_RE.search(message)
+    field_match = _FIELD_RE.search(message)
+    parts = [m.group(1) for m in (path_match, field_match) if m is not None and m.group(1)]
+    return ".".join(parts) or None
 
 
 def sse_frame(data: bytes, *, event: str | None = None, id: int | None = None) -> bytes:

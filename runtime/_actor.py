@@ -654,6 +654,13 @@ class ActorSystem:
         envs = cell.take()
         if not envs:
             return
+        # One append records one actor (who caused the events): a batch stops where it changes.
+        who = actor.actor_of(envs[0].msg)
+        for index in range(1, len(envs)):
+            if actor.actor_of(envs[index].msg) != who:
+                cell.push_back(envs[index:])
+                envs = envs[:index]
+                break
         cell.current = envs
         retried = False
         while True:
@@ -668,7 +675,7 @@ class ActorSystem:
                 # Any other append error fails the actor and every command in `cell.current`.
                 try:
                     recorded = await self.log.append(
-                        cell.stream, events, expected_version=actor._version
+                        cell.stream, events, expected_version=actor._version, actor=who
                     )
                 except WrongExpectedVersion as exc:
                     # Someone else wrote to the stream: catch up and decide again, once.

@@ -109,6 +109,10 @@ class EventSourcedActor(ABC, Generic[S]):
     async def decide(self, state: S, command: Any) -> Sequence[Event]:
         """The events a command produces (may be none); raise `CommandRejected` to refuse it."""
 
+    def actor_of(self, command: Any) -> str | None:
+        """Who caused the events a command records (the envelope's `actor`); None by default."""
+        return None
+
     def reply(self, state: S, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
         """What `ask` returns once the command's events are durable; by default the records."""
         return list(recorded)

@@ -1,0 +1,111 @@
+"""API keys as events: `KeyCreated` (only the secret's sha256) and `KeyRevoked` on stream `keys`.
+
+The server folds the stream once at start and keeps the fold current as it appends, so a
+revoked key is refused on its very next request. `cuelog keys` works on a data dir offline.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Final
+
+import msgspec
+
+from cuelog.actors._events import DOMAIN_CODEC, KeyCreated, KeyRevoked
+from cuelog.http._auth import SCOPES, Principal, key_digest
+from cuelog.runtime import EventLog
+
+STREAM: Final = "keys"
+KEY_PREFIX: Final = "cue_"
+
+
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What is shown about a key: never its secret."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: int
+    expires_at: int | None
+    revoked: bool = False
+    object: str = "api_key"
+
+
+class KeyStore:
+    """Every key ever issued, folded from the `keys` stream."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._by_id: dict[str, KeyInfo] = {}
+        self._by_digest: dict[str, str] = {}
+        for record in log.read_stream(STREAM):
+            self._apply(DOMAIN_CODEC.decode(record.type, record.data), record.ts // 1_000_000)
+
+    def _apply(self, event: object, ts: int) -> None:
+        if isinstance(event, KeyCreated):
+            self._by_id[event.key_id] = KeyInfo(
+                id=event.key_id,
+                name=event.name,
+                scopes=event.scopes,
+                created_at=ts,
+                expires_at=event.expires_at,
+            )
+            self._by_digest[event.digest] = event.key_id
+        elif isinstance(event, KeyRevoked) and event.key_id in self._by_id:
+            self._by_id[event.key_id] = msgspec.structs.replace(
+                self._by_id[event.key_id], revoked=True
+            )
+
+    def lookup(self, digest: str) -> Principal | None:
+        key_id = self._by_digest.get(digest)
+        info = self._by_id.get(key_id) if key_id else None
+        if info is None or info.revoked:
+            return None
+        if info.expires_at is not None and info.expires_at <= time.time():
+            return None
+        return Principal(info.id, frozenset(info.scopes))
+
+    def all(self) -> list[KeyInfo]:
+        return sorted(self._by_id.values(), key=lambda k: (k.created_at, k.id))
+
+    def get(self, key_id: str) -> KeyInfo | None:
+        return self._by_id.get(key_id)
+
+    async def create(
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        expires_at: int | None = None,
+        actor: str | None = None,
+    ) -> tuple[KeyInfo, str]:
+        """Issue a key; return its info and the secret, which is never stored or shown again."""
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {scopes}")
+        if expires_at is not None and expires_at <= time.time():
+            raise ValueError("expires_at must be in the future (seconds since the Unix epoch)")
+        secret = KEY_PREFIX + secrets.token_urlsafe(24)  # 192 random bits
+        key_id = "key_" + secrets.token_hex(8)
+        event = KeyCreated(
+            key_id=key_id,
+            name=name,
+            scopes=sorted(set(scopes)),
+            digest=key_digest(secret),
+            expires_at=expires_at,
+        )
+        [record] = await self._log.append(STREAM, [event], actor=actor)
+        self._apply(event, record.ts // 1_000_000)
+        info = self._by_id[key_id]
+        return info, secret
+
+    async def revoke(self, key_id: str, *, actor: str | None = None) -> KeyInfo | None:
+        info = self._by_id.get(key_id)
+        if info is None:
+            return None
+        if not info.revoked:
+            event = KeyRevoked(key_id=key_id)
+            [record] = await self._log.append(STREAM, [event], actor=actor)
+            self._apply(event, record.ts // 1_000_000)
+        return self._by_id[key_id]

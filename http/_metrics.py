@@ -1,0 +1,117 @@
+"""Prometheus metrics: request counters and latency from hooks, everything else read at scrape
+time from the log's, the actor system's and the runs' own counters (no second bookkeeping)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+if TYPE_CHECKING:
+    from cuelog.http._app import Services
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StateCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[Any]:
+        services = self._services
+        log = services.log.statistics()
+        actors = services.runtime.system.statistics()
+        env = services.runtime.env
+        yield GaugeMetricFamily("cuelog_log_head_seq", "Last committed seq.", value=log.head_seq)
+        yield CounterMetricFamily("cuelog_log_appends", "Append calls answered.", value=log.appends)
+        yield CounterMetricFamily(
+            "cuelog_log_events_appended", "Events committed.", value=log.events_appended
+        )
+        yield CounterMetricFamily("cuelog_log_group_commits", "Group commits.", value=log.batches)
+        yield GaugeMetricFamily(
+            "cuelog_log_largest_group_commit",
+            "Most appends in one commit.",
+            value=log.largest_batch,
+        )
+        yield CounterMetricFamily(
+            "cuelog_log_commit_seconds", "Time spent committing.", value=log.commit_seconds_total
+        )
+        yield GaugeMetricFamily(
+            "cuelog_log_mean_group_commit_size",
+            "Events per group commit on average.",
+            value=log.events_appended / log.batches if log.batches else 0.0,
+        )
+        yield GaugeMetricFamily("cuelog_log_map_bytes", "LMDB map size.", value=log.map_size)
+        yield GaugeMetricFamily("cuelog_actors_live", "Actors in memory.", value=actors.live_actors)
+        yield GaugeMetricFamily(
+            "cuelog_actors_mailbox_depth",
+            "Messages waiting in mailboxes.",
+            value=actors.mailbox_depth,
+        )
+        yield CounterMetricFamily(
+            "cuelog_actors_passivated", "Actors passivated.", value=actors.passivated
+        )
+        yield CounterMetricFamily(
+            "cuelog_actors_restarts", "Actor restarts.", value=actors.restarts
+        )
+        yield GaugeMetricFamily(
+            "cuelog_runs_active", "Runs being driven now.", value=len(env.active)
+        )
+        runs = CounterMetricFamily(
+            "cuelog_runs_finished", "Runs ended, by status.", labels=["status"]
+        )
+        for status, count in sorted(env.finished.items()):
+            runs.add_metric([status], count)
+        yield runs
+        yield GaugeMetricFamily(
+            "cuelog_approvals_pending", "Approvals waiting.", value=len(env.pending_approvals)
+        )
+        yield GaugeMetricFamily(
+            "cuelog_sse_clients", "Open SSE streams.", value=services.streams.total
+        )
+
+
+class Metrics:
+    """One registry per app, so several servers in one process do not mix their numbers."""
+
+    def __init__(self, services: Services) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cuelog_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cuelog_http_request_seconds",
+            "Time to the response headers, by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "cuelog_http_rate_limited", "Requests refused with 429.", registry=self.registry
+        )
+        self.registry.register(_StateCollector(services))
+
+    def install(self, app: QuartTrio) -> None:
+        @app.before_request
+        async def start_timer() -> None:
+            g.started = time.perf_counter()
+
+        @app.after_request
+        async def count(response: Response) -> Response:
+            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            self.requests.labels(rule, request.method, str(response.status_code)).inc()
+            started = getattr(g, "started", None)
+            if started is not None:
+                self.latency.labels(rule).observe(time.perf_counter() - started)
+            return response
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE
