@@ -1,0 +1,88 @@
+"""A real `serve` (Hypercorn on 127.0.0.1, port 0) in the test's nursery, and helpers to read it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from cuelog.http._config import load_settings
+from cuelog.http._server import serve
+
+API_KEY = "test-admin-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@dataclass
+class Live:
+    """A running server and a client that sends the admin key."""
+
+    url: str
+    client: httpx.AsyncClient
+
+    async def head_seq(self) -> int:
+        response = await self.client.get("/v1/health")
+        assert response.status_code == 200, response.text
+        head: int = response.json()["head_seq"]
+        return head
+
+    async def count_events(self, event_type: str, prefix: str | None = None) -> int:
+        """How many events of `event_type` the whole log holds (read page by page)."""
+        count, after = 0, 0
+        while True:
+            params: dict[str, Any] = {"after": after, "limit": 1000}
+            if prefix is not None:
+                params["prefix"] = prefix
+            page = (await self.client.get("/v1/events", params=params)).json()
+            count += sum(1 for event in page["data"] if event["type"] == event_type)
+            if page["next_cursor"] is None:
+                return count
+            after = page["next_cursor"]
+
+
+@asynccontextmanager
+async def live_server(
+    data_dir: Path, *, api_key: str | None = API_KEY, **server: Any
+) -> AsyncIterator[Live]:
+    """Serve on a fresh port until the block ends, then shut down and wait for it."""
+    stop = trio.Event()
+    settings = load_settings(
+        None,
+        environ={},
+        flags={"server": {"port": 0, "api_key": api_key, **server}, "log": {"data_dir": data_dir}},
+    )
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: serve(
+                settings, shutdown=stop, handle_signals=False, task_status=task_status
+            )
+        )
+        url = binds[0]
+        headers = AUTH if api_key is not None else {}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            try:
+                yield Live(url, client)
+            finally:
+                stop.set()
+
+
+def sse_frames(raw: bytes) -> list[bytes]:
+    """Split an SSE body into complete frames (each ending with a blank line)."""
+    parts = raw.split(b"\n\n")
+    return [part + b"\n\n" for part in parts[:-1]]
+
+
+def frame_id(frame: bytes) -> int | None:
+    for line in frame.split(b"\n"):
+        if line.startswith(b"id: "):
+            return int(line[4:])
+    return None
+
+
+def frame_data(frame: bytes) -> bytes:
+    return b"\n".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))

@@ -1,0 +1,124 @@
+"""`cuelog serve` settings: file < env < flags, and invalid values named by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cuelog.http._config import ConfigError, load_settings
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cuelog.toml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_beat_env_and_env_beats_the_file(tmp_path: Path) -> None:
+    """Each key takes its value from the highest layer that sets it: flags, then env, then file."""
+    config = _toml(
+        tmp_path,
+        '[server]\nport = 1111\nhost = "127.0.0.2"\nrequest_timeout = 5.0\n'
+        '[log]\nsync = false\ndata_dir = "/srv/from-file"\n'
+        '[model]\nname = "file-model"\n',
+    )
+    settings = load_settings(
+        config,
+        environ={
+            "CUELOG_SERVER_PORT": "2222",
+            "CUELOG_SERVER_HOST": "127.0.0.3",
+            "CUELOG_LOG_SYNC": "true",
+            "CUELOG_SERVER_ENABLED_TOOLS": "clock, files",
+        },
+        flags={"server": {"port": 3333, "host": None}, "log": {"data_dir": None}},
+    )
+    assert settings.server.port == 3333  # flag
+    assert settings.server.host == "127.0.0.3"  # env (the flag was not given)
+    assert settings.log.sync is True  # env
+    assert settings.server.enabled_tools == ["clock", "files"]  # env list
+    assert settings.server.request_timeout == 5.0  # file
+    assert settings.log.data_dir == Path("/srv/from-file")  # file path
+    assert settings.model.name == "file-model"  # file
+    assert settings.server.max_body_bytes == 1 << 20  # default
+
+
+def test_defaults_without_file_env_or_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing set, the documented defaults apply (and ./cuelog.toml is not required)."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, environ={})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8088)
+    assert settings.server.api_key is None
+    assert settings.log.data_dir == Path("data") and settings.log.sync is True
+    assert (settings.model.provider, settings.model.name) == ("echo", "echo-1")
+    assert settings.agents == {}
+
+
+def test_cuelog_toml_in_the_working_dir_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --config, ./cuelog.toml is used when it exists."""
+    _toml(tmp_path, "[server]\nport = 4444\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None, environ={}).server.port == 4444
+
+
+def test_agent_tables_are_seeded_specs(tmp_path: Path) -> None:
+    """[agents.<id>] tables become AgentSpecs keyed by id."""
+    config = _toml(
+        tmp_path,
+        '[agents.support]\nsystem_prompt = "Be brief."\ntools = ["clock"]\nmax_steps = 3\n',
+    )
+    agents = load_settings(config, environ={}).agents
+    assert list(agents) == ["support"]
+    assert agents["support"].system_prompt == "Be brief."
+    assert agents["support"].tools == ["clock"] and agents["support"].max_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        pytest.param('[server]\nport = "x"\n', {}, "server.port", id="toml-type"),
+        pytest.param("", {"CUELOG_SERVER_PORT": "eighty"}, "server.port", id="env-int"),
+        pytest.param("", {"CUELOG_SERVER_PORT": "70000"}, "server.port", id="port-range"),
+        pytest.param("", {"CUELOG_LOG_SYNC": "maybe"}, "log.sync", id="env-bool"),
+        pytest.param("", {"CUELOG_SERVER_API_KEY": "short"}, "server.api_key", id="short-key"),
+        pytest.param(
+            "", {"CUELOG_SERVER_REQUEST_TIMEOUT": "soon"}, "server.request_timeout", id="env-float"
+        ),
+        pytest.param(
+            "[server]\nrequest_timeout = -1\n", {}, "server.request_timeout", id="negative-timeout"
+        ),
+        pytest.param("[server]\nmax_body_bytes = 10\n", {}, "server.max_body_bytes", id="tiny"),
+        pytest.param("[server]\nbogus = 1\n", {}, "server.bogus", id="unknown-key"),
+        pytest.param("[logs]\n", {}, "logs", id="unknown-section"),
+        pytest.param('[model]\nprovider = "magic"\n', {}, "model.provider", id="provider"),
+        pytest.param('[model]\nprovider = "openai"\n', {}, "model.base_url", id="no-base-url"),
+        pytest.param('[agents.bot]\nmax_steps = "a"\n', {}, "agents.bot.max_steps", id="agent"),
+        pytest.param(
+            '[agents.bot]\napproval = "maybe"\n', {}, "agents.bot.approval", id="agent-enum"
+        ),
+        pytest.param("[agents.bot]\ncolour = 1\n", {}, "agents.bot.colour", id="agent-unknown"),
+        pytest.param("", {"CUELOG_LOG_DATA_DIR": ""}, "log.data_dir", id="empty-dir"),
+    ],
+)
+def test_invalid_value_raises_config_error_naming_the_key(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
+    """An invalid setting raises one ConfigError whose message starts with the key."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_toml(tmp_path, text), environ=environ)
+    message = str(caught.value)
+    assert message.startswith(f"{key}: "), message
+    assert "\n" not in message
+
+
+def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """Unparsable TOML and a missing --config file are ConfigErrors naming the file."""
+    broken = _toml(tmp_path, "[server\nport = ")
+    with pytest.raises(ConfigError, match=r"cuelog\.toml: not valid TOML"):
+        load_settings(broken, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", environ={})
