@@ -263,6 +263,10 @@ class RunActor(EventSourcedActor[RunState]):
         return fold_run(state, event)
 
     def actor_of(self, command: Any) -> str | None:
+        if isinstance(command, Record):
+            return f"agent:{self.state.agent_id}"  # the driver records for the run's agent
+        if isinstance(command, StartRun):
+            return command.owner or "local"
         return caller_actor(command)
 
     def _check_access(self, state: RunState, caller: Caller) -> None:

@@ -47,7 +47,7 @@ from cuelog.actors._session import (
     SessionActor,
     SessionState,
     SessionView,
-    fold_session,
+    session_state_at,
 )
 from cuelog.runtime import EventLog, RecordedEvent
 from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
@@ -361,13 +361,7 @@ class AgentRuntime:
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:
         """The session's folded state as of `at_seq` (or now), straight from the log."""
-        state = SessionState()
-        for record in self.log.read_stream(f"session:{key}"):
-            if at_seq is not None and record.seq > at_seq:
-                break
-            if DOMAIN_CODEC.knows(record.type):
-                state = fold_session(state, DOMAIN_CODEC.decode(record.type, record.data))
-        return state
+        return session_state_at(self.log, key, at_seq)
 
     async def fork_session(
         self, key: str, at_seq: int, *, agent_id: str | None = None, caller: Caller = ADMIN

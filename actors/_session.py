@@ -27,7 +27,7 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.runtime import Event, RecordedEvent
+from cuelog.runtime import Event, EventLog, RecordedEvent
 from cuelog.runtime._actor_sourced import EventSourcedActor
 
 logger = structlog.get_logger("cuelog.session")
@@ -190,6 +190,17 @@ def fold_session(state: SessionState, event: Event) -> SessionState:
             )
         case SessionDeleted():
             return replace(state, deleted=True, inbox=[])
+    return state
+
+
+def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> SessionState:
+    """A session's state folded from the log as of `at_seq` (or now)."""
+    state = SessionState()
+    for record in log.read_stream(f"session:{key}"):
+        if at_seq is not None and record.seq > at_seq:
+            break
+        if DOMAIN_CODEC.knows(record.type):
+            state = fold_session(state, DOMAIN_CODEC.decode(record.type, record.data))
     return state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final
 
 import msgspec
 
@@ -35,7 +35,6 @@ class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     http_fetch: HttpFetchConfig = msgspec.field(default_factory=HttpFetchConfig)
 
 
-@final
 class ToolRegistry:
     """Every known tool by name, the enabled subset, and each tool's timeout."""
 

@@ -85,3 +85,13 @@ def verify_command(data_dir: Path, anchor_key_file: Path | None, as_json: bool) 
     from cuelog.http._verify_cli import run_verify
 
     sys.exit(run_verify(data_dir, anchor_key_file, as_json=as_json))
+
+
+def _add_debug_commands() -> None:
+    from cuelog.http._debug_cli import export_command, replay_command, state_command
+
+    for command in (replay_command, state_command, export_command):
+        main.add_command(command)
+
+
+_add_debug_commands()
