@@ -39,11 +39,11 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import ToolCall, ToolSpec
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._run import CancelRun, DecideApproval, RunEnvironment, StartRun, run_factory
+from cuelog.actors._run import CancelRun, DecideApproval, RunActor, RunEnvironment, StartRun
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import EventLog, RecordedEvent, open_event_log
-from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
+from cuelog.runtime._actor import ActorConfig, ActorContext, ActorSystem, open_actor_system
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _generic = msgspec.msgpack.Decoder()
@@ -294,11 +294,11 @@ async def check_runs(
     run_ids: Sequence[str],
     *,
     progress: Callable[[int, int], None] | None = None,
-    factories: dict[str, Callable[..., Any]] | None = None,
+    run_actor: Callable[[ActorContext, RunEnvironment], RunActor] = RunActor,
 ) -> list[Divergence]:
     """Re-run each recorded run; return the divergences found (empty when all match).
 
-    `factories` replaces actor factories by kind (tests use it to try changed actor code).
+    `run_actor` builds the run actor to check (a changed one, to see what a change would do).
     """
     divergences: list[Divergence] = []
     tools = ReplayTools()
@@ -308,14 +308,9 @@ async def check_runs(
             open_event_log(scratch_dir, sync=False) as scratch,
             open_actor_system(scratch, config=ActorConfig(snapshot_every=0)) as system,
         ):
-            kinds: dict[str, Callable[..., Any]] = {
-                "agent": AgentActor,
-                "session": SessionActor,
-                "run": run_factory(env),
-                **(factories or {}),
-            }
-            for kind, factory in kinds.items():
-                system.register(kind, factory)
+            system.register("agent", AgentActor)
+            system.register("session", SessionActor)
+            system.register("run", lambda ctx: run_actor(ctx, env))
             checker = Checker(system, scratch, env, tools)
             for index, run_id in enumerate(run_ids, start=1):
                 found = await checker.check(source, run_id)

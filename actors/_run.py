@@ -13,7 +13,7 @@ import collections
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -42,7 +42,7 @@ from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDel
 from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState, caller_actor
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
-from cuelog.runtime import ActorError, Event, RecordedEvent
+from cuelog.runtime import ActorError, ActorStopped, Event, RecordedEvent
 from cuelog.runtime._actor import ActorContext, ActorSystem, TaskHandle
 from cuelog.runtime._actor_sourced import EventSourcedActor
 
@@ -246,7 +246,6 @@ class GetRun(msgspec.Struct, frozen=True):
     caller: Caller = ADMIN
 
 
-@final
 class RunActor(EventSourcedActor[RunState]):
     codec = DOMAIN_CODEC
 
@@ -562,6 +561,8 @@ async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> 
         await system.ref("session", state.session_key).ask(
             RunDone(run_id=run_id, status=state.status, messages=state.produced)
         )
+    except ActorStopped as exc:  # shutting down: the session settles the run when it rehydrates
+        logger.info("session not told of run end", run_id=run_id, error=str(exc))
     except ActorError as exc:
         logger.warning("session not told of run end", run_id=run_id, error=str(exc))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import trio
 
+from cuelog.http._keys_cli import keys
 from cuelog.runtime import CuelogError, configure_logging
 
 
@@ -21,6 +22,7 @@ def main() -> None:
     append-only, hash-chained log. Start with `cuelog serve`, then
     `curl http://127.0.0.1:8088/health`.
     """
+    configure_logging(level="warning")  # `serve` raises it to info
 
 
 @main.command("serve")
@@ -54,7 +56,7 @@ def serve_command(
     from cuelog.http._config import load_settings
     from cuelog.http._server import serve
 
-    configure_logging()
+    configure_logging(level="info")
     try:
         settings = load_settings(
             config_file,
@@ -87,6 +89,9 @@ def verify_command(data_dir: Path, anchor_key_file: Path | None, as_json: bool) 
     sys.exit(run_verify(data_dir, anchor_key_file, as_json=as_json))
 
 
+main.add_command(keys)
+
+
 def _add_debug_commands() -> None:
     from cuelog.http._debug_cli import export_command, replay_command, state_command
 
@@ -95,3 +100,12 @@ def _add_debug_commands() -> None:
 
 
 _add_debug_commands()
+
+
+def _add_bench_command() -> None:
+    from cuelog.http._bench_cli import bench_command
+
+    main.add_command(bench_command)
+
+
+_add_bench_command()
