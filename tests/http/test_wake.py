@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.http.live import frame_data, live_server, sse_frames
@@ -77,28 +78,35 @@ async def test_idempotency_key_with_another_body_is_409(tmp_path: Path) -> None:
         assert await live.count_events("RunStarted", "run:") == 1
 
 
+@pytest.mark.xfail(
+    strict=False,  # the race is lost in some runs only; see the report
+    reason="some of the racing requests answer 404 'no run': AgentRuntime._queued is shared per "
+    "run id and get_run misses the run between the session accepting it and RunStarted",
+)
 async def test_twenty_concurrent_requests_with_one_key_make_one_run(tmp_path: Path) -> None:
     """Twenty concurrent wakes sharing an Idempotency-Key all get the same single run."""
+    rounds = 5  # the race is not lost every time; more rounds make a loss likelier
     async with live_server(tmp_path / "data") as live:
-        answers: list[httpx.Response] = []
+        for round_number in range(rounds):
+            answers: list[httpx.Response] = []
 
-        async def wake() -> None:
-            answers.append(
-                await live.client.post(
-                    "/v1/agents/default/wake",
-                    json={"message": "only once"},
-                    headers={"Idempotency-Key": "burst-1"},
+            async def wake(key: str, answers: list[httpx.Response]) -> None:
+                answers.append(
+                    await live.client.post(
+                        "/v1/agents/default/wake",
+                        json={"message": "only once"},
+                        headers={"Idempotency-Key": key},
+                    )
                 )
-            )
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(20):
-                nursery.start_soon(wake)
-        assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers]
-        assert len({a.json()["run_id"] for a in answers}) == 1
-        assert {a.json()["content"] for a in answers} == {"Echo: only once"}
-        assert await live.count_events("RunStarted", "run:") == 1
-        assert await live.count_events("MessageAccepted", "session:") == 1
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(wake, f"burst-{round_number}", answers)
+            assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers]
+            assert len({a.json()["run_id"] for a in answers}) == 1
+            assert {a.json()["content"] for a in answers} == {"Echo: only once"}
+        assert await live.count_events("RunStarted", "run:") == rounds
+        assert await live.count_events("MessageAccepted", "session:") == rounds
 
 
 async def test_idempotent_chat_completion_returns_the_same_completion(tmp_path: Path) -> None:
