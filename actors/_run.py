@@ -376,6 +376,10 @@ class RunActor(EventSourcedActor[RunState]):
 
     async def on_rehydrated(self, state: RunState) -> Sequence[Event]:
         if state.status == "running":
+            # A crash, or a restart after the driver died: close the run, then tell the session
+            # (the task asks this actor first, so it runs once the RunFailed is durable).
+            self.env.active.discard(self.ctx.id)
+            self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
         if state.status == "waiting_approval":
             # A restart lost the in-memory list of pending approvals; rebuild it from the log.
@@ -565,6 +569,15 @@ async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> 
         logger.info("session not told of run end", run_id=run_id, error=str(exc))
     except ActorError as exc:
         logger.warning("session not told of run end", run_id=run_id, error=str(exc))
+
+
+async def _notify_session_when_closed(ctx: ActorContext) -> None:
+    view: RunView = await ctx.ref.ask(GetRun())
+    if view.status in TERMINAL:
+        with suppress(NotFound):
+            await ctx.system.ref("session", view.session_key).ask(
+                RunDone(run_id=view.id, status=view.status, messages=view.messages)
+            )
 
 
 async def start_run_for_session(ctx: ActorContext, state: SessionState, run_id: str) -> None:

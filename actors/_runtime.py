@@ -420,7 +420,13 @@ class AgentRuntime:
             after = names[-1]
             for name in names:
                 state = self.session_state_at(name.removeprefix("session:"))
-                if state.current_run is not None and not state.deleted:
+                if state.deleted:
+                    continue
+                for queued in state.inbox:  # so get_run reports them queued, not unknown
+                    self._queued[queued.run_id] = name.removeprefix("session:")
+                if state.current_run is not None:
+                    if not self.log.stream_version(f"run:{state.current_run}"):
+                        self._queued[state.current_run] = name.removeprefix("session:")
                     found += 1
                     await self.get_session(name.removeprefix("session:"))
         if found:

@@ -1,0 +1,163 @@
+"""Helpers for the domain tests: a runtime over a real LMDB log, test models, event readers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from cuelog.actors import (
+    DOMAIN_CODEC,
+    AgentSpec,
+    ChatMessage,
+    EchoModel,
+    ModelProvider,
+    ToolCall,
+    ToolRegistry,
+)
+from cuelog.actors._messages import Usage
+from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
+from cuelog.actors._run import RunEnvironment
+from cuelog.actors._runtime import AgentRuntime, open_agent_runtime
+from cuelog.runtime import Event, EventLog, RecordedEvent, open_event_log
+
+CALCULATOR: Final = AgentSpec(name="calc", tools=["calculator"])
+
+
+def user(text: str) -> ChatMessage:
+    return ChatMessage(role="user", content=text)
+
+
+def tool_line(name: str, args: str) -> ChatMessage:
+    return user(f"/tool {name} {args}")
+
+
+def make_env(provider: ModelProvider | None = None, **settings: Any) -> RunEnvironment:
+    """Echo (or `provider` under the name echo, so agents need no change) and the built-ins."""
+    return RunEnvironment(
+        providers={"echo": provider or EchoModel()}, tools=ToolRegistry.builtins(), **settings
+    )
+
+
+@asynccontextmanager
+async def runtime_at(
+    path: Path,
+    env: RunEnvironment,
+    *,
+    agents: dict[str, AgentSpec] | None = None,
+    **log_options: Any,
+) -> AsyncIterator[AgentRuntime]:
+    """A log in `path` and an agent runtime over it, both closed on exit."""
+    async with (
+        open_event_log(path, **log_options) as log,
+        open_agent_runtime(log, env, agents=agents) as rt,
+    ):
+        yield rt
+
+
+def events_of(log: EventLog, stream: str) -> list[RecordedEvent]:
+    return log.read_stream(stream)
+
+
+def types_of(log: EventLog, stream: str) -> list[str]:
+    return [r.type for r in log.read_stream(stream)]
+
+
+def decoded(log: EventLog, stream: str, kind: type[Event] | None = None) -> list[Any]:
+    """The stream's domain events, decoded, optionally only those of one type."""
+    out = []
+    for record in log.read_stream(stream):
+        if not DOMAIN_CODEC.knows(record.type):
+            continue
+        event = DOMAIN_CODEC.decode(record.type, record.data)
+        if kind is None or isinstance(event, kind):
+            out.append(event)
+    return out
+
+
+async def wait_for_event(log: EventLog, stream: str, type_: str) -> RecordedEvent:
+    """The first event of `type_` in `stream`, waiting for it to be committed."""
+    async for record in log.subscribe_stream(stream):
+        if record.type == type_:
+            return record
+    raise AssertionError("unreachable: subscriptions do not end")
+
+
+def task_names() -> list[str]:
+    """Every live trio task's name, walking the task tree from the root."""
+    names: list[str] = []
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
+    while todo:
+        task = todo.pop()
+        names.append(task.name)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return names
+
+
+class SlowModel:
+    """Streams `words` word chunks, sleeping `delay` seconds of trio's clock before each.
+
+    `streaming` is set once the first chunk is out; `chunks_sent` and `closed` show how far it
+    got, so tests can check that a cancel stopped it.
+    """
+
+    name = "slow"
+
+    def __init__(self, *, words: int = 40, delay: float = 1.0, word: str = "word") -> None:
+        self.words = words
+        self.delay = delay
+        self.word = word
+        self.streaming = trio.Event()
+        self.chunks_sent = 0
+        self.closed = False
+        self.calls = 0
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelChunk, None]:
+        self.calls += 1
+        try:
+            for _ in range(self.words):
+                await trio.sleep(self.delay)
+                self.chunks_sent += 1
+                yield TextDelta(f"{self.word} ")
+                self.streaming.set()
+            yield Finished("stop", Usage(completion_tokens=self.words, total_tokens=self.words))
+        finally:
+            self.closed = True
+
+
+class ScriptedModel:
+    """Calls `calls` on its first step (whatever the agent offers), then answers with text."""
+
+    name = "scripted"
+
+    def __init__(self, calls: list[ToolCall], answer: str = "done") -> None:
+        self._calls = calls
+        self._answer = answer
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelChunk, None]:
+        await trio.lowlevel.checkpoint()
+        if request.messages[-1].role != "tool":
+            for call in self._calls:
+                yield ToolCallChunk(call)
+            yield Finished("tool_calls", Usage(completion_tokens=1, total_tokens=1))
+            return
+        yield TextDelta(self._answer)
+        yield Finished("stop", Usage(completion_tokens=1, total_tokens=1))
+
+
+Predicate = Callable[[], bool]
+
+
+async def eventually(check: Predicate, *, step: float = 0.01, limit: int = 2000) -> None:
+    """Wait (by checkpoints and short sleeps) until `check()` holds; fail after `limit` tries."""
+    for _ in range(limit):
+        if check():
+            return
+        await trio.sleep(step)
+    raise AssertionError("condition never held")

@@ -1,0 +1,68 @@
+"""SIGKILL a process running the domain, then restart on the same log: work is closed or resumed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from cuelog.actors._events import RunFailed
+from tests.actors.domain_support import decoded, make_env, runtime_at, types_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def run_until(path: Path, mode: str, line: str) -> None:
+    """Start the crash helper, wait (at most a minute) until it prints `line`, then SIGKILL it."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tests.actors._crash_runtime", str(path), mode],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    got = b""
+    try:
+        with trio.move_on_after(60):
+            while not got.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some()
+                if not chunk:
+                    break
+                got += chunk
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert got.decode() == f"{line}\n", f"helper did not get there: {got!r}"
+    assert proc.returncode == -9
+
+
+async def test_crash_mid_run_closes_it_as_interrupted_and_runs_the_queued_message(
+    tmp_path: Path,
+) -> None:
+    """After a SIGKILL mid-stream, restart fails run A as interrupted and runs queued B."""
+    path = tmp_path / "log"
+    await run_until(path, "streaming", "streaming")
+    async with runtime_at(path, make_env()) as rt:
+        a = await rt.wait_run("run_a")
+        assert (a.status, a.error) == ("failed", "interrupted")
+        [failed] = decoded(rt.log, "run:run_a", RunFailed)
+        assert failed.reason == "interrupted"
+        assert "AssistantDelta" in types_of(rt.log, "run:run_a")
+        b = await rt.wait_run("run_b")
+        assert (b.status, b.content) == ("completed", "Echo: B")
+        session = await rt.get_session("s")
+        assert session.current_run is None and session.queued_runs == []
+        assert [m.content for m in session.messages if m.role == "user"] == ["A", "B"]
+
+
+async def test_accepted_message_is_processed_after_a_crash(tmp_path: Path) -> None:
+    """A message durable in the inbox whose run never started is run after the restart."""
+    path = tmp_path / "log"
+    await run_until(path, "accepted", "accepted")
+    assert_types = ["SessionCreated", "MessageAccepted", "RunAssigned"]
+    async with runtime_at(path, make_env()) as rt:
+        assert types_of(rt.log, "session:s")[:3] == assert_types
+        a = await rt.wait_run("run_a")
+        assert (a.status, a.content) == ("completed", "Echo: A")
+        assert types_of(rt.log, "run:run_a")[0] == "RunStarted"

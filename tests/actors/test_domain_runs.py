@@ -1,0 +1,222 @@
+"""Runs end to end on real logs: echo replies, tools, step limits, deltas, cancel, stop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from cuelog.actors import AgentSpec, ModelChunk, ModelRequest, TextDelta, ToolCall
+from cuelog.actors._errors import Unavailable
+from cuelog.actors._events import (
+    AssistantDelta,
+    MessageAccepted,
+    RunFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+)
+from tests.actors.domain_support import (
+    CALCULATOR,
+    ScriptedModel,
+    SlowModel,
+    decoded,
+    make_env,
+    runtime_at,
+    task_names,
+    tool_line,
+    types_of,
+    user,
+    wait_for_event,
+)
+
+
+async def test_plain_reply_records_events_in_order(tmp_path: Path) -> None:
+    """A plain message gets the echo reply, its usage, the events in order and a session history."""
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        sent = await rt.send("default", [user("hello  big world")])
+        view = await rt.wait_run(sent.run_id)
+        assert view.status == "completed"
+        assert view.content == "Echo: hello  big world"
+        assert (view.usage.prompt_tokens, view.usage.completion_tokens) == (3, 4)
+        assert view.usage.total_tokens == 7
+        types = types_of(rt.log, f"run:{sent.run_id}")
+        assert types[:2] == ["RunStarted", "ModelRequested"]
+        assert types[-2:] == ["AssistantMessage", "RunCompleted"]
+        assert set(types[2:-2]) == {"AssistantDelta"}
+        session = await rt.get_session(sent.session_key)
+        assert [(m.role, m.content) for m in session.messages] == [
+            ("user", "hello  big world"),
+            ("assistant", "Echo: hello  big world"),
+        ]
+        assert session.current_run is None
+
+
+async def test_tool_round_trip(tmp_path: Path) -> None:
+    """A `/tool calculator` line runs the tool, feeds its result to a second model step."""
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        sent = await rt.send("default", [tool_line("calculator", '{"expr": "6*7"}')])
+        view = await rt.wait_run(sent.run_id)
+        assert view.status == "completed"
+        assert view.content == "Tool calculator returned: 42"
+        assert view.step == 2
+        types = types_of(rt.log, f"run:{sent.run_id}")
+        assert types.index("ToolCallRequested") < types.index("ToolCallCompleted")
+        assert types.count("ModelRequested") == 2
+        assert types.index("ToolCallCompleted") < len(types) - 1 - types[::-1].index(
+            "ModelRequested"
+        )
+        [done] = decoded(rt.log, f"run:{sent.run_id}", ToolCallCompleted)
+        assert (done.name, done.output) == ("calculator", "42")
+        assert [m.role for m in view.messages] == ["assistant", "tool", "assistant"]
+
+
+async def test_tool_error_becomes_a_tool_message(tmp_path: Path) -> None:
+    """A calculator error is recorded as a failed call, sent to the model, and the run completes."""
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        sent = await rt.send("default", [tool_line("calculator", '{"expr": "2 +* 3"}')])
+        view = await rt.wait_run(sent.run_id)
+        assert view.status == "completed"
+        [failed] = decoded(rt.log, f"run:{sent.run_id}", ToolCallFailed)
+        tool_message = view.messages[1]
+        assert tool_message.role == "tool"
+        assert tool_message.content == f"error: {failed.error}"
+        assert view.content.startswith("Tool calculator returned: error: ")
+
+
+async def test_tool_outside_the_agents_tools_fails_the_call_not_the_run(tmp_path: Path) -> None:
+    """A call to a tool the agent does not have is a ToolCallFailed; the run still completes."""
+    model = ScriptedModel([ToolCall(id="c1", name="clock")], answer="fine")
+    async with runtime_at(tmp_path / "log", make_env(model), agents={"calc": CALCULATOR}) as rt:
+        sent = await rt.send("calc", [user("what time is it")])
+        view = await rt.wait_run(sent.run_id)
+        assert view.status == "completed"
+        assert view.content == "fine"
+        [failed] = decoded(rt.log, f"run:{sent.run_id}", ToolCallFailed)
+        assert failed.name == "clock"
+        assert "not available" in failed.error
+        assert "ToolCallCompleted" not in types_of(rt.log, f"run:{sent.run_id}")
+
+
+async def test_step_limit_fails_the_run(tmp_path: Path) -> None:
+    """With max_steps=1 a tool call leaves no step for the answer: RunFailed names the limit."""
+    agent = AgentSpec(tools=["calculator"], max_steps=1)
+    async with runtime_at(tmp_path / "log", make_env(), agents={"one": agent}) as rt:
+        sent = await rt.send("one", [tool_line("calculator", '{"expr": "1+1"}')])
+        view = await rt.wait_run(sent.run_id)
+        assert view.status == "failed"
+        assert view.error is not None and "step limit of 1" in view.error
+        types = types_of(rt.log, f"run:{sent.run_id}")
+        assert types[-1] == "RunFailed"
+        assert types.count("ModelRequested") == 1
+        assert "ToolCallCompleted" in types
+        [failed] = decoded(rt.log, f"run:{sent.run_id}", RunFailed)
+        assert failed.usage is not None and failed.usage.total_tokens > 0
+
+
+async def test_long_reply_deltas_are_coalesced(tmp_path: Path) -> None:
+    """A 500-word reply is recorded in few deltas (at most one per 64 chars) that join to it."""
+    text = " ".join(f"w{i}" for i in range(500))
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        sent = await rt.send("default", [user(text)])
+        view = await rt.wait_run(sent.run_id)
+        deltas = decoded(rt.log, f"run:{sent.run_id}", AssistantDelta)
+        assert "".join(d.text for d in deltas) == view.content == f"Echo: {text}"
+        assert len(deltas) <= len(view.content) // 64 + 1
+        assert len(deltas) < 500 / 10
+
+
+async def test_slow_stream_deltas_flush_on_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Chunks a second apart are each recorded at once: the interval bounds how stale a delta is."""
+    model = SlowModel(words=5, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+        sent = await rt.send("default", [user("x")])
+        await rt.wait_run(sent.run_id)
+        deltas = decoded(rt.log, f"run:{sent.run_id}", AssistantDelta)
+        assert [d.text for d in deltas] == ["word "] * 5
+
+
+async def test_message_accepted_is_durable_when_send_returns(tmp_path: Path) -> None:
+    """Once `send` returns, the session's stream holds MessageAccepted with the message."""
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        sent = await rt.send("default", [user("keep me")], session_key="inbox")
+        [accepted] = decoded(rt.log, "session:inbox", MessageAccepted)
+        assert accepted.run_id == sent.run_id
+        assert [m.content for m in accepted.messages] == ["keep me"]
+        await rt.wait_run(sent.run_id)
+
+
+async def test_cancel_mid_stream_stops_the_model_and_leaves_no_task(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """cancel_run ends the run with RunCancelled, closes the stream and removes the driver."""
+    model = SlowModel(words=100, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+        sent = await rt.send("default", [user("go")])
+        stream = f"run:{sent.run_id}"
+        await wait_for_event(rt.log, stream, "AssistantDelta")
+        assert f"run {sent.run_id}" in task_names()
+        view = await rt.cancel_run(sent.run_id, reason="user pressed stop")
+        assert view.status == "cancelled"
+        assert view.error == "user pressed stop"
+        sent_at_cancel = model.chunks_sent
+        await trio.sleep(30)  # virtual: a live stream would send 30 more chunks meanwhile
+        assert model.closed
+        assert model.chunks_sent <= sent_at_cancel + 1
+        assert types_of(rt.log, stream)[-1] == "RunCancelled"
+        assert rt.env.active == set()
+        assert f"run {sent.run_id}" not in task_names()
+        session = await rt.get_session(sent.session_key)
+        assert session.current_run is None
+
+
+async def test_emergency_stop_cancels_runs_and_refuses_sends_until_released(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Emergency stop cancels what runs, refuses new sends, and release lets them through again."""
+    model = SlowModel(words=100, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+        first = await rt.send("default", [user("a")], session_key="one")
+        second = await rt.send("default", [user("b")], session_key="two")
+        await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
+        await wait_for_event(rt.log, f"run:{second.run_id}", "AssistantDelta")
+        assert await rt.emergency_stop() == 2
+        for run_id in (first.run_id, second.run_id):
+            view = await rt.wait_run(run_id)
+            assert (view.status, view.error) == ("cancelled", "emergency stop")
+        with pytest.raises(Unavailable):
+            await rt.send("default", [user("c")], session_key="one")
+        assert rt.env.active == set()
+        rt.release_emergency_stop()
+        model.words = 2
+        after = await rt.send("default", [user("d")], session_key="one")
+        assert (await rt.wait_run(after.run_id)).status == "completed"
+
+
+class BrokenModel:
+    """Streams one chunk, then fails with an error no provider is supposed to raise."""
+
+    name = "broken"
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelChunk, None]:
+        await trio.lowlevel.checkpoint()
+        yield TextDelta("partial ")
+        raise RuntimeError("provider bug")
+
+
+async def test_driver_crash_fails_the_run_and_frees_the_session(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A driver that dies of an unexpected error fails its run, and the session takes new work."""
+    async with runtime_at(tmp_path / "log", make_env(BrokenModel()), commit_in_thread=False) as rt:
+        sent = await rt.send("default", [user("x")], session_key="s")
+        with trio.fail_after(60):
+            view = await rt.wait_run(sent.run_id)
+        assert (view.status, view.error) == ("failed", "interrupted")
+        assert rt.env.active == set()
+        session = await rt.get_session("s")
+        assert session.current_run is None
