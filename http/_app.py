@@ -357,6 +357,10 @@ def create_app(services: Services | None = None) -> QuartTrio:
             body, content_type = services.metrics.render()
             return Response(body, content_type=content_type)
 
+        from cuelog.http._console import register_console_routes
+
+        register_console_routes(app)
+
     return app
 
 

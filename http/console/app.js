@@ -1,0 +1,708 @@
+// cuelog console: one page, hash routes, plain DOM. Every call goes to this server's HTTP API
+// with the key kept in sessionStorage. Run streams are read with fetch() (EventSource cannot
+// send an Authorization header) and resumed by seq, so nothing is shown twice or skipped.
+"use strict";
+
+const KEY_STORE = "cuelog.key";
+const RUN_CACHE = "cuelog.run."; // + run id: the events already shown, so a reload resumes
+const TERMINAL = new Set(["RunCompleted", "RunFailed", "RunCancelled"]);
+let refreshLivePanel = () => {};
+
+// -- small helpers -----------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+const enc = encodeURIComponent;
+const short = (text, n = 12) => (text && text.length > n ? text.slice(0, n) + "…" : text || "");
+const clock = (us) => new Date(us / 1000).toISOString().slice(11, 23);
+const pretty = (value) => {
+  if (typeof value === "string") {
+    try {
+      return JSON.stringify(JSON.parse(value));
+    } catch {
+      return value;
+    }
+  }
+  return JSON.stringify(value);
+};
+
+class AuthNeeded extends Error {}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORE);
+}
+
+function headers(extra) {
+  const out = { ...(extra || {}) };
+  const key = apiKey();
+  if (key) out.Authorization = "Bearer " + key;
+  return out;
+}
+
+async function api(path, { method = "GET", body, signal, accept } = {}) {
+  const init = { method, signal, headers: headers(accept ? { Accept: accept } : {}) };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) {
+    askForKey(apiKey() ? "The key was refused (unknown, revoked or expired)." : "");
+    throw new AuthNeeded("API key needed");
+  }
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try {
+      message = (await response.json()).error.message;
+    } catch {
+      /* not a JSON error body */
+    }
+    throw new Error(message);
+  }
+  return accept ? response : response.json();
+}
+
+// Reads an SSE body frame by frame: {id, event, data} with data parsed as JSON.
+async function* sseFrames(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const frame = { id: null, event: "message", data: [] };
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "id") frame.id = text;
+        else if (field === "event") frame.event = text;
+        else if (field === "data") frame.data.push(text);
+      }
+      if (frame.data.length) yield { ...frame, data: JSON.parse(frame.data.join("\n")) };
+    }
+  }
+}
+
+// Follows an event stream from `after`, reconnecting with Last-Event-ID until `isDone()` or
+// the signal aborts. Events at or below the last seq seen are dropped, so none is shown twice.
+async function follow(path, after, onEvent, { signal, isDone, onState }) {
+  let last = after;
+  let delay = 250;
+  while (!signal.aborted && !isDone()) {
+    try {
+      const hdrs = headers({ Accept: "text/event-stream" });
+      if (last > 0) hdrs["Last-Event-ID"] = String(last);
+      const response = await fetch(path, { headers: hdrs, signal });
+      if (response.status === 401) {
+        askForKey("The key was refused.");
+        return;
+      }
+      if (!response.ok) throw new Error("stream answered " + response.status);
+      onState("live");
+      delay = 250;
+      for await (const frame of sseFrames(response)) {
+        const seq = frame.data.seq;
+        if (typeof seq !== "number" || seq <= last) continue;
+        last = seq;
+        onEvent(frame.data);
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      onState("reconnecting: " + error.message);
+    }
+    if (isDone() || signal.aborted) break;
+    onState("reconnecting");
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 5000);
+  }
+  if (!signal.aborted) onState(isDone() ? "finished" : "stopped");
+}
+
+// -- key prompt --------------------------------------------------------------------------------
+
+function askForKey(message) {
+  document.getElementById("key-prompt").hidden = false;
+  document.getElementById("page").hidden = true;
+  document.getElementById("key-error").textContent = message || "";
+  document.getElementById("key-input").focus();
+}
+
+function setUpKeyPrompt() {
+  document.getElementById("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = document.getElementById("key-input");
+    sessionStorage.setItem(KEY_STORE, input.value.trim());
+    input.value = "";
+    document.getElementById("key-prompt").hidden = true;
+    document.getElementById("page").hidden = false;
+    route();
+    refreshLivePanel();
+  });
+  const forget = document.getElementById("forget-key");
+  forget.hidden = !apiKey();
+  forget.addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    forget.hidden = true;
+    route();
+  });
+}
+
+// -- routing -----------------------------------------------------------------------------------
+
+let pageAbort = new AbortController();
+
+function route() {
+  pageAbort.abort(); // ends the previous page's streams
+  pageAbort = new AbortController();
+  const signal = pageAbort.signal;
+  document.getElementById("forget-key").hidden = !apiKey();
+  const hash = location.hash.replace(/^#\/?/, "") || "sessions";
+  const [name, ...rest] = hash.split("/");
+  const arg = decodeURIComponent(rest.join("/"));
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    link.classList.toggle("active", link.dataset.nav === name);
+  }
+  const page = document.getElementById("page");
+  page.replaceChildren();
+  const pages = { sessions: sessionsPage, session: sessionPage, run: runPage, audit: auditPage };
+  const render = pages[name] || sessionsPage;
+  render(page, arg, signal).catch((error) => {
+    if (error instanceof AuthNeeded || signal.aborted) return;
+    page.append(h("p", { class: "error" }, error.message));
+  });
+}
+
+// -- sessions ----------------------------------------------------------------------------------
+
+async function sessionsPage(page, _arg, signal) {
+  const agents = await api("/v1/agents?limit=500", { signal });
+  const agentSelect = h(
+    "select",
+    { id: "agent-filter" },
+    h("option", { value: "" }, "all agents"),
+    agents.data.map((a) => h("option", { value: a.id }, a.id)),
+  );
+  const search = h("input", { id: "key-search", type: "search", placeholder: "search by key" });
+  const rows = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "More");
+  let cursor = null;
+  let shown = [];
+
+  function paint() {
+    const needle = search.value.trim().toLowerCase();
+    rows.replaceChildren(
+      ...shown
+        .filter((s) => !needle || s.key.toLowerCase().includes(needle))
+        .map((s) =>
+          h(
+            "tr",
+            { "data-key": s.key },
+            h("td", {}, h("a", { href: "#/session/" + enc(s.key) }, s.key)),
+            h("td", {}, s.agent_id),
+            h("td", {}, s.label || ""),
+            h("td", { class: "num" }, s.messages.length),
+            h(
+              "td",
+              {},
+              s.current_run
+                ? h("a", { href: "#/run/" + enc(s.current_run), class: "badge running" }, "running")
+                : "",
+            ),
+          ),
+        ),
+    );
+  }
+
+  async function load(reset) {
+    if (reset) {
+      cursor = null;
+      shown = [];
+    }
+    const query = new URLSearchParams({ limit: "100" });
+    if (agentSelect.value) query.set("agent_id", agentSelect.value);
+    if (cursor) query.set("cursor", cursor);
+    const answer = await api("/v1/sessions?" + query, { signal });
+    shown = shown.concat(answer.data);
+    cursor = answer.next_cursor;
+    more.hidden = !cursor;
+    paint();
+  }
+
+  agentSelect.addEventListener("change", () => load(true));
+  search.addEventListener("input", paint);
+  search.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && search.value.trim()) {
+      location.hash = "#/session/" + enc(search.value.trim());
+    }
+  });
+  more.addEventListener("click", () => load(false));
+  page.append(
+    h("h1", {}, "Sessions"),
+    h("div", { class: "filters" }, agentSelect, search),
+    h(
+      "table",
+      { id: "sessions" },
+      h("thead", {}, h("tr", {}, ["key", "agent", "label", "messages", ""].map((t) => h("th", {}, t)))),
+      rows,
+    ),
+    more,
+  );
+  await load(true);
+}
+
+// -- one session -------------------------------------------------------------------------------
+
+function bubble(message, run, seq) {
+  const body = [];
+  if (message.content) body.push(h("div", { class: "text" }, message.content));
+  for (const call of message.tool_calls || []) {
+    body.push(h("div", { class: "call" }, "→ ", h("b", {}, call.name), " ", pretty(call.arguments)));
+  }
+  const who = message.role === "tool" ? "tool " + (message.name || "") : message.role;
+  const link = run
+    ? h("a", { href: "#/run/" + enc(run), title: "the run that produced this message" }, short(run, 16) + " · seq " + seq)
+    : h("span", {}, "seq " + seq);
+  return h(
+    "div",
+    { class: "bubble " + message.role, "data-seq": seq },
+    h("div", { class: "who" }, who, " ", link),
+    body,
+  );
+}
+
+async function sessionPage(page, key, signal) {
+  const session = await api("/v1/sessions/" + enc(key), { signal });
+  const chat = h("div", { id: "chat", class: "chat" });
+  const state = h("span", { class: "state" });
+  const current = h("p", { class: "current" });
+  page.append(
+    h("h1", {}, "Session ", h("code", {}, key)),
+    h(
+      "p",
+      { class: "meta" },
+      "agent ",
+      h("b", {}, session.agent_id),
+      session.parent_session ? [" · forked from ", h("a", { href: "#/session/" + enc(session.parent_session) }, session.parent_session), " at seq " + session.parent_seq] : "",
+      " · stream ",
+      state,
+    ),
+    current,
+    chat,
+    h("h2", {}, "Recent runs"),
+    h(
+      "ul",
+      { class: "runs" },
+      session.recent_runs.map((r) => h("li", {}, h("a", { href: "#/run/" + enc(r) }, r))),
+    ),
+  );
+
+  function showCurrent(runId) {
+    current.replaceChildren(
+      runId ? ["A run is in progress: ", h("a", { href: "#/run/" + enc(runId) }, runId)] : [],
+    );
+  }
+  showCurrent(session.current_run);
+
+  // The conversation is rebuilt from the session's events, so each message knows its run.
+  function onEvent(event) {
+    const data = event.data || {};
+    const add = (messages, run) => {
+      for (const message of messages || []) chat.append(bubble(message, run, event.seq));
+    };
+    if (event.type === "SessionCreated") add(data.history, null);
+    else if (event.type === "MessageAccepted") add(data.messages, data.run_id);
+    else if (event.type === "RunAssigned") showCurrent(data.run_id);
+    else if (event.type === "RunSettled") {
+      add(data.messages, data.run_id);
+      showCurrent(null);
+    } else if (event.type === "SessionReset") {
+      chat.append(h("div", { class: "divider", "data-seq": event.seq }, "history reset at seq " + event.seq));
+    }
+  }
+  follow("/v1/sessions/" + enc(key) + "/events", 0, onEvent, {
+    signal,
+    isDone: () => false,
+    onState: (text) => (state.textContent = text),
+  });
+}
+
+// -- one run -----------------------------------------------------------------------------------
+
+function loadCache(runId) {
+  try {
+    return JSON.parse(sessionStorage.getItem(RUN_CACHE + runId)) || [];
+  } catch {
+    return [];
+  }
+}
+
+function saveCache(runId, events) {
+  try {
+    // Only the run on screen is kept: the cache is there to make a reload resume, not to archive.
+    for (let i = sessionStorage.length - 1; i >= 0; i--) {
+      const name = sessionStorage.key(i);
+      if (name.startsWith(RUN_CACHE) && name !== RUN_CACHE + runId) sessionStorage.removeItem(name);
+    }
+    sessionStorage.setItem(RUN_CACHE + runId, JSON.stringify(events));
+  } catch {
+    /* storage full: a reload then replays from the start, which is still correct */
+  }
+}
+
+function describe(event) {
+  const d = event.data || {};
+  switch (event.type) {
+    case "RunStarted":
+      return ["agent ", h("b", {}, d.agent_id), " · session ", h("a", { href: "#/session/" + enc(d.session_key) }, d.session_key)];
+    case "ModelRequested":
+      return `step ${d.step}: ${d.model} with ${d.message_count} messages`;
+    case "AssistantDelta":
+      return h("span", { class: "delta" }, JSON.stringify(d.text));
+    case "AssistantMessage":
+      return d.message.content ? d.message.content : `tool calls (${d.finish_reason})`;
+    case "ToolCallRequested":
+      return [h("b", {}, d.call.name), " ", h("code", {}, pretty(d.call.arguments))];
+    case "ApprovalRequested":
+      return ["approval ", h("code", {}, d.approval_id), " for ", h("b", {}, d.call.name), " ", h("code", {}, pretty(d.call.arguments))];
+    case "ApprovalGranted":
+      return `${d.approval_id} approved by ${d.by || "?"}`;
+    case "ApprovalDenied":
+      return `${d.approval_id} denied by ${d.by || "?"} ${d.reason || ""}`;
+    case "ToolCallCompleted":
+      return [h("b", {}, d.name), " returned ", h("code", { class: "result" }, d.output)];
+    case "ToolCallFailed":
+      return [h("b", {}, d.name), " failed: ", d.error];
+    case "RunCompleted":
+      return `completed · ${d.usage ? d.usage.total_tokens : 0} tokens`;
+    case "RunFailed":
+      return "failed: " + d.reason;
+    case "RunCancelled":
+      return "cancelled: " + d.reason;
+    default:
+      return JSON.stringify(d);
+  }
+}
+
+async function runPage(page, runId, signal) {
+  const run = await api("/v1/runs/" + enc(runId), { signal });
+  const status = h("span", { id: "run-status", class: "badge " + run.status }, run.status);
+  const cancel = h("button", { id: "cancel-run", type: "button", class: "danger" }, "Cancel run");
+  const state = h("span", { id: "stream-state", class: "state" });
+  const answer = h("div", { id: "answer", class: "answer" });
+  const approvals = h("div", { id: "approvals" });
+  const rows = h("tbody", { id: "timeline" });
+  page.append(
+    h("h1", {}, "Run ", h("code", {}, runId), " ", status),
+    h(
+      "p",
+      { class: "meta" },
+      "agent ",
+      h("b", {}, run.agent_id),
+      " · session ",
+      h("a", { href: "#/session/" + enc(run.session_key) }, run.session_key),
+      " · stream ",
+      state,
+      " ",
+      cancel,
+    ),
+    approvals,
+    h("h2", {}, "Answer"),
+    answer,
+    h("h2", {}, "Timeline"),
+    h(
+      "table",
+      { class: "timeline" },
+      h("thead", {}, h("tr", {}, ["seq", "time", "+ms", "type", "actor", "what"].map((t) => h("th", {}, t)))),
+      rows,
+    ),
+  );
+
+  const events = [];
+  const pending = new Map(); // approval id -> ApprovalRequested data
+  let previousTs = null;
+  let finished = false;
+
+  function setStatus(text) {
+    status.textContent = text;
+    status.className = "badge " + text;
+    cancel.disabled = ["completed", "failed", "cancelled"].includes(text);
+  }
+
+  function paintApprovals() {
+    approvals.replaceChildren(
+      ...[...pending.values()].map((a) => {
+        const decide = async (decision, button) => {
+          button.disabled = true;
+          try {
+            await api("/v1/approvals/" + enc(a.approval_id), {
+              method: "POST",
+              body: { decision, args_digest: a.args_digest },
+            });
+          } catch (error) {
+            button.disabled = false;
+            if (!(error instanceof AuthNeeded)) alert(error.message);
+          }
+        };
+        const approve = h("button", { type: "button", class: "approve" }, "Approve");
+        const deny = h("button", { type: "button", class: "deny danger" }, "Deny");
+        approve.addEventListener("click", () => decide("approve", approve));
+        deny.addEventListener("click", () => decide("deny", deny));
+        return h(
+          "div",
+          { class: "approval", "data-approval": a.approval_id },
+          h("div", {}, "Waiting for approval: ", h("b", {}, a.call.name), " ", h("code", {}, pretty(a.call.arguments))),
+          h("div", { class: "digest" }, "args sha256 ", h("code", {}, a.args_digest)),
+          approve,
+          deny,
+        );
+      }),
+    );
+  }
+
+  function show(event) {
+    const d = event.data || {};
+    const since = previousTs === null ? "" : ((event.ts - previousTs) / 1000).toFixed(1);
+    previousTs = event.ts;
+    rows.append(
+      h(
+        "tr",
+        { "data-seq": event.seq, class: "ev " + event.type },
+        h("td", { class: "num" }, event.seq),
+        h("td", {}, clock(event.ts)),
+        h("td", { class: "num" }, since),
+        h("td", {}, event.type),
+        h("td", {}, event.actor || ""),
+        h("td", {}, describe(event)),
+      ),
+    );
+    if (event.type === "ModelRequested") answer.append(h("div", { class: "step", "data-step": d.step }));
+    if (event.type === "AssistantDelta") {
+      let step = answer.querySelector(`[data-step="${d.step}"]`) || answer.appendChild(h("div", { class: "step", "data-step": d.step }));
+      step.append(d.text);
+    }
+    if (event.type === "ApprovalRequested") pending.set(d.approval_id, d);
+    if (event.type === "ApprovalGranted" || event.type === "ApprovalDenied") pending.delete(d.approval_id);
+    if (event.type.startsWith("Approval")) paintApprovals();
+    if (event.type === "ApprovalRequested") setStatus("waiting_approval");
+    else if (event.type === "ApprovalGranted" || event.type === "ModelRequested") setStatus("running");
+    if (TERMINAL.has(event.type)) {
+      finished = true;
+      pending.clear();
+      paintApprovals();
+      setStatus({ RunCompleted: "completed", RunFailed: "failed", RunCancelled: "cancelled" }[event.type]);
+    }
+  }
+
+  function onEvent(event) {
+    events.push(event);
+    show(event);
+    saveCache(runId, events);
+  }
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      const view = await api("/v1/runs/" + enc(runId) + "/cancel", { method: "POST" });
+      setStatus(view.status);
+    } catch (error) {
+      cancel.disabled = false;
+      if (!(error instanceof AuthNeeded)) alert(error.message);
+    }
+  });
+
+  setStatus(run.status);
+  // Events shown before a reload come back from the cache; the stream resumes after the last.
+  let last = 0;
+  for (const event of loadCache(runId)) {
+    if (event.seq > last) {
+      last = event.seq;
+      events.push(event);
+      show(event);
+    }
+  }
+  await follow("/v1/runs/" + enc(runId) + "/events", last, onEvent, {
+    signal,
+    isDone: () => finished,
+    onState: (text) => (state.textContent = text),
+  });
+}
+
+// -- audit -------------------------------------------------------------------------------------
+
+async function auditPage(page, _arg, signal) {
+  const head = await api("/v1/audit/head", { signal });
+  const anchored = head.anchored_seq !== null;
+  const bar = h("progress", { id: "verify-progress", max: 1, value: 0 });
+  const report = h("div", { id: "verify-report" });
+  const verify = h("button", { id: "verify", type: "button" }, "Verify the chain");
+  const rows = h("tbody", { id: "activity" });
+  const more = h("button", { type: "button", hidden: true }, "More");
+  const field = (name, hint) => h("input", { name, placeholder: hint });
+  const filters = h(
+    "form",
+    { class: "filters", id: "activity-filters" },
+    field("actor", "actor (key id, agent:…)"),
+    field("type", "types, comma separated"),
+    field("stream_prefix", "stream prefix (run:, session:…)"),
+    h("button", { type: "submit" }, "Filter"),
+  );
+  page.append(
+    h("h1", {}, "Audit"),
+    h(
+      "dl",
+      { class: "head" },
+      h("dt", {}, "head seq"),
+      h("dd", { id: "head-seq" }, head.seq),
+      h("dt", {}, "head hash"),
+      h("dd", {}, h("code", { id: "head-hash" }, head.hash)),
+      h("dt", {}, "anchor"),
+      h(
+        "dd",
+        { id: "anchor" },
+        anchored
+          ? [`anchored at seq ${head.anchored_seq} (${new Date(head.anchored_at * 1000).toISOString()}) `, h("code", {}, head.anchored_hash)]
+          : "not anchored",
+      ),
+    ),
+    h("div", { class: "verify" }, verify, " ", bar, report),
+    h("h2", {}, "Activity"),
+    filters,
+    h(
+      "table",
+      { class: "activity" },
+      h("thead", {}, h("tr", {}, ["seq", "time", "actor", "stream", "type", "hash"].map((t) => h("th", {}, t)))),
+      rows,
+    ),
+    more,
+  );
+
+  verify.addEventListener("click", async () => {
+    verify.disabled = true;
+    report.textContent = "verifying…";
+    try {
+      const response = await api("/v1/audit/verify", { method: "POST", accept: "text/event-stream", signal });
+      for await (const frame of sseFrames(response)) {
+        if (frame.event === "progress") {
+          bar.max = Math.max(frame.data.total, 1);
+          bar.value = frame.data.checked;
+        } else if (frame.event === "report") {
+          const r = frame.data;
+          bar.max = Math.max(r.checked, 1);
+          bar.value = r.checked;
+          report.className = r.ok ? "ok" : "error";
+          report.textContent = r.ok
+            ? `chain intact: ${r.checked} events checked up to seq ${r.head_seq}` + (r.anchored_seq ? `, anchor at seq ${r.anchored_seq} matches` : "")
+            : `broken at seq ${r.first_bad_seq}: ${r.reason}`;
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof AuthNeeded) && !signal.aborted) {
+        report.className = "error";
+        report.textContent = error.message;
+      }
+    } finally {
+      verify.disabled = false;
+    }
+  });
+
+  let cursor = null;
+  async function load(reset) {
+    const query = new URLSearchParams({ limit: "100" });
+    for (const [name, value] of new FormData(filters)) if (value) query.set(name, value);
+    if (!reset && cursor) query.set("cursor", cursor);
+    if (reset) rows.replaceChildren();
+    const answer = await api("/v1/audit/events?" + query, { signal });
+    for (const e of answer.data) {
+      const stream = e.stream.startsWith("run:")
+        ? h("a", { href: "#/run/" + enc(e.stream.slice(4)) }, e.stream)
+        : e.stream.startsWith("session:")
+          ? h("a", { href: "#/session/" + enc(e.stream.slice(8)) }, e.stream)
+          : e.stream;
+      rows.append(
+        h(
+          "tr",
+          { "data-seq": e.seq },
+          h("td", { class: "num" }, e.seq),
+          h("td", {}, new Date(e.ts / 1000).toISOString().replace("T", " ").slice(0, 23)),
+          h("td", {}, e.actor || ""),
+          h("td", {}, stream),
+          h("td", {}, e.type),
+          h("td", {}, h("code", { title: e.hash }, short(e.hash, 12))),
+        ),
+      );
+    }
+    cursor = answer.next_cursor;
+    more.hidden = !cursor;
+  }
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    load(true).catch((error) => error instanceof AuthNeeded || alert(error.message));
+  });
+  more.addEventListener("click", () => load(false));
+  await load(true);
+}
+
+// -- live panel --------------------------------------------------------------------------------
+
+function parseMetrics(text) {
+  const sums = {};
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const match = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (match) sums[match[1]] = (sums[match[1]] || 0) + Number(match[3]);
+  }
+  return sums;
+}
+
+function startLivePanel() {
+  let before = null;
+  const set = (id, value) => (document.getElementById(id).textContent = value);
+  async function tick() {
+    if (document.getElementById("key-prompt").hidden === false) return;
+    try {
+      const response = await fetch("/metrics", { headers: headers() });
+      if (!response.ok) return;
+      const now = { at: performance.now(), m: parseMetrics(await response.text()) };
+      const m = now.m;
+      set("live-actors", m.cuelog_actors_live ?? "–");
+      set("live-sse", m.cuelog_sse_clients ?? "–");
+      if (before) {
+        const seconds = (now.at - before.at) / 1000;
+        const rate = (name) => (((m[name] || 0) - (before.m[name] || 0)) / seconds).toFixed(1);
+        set("live-runs", rate("cuelog_runs_finished_total"));
+        set("live-appends", rate("cuelog_log_events_appended_total"));
+      }
+      before = now;
+    } catch {
+      /* the panel is best effort; the next tick tries again */
+    }
+  }
+  refreshLivePanel = tick;
+  tick();
+  setInterval(tick, 2000);
+}
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => {
+  setUpKeyPrompt();
+  route();
+  startLivePanel();
+});
