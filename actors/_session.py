@@ -193,6 +193,25 @@ def fold_session(state: SessionState, event: Event) -> SessionState:
     return state
 
 
+def answered_only(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Drop tool calls a run left unanswered (it was cancelled or failed before the result).
+
+    OpenAI-compatible upstreams refuse a history where an assistant's tool call has no tool
+    message after it, so such a call would break every later run of the session.
+    """
+    answered = {m.tool_call_id for m in messages if m.role == "tool"}
+    out: list[ChatMessage] = []
+    for message in messages:
+        calls = message.tool_calls
+        if calls and any(call.id not in answered for call in calls):
+            kept = [call for call in calls if call.id in answered]
+            if kept or message.content:
+                out.append(msgspec.structs.replace(message, tool_calls=kept or None))
+            continue
+        out.append(message)
+    return out
+
+
 def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> SessionState:
     """A session's state folded from the log as of `at_seq` (or now)."""
     state = SessionState()
@@ -230,7 +249,9 @@ class SessionActor(EventSourcedActor[SessionState]):
             case RunDone(run_id=run_id, status=status, messages=messages):
                 if state.current_run != run_id:
                     return []  # already settled (a repeat after recovery)
-                events: list[Event] = [RunSettled(run_id=run_id, status=status, messages=messages)]
+                events: list[Event] = [
+                    RunSettled(run_id=run_id, status=status, messages=answered_only(messages))
+                ]
                 if state.inbox and not state.deleted:
                     events.append(RunAssigned(run_id=state.inbox[0].run_id))
                 return events

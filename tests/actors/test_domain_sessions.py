@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from cuelog.actors import ChatMessage
+from cuelog.actors import AgentSpec, ChatMessage
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._session import Caller, SessionState, SessionView
 from tests.actors.domain_support import (
@@ -235,3 +235,18 @@ async def test_state_at_every_seq_matches_the_live_state(tmp_path: Path) -> None
                 assert [q.run_id for q in state.inbox] == view.queued_runs
                 assert state.recent_runs == view.recent_runs
         assert rt.session_state_at("s", records[0].seq - 1) == SessionState()
+
+
+async def test_cancelled_run_leaves_no_unanswered_tool_call_in_history(tmp_path: Path) -> None:
+    """A run cancelled while its tool call awaits approval adds no dangling call to the history."""
+    agent = AgentSpec(tools=["calculator"], approval="ask")
+    async with runtime_at(tmp_path / "log", make_env(), agents={"ask": agent}) as rt:
+        sent = await rt.send("ask", [user('/tool calculator {"expr": "1+1"}')], session_key="s")
+        await wait_for_event(rt.log, f"run:{sent.run_id}", "ApprovalRequested")
+        await rt.cancel_run(sent.run_id)
+        await rt.wait_run(sent.run_id)
+        session = await rt.get_session("s")
+        answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
+        calls = [c.id for m in session.messages for c in m.tool_calls or []]
+        assert all(call in answered for call in calls)
+        assert contents(session.messages)[0] == ("user", '/tool calculator {"expr": "1+1"}')
