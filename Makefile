@@ -44,7 +44,8 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 soak: install
-	CUELOG_CRASH_ITERATIONS=500 $(BIN)/pytest -m slow tests/reliability
+	CUELOG_SERVER_KILLS=1000 CUELOG_CRASH_ITERATIONS=1000 CUELOG_FUZZ_EXAMPLES=20000 \
+		CUELOG_MANY_SESSIONS=100000 $(BIN)/pytest -m "slow or not slow" tests/reliability
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
