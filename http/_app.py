@@ -361,6 +361,10 @@ def create_app(services: Services | None = None) -> QuartTrio:
 
         register_console_routes(app)
 
+        from cuelog.http._openapi import register_docs_routes
+
+        register_docs_routes(routes, app)
+
     return app
 
 

@@ -6,8 +6,10 @@ Every route is declared through `Routes.add` with its scope, so the scope table 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -19,6 +21,7 @@ from cuelog.actors._session import Caller
 from cuelog.http._wire import ApiError
 
 SCOPES: Final = ("read", "chat", "wake", "approve", "admin")
+ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")  # agent, session, run, key ids
 PUBLIC: Final = "public"
 
 
@@ -130,18 +133,11 @@ class Routes:
 
         def register(handler: Handler) -> Handler:
             async def guarded(**kwargs: Any) -> Response:
-                if scope == PUBLIC:
-                    g.principal = self.auth.authenticate(required=False)
-                else:
-                    who = self.auth.authenticate()
-                    assert who is not None
-                    if not who.allows(scope):
-                        raise ApiError(
-                            403, f"this key lacks the {scope!r} scope needed here", param=scope
-                        )
-                    g.principal = who
-                if self.limit is not None:
-                    self.limit(g.principal)
+                try:
+                    self._check(scope, kwargs)
+                except ApiError:
+                    await _drain_body()
+                    raise
                 return await handler(**kwargs)
 
             endpoint = f"{handler.__name__}_{'_'.join(methods).lower()}_{len(self.table)}"
@@ -152,3 +148,28 @@ class Routes:
             return handler
 
         return register
+
+    def _check(self, scope: str, path_params: dict[str, Any]) -> None:
+        """Authenticate, authorize, rate-limit, and refuse path ids that cannot name anything."""
+        if scope == PUBLIC:
+            g.principal = self.auth.authenticate(required=False)
+        else:
+            who = self.auth.authenticate()
+            assert who is not None
+            if not who.allows(scope):
+                raise ApiError(403, f"this key lacks the {scope!r} scope needed here", param=scope)
+            g.principal = who
+        if self.limit is not None:
+            self.limit(g.principal)
+        for name, value in path_params.items():
+            # Every id the API hands out matches; anything else names nothing (and would not
+            # make a valid actor address or stream name).
+            if not ID_RE.match(value):
+                raise ApiError(404, f"no {name} {value[:130]!r}", param=name)
+
+
+async def _drain_body() -> None:
+    """Take the request body before answering early: Hypercorn can leave a keep-alive
+    connection hanging when the response goes out before the client finished sending."""
+    with contextlib.suppress(Exception):  # too large or cut off: the refusal stands anyway
+        await request.get_data(cache=True)

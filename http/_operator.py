@@ -339,9 +339,13 @@ def register_operator_routes(
 
 
 def _int(raw: str | None, default: int, name: str) -> int:
+    """A non-negative integer query argument (seqs, limits and Unix times are never negative)."""
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ApiError(400, f"{name} must be an integer", param=name) from None
+    if not 0 <= value < 1 << 62:
+        raise ApiError(400, f"{name} must be between 0 and 2**62", param=name)
+    return value
