@@ -46,6 +46,7 @@ bench: install
 soak: install
 	CUELOG_SERVER_KILLS=1000 CUELOG_CRASH_ITERATIONS=1000 CUELOG_FUZZ_EXAMPLES=20000 \
 		CUELOG_MANY_SESSIONS=100000 $(BIN)/pytest -m "slow or not slow" tests/reliability
+	CUELOG_SCHEMATHESIS_EXAMPLES=200 $(BIN)/pytest tests/http/test_openapi.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

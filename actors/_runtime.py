@@ -54,6 +54,7 @@ from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
 
 logger = structlog.get_logger("cuelog.runtime")
 
+QUEUED_HINTS = 100_000
 TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
@@ -132,22 +133,25 @@ class AgentRuntime:
         await self.get_agent(agent_id)
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
-        self._queued[run] = key
-        try:
-            sent: Sent = await self.system.ref("session", key).ask(
-                Send(
-                    run_id=run,
-                    messages=messages,
-                    agent_id=agent_id,
-                    caller=caller,
-                    busy_policy=busy_policy,
-                    metadata=metadata or {},
-                )
+        sent: Sent = await self.system.ref("session", key).ask(
+            Send(
+                run_id=run,
+                messages=messages,
+                agent_id=agent_id,
+                caller=caller,
+                busy_policy=busy_policy,
+                metadata=metadata or {},
             )
-        except BaseException:
-            self._queued.pop(run, None)
-            raise
+        )
+        self._remember_queued(run, key)
         return sent
+
+    def _remember_queued(self, run_id: str, session_key: str) -> None:
+        """Where to look for a run before it starts (a bounded hint, checked against the
+        session, so a stale entry is harmless)."""
+        self._queued[run_id] = session_key
+        while len(self._queued) > QUEUED_HINTS:
+            del self._queued[next(iter(self._queued))]
 
     async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
         """The run's current view; a queued run that has not started yet is reported queued."""
@@ -158,6 +162,8 @@ class AgentRuntime:
             if session_key is None:
                 raise
             session = await self.get_session(session_key, caller=caller)
+            if run_id not in session.queued_runs and run_id != session.current_run:
+                raise
             return RunView(
                 id=run_id,
                 status="queued",
@@ -172,7 +178,6 @@ class AgentRuntime:
                 messages=[],
                 version=0,
             )
-        self._queued.pop(run_id, None)
         return view
 
     async def wait_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
@@ -423,10 +428,10 @@ class AgentRuntime:
                 if state.deleted:
                     continue
                 for queued in state.inbox:  # so get_run reports them queued, not unknown
-                    self._queued[queued.run_id] = name.removeprefix("session:")
+                    self._remember_queued(queued.run_id, name.removeprefix("session:"))
                 if state.current_run is not None:
                     if not self.log.stream_version(f"run:{state.current_run}"):
-                        self._queued[state.current_run] = name.removeprefix("session:")
+                        self._remember_queued(state.current_run, name.removeprefix("session:"))
                     found += 1
                     await self.get_session(name.removeprefix("session:"))
         if found:

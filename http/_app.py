@@ -30,7 +30,7 @@ from cuelog.actors._events import (
 from cuelog.actors._messages import ChatMessage
 from cuelog.actors._run import RunView
 from cuelog.actors._runtime import TERMINAL_EVENTS, AgentRuntime, random_id
-from cuelog.actors._session import Sent, SessionView
+from cuelog.actors._session import TERMINAL, Sent, SessionView
 from cuelog.http._auth import PUBLIC, Authenticator, Principal, Routes, caller, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
@@ -50,6 +50,7 @@ from cuelog.http._openai import (
     responses_messages,
 )
 from cuelog.http._operator import register_operator_routes
+from cuelog.http._timeline import summary
 from cuelog.http._wire import (
     ApiError,
     decode_body,
@@ -75,6 +76,7 @@ logger = structlog.get_logger("cuelog.http")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _HEALTH_OK = to_json({"status": "ok"})
+_MAX_SEQ = 1 << 62
 _generic = msgspec.msgpack.Decoder()
 
 
@@ -97,6 +99,7 @@ class Services:
         self.keys = keys
         self.anchor_key = anchor_key
         self.started = time.monotonic()
+        self.stopping = False
         server = settings.server
         self.key_buckets = TokenBuckets(server.rate_limit, server.rate_burst)
         self.ip_buckets = TokenBuckets(server.ip_rate_limit, server.rate_burst)
@@ -146,6 +149,11 @@ class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     label: str | None = None
     metadata: dict[str, Any] | None = None
     busy_policy: BusyPolicy | None = None
+
+
+class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    at_seq: int
+    agent_id: str | None = None
 
 
 class EventOut(msgspec.Struct, frozen=True):
@@ -211,11 +219,10 @@ def _int_arg(name: str, default: int, *, lo: int = 0, hi: int = 1 << 62) -> int:
 def _after_seq() -> int:
     header = request.headers.get("last-event-id")
     if header:
-        try:
-            return max(int(header), 0)
-        except ValueError:
-            raise ApiError(400, "Last-Event-ID must be a log seq (an integer)") from None
-    return _int_arg("after", 0)
+        if not header.isdigit() or int(header) > _MAX_SEQ:
+            raise ApiError(400, "Last-Event-ID must be a log seq (a non-negative integer)")
+        return int(header)
+    return _int_arg("after", 0, hi=_MAX_SEQ)
 
 
 def _wants_sse() -> bool:
@@ -303,6 +310,8 @@ def create_app(services: Services | None = None) -> QuartTrio:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
         message = messages.get(status, exc.description or exc.name)
+        if request.content_length or request.headers.get("transfer-encoding"):
+            headers["Connection"] = "close"  # the body was not read: end the connection
         return json_response(error_body(status, message), status, headers)
 
     @app.errorhandler(ApiError)
@@ -323,6 +332,12 @@ def create_app(services: Services | None = None) -> QuartTrio:
     app.extensions["cuelog.routes"] = routes
     if services is not None:
         services.metrics.install(app)
+
+        @app.after_request
+        async def close_when_stopping(response: Response) -> Response:
+            if services.stopping:
+                response.headers["Connection"] = "close"  # let clients move on during shutdown
+            return response
 
     @routes.add("/health", ["GET"], PUBLIC)
     @routes.add("/v1/health", ["GET"], PUBLIC)
@@ -391,11 +406,12 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     settings = services.settings
 
     async def read(cls: type[Any]) -> tuple[Any, bytes]:
+        # Read the body before any refusal, so the keep-alive connection stays usable.
+        raw = await request.get_data(cache=True, as_text=False)
+        assert isinstance(raw, bytes)
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise ApiError(415, "send the body as JSON with Content-Type: application/json")
-        raw = await request.get_data(cache=True, as_text=False)
-        assert isinstance(raw, bytes)
         if len(raw) > settings.server.max_body_bytes:
             raise ApiError(413, f"body is over the {settings.server.max_body_bytes}-byte limit")
         return decode_body(cls, raw), raw
@@ -409,6 +425,9 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
         metadata: dict[str, Any] | None = None,
     ) -> Sent:
         who = principal()
+        if not _ID_RE.match(agent_id):
+            raise ApiError(404, f"no agent {agent_id!r}", param="model")
+        await runtime.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
         run_id = random_id("run")
         key = session_key or random_id("sess")
         idem = request.headers.get("idempotency-key")
@@ -434,7 +453,15 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
 
     async def wait_for(run_id: str) -> RunView:
         with trio.move_on_after(settings.server.request_timeout):
-            return await runtime.wait_run(run_id, caller=caller())
+            view = await runtime.wait_run(run_id, caller=caller())
+            if view.status not in TERMINAL:
+                raise ApiError(
+                    503,
+                    f"the server is shutting down; run {run_id} goes on after the restart: "
+                    f"follow /v1/runs/{run_id}/events",
+                    headers={"Retry-After": "5"},
+                )
+            return view
         raise ApiError(
             504,
             f"run {run_id} did not finish within {settings.server.request_timeout:g} s; "
@@ -463,6 +490,8 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
             try:
                 async for frame in frames:
                     yield frame
+                if services.stopping:
+                    yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:
                 services.streams.release(slot)
 
@@ -744,6 +773,30 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
         page = [e for e in log.read_stream(stream_name) if e.seq > after][: limit + 1]
         return _page(page, limit)
 
+    @routes.add("/v1/sessions/<key>/state", ["GET"], "read")
+    async def session_state(key: str) -> Response:
+        """The session's folded state as it was at `at_seq` (default: now)."""
+        await runtime.get_session(key, caller=caller())
+        at_seq = _int_arg("at_seq", 0, lo=0) or None
+        state = runtime.session_state_at(key, at_seq)
+        if not state.exists:
+            raise ApiError(404, f"session {key!r} did not exist at seq {at_seq}", param="at_seq")
+        return json_response(to_json({"key": key, "at_seq": at_seq, "state": state}))
+
+    @routes.add("/v1/sessions/<key>/fork", ["POST"], "chat")
+    async def fork_session(key: str) -> Response:
+        """A new session with this one's history at `at_seq`; its first event names the parent
+        session, seq and hash. The two continue independently."""
+        body, _ = await read(ForkBody)
+        if body.agent_id is not None:
+            await runtime.get_agent(_check_id("agent_id", body.agent_id))
+        if runtime.session_state_at(key, body.at_seq).exists is False:
+            raise ApiError(
+                404, f"session {key!r} did not exist at seq {body.at_seq}", param="at_seq"
+            )
+        view = await runtime.fork_session(key, body.at_seq, agent_id=body.agent_id, caller=caller())
+        return json_response(to_json(_session_json(view)), 201)
+
     # -- runs ----------------------------------------------------------------------------------
 
     @routes.add("/v1/runs/<run_id>", ["GET"], "read")
@@ -757,6 +810,29 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
         await runtime.get_run(run_id, caller=caller())
         view = await runtime.cancel_run(run_id, caller=caller())
         return json_response(to_json(_run_json(view)))
+
+    @routes.add("/v1/runs/<run_id>/timeline", ["GET"], "read")
+    async def run_timeline(run_id: str) -> Response:
+        """The run's events as a timeline: seq, time, actor, type, a one-line summary, and the
+        milliseconds since the previous event."""
+        await runtime.get_run(run_id, caller=caller())
+        rows = []
+        previous: int | None = None
+        for event in log.read_stream(f"run:{run_id}"):
+            rows.append(
+                {
+                    "seq": event.seq,
+                    "ts": event.ts,
+                    "actor": event.actor,
+                    "type": event.type,
+                    "summary": summary(event),
+                    "since_previous_ms": None
+                    if previous is None
+                    else round((event.ts - previous) / 1000, 3),
+                }
+            )
+            previous = event.ts
+        return json_response(to_json({"run_id": run_id, "data": rows}))
 
     @routes.add("/v1/runs/<run_id>/events", ["GET"], "read")
     async def run_events(run_id: str) -> Response:

@@ -56,10 +56,20 @@ KeyLookup = Callable[[str], Principal | None]  # sha256 hex of a presented key -
 class Authenticator:
     """Checks `Authorization: Bearer <key>` or `X-API-Key: <key>` in constant time."""
 
-    def __init__(self, static_key: str | None, lookup: KeyLookup | None = None) -> None:
+    def __init__(
+        self,
+        static_key: str | None,
+        lookup: KeyLookup | None = None,
+        has_keys: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._static = key_digest(static_key) if static_key else None
         self._lookup = lookup
-        self.enabled = static_key is not None or lookup is not None
+        self._has_keys = has_keys
+
+    @property
+    def enabled(self) -> bool:
+        """Auth is on with a static key or once any key was issued; off, the server is local."""
+        return self._static is not None or self._has_keys()
 
     def presented_key(self) -> str | None:
         header = request.headers.get("authorization", "")

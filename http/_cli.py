@@ -78,15 +78,25 @@ def serve_command(
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Key that sealed the log's anchor; catches rewritten or truncated logs.",
 )
+@click.option(
+    "--anchor-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="An anchor kept outside the data dir (the JSON POST /v1/audit/anchor answered); "
+    "catches a whole data dir put back from an older copy. Needs --anchor-key-file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_command(data_dir: Path, anchor_key_file: Path | None, as_json: bool) -> None:
+def verify_command(
+    data_dir: Path, anchor_key_file: Path | None, anchor_file: Path | None, as_json: bool
+) -> None:
     """Verify the hash chain and indexes of a log (read-only; safe beside a running server).
 
     Exit 0: intact. Exit 1: tampered (the first bad seq and why). Exit 2: cannot read.
     """
     from cuelog.http._verify_cli import run_verify
 
-    sys.exit(run_verify(data_dir, anchor_key_file, as_json=as_json))
+    if anchor_file is not None and anchor_key_file is None:
+        raise click.UsageError("--anchor-file needs --anchor-key-file (the key that sealed it)")
+    sys.exit(run_verify(data_dir, anchor_key_file, anchor_file, as_json=as_json))
 
 
 main.add_command(keys)

@@ -36,6 +36,7 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_burst: int = 20
     ip_rate_limit: float = 0.0  # requests per second per client address; 0 turns it off
     max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
+    stall_timeout: float = 60.0  # drop a connection whose client takes no data for this long
 
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

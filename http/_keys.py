@@ -66,6 +66,9 @@ class KeyStore:
             return None
         return Principal(info.id, frozenset(info.scopes))
 
+    def any_issued(self) -> bool:
+        return bool(self._by_id)
+
     def all(self) -> list[KeyInfo]:
         return sorted(self._by_id.values(), key=lambda k: (k.created_at, k.id))
 

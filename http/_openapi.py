@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 
 from cuelog.actors._events import ApprovalPolicy, BusyPolicy
 from cuelog.actors._messages import ChatMessage, Usage
-from cuelog.http._app import AgentBody, AgentPatch, EventOut, SessionPatchBody, WakeBody
+from cuelog.http._app import AgentBody, AgentPatch, EventOut, ForkBody, SessionPatchBody, WakeBody
 from cuelog.http._auth import PUBLIC, RouteInfo, Routes
 from cuelog.http._errors import ErrorBody
 from cuelog.http._keys import KeyInfo
@@ -246,6 +246,7 @@ BODIES: Final[dict[Route, type]] = {
     ("POST", "/v1/responses"): ResponsesRequest,
     ("POST", "/v1/agents/<agent_id>/wake"): WakeBody,
     ("PATCH", "/v1/sessions/<key>"): SessionPatchBody,
+    ("POST", "/v1/sessions/<key>/fork"): ForkBody,
     ("POST", "/v1/keys"): KeyBody,
     ("POST", "/v1/approvals/<approval_id>"): ApprovalBody,
     ("POST", "/v1/tools/invoke"): InvokeBody,
@@ -270,6 +271,7 @@ ANSWERS: Final[dict[Route, dict[int, type | None]]] = {
     ("PATCH", "/v1/sessions/<key>"): {200: Session},
     ("DELETE", "/v1/sessions/<key>"): {200: Deleted},
     ("POST", "/v1/sessions/<key>/reset"): {200: Session},
+    ("POST", "/v1/sessions/<key>/fork"): {201: Session},
     ("GET", "/v1/sessions/<key>/events"): {200: EventPage},
     ("GET", "/v1/runs/<run_id>"): {200: Run},
     ("POST", "/v1/runs/<run_id>/cancel"): {200: Run},

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
+from typing import Any
 
 import structlog
 import trio
@@ -68,8 +70,27 @@ def read_anchor_key(settings: Settings) -> bytes | None:
     return key
 
 
+class _Config(Config):
+    """Hypercorn's config, plus TCP_USER_TIMEOUT on the listening sockets (inherited by every
+    accepted connection): the kernel drops a connection whose client has taken no data for
+    `stall_timeout` seconds. Hypercorn shields its socket writes from cancellation, so only the
+    kernel can end a write that a stalled reader blocks."""
+
+    stall_timeout: float = 0.0
+
+    def create_sockets(self) -> Any:
+        sockets = super().create_sockets()
+        if self.stall_timeout > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+            for sock in [*sockets.insecure_sockets, *sockets.secure_sockets]:
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.stall_timeout * 1000)
+                )
+        return sockets
+
+
 def hypercorn_config(settings: Settings) -> Config:
-    config = Config()
+    config = _Config()
+    config.stall_timeout = settings.server.stall_timeout
     host = settings.server.host
     host = f"[{host}]" if ":" in host else host
     config.bind = [f"{host}:{settings.server.port}"]
@@ -125,14 +146,16 @@ async def serve(
         trio.open_nursery() as nursery,
     ):
         keys = KeyStore(event_log)
-        auth = Authenticator(settings.server.api_key, keys.lookup)
+        auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         env.stopped = emergency_stop_state(event_log)
         if env.stopped:
             log.warning("emergency stop is on: new runs are refused until it is released")
         anchor_key = read_anchor_key(settings)
-        app = create_app(Services(runtime, event_log, settings, auth, keys, anchor_key))
+        services = Services(runtime, event_log, settings, auth, keys, anchor_key)
+        app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
+        nursery.start_soon(_end_streams_on_stop, stop, services)
         async with trio.open_nursery() as server:
             binds = await server.start(
                 lambda task_status: hypercorn_serve(
@@ -153,6 +176,13 @@ async def serve(
         # Hypercorn has drained its connections; only the signal watcher is left.
         nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _end_streams_on_stop(stop: trio.Event, services: Services) -> None:
+    """On shutdown, SSE streams send a last `shutdown` event and end, so Hypercorn can drain."""
+    await stop.wait()
+    services.stopping = True
+    services.log.end_subscriptions()
 
 
 async def _stop_on_signals(stop: trio.Event) -> None:

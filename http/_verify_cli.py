@@ -10,17 +10,37 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from cuelog.runtime import LogError, VerifyReport, open_event_log
+from cuelog.runtime import Anchor, LogError, LogFormatError, VerifyReport, open_event_log
 
 EXIT_OK, EXIT_TAMPERED, EXIT_UNREADABLE = 0, 1, 2
 
 
-def run_verify(data_dir: Path, anchor_key_file: Path | None, *, as_json: bool) -> int:
+class AnchorFile(msgspec.Struct):
+    """What POST /v1/audit/anchor answers (and `cuelog verify --anchor-file` reads)."""
+
+    seq: int
+    hash: str
+    mac: str
+    anchored_at: int = 0
+
+
+def read_anchor(path: Path) -> Anchor:
+    try:
+        raw = msgspec.json.decode(path.read_bytes(), type=AnchorFile)
+        return Anchor(raw.seq, bytes.fromhex(raw.hash), bytes.fromhex(raw.mac), raw.anchored_at)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise LogFormatError(f"{path} is not an anchor (JSON with seq, hash, mac): {exc}") from None
+
+
+def run_verify(
+    data_dir: Path, anchor_key_file: Path | None, anchor_file: Path | None, *, as_json: bool
+) -> int:
     err = Console(stderr=True)
     key = anchor_key_file.read_bytes().strip() if anchor_key_file else None
     show_progress = sys.stderr.isatty() and not as_json
     try:
-        report = trio.run(_verify, data_dir, key, show_progress)
+        anchor = read_anchor(anchor_file) if anchor_file is not None else None
+        report = trio.run(_verify, data_dir, key, anchor, show_progress)
     except LogError as exc:
         err.print(f"cuelog verify: {exc}")
         return EXIT_UNREADABLE
@@ -34,15 +54,19 @@ def run_verify(data_dir: Path, anchor_key_file: Path | None, *, as_json: bool) -
     return EXIT_OK if report.ok else EXIT_TAMPERED
 
 
-async def _verify(data_dir: Path, key: bytes | None, show_progress: bool) -> VerifyReport:
+async def _verify(
+    data_dir: Path, key: bytes | None, anchor: Anchor | None, show_progress: bool
+) -> VerifyReport:
     async with open_event_log(data_dir, readonly=True) as log:
         total = log.head().seq
         if not show_progress:
-            return log.verify_sync(anchor_key=key)
+            return log.verify_sync(anchor_key=key, anchor=anchor)
         with Progress(
             "verifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
         ) as bar:
             task = bar.add_task("verify", total=total)
             return log.verify_sync(
-                anchor_key=key, progress=lambda done, _total: bar.update(task, completed=done)
+                anchor_key=key,
+                anchor=anchor,
+                progress=lambda done, _total: bar.update(task, completed=done),
             )

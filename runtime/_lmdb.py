@@ -60,6 +60,9 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
+# What one subscriber holds at most while its consumer is slow: a lagging reader costs a cursor
+# and one small batch, never a growing buffer.
+SUBSCRIBER_BATCH_BYTES: Final = 64 << 10
 
 
 class RawEvent(msgspec.Struct, frozen=True):
@@ -243,6 +246,7 @@ class LmdbEventLog:
         self._subscribers = 0
         self._generation = 0  # group commits attempted, failed ones too
         self._thread_readers = 0  # read txns held in worker threads (verify)
+        self._subscriptions_ended = False
         self._readers_gone = trio.Event()
         # counters
         self._appends = 0
@@ -664,22 +668,32 @@ class LmdbEventLog:
         return result
 
     def read_stream(
-        self, stream: str, from_version: int = 1, *, limit: int | None = None
+        self,
+        stream: str,
+        from_version: int = 1,
+        *,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        """The stream's events from `from_version` on, in order."""
+        """The stream's events from `from_version` on, in order; at most `limit` events, and
+        once `max_bytes` of stored records are read, no more (but always at least one)."""
         prefix = stream.encode() + b"\x00"
 
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
+            size = 0
             cursor = txn.cursor(db=self._streams_db)
             if not cursor.set_range(prefix + _U32.pack(max(from_version, 1))):
                 return out
             for key, seq in cursor:
                 if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
                     break
+                if max_bytes is not None and out and size >= max_bytes:
+                    break
                 value = txn.get(seq, db=self._events_db)
                 if value is None:
                     raise LogFormatError(f"stream index names seq {_U64.unpack(seq)[0]}: missing")
+                size += len(value)
                 out.append(decode_record(value))
             return out
 
@@ -707,17 +721,22 @@ class LmdbEventLog:
         result: list[str] = self._read(run)
         return result
 
-    def read_all(self, after_seq: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        """Up to `limit` events with seq > `after_seq`, in order."""
+    def read_all(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events with seq > `after_seq`, in order (and, like `read_stream`, no
+        more once `max_bytes` of records are read)."""
 
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
+            size = 0
             cursor = txn.cursor(db=self._events_db)
             if limit <= 0 or not cursor.set_range(_U64.pack(after_seq + 1)):
                 return out
             for value in cursor.iternext(keys=False, values=True):
                 out.append(decode_record(value))
-                if len(out) >= limit:
+                size += len(value)
+                if len(out) >= limit or (max_bytes is not None and size >= max_bytes):
                     break
             return out
 
@@ -760,14 +779,14 @@ class LmdbEventLog:
         try:
             while True:
                 committed = self._committed
-                events = self.read_all(cursor, batch)
+                events = self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
                 for event in events:
                     cursor = event.seq
                     if stream_prefix is None or event.stream.startswith(stream_prefix):
                         yield event
                 if events:
                     continue
-                if self._closed:
+                if self._closed or self._subscriptions_ended:
                     return
                 if self.readonly:
                     await trio.sleep(0.05)  # another process writes: poll
@@ -788,13 +807,15 @@ class LmdbEventLog:
         try:
             while True:
                 committed = self._committed
-                events = self.read_stream(stream, version + 1, limit=batch)
+                events = self.read_stream(
+                    stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
+                )
                 for event in events:
                     version = event.version
                     yield event
                 if events:
                     continue
-                if self._closed:
+                if self._closed or self._subscriptions_ended:
                     return
                 if self.readonly:
                     await trio.sleep(0.05)  # another process writes: poll
@@ -803,8 +824,11 @@ class LmdbEventLog:
         finally:
             self._subscribers -= 1
 
-    def is_closed(self) -> bool:
-        return self._closed
+    def end_subscriptions(self) -> None:
+        """Make every subscriber return once it has caught up (a server shutting down)."""
+        self._subscriptions_ended = True
+        committed, self._committed = self._committed, trio.Event()
+        committed.set()
 
     # -- anchoring and verification ------------------------------------------------------------
 

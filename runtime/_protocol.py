@@ -35,14 +35,21 @@ class EventLog(Protocol):
     def stream_version(self, stream: str) -> int: ...
 
     def read_stream(
-        self, stream: str, from_version: int = 1, *, limit: int | None = None
+        self,
+        stream: str,
+        from_version: int = 1,
+        *,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]: ...
 
     def list_streams(
         self, prefix: str, *, after: str | None = None, limit: int = 100
     ) -> list[str]: ...
 
-    def read_all(self, after_seq: int = 0, limit: int = 1000) -> list[RecordedEvent]: ...
+    def read_all(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[RecordedEvent]: ...
 
     def read_event(self, seq: int) -> RecordedEvent | None: ...
 

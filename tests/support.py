@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 CUELOG = str(Path(sys.executable).parent / "cuelog")
 
@@ -54,10 +56,19 @@ def start_server(data_dir: Path, *args: str, timeout: float = 20.0) -> ServerPro
         except ValueError:
             continue
         if record.get("event") == "serving":
+            # Keep draining stderr: a pipe nobody reads fills up and then blocks the server.
+            threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True).start()
             return ServerProcess(proc, record["urls"][0], lines)
     proc.kill()
     proc.wait()
     raise RuntimeError("cuelog serve did not start:\n" + "".join(lines))
+
+
+def _drain(stream: IO[str], lines: list[str], keep: int = 2000) -> None:
+    for line in stream:
+        lines.append(line)
+        if len(lines) > keep:
+            del lines[: len(lines) - keep]
 
 
 @contextmanager

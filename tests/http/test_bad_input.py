@@ -156,10 +156,6 @@ async def test_unknown_agent_session_or_run_is_404(
         assert _assert_error(response, 404)["type"] == "not_found_error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="start_run claims the Idempotency-Key (a RequestClaimed event) before the agent check",
-)
 async def test_unknown_agent_with_idempotency_key_writes_nothing(tmp_path: Path) -> None:
     """A wake of a missing agent with an Idempotency-Key is a 404 that leaves the log unchanged."""
     async with live_server(tmp_path / "data") as live:

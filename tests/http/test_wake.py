@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from tests.http.live import frame_data, live_server, sse_frames
@@ -78,11 +77,6 @@ async def test_idempotency_key_with_another_body_is_409(tmp_path: Path) -> None:
         assert await live.count_events("RunStarted", "run:") == 1
 
 
-@pytest.mark.xfail(
-    strict=False,  # the race is lost in some runs only; see the report
-    reason="some of the racing requests answer 404 'no run': AgentRuntime._queued is shared per "
-    "run id and get_run misses the run between the session accepting it and RunStarted",
-)
 async def test_twenty_concurrent_requests_with_one_key_make_one_run(tmp_path: Path) -> None:
     """Twenty concurrent wakes sharing an Idempotency-Key all get the same single run."""
     rounds = 5  # the race is not lost every time; more rounds make a loss likelier

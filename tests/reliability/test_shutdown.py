@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support import CUELOG, start_server
 
@@ -132,12 +131,6 @@ def test_sigterm_under_load_exits_cleanly_and_the_restart_carries_on(tmp_path: P
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after SIGTERM, responses on keep-alive connections do not say Connection: close, so "
-    "a busy client's next request on the same connection is neither answered nor closed until "
-    "server.graceful_timeout runs out",
-)
 def test_sigterm_with_a_busy_keep_alive_client_stops_without_waiting_out_the_grace(
     tmp_path: Path,
 ) -> None:

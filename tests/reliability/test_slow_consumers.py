@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
-import pytest
 
 from tests.support import ServerProcess, start_server
 
@@ -123,12 +122,6 @@ def rss(server: ServerProcess) -> int:
     return int(psutil.Process(server.proc.pid).memory_info().rss)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LmdbEventLog.subscribe reads batches of 256 events and a stalled SSE stream parks "
-    "holding its whole batch: ~4 MB per stalled client here (+800 MB for 200), not bounded by "
-    "anything but 256 x the event size",
-)
 def test_stalled_sse_clients_cost_bounded_memory_and_no_wake_latency(tmp_path: Path) -> None:
     """With 200 SSE clients that never read, the server's RSS grows by well under 150 MB and a
     fast client's median wake latency stays under twice the median without them."""
@@ -165,14 +158,9 @@ def test_stalled_sse_clients_cost_bounded_memory_and_no_wake_latency(tmp_path: P
         assert server.terminate() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StallGuard cancels `send` with move_on_after, but Hypercorn's trio TCPServer sends "
-    "inside a shielded cancel scope, so a send to a client that stopped reading never times out",
-)
 def test_stalled_sse_streams_are_closed_after_the_stall_timeout(tmp_path: Path) -> None:
-    """With server.stall_timeout = 2, 200 streams whose clients stop reading are all closed
-    (the open SSE count drops back to 0 and the sockets see EOF) while runs keep coming."""
+    """With server.stall_timeout = 2, 200 streams whose clients stop reading are all closed (the
+    open SSE count drops back to 0, the sockets see EOF or a reset) while runs keep coming."""
     server = start(tmp_path, stall_timeout=2)
     try:
         with (
@@ -188,8 +176,11 @@ def test_stalled_sse_streams_are_closed_after_the_stall_timeout(tmp_path: Path) 
             assert remaining == 0, f"{remaining} stalled streams are still open"
             for sock in sockets:
                 sock.settimeout(5)
-                while sock.recv(1 << 16):
-                    pass  # what the kernel had buffered, then EOF
+                try:
+                    while sock.recv(1 << 16):
+                        pass  # what the kernel had buffered, then EOF
+                except ConnectionResetError:
+                    pass  # the kernel's user timeout aborts the connection with a reset
             # The server still serves a fast client normally.
             assert wake_p50(http, 3) < 5
     finally:

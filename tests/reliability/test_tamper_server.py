@@ -8,6 +8,7 @@ py-lmdb, as someone with disk access would, and runs the CLI on it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -258,11 +259,30 @@ def test_an_older_copy_put_in_place_is_caught_by_the_kept_anchor(
     shutil.copytree(written.older, data)
     (data / "writer.lock").unlink(missing_ok=True)
     older_head = written.older_anchor["seq"]
-    # The CLI only sees the anchor stored inside the (older) data dir, which is genuine:
-    # it has no way to take the anchor kept elsewhere, so the rollback passes there.
+    # The anchor stored inside the (older) data dir is genuine, so alone it passes...
     result = cli_verify(data, written.key_file)
     assert result.returncode == 0, result.stdout
     assert f"anchored at seq {older_head}" in result.stdout
+    # ...and the anchor kept outside, given to `cuelog verify --anchor-file`, catches it.
+    kept = tmp_path / "kept-anchor.json"
+    kept.write_text(json.dumps(written.anchor))
+    caught = subprocess.run(
+        [
+            CUELOG,
+            "verify",
+            str(data),
+            "--anchor-key-file",
+            str(written.key_file),
+            "--anchor-file",
+            str(kept),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert caught.returncode == 1, caught.stdout + caught.stderr
+    assert f"TAMPERED at seq {older_head + 1}" in caught.stdout
     report = verify_with(data, anchor_key=ANCHOR_KEY, anchor=kept_anchor(written.anchor))
     assert not report.ok, report
     assert report.first_bad_seq == older_head + 1, report
