@@ -185,6 +185,11 @@ def fold_run(state: RunState, event: Event) -> RunState:
     return state
 
 
+def _pending(state: RunState, approval_id: str) -> bool:
+    approval = state.approvals.get(approval_id)
+    return approval is not None and approval.status == "pending"
+
+
 def _settle_approval(state: RunState, approval_id: str, status: str, reason: str) -> RunState:
     approval = state.approvals.get(approval_id)
     if approval is None:
@@ -293,7 +298,12 @@ class RunActor(EventSourcedActor[RunState]):
             case Record(events=events):
                 if state.status in TERMINAL:
                     raise Conflict(f"run {self.ctx.id} has already ended ({state.status})")
-                return events
+                # A timeout's denial loses to a decision recorded just before it.
+                return [
+                    e
+                    for e in events
+                    if not isinstance(e, ApprovalDenied) or _pending(state, e.approval_id)
+                ]
             case CancelRun(reason=reason, caller=caller):
                 self._check_access(state, caller)
                 if state.status in TERMINAL:
