@@ -110,20 +110,6 @@ class Services:
 # -- bodies --------------------------------------------------------------------------------------
 
 
-class AgentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    name: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    system_prompt: str | None = None
-    tools: list[str] | None = None
-    approval: ApprovalPolicy | None = None
-    tool_approval: dict[str, ApprovalPolicy] | None = None
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-
-
 class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str | None = None
     provider: str | None = None
@@ -135,6 +121,12 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_steps: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+
+
+class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A new agent: its id and any AgentPatch fields (the rest take AgentSpec defaults)."""
+
+    id: str
 
 
 class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -775,25 +775,14 @@ class LmdbEventLog:
         """Every committed event after `after_seq` (optionally only streams with a prefix), then
         each new one as it commits. The subscriber pulls from the log: lagging costs no memory."""
         cursor = after_seq
-        self._subscribers += 1
-        try:
-            while True:
-                committed = self._committed
-                events = self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
-                for event in events:
-                    cursor = event.seq
-                    if stream_prefix is None or event.stream.startswith(stream_prefix):
-                        yield event
-                if events:
-                    continue
-                if self._closed or self._subscriptions_ended:
-                    return
-                if self.readonly:
-                    await trio.sleep(0.05)  # another process writes: poll
-                else:
-                    await committed.wait()
-        finally:
-            self._subscribers -= 1
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
+
+        async for event in self._follow(next_batch):
+            cursor = event.seq
+            if stream_prefix is None or event.stream.startswith(stream_prefix):
+                yield event
 
     async def subscribe_stream(
         self, stream: str, after_version: int = 0, *, batch: int = 256
@@ -803,15 +792,27 @@ class LmdbEventLog:
         Reads the stream index only, so following one run costs nothing per unrelated event.
         """
         version = after_version
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.read_stream(
+                stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
+            )
+
+        async for event in self._follow(next_batch):
+            version = event.version
+            yield event
+
+    async def _follow(
+        self, next_batch: Callable[[], list[RecordedEvent]]
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield batches as `next_batch` finds them; between batches wait for the next commit
+        (or poll, when another process writes), until the log closes."""
         self._subscribers += 1
         try:
             while True:
                 committed = self._committed
-                events = self.read_stream(
-                    stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
-                )
+                events = next_batch()
                 for event in events:
-                    version = event.version
                     yield event
                 if events:
                     continue

@@ -12,19 +12,17 @@ import json
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
-import lmdb
 import pytest
 import trio
 
 from cuelog.runtime import Anchor, RecordedEvent, VerifyReport, decode_record, open_event_log
 from tests.support import CUELOG, start_server
+from tests.tamper import Raw, tampered
 
 KEY = "tamper-admin-key-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -99,25 +97,6 @@ def copy(written: Written, tmp_path: Path) -> Path:
     shutil.copytree(written.data, target)
     (target / "writer.lock").unlink(missing_ok=True)
     return target
-
-
-class Raw(NamedTuple):
-    txn: Any
-    events: Any
-    streams: Any
-    meta: Any
-
-
-@contextmanager
-def tampered(path: Path) -> Iterator[Raw]:
-    """A write transaction on the stopped server's LMDB file; edits commit when the block ends."""
-    env = lmdb.open(str(path), max_dbs=8)
-    try:
-        dbs = [env.open_db(name) for name in (b"events", b"streams", b"meta")]
-        with env.begin(write=True) as txn:
-            yield Raw(txn, *dbs)
-    finally:
-        env.close()
 
 
 def cli_verify(data: Path, key_file: Path | None = None) -> subprocess.CompletedProcess[str]:

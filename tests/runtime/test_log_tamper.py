@@ -9,43 +9,19 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import pytest
 
 from cuelog.runtime import Anchor, LogFormatError, VerifyReport, open_event_log
 from tests.runtime.log_contract import raw
+from tests.tamper import Raw, tampered
 
 KEY = b"anchor-key-kept-outside-the-data-dir"
 EVENTS = 50
 _U64 = struct.Struct(">Q")
-
-
-class Raw(NamedTuple):
-    """A write transaction on the log's LMDB file and its named databases."""
-
-    txn: Any
-    events: Any
-    streams: Any
-    meta: Any
-
-
-@contextmanager
-def tampered(path: Path) -> Iterator[Raw]:
-    """Edit the closed log directly; the edits commit when the block ends."""
-    import lmdb
-
-    env = lmdb.open(str(path), max_dbs=8)
-    try:
-        dbs = [env.open_db(name) for name in (b"events", b"streams", b"meta")]
-        with env.begin(write=True) as txn:
-            yield Raw(txn, *dbs)
-    finally:
-        env.close()
 
 
 def key(seq: int) -> bytes:
