@@ -134,10 +134,6 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
-def status_of(state: RunState) -> str:
-    return state.status
-
-
 def fold_run(state: RunState, event: Event) -> RunState:
     """Apply one run event; also what replay uses to rebuild a run at any seq."""
     replace = msgspec.structs.replace

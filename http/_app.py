@@ -53,8 +53,8 @@ from cuelog.http._operator import register_operator_routes
 from cuelog.http._timeline import summary
 from cuelog.http._wire import (
     ApiError,
-    decode_body,
     json_response,
+    read_body,
     sse_frame,
     sse_response,
     to_json,
@@ -398,15 +398,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     settings = services.settings
 
     async def read(cls: type[Any]) -> tuple[Any, bytes]:
-        # Read the body before any refusal, so the keep-alive connection stays usable.
-        raw = await request.get_data(cache=True, as_text=False)
-        assert isinstance(raw, bytes)
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "send the body as JSON with Content-Type: application/json")
-        if len(raw) > settings.server.max_body_bytes:
-            raise ApiError(413, f"body is over the {settings.server.max_body_bytes}-byte limit")
-        return decode_body(cls, raw), raw
+        return await read_body(cls, max_bytes=settings.server.max_body_bytes)
 
     async def start_run(
         route: str,
