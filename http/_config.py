@@ -37,6 +37,8 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ip_rate_limit: float = 0.0  # requests per second per client address; 0 turns it off
     max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
     stall_timeout: float = 60.0  # drop a connection whose client takes no data for this long
+    max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
+    passivate_after: float = 300.0  # seconds an idle actor stays in memory
 
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -175,6 +177,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.api_key: use at least 16 characters (128 random bits is best)")
     if server.request_timeout <= 0:
         raise ConfigError("server.request_timeout: must be more than 0 seconds")
+    if server.max_live_actors < 1:
+        raise ConfigError("server.max_live_actors: must be at least 1")
+    if server.passivate_after < 0:
+        raise ConfigError("server.passivate_after: must not be negative")
     if server.graceful_timeout < 0:
         raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
     if server.max_body_bytes < 1024:

@@ -35,6 +35,7 @@ from cuelog.http._config import ConfigError, Settings
 from cuelog.http._keys import KeyStore
 from cuelog.http._operator import emergency_stop_state
 from cuelog.runtime import open_event_log
+from cuelog.runtime._actor import ActorConfig
 
 log = structlog.get_logger("cuelog.server")
 
@@ -142,7 +143,15 @@ async def serve(
         open_event_log(
             settings.log.data_dir, sync=settings.log.sync, max_map_size=settings.log.max_size
         ) as event_log,
-        open_agent_runtime(event_log, env, agents=seeded_agents(settings)) as runtime,
+        open_agent_runtime(
+            event_log,
+            env,
+            agents=seeded_agents(settings),
+            config=ActorConfig(
+                max_live_actors=settings.server.max_live_actors,
+                passivate_after=settings.server.passivate_after,
+            ),
+        ) as runtime,
         trio.open_nursery() as nursery,
     ):
         keys = KeyStore(event_log)
