@@ -119,3 +119,12 @@ def _add_bench_command() -> None:
 
 
 _add_bench_command()
+
+
+def _add_backup_command() -> None:
+    from cuelog.http._backup_cli import backup_command
+
+    main.add_command(backup_command)
+
+
+_add_backup_command()
