@@ -436,6 +436,16 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
         )
 
     async def wait_for(run_id: str) -> RunView:
+        """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`
+        cancels the run."""
+        try:
+            return await _wait_for(run_id)
+        except trio.Cancelled:  # the client went away
+            if cancel_on_disconnect():
+                await cancel_quietly(run_id)
+            raise
+
+    async def _wait_for(run_id: str) -> RunView:
         with trio.move_on_after(settings.server.request_timeout):
             view = await runtime.wait_run(run_id, caller=caller())
             if view.status not in TERMINAL:
@@ -609,12 +619,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
                 sent.run_id, 0, "openai", include_usage=include_usage, cancel_on_close=cancel
             )
             return stream(frames, run_headers(sent))
-        try:
-            view = await wait_for(sent.run_id)
-        except trio.Cancelled:  # the client went away
-            if cancel:
-                await cancel_quietly(sent.run_id)
-            raise
+        view = await wait_for(sent.run_id)
         _raise_for_run(view)
         created = int(time.time())
         return json_response(
