@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 import structlog
@@ -17,6 +17,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from cuelog.actors._agent import AgentView
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, Unavailable
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -50,6 +51,17 @@ from cuelog.http._openai import (
     responses_messages,
 )
 from cuelog.http._operator import register_operator_routes
+from cuelog.http._schemas import (
+    Agent,
+    EventOut,
+    Model,
+    ModelList,
+    Run,
+    RunStatus,
+    Session,
+    WakeAccepted,
+    WakeResult,
+)
 from cuelog.http._timeline import summary
 from cuelog.http._wire import (
     ApiError,
@@ -148,20 +160,6 @@ class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     agent_id: str | None = None
 
 
-class EventOut(msgspec.Struct, frozen=True):
-    seq: int
-    stream: str
-    version: int
-    type: str
-    ts: int
-    actor: str | None
-    causation: str | None
-    correlation: str | None
-    data: Any
-    hash: str
-    prev: str
-
-
 def event_json(event: RecordedEvent) -> bytes:
     try:
         data = _generic.decode(event.data)
@@ -221,49 +219,49 @@ def _wants_sse() -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-def _agent_json(view: Any) -> dict[str, Any]:
-    spec: AgentSpec = view.spec
-    return {
-        "id": view.id,
-        "object": "agent",
-        "version": view.version,
-        **msgspec.structs.asdict(spec),
-    }
+def _agent_json(view: AgentView) -> Agent:
+    return Agent(
+        id=view.id, object="agent", version=view.version, **msgspec.structs.asdict(view.spec)
+    )
 
 
-def _session_json(view: SessionView) -> dict[str, Any]:
-    return {
-        "key": view.key,
-        "object": "session",
-        "agent_id": view.agent_id,
-        "label": view.label,
-        "metadata": view.metadata,
-        "busy_policy": view.busy_policy,
-        "messages": view.messages,
-        "current_run": view.current_run,
-        "queued_runs": view.queued_runs,
-        "recent_runs": view.recent_runs,
-        "version": view.version,
-        "parent_session": view.parent_session,
-        "parent_seq": view.parent_seq,
-    }
+def _model(view: AgentView) -> Model:
+    return Model(id=view.id, object="model", created=0, owned_by="cuelog")
 
 
-def _run_json(view: RunView) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "object": "run",
-        "status": view.status,
-        "session_key": view.session_key,
-        "agent_id": view.agent_id,
-        "step": view.step,
-        "content": view.content,
-        "usage": view.usage,
-        "error": view.error,
-        "pending_approvals": view.pending_approvals,
-        "messages": view.messages,
-        "events_url": f"/v1/runs/{view.id}/events",
-    }
+def _session_json(view: SessionView) -> Session:
+    return Session(
+        key=view.key,
+        object="session",
+        agent_id=view.agent_id,
+        label=view.label,
+        metadata=view.metadata,
+        busy_policy=view.busy_policy,
+        messages=view.messages,
+        current_run=view.current_run,
+        queued_runs=view.queued_runs,
+        recent_runs=view.recent_runs,
+        version=view.version,
+        parent_session=view.parent_session,
+        parent_seq=view.parent_seq,
+    )
+
+
+def _run_json(view: RunView) -> Run:
+    return Run(
+        id=view.id,
+        object="run",
+        status=cast(RunStatus, view.status),
+        session_key=view.session_key,
+        agent_id=view.agent_id,
+        step=view.step,
+        content=view.content,
+        usage=view.usage,
+        error=view.error,
+        pending_approvals=view.pending_approvals,
+        messages=view.messages,
+        events_url=f"/v1/runs/{view.id}/events",
+    )
 
 
 _ERRORS: list[tuple[type[Exception], int]] = [
@@ -540,16 +538,12 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     async def list_models() -> Response:
         """Agents as models: `model` in a chat request names the agent."""
         agents = await runtime.list_agents(limit=1000)
-        data = [{"id": a.id, "object": "model", "created": 0, "owned_by": "cuelog"} for a in agents]
-        return json_response(to_json({"object": "list", "data": data}))
+        return json_response(to_json(ModelList(object="list", data=[_model(a) for a in agents])))
 
     @routes.add("/v1/models/<model_id>", ["GET"], "read")
     async def get_model(model_id: str) -> Response:
         """One agent as a model."""
-        agent = await runtime.get_agent(model_id)
-        return json_response(
-            to_json({"id": agent.id, "object": "model", "created": 0, "owned_by": "cuelog"})
-        )
+        return json_response(to_json(_model(await runtime.get_agent(model_id))))
 
     @routes.add("/v1/agents", ["GET"], "read")
     async def list_agents() -> Response:
@@ -668,32 +662,23 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
         )
         if body.mode == "async":
             view = await runtime.get_run(sent.run_id, caller=caller())
-            return json_response(
-                to_json(
-                    {
-                        "run_id": sent.run_id,
-                        "session_key": sent.session_key,
-                        "status": view.status,
-                        "events_url": f"/v1/runs/{sent.run_id}/events",
-                    }
-                ),
-                202,
-                run_headers(sent),
+            accepted = WakeAccepted(
+                run_id=sent.run_id,
+                session_key=sent.session_key,
+                status=cast(RunStatus, view.status),
+                events_url=f"/v1/runs/{sent.run_id}/events",
             )
+            return json_response(to_json(accepted), 202, run_headers(sent))
         view = await wait_for(sent.run_id)
-        return json_response(
-            to_json(
-                {
-                    "content": view.content,
-                    "run_id": sent.run_id,
-                    "session_key": sent.session_key,
-                    "status": view.status,
-                    "usage": view.usage,
-                    "error": view.error,
-                }
-            ),
-            headers=run_headers(sent),
+        result = WakeResult(
+            content=view.content,
+            run_id=sent.run_id,
+            session_key=sent.session_key,
+            status=cast(RunStatus, view.status),
+            usage=view.usage,
+            error=view.error,
         )
+        return json_response(to_json(result), headers=run_headers(sent))
 
     # -- sessions ------------------------------------------------------------------------------
 

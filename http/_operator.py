@@ -15,6 +15,7 @@ from cuelog.actors._events import DOMAIN_CODEC, EmergencyStopChanged
 from cuelog.actors._runtime import AgentRuntime
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._keys import KeyStore
+from cuelog.http._schemas import Anchored, AuditHead
 from cuelog.http._wire import ApiError, json_response, sse_frame, sse_response, to_json
 from cuelog.runtime import CuelogError, LmdbEventLog, RecordedEvent
 
@@ -199,18 +200,15 @@ def register_operator_routes(
         """The log's head seq and hash, and the last anchor's seal."""
         head = log.head()
         anchor = log.stored_anchor()
-        return json_response(
-            to_json(
-                {
-                    "seq": head.seq,
-                    "hash": head.hash.hex(),
-                    "anchored_seq": anchor.seq if anchor else None,
-                    "anchored_hash": anchor.hash.hex() if anchor else None,
-                    "anchored_at": anchor.ts // 1_000_000 if anchor else None,
-                    "mac": anchor.mac.hex() if anchor else None,
-                }
-            )
+        answer = AuditHead(
+            seq=head.seq,
+            hash=head.hash.hex(),
+            anchored_seq=anchor.seq if anchor else None,
+            anchored_hash=anchor.hash.hex() if anchor else None,
+            anchored_at=anchor.ts // 1_000_000 if anchor else None,
+            mac=anchor.mac.hex() if anchor else None,
         )
+        return json_response(to_json(answer))
 
     @routes.add("/v1/audit/anchor", ["POST"], "admin")
     async def audit_anchor() -> Response:
@@ -222,16 +220,7 @@ def register_operator_routes(
                 code="no_anchor_key",
             )
         sealed = await log.anchor(anchor_key)
-        return json_response(
-            to_json(
-                {
-                    "seq": sealed.seq,
-                    "hash": sealed.hash.hex(),
-                    "mac": sealed.mac.hex(),
-                    "anchored_at": sealed.ts // 1_000_000,
-                }
-            )
-        )
+        return json_response(to_json(Anchored.of(sealed)))
 
     @routes.add("/v1/audit/verify", ["POST"], "admin")
     async def audit_verify() -> Response:

@@ -10,24 +10,15 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from cuelog.http._schemas import Anchored
 from cuelog.runtime import Anchor, LogError, LogFormatError, VerifyReport, open_event_log
 
 EXIT_OK, EXIT_TAMPERED, EXIT_UNREADABLE = 0, 1, 2
 
 
-class AnchorFile(msgspec.Struct):
-    """What POST /v1/audit/anchor answers (and `cuelog verify --anchor-file` reads)."""
-
-    seq: int
-    hash: str
-    mac: str
-    anchored_at: int = 0
-
-
 def read_anchor(path: Path) -> Anchor:
     try:
-        raw = msgspec.json.decode(path.read_bytes(), type=AnchorFile)
-        return Anchor(raw.seq, bytes.fromhex(raw.hash), bytes.fromhex(raw.mac), raw.anchored_at)
+        return msgspec.json.decode(path.read_bytes(), type=Anchored).to_anchor()
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise LogFormatError(f"{path} is not an anchor (JSON with seq, hash, mac): {exc}") from None
 

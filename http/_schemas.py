@@ -1,0 +1,252 @@
+"""What the API answers: the response bodies, as msgspec structs.
+
+The handlers build these, and the OpenAPI document describes the same structs, so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from cuelog.actors._events import ApprovalPolicy, BusyPolicy
+from cuelog.actors._messages import ChatMessage, Usage
+from cuelog.http._keys import KeyInfo
+from cuelog.runtime import Anchor
+
+
+class EventOut(msgspec.Struct, frozen=True):
+    seq: int
+    stream: str
+    version: int
+    type: str
+    ts: int
+    actor: str | None
+    causation: str | None
+    correlation: str | None
+    data: Any
+    hash: str
+    prev: str
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    version: str | None = None
+    head_seq: int | None = None
+    live_actors: int | None = None
+    uptime_seconds: float | None = None
+    emergency_stop: bool | None = None
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: str
+    data: list[Model]
+
+
+class Agent(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    version: int
+    name: str
+    provider: str
+    model: str
+    system_prompt: str
+    tools: list[str]
+    approval: ApprovalPolicy
+    tool_approval: dict[str, ApprovalPolicy]
+    max_steps: int
+    max_tokens: int
+    temperature: float | None
+
+
+class AgentList(msgspec.Struct, kw_only=True):
+    data: list[Agent]
+    next_cursor: str | None
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    object: str
+    deleted: bool
+    id: str | None = None
+    key: str | None = None
+
+
+class Session(msgspec.Struct, kw_only=True):
+    key: str
+    object: str
+    agent_id: str
+    label: str | None
+    metadata: dict[str, Any]
+    busy_policy: BusyPolicy
+    messages: list[ChatMessage]
+    current_run: str | None
+    queued_runs: list[str]
+    recent_runs: list[str]
+    version: int
+    parent_session: str | None
+    parent_seq: int | None
+
+
+class SessionList(msgspec.Struct, kw_only=True):
+    data: list[Session]
+    next_cursor: str | None
+
+
+RunStatus = Literal["queued", "running", "waiting_approval", "completed", "failed", "cancelled"]
+
+
+class Run(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    status: RunStatus
+    session_key: str
+    agent_id: str
+    step: int
+    content: str
+    usage: Usage
+    error: str | None
+    pending_approvals: list[str]
+    messages: list[ChatMessage]
+    events_url: str
+
+
+class WakeResult(msgspec.Struct, kw_only=True):
+    content: str
+    run_id: str
+    session_key: str
+    status: RunStatus
+    usage: Usage
+    error: str | None
+
+
+class WakeAccepted(msgspec.Struct, kw_only=True):
+    run_id: str
+    session_key: str
+    status: RunStatus
+    events_url: str
+
+
+class EventPage(msgspec.Struct, kw_only=True):
+    data: list[EventOut]
+    next_cursor: int | None
+
+
+class KeyList(msgspec.Struct, kw_only=True):
+    data: list[KeyInfo]
+    next_cursor: None
+
+
+class NewKey(msgspec.Struct, kw_only=True):
+    """The key's info and, this once, its secret."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: int
+    expires_at: int | None
+    revoked: bool
+    object: str
+    key: str
+
+
+class Approval(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    run_id: str
+    session_key: str
+    agent_id: str
+    tool: str
+    arguments: str
+    call_id: str
+    args_digest: str
+    status: Literal["pending", "decided"]
+    requested_seq: int
+    requested_at: int
+
+
+class ApprovalList(msgspec.Struct, kw_only=True):
+    data: list[Approval]
+    next_cursor: None
+
+
+class ApprovalDecision(msgspec.Struct, kw_only=True):
+    id: str
+    decision: Literal["approve", "deny"]
+    run_id: str
+    run_status: RunStatus
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    enabled: bool
+    approval_policy: ApprovalPolicy
+
+
+class ToolList(msgspec.Struct, kw_only=True):
+    data: list[Tool]
+    next_cursor: None
+
+
+class ToolRun(msgspec.Struct, kw_only=True):
+    """A dry run (`dry_run`, `valid`, `would_run`) or a real one (`run_id`, `status`, ...)."""
+
+    dry_run: bool | None = None
+    valid: bool | None = None
+    would_run: dict[str, Any] | None = None
+    run_id: str | None = None
+    status: RunStatus | None = None
+    output: str | None = None
+    pending_approvals: list[str] | None = None
+    events_url: str | None = None
+
+
+class AuditHead(msgspec.Struct, kw_only=True):
+    seq: int
+    hash: str
+    anchored_seq: int | None
+    anchored_hash: str | None
+    anchored_at: int | None
+    mac: str | None
+
+
+class Anchored(msgspec.Struct, kw_only=True):
+    """A sealed head, as POST /v1/audit/anchor answers it and `cuelog verify --anchor-file`
+    reads it back."""
+
+    seq: int
+    hash: str
+    mac: str
+    anchored_at: int = 0
+
+    @staticmethod
+    def of(anchor: Anchor) -> Anchored:
+        return Anchored(
+            seq=anchor.seq,
+            hash=anchor.hash.hex(),
+            mac=anchor.mac.hex(),
+            anchored_at=anchor.ts // 1_000_000,
+        )
+
+    def to_anchor(self) -> Anchor:
+        return Anchor(
+            self.seq,
+            bytes.fromhex(self.hash),
+            bytes.fromhex(self.mac),
+            self.anchored_at * 1_000_000,
+        )
+
+
+class EmergencyStop(msgspec.Struct, kw_only=True):
+    stopped: bool
+    cancelled_runs: int | None = None
+    seconds: float | None = None
