@@ -234,6 +234,8 @@ class SessionActor(EventSourcedActor[SessionState]):
         return fold_session(state, event)
 
     def actor_of(self, command: Any) -> str | None:
+        if isinstance(command, RunDone):
+            return f"run:{command.run_id}"  # the run settles itself into the session
         return caller_actor(command)
 
     def _check_access(self, state: SessionState, caller: Caller) -> None:
