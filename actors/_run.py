@@ -586,17 +586,19 @@ async def _notify_session_when_closed(ctx: ActorContext) -> None:
             )
 
 
-async def start_run_for_session(ctx: ActorContext, state: SessionState, run_id: str) -> None:
-    """Start the run a session assigned, with the agent's current definition."""
+async def start_run_for_session(
+    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
+) -> None:
+    """Start the run a session assigned, with the agent's current definition; with `error` the
+    run is recorded as started and failed at once (its session can no longer run it)."""
     from cuelog.actors._agent import GetAgent
 
-    error: str | None = None
     spec: AgentSpec | None = None
     try:
         agent: AgentView = await ctx.system.ref("agent", state.agent_id).ask(GetAgent())
         spec = agent.spec
     except NotFound:
-        error = f"agent {state.agent_id!r} does not exist"
+        error = error or f"agent {state.agent_id!r} does not exist"
     await ctx.system.ref("run", run_id).ask(
         StartRun(
             session_key=ctx.id,

@@ -189,7 +189,8 @@ def fold_session(state: SessionState, event: Event) -> SessionState:
                 busy_policy=event.busy_policy or state.busy_policy,
             )
         case SessionDeleted():
-            return replace(state, deleted=True, inbox=[])
+            # The inbox stays: its runs are closed as failed once the deletion is durable.
+            return replace(state, deleted=True)
     return state
 
 
@@ -366,10 +367,19 @@ class SessionActor(EventSourcedActor[SessionState]):
 
         types = {record.type for record in recorded}
         current = state.current_run
-        if current is None:
-            return
         if "SessionDeleted" in types:
-            self.ctx.start_task(cancel_run, self.ctx.system, current, "session deleted")
+            if current is not None:
+                self.ctx.start_task(cancel_run, self.ctx.system, current, "session deleted")
+            for queued in state.inbox:
+                self.ctx.start_task(
+                    start_run_for_session,
+                    self.ctx,
+                    state,
+                    queued.run_id,
+                    "the session was deleted before this run started",
+                )
+        elif current is None:
+            return
         elif "RunAssigned" in types:
             self.ctx.start_task(start_run_for_session, self.ctx, state, current)
         elif isinstance(command, Send) and state.busy_policy == "interrupt" and recorded:

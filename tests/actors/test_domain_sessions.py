@@ -250,3 +250,23 @@ async def test_cancelled_run_leaves_no_unanswered_tool_call_in_history(tmp_path:
         calls = [c.id for m in session.messages for c in m.tool_calls or []]
         assert all(call in answered for call in calls)
         assert contents(session.messages)[0] == ("user", '/tool calculator {"expr": "1+1"}')
+
+
+async def test_deleting_a_busy_session_ends_its_running_and_queued_runs(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Deleting a session cancels its running run and fails its queued ones, so every wait on
+    them ends instead of hanging."""
+    model = SlowModel(words=5, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+        first = await rt.send("default", [user("a")], session_key="s")
+        await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
+        second = await rt.send("default", [user("b")], session_key="s")
+        await rt.delete_session("s")
+        with trio.fail_after(30):
+            running = await rt.wait_run(first.run_id)
+            queued = await rt.wait_run(second.run_id)
+        assert running.status == "cancelled"
+        assert queued.status == "failed"
+        assert queued.error == "the session was deleted before this run started"
+        assert types_of(rt.log, f"run:{second.run_id}") == ["RunStarted", "RunFailed"]
