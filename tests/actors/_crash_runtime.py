@@ -19,7 +19,9 @@ from cuelog.runtime import ActorContext
 from tests.actors.domain_support import SlowModel, make_env, runtime_at, user, wait_for_event
 
 
-async def never_start(ctx: ActorContext, state: SessionState, run_id: str) -> None:
+async def never_start(
+    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
+) -> None:
     await trio.sleep_forever()
 
 
