@@ -39,7 +39,14 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import ToolCall, ToolSpec
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._run import CancelRun, DecideApproval, RunActor, RunEnvironment, StartRun
+from cuelog.actors._run import (
+    TERMINAL_EVENTS,
+    CancelRun,
+    DecideApproval,
+    RunActor,
+    RunEnvironment,
+    StartRun,
+)
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import EventLog, RecordedEvent, open_event_log
@@ -267,11 +274,7 @@ class Checker:
                                 reason=getattr(decision, "reason", ""),
                             )
                         )
-                if position >= stop or produced.type in {
-                    "RunCompleted",
-                    "RunFailed",
-                    "RunCancelled",
-                }:
+                if position >= stop or produced.type in TERMINAL_EVENTS:
                     break
         await self._stop(run_id)
         if position < stop:

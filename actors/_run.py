@@ -54,6 +54,9 @@ logger = structlog.get_logger("cuelog.run")
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
+TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
+
+
 def args_digest(call: ToolCall) -> str:
     """sha256 of the call's canonical arguments: what an approval is bound to."""
     try:
@@ -359,7 +362,7 @@ class RunActor(EventSourcedActor[RunState]):
             self.env.active.discard(self.ctx.id)
             if self._driver is not None and not self._driver.done:
                 self._driver.cancel()
-            if any(r.type in _TERMINAL_TYPES for r in recorded):
+            if any(r.type in TERMINAL_EVENTS for r in recorded):
                 self.env.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
             return
@@ -552,9 +555,6 @@ class RunActor(EventSourcedActor[RunState]):
                 RunCompleted(usage=self.state.usage + finished.usage, content=earlier + content)
             )
         await self._record(*events)
-
-
-_TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
 def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[ChatMessage]:

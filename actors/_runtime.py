@@ -27,6 +27,7 @@ from cuelog.actors._errors import NotFound, Unavailable
 from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, ApprovalRequested, BusyPolicy, RunSettled
 from cuelog.actors._messages import ChatMessage, Usage
 from cuelog.actors._run import (
+    TERMINAL_EVENTS,
     CancelRun,
     DecideApproval,
     GetRun,
@@ -48,6 +49,7 @@ from cuelog.actors._session import (
     SessionState,
     SessionView,
     session_state_at,
+    session_view,
 )
 from cuelog.runtime import EventLog, RecordedEvent
 from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
@@ -55,7 +57,6 @@ from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
 logger = structlog.get_logger("cuelog.runtime")
 
 QUEUED_HINTS = 100_000
-TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
 def random_id(prefix: str) -> str:
@@ -349,14 +350,16 @@ class AgentRuntime:
                 break
             for name in names:
                 cursor = name
-                state = self.session_state_at(name.removeprefix("session:"))
+                key = name.removeprefix("session:")
+                state = self.session_state_at(key)
                 if not state.exists or state.deleted:
                     continue
                 if not caller.admin and state.owner != caller.owner:
                     continue
                 if agent_id is not None and state.agent_id != agent_id:
                     continue
-                out.append(await self.get_session(name.removeprefix("session:"), caller=caller))
+                # Built from the fold just read: listing spawns no actor per session.
+                out.append(session_view(key, state, self.log.stream_version(name)))
                 if len(out) >= limit:
                     break
         next_cursor = None

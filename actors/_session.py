@@ -224,6 +224,25 @@ def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> Sess
     return state
 
 
+def session_view(key: str, state: SessionState, version: int) -> SessionView:
+    """What callers see of a session's state at a version."""
+    return SessionView(
+        key=key,
+        agent_id=state.agent_id,
+        owner=state.owner,
+        busy_policy=state.busy_policy,
+        label=state.label,
+        metadata=state.metadata,
+        messages=state.history,
+        current_run=state.current_run,
+        queued_runs=[q.run_id for q in state.inbox],
+        recent_runs=state.recent_runs,
+        version=version,
+        parent_session=state.parent_session,
+        parent_seq=state.parent_seq,
+    )
+
+
 @final
 class SessionActor(EventSourcedActor[SessionState]):
     codec = DOMAIN_CODEC
@@ -343,21 +362,7 @@ class SessionActor(EventSourcedActor[SessionState]):
                 return self.view(state)
 
     def view(self, state: SessionState) -> SessionView:
-        return SessionView(
-            key=self.ctx.id,
-            agent_id=state.agent_id,
-            owner=state.owner,
-            busy_policy=state.busy_policy,
-            label=state.label,
-            metadata=state.metadata,
-            messages=state.history,
-            current_run=state.current_run,
-            queued_runs=[q.run_id for q in state.inbox],
-            recent_runs=state.recent_runs,
-            version=self.version,
-            parent_session=state.parent_session,
-            parent_seq=state.parent_seq,
-        )
+        return session_view(self.ctx.id, state, self.version)
 
     def _effects(
         self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]

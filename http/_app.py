@@ -29,8 +29,8 @@ from cuelog.actors._events import (
     RunStarted,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.actors._run import RunView
-from cuelog.actors._runtime import TERMINAL_EVENTS, AgentRuntime, random_id
+from cuelog.actors._run import TERMINAL_EVENTS, RunView
+from cuelog.actors._runtime import AgentRuntime, random_id
 from cuelog.actors._session import TERMINAL, Sent, SessionView
 from cuelog.http._auth import PUBLIC, Authenticator, Principal, Routes, caller, principal
 from cuelog.http._config import Settings
@@ -66,6 +66,7 @@ from cuelog.http._timeline import summary
 from cuelog.http._wire import (
     ApiError,
     json_response,
+    query_int,
     read_body,
     sse_frame,
     sse_response,
@@ -193,26 +194,13 @@ def _check_id(kind: str, value: str) -> str:
     return value
 
 
-def _int_arg(name: str, default: int, *, lo: int = 0, hi: int = 1 << 62) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", param=name) from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo} and {hi}", param=name)
-    return value
-
-
 def _after_seq() -> int:
     header = request.headers.get("last-event-id")
     if header:
         if not header.isdigit() or int(header) > _MAX_SEQ:
             raise ApiError(400, "Last-Event-ID must be a log seq (a non-negative integer)")
         return int(header)
-    return _int_arg("after", 0, hi=_MAX_SEQ)
+    return query_int("after", 0, hi=_MAX_SEQ)
 
 
 def _wants_sse() -> bool:
@@ -548,7 +536,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     @routes.add("/v1/agents", ["GET"], "read")
     async def list_agents() -> Response:
         """Agents, in id order, with cursor pagination."""
-        limit = _int_arg("limit", 50, lo=1, hi=500)
+        limit = query_int("limit", 50, lo=1, hi=500)
         after = request.args.get("cursor") or None
         agents = await runtime.list_agents(after=after, limit=limit + 1)
         more = len(agents) > limit
@@ -685,7 +673,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     @routes.add("/v1/sessions", ["GET"], "read")
     async def list_sessions() -> Response:
         """Sessions the key may see, filtered by agent, with cursor pagination."""
-        limit = _int_arg("limit", 50, lo=1, hi=500)
+        limit = query_int("limit", 50, lo=1, hi=500)
         views, next_cursor = await runtime.list_sessions(
             caller=caller(),
             agent_id=request.args.get("agent_id") or None,
@@ -743,7 +731,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
                         yield sse_frame(event_json(event), event=event.type, id=event.seq)
 
             return stream(frames())
-        limit = _int_arg("limit", 100, lo=1, hi=1000)
+        limit = query_int("limit", 100, lo=1, hi=1000)
         page = [e for e in log.read_stream(stream_name) if e.seq > after][: limit + 1]
         return _page(page, limit)
 
@@ -751,7 +739,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
     async def session_state(key: str) -> Response:
         """The session's folded state as it was at `at_seq` (default: now)."""
         await runtime.get_session(key, caller=caller())
-        at_seq = _int_arg("at_seq", 0, lo=0) or None
+        at_seq = query_int("at_seq", 0, lo=0) or None
         state = runtime.session_state_at(key, at_seq)
         if not state.exists:
             raise ApiError(404, f"session {key!r} did not exist at seq {at_seq}", param="at_seq")
@@ -834,7 +822,7 @@ def _register_api(routes: Routes, services: Services) -> Callable[[type[Any]], A
                     yield sse_frame(event_json(event), event=event.type, id=event.seq)
 
             return stream(frames())
-        limit = _int_arg("limit", 100, lo=1, hi=1000)
+        limit = query_int("limit", 100, lo=1, hi=1000)
         page: list[RecordedEvent] = []
         cursor = after
         while len(page) <= limit:

@@ -16,7 +16,7 @@ from cuelog.actors._runtime import AgentRuntime
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._keys import KeyStore
 from cuelog.http._schemas import Anchored, AuditHead
-from cuelog.http._wire import ApiError, json_response, sse_frame, sse_response, to_json
+from cuelog.http._wire import ApiError, json_response, query_int, sse_frame, sse_response, to_json
 from cuelog.runtime import CuelogError, LmdbEventLog, RecordedEvent
 
 logger = structlog.get_logger("cuelog.operator")
@@ -262,13 +262,13 @@ def register_operator_routes(
     @routes.add("/v1/audit/events", ["GET"], "admin")
     async def audit_events() -> Response:
         """The activity view: filter by actor, type, stream prefix and time; cursor = seq."""
-        after = _int(request.args.get("cursor"), 0, "cursor")
-        limit = min(max(_int(request.args.get("limit"), 100, "limit"), 1), 1000)
+        after = query_int("cursor", 0)
+        limit = min(max(query_int("limit", 100), 1), 1000)
         actor_filter = request.args.get("actor") or None
         types = set(filter(None, (request.args.get("type") or "").split(",")))
         prefix = request.args.get("stream_prefix") or None
-        since = _int(request.args.get("since"), 0, "since") * 1_000_000
-        until = _int(request.args.get("until"), 0, "until") * 1_000_000 or None
+        since = query_int("since", 0) * 1_000_000
+        until = query_int("until", 0) * 1_000_000 or None
         out: list[RecordedEvent] = []
         cursor = after
         scanned = 0
@@ -325,16 +325,3 @@ def register_operator_routes(
         runtime.release_emergency_stop()
         await log.append(SYSTEM_STREAM, [EmergencyStopChanged(stopped=False)], actor=actor())
         return json_response(to_json({"stopped": False}))
-
-
-def _int(raw: str | None, default: int, name: str) -> int:
-    """A non-negative integer query argument (seqs, limits and Unix times are never negative)."""
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", param=name) from None
-    if not 0 <= value < 1 << 62:
-        raise ApiError(400, f"{name} must be between 0 and 2**62", param=name)
-    return value

@@ -244,7 +244,6 @@ class LmdbEventLog:
         self._versions: dict[str, int] = {}
         self._limiter = trio.CapacityLimiter(1)
         self._subscribers = 0
-        self._generation = 0  # group commits attempted, failed ones too
         self._thread_readers = 0  # read txns held in worker threads (verify)
         self._subscriptions_ended = False
         self._readers_gone = trio.Event()
@@ -499,7 +498,6 @@ class LmdbEventLog:
         for write in other:
             write.error = error
             write.done.set()
-        self._generation += 1
         committed, self._committed = self._committed, trio.Event()
         committed.set()
 
