@@ -31,7 +31,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy -p cuelog.runtime -p cuelog.actors -p cuelog.http
+	$(BIN)/mypy -p cuelog.runtime -p cuelog.actors -p cuelog.http -p cuelog.cli
 	$(BIN)/mypy tests benchmarks
 
 layers:

@@ -1,9 +1,34 @@
-"""cuelog.actors: agents, sessions, runs, tools, model providers and approvals as actors."""
+"""cuelog.actors: agents, sessions, runs, tools, model providers and approvals as actors, and the
+`Domain` that the layers above (HTTP, the command line) use for every write and read."""
 
+from cuelog.actors._agent import AgentView as AgentView
+from cuelog.actors._errors import Conflict as Conflict
+from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
+from cuelog.actors._errors import Invalid as Invalid
 from cuelog.actors._errors import ModelError as ModelError
+from cuelog.actors._errors import NotFound as NotFound
 from cuelog.actors._errors import ToolError as ToolError
+from cuelog.actors._errors import Unavailable as Unavailable
 from cuelog.actors._events import DOMAIN_CODEC as DOMAIN_CODEC
+from cuelog.actors._events import DOMAIN_EVENTS as DOMAIN_EVENTS
 from cuelog.actors._events import AgentSpec as AgentSpec
+from cuelog.actors._events import ApprovalPolicy as ApprovalPolicy
+from cuelog.actors._events import AssistantDelta as AssistantDelta
+from cuelog.actors._events import AssistantMessage as AssistantMessage
+from cuelog.actors._events import BusyPolicy as BusyPolicy
+from cuelog.actors._events import KeyCreated as KeyCreated
+from cuelog.actors._events import ModelRequested as ModelRequested
+from cuelog.actors._events import RunCancelled as RunCancelled
+from cuelog.actors._events import RunCompleted as RunCompleted
+from cuelog.actors._events import RunFailed as RunFailed
+from cuelog.actors._events import RunStarted as RunStarted
+from cuelog.actors._idempotency import Claim as Claim
+from cuelog.actors._idempotency import request_digest as request_digest
+from cuelog.actors._keys import KEY_PREFIX as KEY_PREFIX
+from cuelog.actors._keys import SCOPES as SCOPES
+from cuelog.actors._keys import KeyInfo as KeyInfo
+from cuelog.actors._keys import KeyStore as KeyStore
+from cuelog.actors._keys import key_digest as key_digest
 from cuelog.actors._messages import ChatMessage as ChatMessage
 from cuelog.actors._messages import Role as Role
 from cuelog.actors._messages import ToolCall as ToolCall
@@ -19,6 +44,38 @@ from cuelog.actors._models import ToolCallChunk as ToolCallChunk
 from cuelog.actors._models_echo import EchoModel as EchoModel
 from cuelog.actors._models_openai import OpenAIConfig as OpenAIConfig
 from cuelog.actors._models_openai import OpenAIModel as OpenAIModel
+from cuelog.actors._names import ID_RE as ID_RE
+from cuelog.actors._names import ID_RULE as ID_RULE
+from cuelog.actors._names import TERMINAL as TERMINAL
+from cuelog.actors._names import RunStatus as RunStatus
+from cuelog.actors._names import is_valid_id as is_valid_id
+from cuelog.actors._readers import RunEvent as RunEvent
+from cuelog.actors._readers import TimelineRow as TimelineRow
+from cuelog.actors._readers import run_recorded as run_recorded
+from cuelog.actors._replay import Divergence as Divergence
+from cuelog.actors._replay import check_runs as check_runs
+from cuelog.actors._replay import recorded_runs as recorded_runs
+from cuelog.actors._run import RunActor as RunActor
+from cuelog.actors._run import RunEnvironment as RunEnvironment
+from cuelog.actors._run import RunState as RunState
+from cuelog.actors._run import RunView as RunView
+from cuelog.actors._run import fold_run as fold_run
+from cuelog.actors._runtime import Domain as Domain
+from cuelog.actors._runtime import IdempotencyKey as IdempotencyKey
+from cuelog.actors._runtime import open_domain as open_domain
+from cuelog.actors._runtime import random_id as random_id
+from cuelog.actors._session import ADMIN as ADMIN
+from cuelog.actors._session import Caller as Caller
+from cuelog.actors._session import Sent as Sent
+from cuelog.actors._session import SessionState as SessionState
+from cuelog.actors._session import SessionView as SessionView
+from cuelog.actors._session import fold_session as fold_session
+from cuelog.actors._session import session_state_at as session_state_at
+from cuelog.actors._timeline import event_data as event_data
+from cuelog.actors._timeline import is_run_event as is_run_event
+from cuelog.actors._timeline import payload as payload
+from cuelog.actors._timeline import summary as summary
+from cuelog.actors._timeline import timeline_events as timeline_events
 from cuelog.actors._tools import Tool as Tool
 from cuelog.actors._tools import invoke_tool as invoke_tool
 from cuelog.actors._tools import parse_tool_arguments as parse_tool_arguments
@@ -27,20 +84,59 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 
 __all__ = [
+    "ADMIN",
     "DOMAIN_CODEC",
+    "DOMAIN_EVENTS",
+    "ID_RE",
+    "ID_RULE",
+    "KEY_PREFIX",
+    "SCOPES",
+    "TERMINAL",
     "AgentSpec",
+    "AgentView",
+    "ApprovalPolicy",
+    "AssistantDelta",
+    "AssistantMessage",
+    "BusyPolicy",
+    "Caller",
     "ChatMessage",
+    "Claim",
+    "Conflict",
+    "Divergence",
+    "Domain",
     "EchoModel",
     "FinishReason",
     "Finished",
+    "IdempotencyKey",
+    "IdempotencyKeyReused",
+    "Invalid",
+    "KeyCreated",
+    "KeyInfo",
+    "KeyStore",
     "ModelChunk",
     "ModelError",
     "ModelProvider",
     "ModelRequest",
+    "ModelRequested",
+    "NotFound",
     "OpenAIConfig",
     "OpenAIModel",
     "Role",
+    "RunActor",
+    "RunCancelled",
+    "RunCompleted",
+    "RunEnvironment",
+    "RunEvent",
+    "RunFailed",
+    "RunStarted",
+    "RunState",
+    "RunStatus",
+    "RunView",
+    "Sent",
+    "SessionState",
+    "SessionView",
     "TextDelta",
+    "TimelineRow",
     "Tool",
     "ToolCall",
     "ToolCallChunk",
@@ -48,8 +144,25 @@ __all__ = [
     "ToolRegistry",
     "ToolSpec",
     "ToolsConfig",
+    "Unavailable",
     "Usage",
+    "check_runs",
+    "event_data",
+    "fold_run",
+    "fold_session",
     "invoke_tool",
+    "is_run_event",
+    "is_valid_id",
+    "key_digest",
+    "open_domain",
     "parse_tool_arguments",
+    "payload",
+    "random_id",
+    "recorded_runs",
+    "request_digest",
+    "run_recorded",
+    "session_state_at",
+    "summary",
+    "timeline_events",
     "tool_spec",
 ]

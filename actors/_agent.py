@@ -15,8 +15,7 @@ from cuelog.actors._events import (
     AgentSpec,
     AgentUpdated,
 )
-from cuelog.runtime import Event, RecordedEvent
-from cuelog.runtime._actor_sourced import EventSourcedActor
+from cuelog.runtime import Event, EventSourcedActor, RecordedEvent
 
 
 class AgentState(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,6 +6,7 @@ CuelogError (cuelog.runtime)
 └── CommandRejected (cuelog.runtime): an actor refused a command, its state unchanged
     ├── NotFound    no such agent, session, run or approval (or not the caller's)
     ├── Conflict    the command clashes with the current state (exists, busy, finished)
+    │   └── IdempotencyKeyReused  an Idempotency-Key came back with another request
     ├── Invalid     the command's content is wrong (a digest that does not match, a bad value)
     └── Unavailable runs are refused for now (emergency stop)
 """
@@ -35,8 +36,16 @@ class Conflict(CommandRejected):
     """The command clashes with the current state."""
 
 
+class IdempotencyKeyReused(Conflict):
+    """An `Idempotency-Key` was already used with a different request."""
+
+
 class Invalid(CommandRejected):
-    """The command's content is wrong."""
+    """The command's content is wrong; `param` names the field when there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Unavailable(CommandRejected):

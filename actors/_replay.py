@@ -49,8 +49,15 @@ from cuelog.actors._run import (
 )
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
-from cuelog.runtime import EventLog, RecordedEvent, open_event_log
-from cuelog.runtime._actor import ActorConfig, ActorContext, ActorSystem, open_actor_system
+from cuelog.runtime import (
+    ActorConfig,
+    ActorContext,
+    ActorSystem,
+    EventLog,
+    RecordedEvent,
+    open_actor_system,
+    open_event_log,
+)
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _generic = msgspec.msgpack.Decoder()

@@ -42,9 +42,16 @@ from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDel
 from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState, caller_actor
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
-from cuelog.runtime import ActorError, ActorStopped, Event, RecordedEvent
-from cuelog.runtime._actor import ActorContext, ActorSystem, TaskHandle
-from cuelog.runtime._actor_sourced import EventSourcedActor
+from cuelog.runtime import (
+    ActorContext,
+    ActorError,
+    ActorStopped,
+    ActorSystem,
+    Event,
+    EventSourcedActor,
+    RecordedEvent,
+    TaskHandle,
+)
 
 if TYPE_CHECKING:
     from cuelog.actors._agent import AgentView

@@ -1,7 +1,9 @@
-"""`AgentRuntime`: the domain's front door. Everything above it (HTTP, CLI, tests) goes through it.
+"""`Domain`: the domain's front door. Everything above it (HTTP, CLI, tests) goes through it.
 
 It registers the agent, session and run actors, seeds the `default` agent, closes or resumes the
-runs a crash interrupted, and turns calls into actor messages.
+runs a crash interrupted, and turns calls into actor messages. It also owns the domain's other
+writes (API keys, idempotency claims, the emergency stop) and the readers the layers above use,
+so nothing above it appends to the log, names a stream or decodes a payload.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, final
+from typing import Any, Final, final
 
 import msgspec
 import structlog
@@ -24,8 +26,35 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._errors import NotFound, Unavailable
-from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, ApprovalRequested, BusyPolicy, RunSettled
+from cuelog.actors._events import (
+    DOMAIN_CODEC,
+    AgentSpec,
+    ApprovalRequested,
+    BusyPolicy,
+    EmergencyStopChanged,
+    RunSettled,
+)
+from cuelog.actors._idempotency import Claim, claim_request
+from cuelog.actors._keys import KeyStore
 from cuelog.actors._messages import ChatMessage, Usage
+from cuelog.actors._names import (
+    AGENT,
+    RUN,
+    SESSION,
+    SYSTEM_STREAM,
+    agent_stream,
+    run_stream,
+    session_stream,
+    stream_id,
+)
+from cuelog.actors._readers import (
+    RunEvent,
+    TimelineRow,
+    follow_run,
+    follow_session,
+    run_timeline,
+    session_events,
+)
 from cuelog.actors._run import (
     TERMINAL_EVENTS,
     CancelRun,
@@ -51,8 +80,7 @@ from cuelog.actors._session import (
     session_state_at,
     session_view,
 )
-from cuelog.runtime import EventLog, RecordedEvent
-from cuelog.runtime._actor import ActorConfig, ActorSystem, open_actor_system
+from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, open_actor_system
 
 logger = structlog.get_logger("cuelog.runtime")
 
@@ -63,9 +91,21 @@ def random_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
+class IdempotencyKey(msgspec.Struct, frozen=True):
+    """A request's `Idempotency-Key`: who sent it (`scope`), the key, what it was sent to
+    (`route`) and the digest of the request, so a repeat can be told from a reuse."""
+
+    scope: str
+    key: str
+    route: str
+    digest: str
+
+
 @final
-class AgentRuntime:
-    """Agents, sessions and runs over one actor system and one log."""
+class Domain:
+    """Agents, sessions, runs, keys and the emergency stop over one actor system and one log."""
+
+    QUEUED_HINTS: Final = QUEUED_HINTS
 
     def __init__(
         self, system: ActorSystem, log: EventLog, env: RunEnvironment, ids: Callable[[str], str]
@@ -73,6 +113,7 @@ class AgentRuntime:
         self.system = system
         self.log = log
         self.env = env
+        self.keys = KeyStore(log)
         self._ids = ids
         self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
 
@@ -97,14 +138,14 @@ class AgentRuntime:
 
     async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
         out: list[AgentView] = []
-        cursor = f"agent:{after}" if after is not None else None
+        cursor = agent_stream(after) if after is not None else None
         while len(out) < limit:
-            names = self.log.list_streams("agent:", after=cursor, limit=limit)
+            names = self.log.list_streams(agent_stream(""), after=cursor, limit=limit)
             if not names:
                 break
             for name in names:
                 try:
-                    out.append(await self.get_agent(name.removeprefix("agent:")))
+                    out.append(await self.get_agent(stream_id(name, AGENT)))
                 except NotFound:
                     continue  # deleted
                 if len(out) >= limit:
@@ -124,16 +165,21 @@ class AgentRuntime:
         busy_policy: BusyPolicy | None = None,
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Sent:
         """Put messages in a session's inbox (creating it if needed); return the run's id.
 
-        Durable before it returns: the messages and the run are in the log.
+        Durable before it returns: the messages and the run are in the log. With `idempotency`,
+        the first request with that key makes the run and a repeat attaches to it.
         """
         if self.env.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
-        await self.get_agent(agent_id)
+        await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
+        if idempotency is not None:
+            claim = await self.claim(idempotency, run_id=run, session_key=key)
+            run, key = claim.run_id, claim.session_key
         sent: Sent = await self.system.ref("session", key).ask(
             Send(
                 run_id=run,
@@ -146,6 +192,18 @@ class AgentRuntime:
         )
         self._remember_queued(run, key)
         return sent
+
+    async def claim(self, request: IdempotencyKey, *, run_id: str, session_key: str) -> Claim:
+        """Claim an `Idempotency-Key` for a run, or learn the run a first request made."""
+        return await claim_request(
+            self.log,
+            scope=request.scope,
+            key=request.key,
+            route=request.route,
+            digest=request.digest,
+            run_id=run_id,
+            session_key=session_key,
+        )
 
     def _remember_queued(self, run_id: str, session_key: str) -> None:
         """Where to look for a run before it starts (a bounded hint, checked against the
@@ -188,9 +246,8 @@ class AgentRuntime:
         (a `reject` session would otherwise refuse it as busy).
         """
         await self.get_run(run_id, caller=caller)  # ownership and existence
-        async for event in self.log.subscribe_stream(f"run:{run_id}"):
-            if event.type in TERMINAL_EVENTS:
-                break
+        async for _ in follow_run(self.log, run_id):
+            pass
         view = await self.get_run(run_id, caller=caller)
         await self._wait_settled(view.session_key, run_id)
         return view
@@ -202,7 +259,7 @@ class AgentRuntime:
             return  # deleted: nobody will read its history
         if session.current_run != run_id:
             return
-        stream = f"session:{session_key}"
+        stream = session_stream(session_key)
         async for record in self.log.subscribe_stream(stream, session.version):
             if record.type == "RunSettled":
                 event = DOMAIN_CODEC.decode(record.type, record.data)
@@ -248,7 +305,7 @@ class AgentRuntime:
         if not run_id:
             return None
         view = await self.get_run(run_id, caller=caller)
-        for record in self.log.read_stream(f"run:{run_id}"):
+        for record in self.log.read_stream(run_stream(run_id)):
             if record.type != "ApprovalRequested":
                 continue
             event = DOMAIN_CODEC.decode(record.type, record.data)
@@ -295,8 +352,8 @@ class AgentRuntime:
             await self.create_agent("tools", spec, if_absent=True)
         line = f"/tool {name} {msgspec.json.encode(args).decode()}"
         sent = await self.send("tools", [ChatMessage(role="user", content=line)], caller=caller)
-        async for event in self.log.subscribe_stream(f"run:{sent.run_id}"):
-            if event.type in TERMINAL_EVENTS or event.type == "ApprovalRequested":
+        async for item in follow_run(self.log, sent.run_id):
+            if isinstance(item.event, ApprovalRequested):
                 break
         return await self.get_run(sent.run_id, caller=caller)
 
@@ -341,16 +398,16 @@ class AgentRuntime:
     ) -> tuple[list[SessionView], str | None]:
         """A page of sessions the caller may see, and the cursor of the next page (or None)."""
         out: list[SessionView] = []
-        cursor = f"session:{after}" if after is not None else None
+        cursor = session_stream(after) if after is not None else None
         exhausted = False
         while len(out) < limit:
-            names = self.log.list_streams("session:", after=cursor, limit=max(limit, 64))
+            names = self.log.list_streams(session_stream(""), after=cursor, limit=max(limit, 64))
             if not names:
                 exhausted = True
                 break
             for name in names:
                 cursor = name
-                key = name.removeprefix("session:")
+                key = stream_id(name, SESSION)
                 state = self.session_state_at(key)
                 if not state.exists or state.deleted:
                     continue
@@ -364,7 +421,7 @@ class AgentRuntime:
                     break
         next_cursor = None
         if not exhausted and out and cursor is not None:
-            next_cursor = cursor.removeprefix("session:")
+            next_cursor = stream_id(cursor, SESSION)
         return out, next_cursor
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:
@@ -405,7 +462,7 @@ class AgentRuntime:
         found = 0
         after: str | None = None
         while True:
-            names = self.log.list_streams("run:", after=after, limit=500)
+            names = self.log.list_streams(run_stream(""), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
@@ -414,7 +471,7 @@ class AgentRuntime:
                 if last is None or last.type in TERMINAL_EVENTS:
                     continue
                 found += 1
-                run_id = name.removeprefix("run:")
+                run_id = stream_id(name, RUN)
                 try:
                     view = await self.get_run(run_id)
                     await self.get_session(view.session_key)  # rehydrates: settles, starts next
@@ -422,21 +479,22 @@ class AgentRuntime:
                     continue
         after = None
         while True:
-            names = self.log.list_streams("session:", after=after, limit=500)
+            names = self.log.list_streams(session_stream(""), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
             for name in names:
-                state = self.session_state_at(name.removeprefix("session:"))
+                key = stream_id(name, SESSION)
+                state = self.session_state_at(key)
                 if state.deleted:
                     continue
                 for queued in state.inbox:  # so get_run reports them queued, not unknown
-                    self._remember_queued(queued.run_id, name.removeprefix("session:"))
+                    self._remember_queued(queued.run_id, key)
                 if state.current_run is not None:
-                    if not self.log.stream_version(f"run:{state.current_run}"):
-                        self._remember_queued(state.current_run, name.removeprefix("session:"))
+                    if not self.log.stream_version(run_stream(state.current_run)):
+                        self._remember_queued(state.current_run, key)
                     found += 1
-                    await self.get_session(name.removeprefix("session:"))
+                    await self.get_session(key)
         if found:
             logger.info("recovered interrupted work", count=found)
         return found
@@ -448,25 +506,76 @@ class AgentRuntime:
         events = self.log.read_stream(stream, version, limit=1)
         return events[0] if events else None
 
-    async def emergency_stop(self) -> int:
+    @property
+    def emergency_stopped(self) -> bool:
+        return self.env.stopped
+
+    def restore_emergency_stop(self) -> bool:
+        """Take up the last recorded emergency-stop change (at start); return whether it is on."""
+        version = self.log.stream_version(SYSTEM_STREAM)
+        for record in reversed(self.log.read_stream(SYSTEM_STREAM, max(version - 50, 1))):
+            event = DOMAIN_CODEC.decode(record.type, record.data)
+            if isinstance(event, EmergencyStopChanged):
+                self.env.stopped = event.stopped
+                break
+        return self.env.stopped
+
+    async def emergency_stop(self, *, by: str | None = None) -> int:
         """Refuse new runs and cancel every active one; return how many were cancelled."""
         self.env.stopped = True
         active = list(self.env.active)
         async with trio.open_nursery() as nursery:
             for run_id in active:
                 nursery.start_soon(self._cancel_quietly, run_id)
+        await self.log.append(
+            SYSTEM_STREAM,
+            [EmergencyStopChanged(stopped=True, cancelled_runs=len(active))],
+            actor=by,
+        )
         return len(active)
 
     async def _cancel_quietly(self, run_id: str) -> None:
         with suppress(NotFound):
             await self.cancel_run(run_id, reason="emergency stop")
 
-    def release_emergency_stop(self) -> None:
+    async def release_emergency_stop(self, *, by: str | None = None) -> None:
+        """Allow new runs again."""
         self.env.stopped = False
+        await self.log.append(SYSTEM_STREAM, [EmergencyStopChanged(stopped=False)], actor=by)
+
+    # -- readers -------------------------------------------------------------------------------
+
+    async def follow_run(
+        self, run_id: str, *, caller: Caller | None = None
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events from its first, then new ones until its last. With `caller`, its
+        access is checked now, before the first event is read; without, the run is one the
+        caller has just been given by `send`."""
+        if caller is not None:
+            await self.get_run(run_id, caller=caller)
+        return follow_run(self.log, run_id)
+
+    async def run_timeline(self, run_id: str, *, caller: Caller = ADMIN) -> list[TimelineRow]:
+        await self.get_run(run_id, caller=caller)
+        return run_timeline(self.log, run_id)
+
+    async def session_events(
+        self, key: str, *, after_seq: int = 0, limit: int = 100, caller: Caller = ADMIN
+    ) -> list[RecordedEvent]:
+        """Up to `limit` of the session's events after `after_seq`."""
+        await self.get_session(key, caller=caller)
+        return session_events(self.log, key, after_seq, limit)
+
+    async def follow_session(
+        self, key: str, *, after_seq: int = 0, caller: Caller = ADMIN
+    ) -> AsyncIterator[RecordedEvent]:
+        """The session's events after `after_seq`, then new ones (access checked now)."""
+        await self.get_session(key, caller=caller)
+        return follow_session(self.log, key, after_seq)
 
 
 @asynccontextmanager
-async def open_agent_runtime(
+async def open_domain(
     log: EventLog,
     env: RunEnvironment,
     *,
@@ -474,14 +583,17 @@ async def open_agent_runtime(
     agents: dict[str, AgentSpec] | None = None,
     ids: Callable[[str], str] = random_id,
     recover: bool = True,
-) -> AsyncIterator[AgentRuntime]:
-    """Open the actor system, register the domain actors, seed agents and recover."""
+) -> AsyncIterator[Domain]:
+    """Open the actor system, register the domain actors, seed agents, take up the emergency
+    stop and recover interrupted work."""
     async with open_actor_system(log, config=config) as system:
         system.register("agent", AgentActor)
         system.register("session", SessionActor)
         system.register("run", run_factory(env))
-        runtime = AgentRuntime(system, log, env, ids)
-        await runtime.seed_agents(agents or {})
+        domain = Domain(system, log, env, ids)
+        await domain.seed_agents(agents or {})
+        if domain.restore_emergency_stop():
+            logger.warning("emergency stop is on: new runs are refused until it is released")
         if recover:
-            await runtime.recover()
-        yield runtime
+            await domain.recover()
+        yield domain

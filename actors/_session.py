@@ -27,8 +27,7 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.runtime import Event, EventLog, RecordedEvent
-from cuelog.runtime._actor_sourced import EventSourcedActor
+from cuelog.runtime import Event, EventLog, EventSourcedActor, RecordedEvent
 
 logger = structlog.get_logger("cuelog.session")
 

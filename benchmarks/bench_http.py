@@ -38,9 +38,8 @@ import json, sys, trio
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
-from cuelog.http._config import load_settings
-from cuelog.http._openai import chat_completion
-from cuelog.actors._messages import Usage
+from cuelog.http.api import chat_completion, load_settings
+from cuelog.actors import Usage
 
 BODY = chat_completion("run_0123456789abcdef01234567", "default", 1700000000,
                        "Echo: hello benchmark",
@@ -55,7 +54,7 @@ async def chat() -> Response:
                              "X-Session-Key": "sess_0123456789abcdef01234567"})
 
 async def main() -> None:
-    from cuelog.http._server import hypercorn_config
+    from cuelog.http.api import hypercorn_config
     settings = load_settings(None, environ={}, flags={"server": {"port": 0}})
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(lambda task_status: serve(

@@ -16,21 +16,28 @@ from typing import Any
 import lmdb
 import trio
 
-from cuelog.actors import ChatMessage, EchoModel, ToolRegistry, Usage
-from cuelog.actors._events import (
+from cuelog.actors import (
     DOMAIN_CODEC,
     AgentSpec,
     AssistantDelta,
     AssistantMessage,
+    ChatMessage,
+    EchoModel,
     ModelRequested,
     RunCompleted,
+    RunEnvironment,
     RunStarted,
+    RunState,
+    SessionState,
+    ToolRegistry,
+    Usage,
+    check_runs,
+    fold_run,
+    fold_session,
+    open_domain,
+    recorded_runs,
+    summary,
 )
-from cuelog.actors._replay import check_runs, recorded_runs
-from cuelog.actors._run import RunEnvironment, RunState, fold_run
-from cuelog.actors._runtime import open_agent_runtime
-from cuelog.actors._session import SessionState, fold_session
-from cuelog.http._timeline import summary
 from cuelog.runtime import Event, open_event_log
 
 SCALE = float(os.environ.get("CUELOG_BENCH_SCALE", "1"))
@@ -115,7 +122,7 @@ async def timeline_and_fold(path: Path) -> tuple[int, float]:
 
 async def record_runs(path: Path, count: int) -> None:
     env = RunEnvironment(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
-    async with open_event_log(path, sync=False) as log, open_agent_runtime(log, env) as runtime:
+    async with open_event_log(path, sync=False) as log, open_domain(log, env) as runtime:
         for i in range(count):
             text = f'/tool calculator {{"expr": "{i} * 2"}}' if i % 3 == 0 else f"hello {i}"
             sent = await runtime.send("default", [ChatMessage(role="user", content=text)])

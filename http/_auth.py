@@ -7,9 +7,7 @@ Every route is declared through `Routes.add` with its scope, so the scope table 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -17,11 +15,9 @@ import msgspec
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from cuelog.actors._session import Caller
+from cuelog.actors import SCOPES, Caller, KeyInfo, is_valid_id, key_digest
 from cuelog.http._wire import ApiError
 
-SCOPES: Final = ("read", "chat", "wake", "approve", "admin")
-ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")  # agent, session, run, key ids
 PUBLIC: Final = "public"
 
 
@@ -46,11 +42,7 @@ LOCAL: Final = Principal(None, frozenset(SCOPES))
 STATIC_KEY_ID: Final = "static"
 
 
-def key_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-KeyLookup = Callable[[str], Principal | None]  # sha256 hex of a presented key -> principal
+KeyLookup = Callable[[str], KeyInfo | None]  # sha256 hex of a presented key -> a usable key
 
 
 class Authenticator:
@@ -92,12 +84,12 @@ class Authenticator:
         digest = key_digest(key)
         if self._static is not None and hmac.compare_digest(digest, self._static):
             return Principal(STATIC_KEY_ID, frozenset(SCOPES))
-        principal = self._lookup(digest) if self._lookup is not None else None
-        if principal is None:
+        info = self._lookup(digest) if self._lookup is not None else None
+        if info is None:
             if required:
                 raise ApiError(401, "the API key is not valid (unknown, revoked or expired)")
             return None
-        return principal
+        return Principal(info.id, frozenset(info.scopes))
 
 
 def principal() -> Principal:
@@ -174,7 +166,7 @@ class Routes:
         for name, value in path_params.items():
             # Every id the API hands out matches; anything else names nothing (and would not
             # make a valid actor address or stream name).
-            if not ID_RE.match(value):
+            if not is_valid_id(value):
                 raise ApiError(404, f"no {name} {value[:130]!r}", param=name)
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuelog.actors._events import AgentSpec
+from cuelog.actors import AgentSpec
 from cuelog.runtime import CuelogError
 
 T = TypeVar("T")

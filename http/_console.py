@@ -7,7 +7,7 @@ can never reach anything else on disk.
 
 from __future__ import annotations
 
-from importlib.resources import files
+from pathlib import Path
 from typing import Final
 
 from quart import Response
@@ -36,7 +36,9 @@ _HEADERS: Final = {
 
 def console_assets() -> dict[str, tuple[bytes, str]]:
     """The console's files by name, with their content types."""
-    folder = files("cuelog.http").joinpath("console")
+    # Beside this module in every kind of install (wheel, strict or default editable):
+    # `importlib.resources` cannot see into a namespace package mapped by an editable finder.
+    folder = Path(__file__).with_name("console")
     assets: dict[str, tuple[bytes, str]] = {}
     for entry in folder.iterdir():
         suffix = "." + entry.name.rpartition(".")[2]

@@ -14,7 +14,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 if TYPE_CHECKING:
-    from cuelog.http._app import Services
+    from cuelog.http._services import Services
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,8 +26,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         services = self._services
         log = services.log.statistics()
-        actors = services.runtime.system.statistics()
-        env = services.runtime.env
+        actors = services.domain.system.statistics()
+        env = services.domain.env
         yield GaugeMetricFamily("cuelog_log_head_seq", "Last committed seq.", value=log.head_seq)
         yield CounterMetricFamily("cuelog_log_appends", "Append calls answered.", value=log.appends)
         yield CounterMetricFamily(

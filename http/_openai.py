@@ -7,10 +7,18 @@ from typing import Any, Literal
 
 import msgspec
 
-from cuelog.actors._events import DOMAIN_CODEC, AssistantDelta, RunCompleted
-from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors import (
+    AssistantDelta,
+    ChatMessage,
+    RunCancelled,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    ToolCall,
+    Usage,
+)
 from cuelog.http._wire import ApiError, sse_frame, to_json
-from cuelog.runtime import RecordedEvent
 
 # -- requests ------------------------------------------------------------------------------------
 
@@ -214,19 +222,17 @@ def _chunk(
 
 
 def chat_chunk_frames(
-    event: RecordedEvent, run_id: str, model: str, created: int, include_usage: bool
+    item: RunEvent, run_id: str, model: str, created: int, include_usage: bool
 ) -> list[bytes]:
     """The `chat.completion.chunk` frames one run event becomes (often none)."""
     frames: list[bytes] = []
-    if event.type == "RunStarted":
+    event = item.event
+    if isinstance(event, RunStarted):
         frames.append(_chunk(run_id, model, created, {"role": "assistant", "content": ""}, None))
-    elif event.type == "AssistantDelta":
-        delta = DOMAIN_CODEC.decode(event.type, event.data)
-        assert isinstance(delta, AssistantDelta)
-        frames.append(_chunk(run_id, model, created, {"content": delta.text}, None))
-    elif event.type == "RunCompleted":
-        done = DOMAIN_CODEC.decode(event.type, event.data)
-        assert isinstance(done, RunCompleted)
+    elif isinstance(event, AssistantDelta):
+        frames.append(_chunk(run_id, model, created, {"content": event.text}, None))
+    elif isinstance(event, RunCompleted):
+        done = event
         frames.append(_chunk(run_id, model, created, {}, "stop"))
         if include_usage:
             usage_chunk = {
@@ -238,22 +244,20 @@ def chat_chunk_frames(
                 "usage": _usage(done.usage),
             }
             frames.append(to_json(usage_chunk))
-    elif event.type in {"RunFailed", "RunCancelled"}:
-        payload = msgspec.json.decode(run_failure_json(event))
-        frames.append(to_json({"error": payload}))
+    elif isinstance(event, RunFailed | RunCancelled):
+        kind = "run_cancelled" if isinstance(event, RunCancelled) else "run_failed"
+        error = {
+            "message": f"the run ended: {event.reason}",
+            "type": "server_error",
+            "code": kind,
+            "param": None,
+        }
+        frames.append(to_json({"error": error}))
     # Only the last frame of an event carries its seq: a client that resumes with Last-Event-ID
     # has then seen every frame of that event.
     last = len(frames) - 1
-    return [sse_frame(frame, id=event.seq if i == last else None) for i, frame in enumerate(frames)]
-
-
-def run_failure_json(event: RecordedEvent) -> bytes:
-    decoded = DOMAIN_CODEC.decode(event.type, event.data)
-    reason = getattr(decoded, "reason", "failed")
-    kind = "run_cancelled" if event.type == "RunCancelled" else "run_failed"
-    return to_json(
-        {"message": f"the run ended: {reason}", "type": "server_error", "code": kind, "param": None}
-    )
+    seq = item.record.seq
+    return [sse_frame(frame, id=seq if i == last else None) for i, frame in enumerate(frames)]
 
 
 DONE_FRAME = b"data: [DONE]\n\n"

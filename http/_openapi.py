@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import re
 from importlib.metadata import version as package_version
-from importlib.resources import files
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 from quart import Response
 from quart_trio import QuartTrio
 
-from cuelog.http._app import AgentBody, AgentPatch, ForkBody, SessionPatchBody, WakeBody
+from cuelog.actors import KeyInfo
 from cuelog.http._auth import PUBLIC, RouteInfo, Routes
+from cuelog.http._bodies import (
+    AgentBody,
+    AgentPatch,
+    ApprovalBody,
+    ForkBody,
+    InvokeBody,
+    KeyBody,
+    SessionPatchBody,
+    WakeBody,
+)
 from cuelog.http._errors import ErrorBody
-from cuelog.http._keys import KeyInfo
 from cuelog.http._openai import ChatCompletionRequest, ResponsesRequest
-from cuelog.http._operator import ApprovalBody, InvokeBody, KeyBody
 from cuelog.http._schemas import (
     Agent,
     AgentList,
@@ -382,7 +390,7 @@ def register_docs_routes(routes: Routes, app: QuartTrio) -> None:
             cached.append(to_json(build_spec(routes.table)))
         return json_response(cached[0])
 
-    page = files("cuelog.http").joinpath("docs.html").read_bytes()
+    page = Path(__file__).with_name("docs.html").read_bytes()
 
     @routes.add(DOCS_PATH, ["GET"], PUBLIC)
     async def docs() -> Response:

@@ -10,9 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from cuelog.actors._events import ApprovalPolicy, BusyPolicy
-from cuelog.actors._messages import ChatMessage, Usage
-from cuelog.http._keys import KeyInfo
+from cuelog.actors import ApprovalPolicy, BusyPolicy, ChatMessage, KeyInfo, Usage
 from cuelog.runtime import Anchor
 
 
@@ -72,7 +70,7 @@ class AgentList(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-class Deleted(msgspec.Struct, kw_only=True):
+class Deleted(msgspec.Struct, kw_only=True, omit_defaults=True):
     object: str
     deleted: bool
     id: str | None = None

@@ -24,18 +24,16 @@ from cuelog.actors import (
     ModelProvider,
     OpenAIConfig,
     OpenAIModel,
+    RunEnvironment,
     ToolRegistry,
+    ToolsConfig,
+    open_domain,
 )
-from cuelog.actors._run import RunEnvironment
-from cuelog.actors._runtime import open_agent_runtime
-from cuelog.actors._tools_registry import ToolsConfig
-from cuelog.http._app import Services, create_app
+from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
-from cuelog.http._keys import KeyStore
-from cuelog.http._operator import emergency_stop_state
-from cuelog.runtime import open_event_log
-from cuelog.runtime._actor import ActorConfig
+from cuelog.http._services import Services
+from cuelog.runtime import ActorConfig, open_event_log
 
 log = structlog.get_logger("cuelog.server")
 
@@ -143,7 +141,7 @@ async def serve(
         open_event_log(
             settings.log.data_dir, sync=settings.log.sync, max_map_size=settings.log.max_size
         ) as event_log,
-        open_agent_runtime(
+        open_domain(
             event_log,
             env,
             agents=seeded_agents(settings),
@@ -151,16 +149,13 @@ async def serve(
                 max_live_actors=settings.server.max_live_actors,
                 passivate_after=settings.server.passivate_after,
             ),
-        ) as runtime,
+        ) as domain,
         trio.open_nursery() as nursery,
     ):
-        keys = KeyStore(event_log)
+        keys = domain.keys
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
-        env.stopped = emergency_stop_state(event_log)
-        if env.stopped:
-            log.warning("emergency stop is on: new runs are refused until it is released")
         anchor_key = read_anchor_key(settings)
-        services = Services(runtime, event_log, settings, auth, keys, anchor_key)
+        services = Services(domain, event_log, settings, auth, anchor_key)
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

@@ -69,6 +69,10 @@ class EventLog(Protocol):
 
     async def anchor(self, key: bytes) -> Anchor: ...
 
+    def stored_anchor(self) -> Anchor | None: ...
+
+    def end_subscriptions(self) -> None: ...
+
     async def verify(
         self,
         *,

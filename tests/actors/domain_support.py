@@ -13,15 +13,16 @@ from cuelog.actors import (
     DOMAIN_CODEC,
     AgentSpec,
     ChatMessage,
+    Domain,
     EchoModel,
     ModelProvider,
     ToolCall,
     ToolRegistry,
+    open_domain,
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._run import RunEnvironment
-from cuelog.actors._runtime import AgentRuntime, open_agent_runtime
 from cuelog.runtime import Event, EventLog, RecordedEvent, open_event_log
 
 CALCULATOR: Final = AgentSpec(name="calc", tools=["calculator"])
@@ -49,11 +50,11 @@ async def runtime_at(
     *,
     agents: dict[str, AgentSpec] | None = None,
     **log_options: Any,
-) -> AsyncIterator[AgentRuntime]:
+) -> AsyncIterator[Domain]:
     """A log in `path` and an agent runtime over it, both closed on exit."""
     async with (
         open_event_log(path, **log_options) as log,
-        open_agent_runtime(log, env, agents=agents) as rt,
+        open_domain(log, env, agents=agents) as rt,
     ):
         yield rt
 

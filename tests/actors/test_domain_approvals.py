@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from cuelog.actors import AgentSpec
+from cuelog.actors import AgentSpec, Domain
 from cuelog.actors._errors import Conflict, Invalid, NotFound
 from cuelog.actors._events import (
     ApprovalDenied,
@@ -18,7 +18,6 @@ from cuelog.actors._events import (
     ToolCallRequested,
 )
 from cuelog.actors._run import args_digest
-from cuelog.actors._runtime import AgentRuntime
 from tests.actors.domain_support import (
     decoded,
     make_env,
@@ -32,7 +31,7 @@ ASKING = AgentSpec(tools=["calculator"], approval="ask")
 SIX_BY_SEVEN = '{"expr": "6*7"}'
 
 
-async def requested(rt: AgentRuntime, run_id: str) -> ApprovalRequested:
+async def requested(rt: Domain, run_id: str) -> ApprovalRequested:
     """The run's approval request, once it is committed."""
     await wait_for_event(rt.log, f"run:{run_id}", "ApprovalRequested")
     [request] = decoded(rt.log, f"run:{run_id}", ApprovalRequested)

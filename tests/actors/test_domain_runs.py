@@ -191,7 +191,7 @@ async def test_emergency_stop_cancels_runs_and_refuses_sends_until_released(
         with pytest.raises(Unavailable):
             await rt.send("default", [user("c")], session_key="one")
         assert rt.env.active == set()
-        rt.release_emergency_stop()
+        await rt.release_emergency_stop()
         model.words = 2
         after = await rt.send("default", [user("d")], session_key="one")
         assert (await rt.wait_run(after.run_id)).status == "completed"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cuelog.http._cli import main
+from cuelog.cli import main
 from tests.support import CUELOG, ServerProcess, running_server
 
 KEY = "bench-test-key-0123456789abcdef"

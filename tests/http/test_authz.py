@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from cuelog.actors._events import KeyCreated
-from cuelog.http._auth import PUBLIC, RouteInfo, key_digest
+from cuelog.actors import KeyCreated, key_digest
+from cuelog.http._auth import PUBLIC, RouteInfo
 from cuelog.runtime import open_event_log
 from tests.http.operator_support import API_KEY, Served, bearer, serving
 

@@ -9,7 +9,7 @@ import httpx
 import trio
 from click.testing import CliRunner
 
-from cuelog.http._cli import main
+from cuelog.cli import main
 from tests.http.operator_support import bearer, serving
 from tests.support import CUELOG
 

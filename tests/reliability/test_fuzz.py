@@ -12,7 +12,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cuelog.actors._events import DOMAIN_CODEC, DOMAIN_EVENTS
+from cuelog.actors import DOMAIN_CODEC, DOMAIN_EVENTS
 from cuelog.runtime import CuelogError, decode_record
 
 EXAMPLES = int(os.environ.get("CUELOG_FUZZ_EXAMPLES", "200"))

@@ -15,8 +15,7 @@ from pathlib import Path
 import psutil
 import trio
 
-from cuelog.actors import AgentSpec
-from cuelog.actors._runtime import QUEUED_HINTS, AgentRuntime, open_agent_runtime
+from cuelog.actors import AgentSpec, Domain, open_domain
 from cuelog.runtime import ActorConfig, open_event_log
 from tests.actors.domain_support import make_env, user
 
@@ -26,10 +25,11 @@ WORKERS = 16
 WARM_UP = 2 * MAX_LIVE  # sessions before the baseline: the live set is full, caches are warm
 # Two caches grow with sessions up to a fixed size and stop there: the log's stream-version
 # cache (2 streams a session, cleared at 100,000) and the runtime's queued-run hints (one run id a
-# session, up to QUEUED_HINTS); together ~370 B a session measured. Anything else kept per session
-# shows as growth past the warm-up: 4 KiB a session would be 12 MiB over 5,000 sessions.
+# session, up to Domain.QUEUED_HINTS); together ~370 B a session measured. Anything else kept
+# per session shows as growth past the warm-up: 4 KiB a session would be 12 MiB over 5,000
+# sessions.
 CACHED_PER_SESSION = 512
-ALLOWED_GROWTH = 16 * 2**20 + CACHED_PER_SESSION * min(SESSIONS, QUEUED_HINTS)
+ALLOWED_GROWTH = 16 * 2**20 + CACHED_PER_SESSION * min(SESSIONS, Domain.QUEUED_HINTS)
 
 
 def private_bytes() -> int:
@@ -41,7 +41,7 @@ def private_bytes() -> int:
 class Sampler:
     """The most live actors seen, and memory at the warm-up mark and at the end."""
 
-    def __init__(self, rt: AgentRuntime) -> None:
+    def __init__(self, rt: Domain) -> None:
         self.rt = rt
         self.max_live = 0
         self.done = 0
@@ -61,7 +61,7 @@ class Sampler:
             await trio.sleep(0.01)
 
 
-async def wake_sessions(rt: AgentRuntime, sampler: Sampler) -> None:
+async def wake_sessions(rt: Domain, sampler: Sampler) -> None:
     numbers = iter(range(SESSIONS))
 
     async def worker() -> None:
@@ -89,7 +89,7 @@ def test_many_sessions_keep_live_actors_and_memory_bounded(tmp_path: Path) -> No
         started = time.perf_counter()
         async with (
             open_event_log(tmp_path / "data") as log,
-            open_agent_runtime(log, make_env(), config=config, agents=agents) as rt,
+            open_domain(log, make_env(), config=config, agents=agents) as rt,
         ):
             sampler = Sampler(rt)
             await wake_sessions(rt, sampler)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import trio
 
-from cuelog.http._keys_cli import keys
+from cuelog.cli._keys import keys
 from cuelog.runtime import CuelogError, configure_logging
 
 
@@ -53,8 +53,7 @@ def serve_command(
     Settings come from the config file, then CUELOG_<SECTION>_<KEY> environment variables
     (e.g. CUELOG_SERVER_API_KEY), then these flags.
     """
-    from cuelog.http._config import load_settings
-    from cuelog.http._server import serve
+    from cuelog.http.api import load_settings, serve
 
     configure_logging(level="info")
     try:
@@ -92,7 +91,7 @@ def verify_command(
 
     Exit 0: intact. Exit 1: tampered (the first bad seq and why). Exit 2: cannot read.
     """
-    from cuelog.http._verify_cli import run_verify
+    from cuelog.cli._verify import run_verify
 
     if anchor_file is not None and anchor_key_file is None:
         raise click.UsageError("--anchor-file needs --anchor-key-file (the key that sealed it)")
@@ -103,9 +102,15 @@ main.add_command(keys)
 
 
 def _add_debug_commands() -> None:
-    from cuelog.http._debug_cli import export_command, replay_command, state_command
+    from cuelog.cli._inspect import (
+        export_command,
+        replay_command,
+        rerun_command,
+        state_command,
+        timeline_command,
+    )
 
-    for command in (replay_command, state_command, export_command):
+    for command in (timeline_command, rerun_command, replay_command, state_command, export_command):
         main.add_command(command)
 
 
@@ -113,7 +118,7 @@ _add_debug_commands()
 
 
 def _add_bench_command() -> None:
-    from cuelog.http._bench_cli import bench_command
+    from cuelog.cli._bench import bench_command
 
     main.add_command(bench_command)
 
@@ -122,7 +127,7 @@ _add_bench_command()
 
 
 def _add_backup_command() -> None:
-    from cuelog.http._backup_cli import backup_command
+    from cuelog.cli._backup import backup_command
 
     main.add_command(backup_command)
 

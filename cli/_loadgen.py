@@ -628,7 +628,7 @@ def local_server() -> Iterator[LocalServer]:
                 [
                     sys.executable,
                     "-c",
-                    "from cuelog.http._cli import main; main(prog_name='cuelog')",
+                    "from cuelog.cli import main; main(prog_name='cuelog')",
                     "serve",
                     "--config",
                     str(config),

@@ -1,4 +1,5 @@
-"""`cuelog replay`, `cuelog state` and `cuelog export`: read a data dir (read-only) to debug runs.
+"""`cuelog timeline`, `cuelog rerun`, `cuelog state` and `cuelog export`: read a data dir
+(read-only) to debug runs. `cuelog replay` is the older spelling of the first two.
 
 All of them open the log read-only, so they work beside a running server.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,19 @@ import msgspec
 import trio
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from cuelog.actors._replay import check_runs, recorded_runs
-from cuelog.actors._session import session_state_at
-from cuelog.http._timeline import payload, summary
-from cuelog.runtime import CuelogError, LmdbEventLog, RecordedEvent, decode_record, open_event_log
+from cuelog.actors import (
+    check_runs,
+    is_run_event,
+    payload,
+    recorded_runs,
+    run_recorded,
+    session_state_at,
+    summary,
+    timeline_events,
+)
+from cuelog.runtime import CuelogError, RecordedEvent, decode_record, open_event_log
 
 _generic = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
@@ -38,35 +46,6 @@ def _time(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def _timeline_events(
-    log: LmdbEventLog, session: str | None, run: str | None
-) -> Iterator[RecordedEvent]:
-    if run is not None:
-        yield from log.read_stream(f"run:{run}")
-        return
-    if session is not None:
-        events = log.read_stream(f"session:{session}")
-        if not events:
-            _fail(f"no session {session!r} in this log")
-        run_ids: list[str] = []
-        for event in events:
-            data = payload(event)
-            if event.type == "RunAssigned" and isinstance(data, dict):
-                run_ids.append(str(data.get("run_id")))
-        merged = list(events)
-        for run_id in dict.fromkeys(run_ids):
-            merged.extend(log.read_stream(f"run:{run_id}"))
-        yield from sorted(merged, key=lambda e: e.seq)
-        return
-    after = 0
-    while True:
-        page = log.read_all(after, 1000)
-        if not page:
-            return
-        yield from page
-        after = page[-1].seq
-
-
 def _row(event: RecordedEvent) -> dict[str, Any]:
     return {
         "seq": event.seq,
@@ -78,19 +57,49 @@ def _row(event: RecordedEvent) -> dict[str, Any]:
     }
 
 
+_SESSION = click.option("--session", "session", help="Timeline of one session and its runs.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+
+
+@click.command("timeline")
+@DATA_DIR
+@_SESSION
+@click.option("--run", "run", help="Timeline of one run.")
+@click.option("--all", "all_events", is_flag=True, help="Timeline of the whole log.")
+@_JSON
+@click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
+def timeline_command(
+    data_dir: Path,
+    session: str | None,
+    run: str | None,
+    all_events: bool,
+    as_json: bool,
+    follow: bool,
+) -> None:
+    """Show what happened, in order and by whom: one session, one run or the whole log."""
+    if (session is not None) + (run is not None) + all_events != 1:
+        _fail("choose one of --session KEY, --run ID or --all")
+    trio.run(_timeline, data_dir, session, run, as_json, follow)
+
+
+@click.command("rerun")
+@DATA_DIR
+@click.option("--run", "run", help="Re-execute only this run (default: every recorded run).")
+@_JSON
+def rerun_command(data_dir: Path, run: str | None, as_json: bool) -> None:
+    """Re-execute recorded runs with the current code, feeding the recorded model and tool
+    outputs and approval decisions; report the first divergence (exit 1) or none (exit 0)."""
+    sys.exit(trio.run(_check, data_dir, run, as_json))
+
+
 @click.command("replay")
 @DATA_DIR
-@click.option("--session", "session", help="Timeline of one session and its runs.")
+@_SESSION
 @click.option("--run", "run", help="Timeline of one run (with --check: re-run only it).")
 @click.option("--all", "all_events", is_flag=True, help="Timeline of the whole log.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@_JSON
 @click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
-@click.option(
-    "--check",
-    is_flag=True,
-    help="Re-execute recorded runs with the current code, feeding recorded model and tool "
-    "outputs; report the first divergence (exit 1).",
-)
+@click.option("--check", is_flag=True, help="Same as `cuelog rerun`.")
 def replay_command(
     data_dir: Path,
     session: str | None,
@@ -100,7 +109,7 @@ def replay_command(
     follow: bool,
     check: bool,
 ) -> None:
-    """Show what happened, in order and by whom; or check that current code does the same."""
+    """The older spelling of `cuelog timeline` (and, with --check, of `cuelog rerun`)."""
     if check:
         sys.exit(trio.run(_check, data_dir, run, as_json))
     if (session is not None) + (run is not None) + all_events != 1:
@@ -113,7 +122,7 @@ async def _timeline(
 ) -> None:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
-            events = list(_timeline_events(log, session, run))
+            events = list(timeline_events(log, session=session, run=run))
             if as_json or not sys.stdout.isatty():
                 for event in events:
                     sys.stdout.write(_json.encode(_row(event)).decode() + "\n")
@@ -121,7 +130,9 @@ async def _timeline(
                 table = Table("seq", "time", "actor", "stream", "type", "summary", box=None)
                 for event in events:
                     row = _row(event)
-                    table.add_row(*(str(row[k] or "") for k in row))
+                    # Text, not str: a message saying `[/x]` or `[link=…]` is shown, never
+                    # interpreted as markup.
+                    table.add_row(*(Text(str(row[k] or "")) for k in row))
                 Console().print(table)
             if follow:
                 last = events[-1].seq if events else 0
@@ -130,7 +141,7 @@ async def _timeline(
                     if (
                         (session is None and run is None)
                         or event.stream in streams
-                        or (event.stream.startswith("run:") and session is not None)
+                        or (is_run_event(event) and session is not None)
                     ):
                         sys.stdout.write(_json.encode(_row(event)).decode() + "\n")
                         sys.stdout.flush()
@@ -142,7 +153,7 @@ async def _check(data_dir: Path, run: str | None, as_json: bool) -> int:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
             runs = [run] if run is not None else recorded_runs(log)
-            if run is not None and not log.stream_version(f"run:{run}"):
+            if run is not None and not run_recorded(log, run):
                 _fail(f"no run {run!r} in this log")
             started = time.perf_counter()
             err = Console(stderr=True)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cuelog.http._bench import (
+from cuelog.cli._loadgen import (
     WORKLOADS,
     BenchError,
     LoadPlan,

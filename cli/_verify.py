@@ -10,7 +10,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from cuelog.http._schemas import Anchored
+from cuelog.http.api import Anchored
 from cuelog.runtime import Anchor, LogError, LogFormatError, VerifyReport, open_event_log
 
 EXIT_OK, EXIT_TAMPERED, EXIT_UNREADABLE = 0, 1, 2

@@ -1,23 +1,30 @@
 """API keys as events: `KeyCreated` (only the secret's sha256) and `KeyRevoked` on stream `keys`.
 
-The server folds the stream once at start and keeps the fold current as it appends, so a
-revoked key is refused on its very next request. `cuelog keys` works on a data dir offline.
+The store folds the stream once at start and keeps the fold current as it appends, so a revoked
+key is refused on its very next request. `cuelog keys` works on a data dir offline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from typing import Final
+from typing import Final, final
 
 import msgspec
 
+from cuelog.actors._errors import Invalid
 from cuelog.actors._events import DOMAIN_CODEC, KeyCreated, KeyRevoked
-from cuelog.http._auth import SCOPES, Principal, key_digest
+from cuelog.actors._names import KEYS_STREAM
 from cuelog.runtime import EventLog
 
-STREAM: Final = "keys"
+SCOPES: Final = ("read", "chat", "wake", "approve", "admin")
 KEY_PREFIX: Final = "cue_"
+
+
+def key_digest(secret: str) -> str:
+    """What is stored of a key: the sha256 of its secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,7 +38,11 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     revoked: bool = False
     object: str = "api_key"
 
+    def usable(self, now: float) -> bool:
+        return not self.revoked and (self.expires_at is None or self.expires_at > now)
 
+
+@final
 class KeyStore:
     """Every key ever issued, folded from the `keys` stream."""
 
@@ -39,7 +50,7 @@ class KeyStore:
         self._log = log
         self._by_id: dict[str, KeyInfo] = {}
         self._by_digest: dict[str, str] = {}
-        for record in log.read_stream(STREAM):
+        for record in log.read_stream(KEYS_STREAM):
             self._apply(DOMAIN_CODEC.decode(record.type, record.data), record.ts // 1_000_000)
 
     def _apply(self, event: object, ts: int) -> None:
@@ -57,14 +68,13 @@ class KeyStore:
                 self._by_id[event.key_id], revoked=True
             )
 
-    def lookup(self, digest: str) -> Principal | None:
+    def lookup(self, digest: str) -> KeyInfo | None:
+        """The key with this secret digest, if it is neither revoked nor expired."""
         key_id = self._by_digest.get(digest)
         info = self._by_id.get(key_id) if key_id else None
-        if info is None or info.revoked:
+        if info is None or not info.usable(time.time()):
             return None
-        if info.expires_at is not None and info.expires_at <= time.time():
-            return None
-        return Principal(info.id, frozenset(info.scopes))
+        return info
 
     def any_issued(self) -> bool:
         return bool(self._by_id)
@@ -84,11 +94,15 @@ class KeyStore:
         actor: str | None = None,
     ) -> tuple[KeyInfo, str]:
         """Issue a key; return its info and the secret, which is never stored or shown again."""
+        if not name.strip() or len(name) > 200:
+            raise Invalid("name must be 1-200 characters", param="name")
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
-            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {scopes}")
+            raise Invalid(f"scopes must be some of {', '.join(SCOPES)}; got {scopes}", "scopes")
         if expires_at is not None and expires_at <= time.time():
-            raise ValueError("expires_at must be in the future (seconds since the Unix epoch)")
+            raise Invalid(
+                "expires_at must be in the future (seconds since the Unix epoch)", "expires_at"
+            )
         secret = KEY_PREFIX + secrets.token_urlsafe(24)  # 192 random bits
         key_id = "key_" + secrets.token_hex(8)
         event = KeyCreated(
@@ -98,10 +112,9 @@ class KeyStore:
             digest=key_digest(secret),
             expires_at=expires_at,
         )
-        [record] = await self._log.append(STREAM, [event], actor=actor)
+        [record] = await self._log.append(KEYS_STREAM, [event], actor=actor)
         self._apply(event, record.ts // 1_000_000)
-        info = self._by_id[key_id]
-        return info, secret
+        return self._by_id[key_id], secret
 
     async def revoke(self, key_id: str, *, actor: str | None = None) -> KeyInfo | None:
         info = self._by_id.get(key_id)
@@ -109,6 +122,6 @@ class KeyStore:
             return None
         if not info.revoked:
             event = KeyRevoked(key_id=key_id)
-            [record] = await self._log.append(STREAM, [event], actor=actor)
+            [record] = await self._log.append(KEYS_STREAM, [event], actor=actor)
             self._apply(event, record.ts // 1_000_000)
         return self._by_id[key_id]

@@ -12,8 +12,7 @@ import click
 import msgspec
 import trio
 
-from cuelog.http._auth import SCOPES
-from cuelog.http._keys import KeyInfo, KeyStore
+from cuelog.actors import SCOPES, Invalid, KeyInfo, KeyStore
 from cuelog.runtime import LogError, LogLocked, open_event_log
 
 T = TypeVar("T")
@@ -44,7 +43,7 @@ def _run(data_dir: Path, work: Callable[[KeyStore], Awaitable[T]], *, readonly: 
             err=True,
         )
         sys.exit(EXIT_USAGE)
-    except LogError as exc:
+    except (LogError, Invalid) as exc:
         click.echo(f"cuelog keys: {exc}", err=True)
         sys.exit(EXIT_USAGE)
 

@@ -2,37 +2,38 @@
 
 The claim is an append with expected version 0 to `idem:<sha256(scope, key)>`, so of many
 concurrent requests exactly one wins, whatever process or retry it comes from. A repeat with the
-same body gets the original run; with another body it is a 409.
+same request gets the original run; with another request it is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 import msgspec
 
+from cuelog.actors._errors import IdempotencyKeyReused, Invalid
 from cuelog.actors._events import DOMAIN_CODEC, RequestClaimed
-from cuelog.http._wire import ApiError
+from cuelog.actors._names import idempotency_stream
 from cuelog.runtime import NO_STREAM, EventLog, WrongExpectedVersion
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_LENGTH: Final = 255
 
 
 class Claim(msgspec.Struct, frozen=True):
+    """The run and session a key stands for; `repeated` when another request claimed it first."""
+
     run_id: str
     session_key: str
     repeated: bool
 
 
-def _stream(scope: str, key: str) -> str:
-    return "idem:" + hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()[:40]
+def request_digest(*parts: bytes) -> str:
+    """What a claim compares: the sha256 of the request's bytes."""
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-async def claim(
+async def claim_request(
     log: EventLog,
     *,
     scope: str,
@@ -44,8 +45,8 @@ async def claim(
 ) -> Claim:
     """Claim `key` for this request, or return the run of the request that claimed it first."""
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise ApiError(400, f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
-    stream = _stream(scope, key)
+        raise Invalid(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
+    stream = idempotency_stream(scope, key)
     event = RequestClaimed(body_digest=digest, route=route, run_id=run_id, session_key=session_key)
     try:
         await log.append(stream, [event], expected_version=NO_STREAM)
@@ -57,9 +58,7 @@ async def claim(
     original = DOMAIN_CODEC.decode(first.type, first.data)
     assert isinstance(original, RequestClaimed)
     if original.body_digest != digest or original.route != route:
-        raise ApiError(
-            409,
-            "this Idempotency-Key was already used with a different request body",
-            code="idempotency_key_reused",
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
         )
     return Claim(original.run_id, original.session_key, repeated=True)

@@ -1,0 +1,66 @@
+"""Request bodies of the cuelog API (the OpenAI ones are in `_openai.py`): decoded strictly, so
+an unknown field is a 400 naming it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from cuelog.actors import ApprovalPolicy, BusyPolicy
+
+
+class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    tools: list[str] | None = None
+    approval: ApprovalPolicy | None = None
+    tool_approval: dict[str, ApprovalPolicy] | None = None
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A new agent: its id and any AgentPatch fields (the rest take AgentSpec defaults)."""
+
+    id: str
+
+
+class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    message: str
+    session_key: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    mode: Literal["sync", "async"] = "sync"
+
+
+class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    label: str | None = None
+    metadata: dict[str, Any] | None = None
+    busy_policy: BusyPolicy | None = None
+
+
+class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    at_seq: int
+    agent_id: str | None = None
+
+
+class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    scopes: list[str]
+    expires_at: int | None = None
+
+
+class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    decision: Literal["approve", "deny"]
+    args_digest: str
+    reason: str = ""
+
+
+class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    dry_run: bool = False

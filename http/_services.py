@@ -1,0 +1,232 @@
+"""What every route uses: the domain, the log, settings, keys and limits, and the steps a run
+request shares (start a run, wait for it, stream its events)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import trio
+from quart import Response, request
+
+from cuelog.actors import (
+    ID_RULE,
+    TERMINAL,
+    ChatMessage,
+    Domain,
+    IdempotencyKey,
+    RunView,
+    Sent,
+    event_data,
+    is_valid_id,
+    request_digest,
+)
+from cuelog.http._auth import Authenticator, caller, principal
+from cuelog.http._config import Settings
+from cuelog.http._limits import StreamSlots, TokenBuckets
+from cuelog.http._metrics import Metrics
+from cuelog.http._schemas import EventOut
+from cuelog.http._wire import (
+    ApiError,
+    json_response,
+    query_int,
+    read_body,
+    sse_frame,
+    sse_response,
+    to_json,
+)
+from cuelog.runtime import CuelogError, EventLog, RecordedEvent
+
+T = TypeVar("T")
+
+_MAX_SEQ = 1 << 62
+
+
+class Services:
+    """The domain and the server's own state, shared by every route."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        log: EventLog,
+        settings: Settings,
+        auth: Authenticator,
+        anchor_key: bytes | None = None,
+    ) -> None:
+        self.domain = domain
+        self.log = log
+        self.settings = settings
+        self.auth = auth
+        self.anchor_key = anchor_key
+        self.started = time.monotonic()
+        self.stopping = False
+        server = settings.server
+        self.key_buckets = TokenBuckets(server.rate_limit, server.rate_burst)
+        self.ip_buckets = TokenBuckets(server.ip_rate_limit, server.rate_burst)
+        self.streams = StreamSlots(server.max_streams_per_key)
+        self.metrics = Metrics(self)
+
+    async def read(self, cls: type[T]) -> tuple[T, bytes]:
+        """The request body decoded as `cls`, and its raw bytes."""
+        return await read_body(cls, max_bytes=self.settings.server.max_body_bytes)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        route: str,
+        raw: bytes,
+        agent_id: str,
+        messages: list[ChatMessage],
+        session_key: str | None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Sent:
+        """Send the messages to the agent's session; an `Idempotency-Key` header makes a repeat
+        attach to the first request's run."""
+        who = principal()
+        if not is_valid_id(agent_id):
+            raise ApiError(404, f"no agent {agent_id!r}", param="model")
+        idem = request.headers.get("idempotency-key")
+        idempotency = None
+        if idem is not None:
+            idempotency = IdempotencyKey(
+                scope=who.key_id or "local",
+                key=idem,
+                route=route,
+                digest=request_digest(raw, (session_key or "").encode()),
+            )
+        return await self.domain.send(
+            agent_id,
+            messages,
+            session_key=session_key,
+            caller=who.caller(),
+            metadata=metadata,
+            idempotency=idempotency,
+        )
+
+    async def wait_for(self, run_id: str) -> RunView:
+        """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`
+        cancels the run."""
+        try:
+            return await self._wait_for(run_id)
+        except trio.Cancelled:  # the client went away
+            if cancel_on_disconnect():
+                await self.cancel_quietly(run_id)
+            raise
+
+    async def _wait_for(self, run_id: str) -> RunView:
+        timeout = self.settings.server.request_timeout
+        with trio.move_on_after(timeout):
+            view = await self.domain.wait_run(run_id, caller=caller())
+            if view.status not in TERMINAL:
+                raise ApiError(
+                    503,
+                    f"the server is shutting down; run {run_id} goes on after the restart: "
+                    f"follow /v1/runs/{run_id}/events",
+                    headers={"Retry-After": "5"},
+                )
+            return view
+        raise ApiError(
+            504,
+            f"run {run_id} did not finish within {timeout:g} s; "
+            f"follow it at /v1/runs/{run_id}/events",
+            code="timeout",
+        )
+
+    async def cancel_quietly(self, run_id: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(CuelogError):
+            await self.domain.cancel_run(run_id, reason="client disconnected")
+
+    # -- streams -------------------------------------------------------------------------------
+
+    def stream(
+        self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None
+    ) -> Response:
+        """An SSE response counted against the key's stream cap while it is open."""
+        slot = principal().key_id or "local"
+        if not self.streams.acquire(slot):
+            raise ApiError(
+                429,
+                f"this key already has {self.streams.per_key} streams open; close one",
+                headers={"Retry-After": "1"},
+            )
+
+        async def counted() -> AsyncIterator[bytes]:
+            try:
+                async for frame in frames:
+                    yield frame
+                if self.stopping:
+                    yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
+            finally:
+                self.streams.release(slot)
+
+        return sse_response(counted(), headers)
+
+
+# -- request helpers -------------------------------------------------------------------------------
+
+
+def cancel_on_disconnect() -> bool:
+    return request.headers.get("x-cuelog-on-disconnect", "").lower() == "cancel"
+
+
+def run_headers(sent: Sent) -> dict[str, str]:
+    return {"X-Run-Id": sent.run_id, "X-Session-Key": sent.session_key}
+
+
+def after_seq() -> int:
+    """Where a stream resumes: `Last-Event-ID`, else `?after=`, else the start."""
+    header = request.headers.get("last-event-id")
+    if header:
+        if not header.isdigit() or int(header) > _MAX_SEQ:
+            raise ApiError(400, "Last-Event-ID must be a log seq (a non-negative integer)")
+        return int(header)
+    return query_int("after", 0, hi=_MAX_SEQ)
+
+
+def wants_sse() -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+def event_json(event: RecordedEvent) -> bytes:
+    return to_json(
+        EventOut(
+            event.seq,
+            event.stream,
+            event.version,
+            event.type,
+            event.ts,
+            event.actor,
+            event.causation,
+            event.correlation,
+            event_data(event),
+            event.hash.hex(),
+            event.prev.hex(),
+        )
+    )
+
+
+def event_frame(event: RecordedEvent) -> bytes:
+    return sse_frame(event_json(event), event=event.type, id=event.seq)
+
+
+def event_page(events: list[RecordedEvent], limit: int) -> Response:
+    """A page of events: up to `limit` of them; `next_cursor` is the last seq if more follow."""
+    more = len(events) > limit
+    events = events[:limit]
+    body = b'{"data":[' + b",".join(event_json(e) for e in events) + b'],"next_cursor":'
+    body += (str(events[-1].seq).encode() if more and events else b"null") + b"}"
+    return json_response(body)
+
+
+def page_json(data: list[Any], next_cursor: str | None) -> Response:
+    return json_response(to_json({"data": data, "next_cursor": next_cursor}))
+
+
+def check_id(kind: str, value: str) -> str:
+    """`value` if it can name an agent, session or run; a 400 naming `kind` otherwise."""
+    if not is_valid_id(value):
+        raise ApiError(400, f"{kind} must be {ID_RULE}", param=kind)
+    return value

@@ -1,0 +1,127 @@
+"""Sessions: list, read, patch, delete, reset, fork, their events and their state at any seq."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from quart import Response, request
+
+from cuelog.actors import SessionView
+from cuelog.http._auth import Routes, caller
+from cuelog.http._bodies import ForkBody, SessionPatchBody
+from cuelog.http._schemas import Deleted, Session
+from cuelog.http._services import (
+    Services,
+    after_seq,
+    check_id,
+    event_frame,
+    event_page,
+    page_json,
+    wants_sse,
+)
+from cuelog.http._wire import ApiError, json_response, query_int, to_json
+
+
+def session_json(view: SessionView) -> Session:
+    return Session(
+        key=view.key,
+        object="session",
+        agent_id=view.agent_id,
+        label=view.label,
+        metadata=view.metadata,
+        busy_policy=view.busy_policy,
+        messages=view.messages,
+        current_run=view.current_run,
+        queued_runs=view.queued_runs,
+        recent_runs=view.recent_runs,
+        version=view.version,
+        parent_session=view.parent_session,
+        parent_seq=view.parent_seq,
+    )
+
+
+def register_session_routes(routes: Routes, services: Services) -> None:
+    domain = services.domain
+
+    @routes.add("/v1/sessions", ["GET"], "read")
+    async def list_sessions() -> Response:
+        """Sessions the key may see, filtered by agent, with cursor pagination."""
+        limit = query_int("limit", 50, lo=1, hi=500)
+        views, next_cursor = await domain.list_sessions(
+            caller=caller(),
+            agent_id=request.args.get("agent_id") or None,
+            after=request.args.get("cursor") or None,
+            limit=limit,
+        )
+        return page_json([session_json(v) for v in views], next_cursor)
+
+    @routes.add("/v1/sessions/<key>", ["GET"], "read")
+    async def get_session(key: str) -> Response:
+        """A session: its history, current and queued runs."""
+        return json_response(to_json(session_json(await domain.get_session(key, caller=caller()))))
+
+    @routes.add("/v1/sessions/<key>", ["PATCH"], "chat")
+    async def patch_session(key: str) -> Response:
+        """Change a session's label, metadata or busy policy."""
+        body, _ = await services.read(SessionPatchBody)
+        view = await domain.patch_session(
+            key,
+            caller=caller(),
+            label=body.label,
+            metadata=body.metadata,
+            busy_policy=body.busy_policy,
+        )
+        return json_response(to_json(session_json(view)))
+
+    @routes.add("/v1/sessions/<key>", ["DELETE"], "chat")
+    async def delete_session(key: str) -> Response:
+        """Delete a session (a tombstone event; its events stay in the log)."""
+        await domain.delete_session(key, caller=caller())
+        return json_response(to_json(Deleted(key=key, object="session", deleted=True)))
+
+    @routes.add("/v1/sessions/<key>/reset", ["POST"], "chat")
+    async def reset_session(key: str) -> Response:
+        """Empty a session's history (by an event; nothing is deleted from the log)."""
+        return json_response(
+            to_json(session_json(await domain.reset_session(key, caller=caller())))
+        )
+
+    @routes.add("/v1/sessions/<key>/events", ["GET"], "read")
+    async def session_events(key: str) -> Response:
+        """The session's own events: a JSON page, or SSE that follows new ones."""
+        after = after_seq()
+        if wants_sse():
+            events = await domain.follow_session(key, after_seq=after, caller=caller())
+
+            async def frames() -> AsyncIterator[bytes]:
+                async for event in events:
+                    yield event_frame(event)
+
+            return services.stream(frames())
+        limit = query_int("limit", 100, lo=1, hi=1000)
+        page = await domain.session_events(key, after_seq=after, limit=limit + 1, caller=caller())
+        return event_page(page, limit)
+
+    @routes.add("/v1/sessions/<key>/state", ["GET"], "read")
+    async def session_state(key: str) -> Response:
+        """The session's folded state as it was at `at_seq` (default: now)."""
+        await domain.get_session(key, caller=caller())
+        at_seq = query_int("at_seq", 0, lo=0) or None
+        state = domain.session_state_at(key, at_seq)
+        if not state.exists:
+            raise ApiError(404, f"session {key!r} did not exist at seq {at_seq}", param="at_seq")
+        return json_response(to_json({"key": key, "at_seq": at_seq, "state": state}))
+
+    @routes.add("/v1/sessions/<key>/fork", ["POST"], "chat")
+    async def fork_session(key: str) -> Response:
+        """A new session with this one's history at `at_seq`; its first event names the parent
+        session, seq and hash. The two continue independently."""
+        body, _ = await services.read(ForkBody)
+        if body.agent_id is not None:
+            await domain.get_agent(check_id("agent_id", body.agent_id))
+        if domain.session_state_at(key, body.at_seq).exists is False:
+            raise ApiError(
+                404, f"session {key!r} did not exist at seq {body.at_seq}", param="at_seq"
+            )
+        view = await domain.fork_session(key, body.at_seq, agent_id=body.agent_id, caller=caller())
+        return json_response(to_json(session_json(view)), 201)
