@@ -16,8 +16,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 
+# Serving needs only the runtime dependencies; a default editable install sees new files too.
 run: $(BIN)/python
-	@$(BIN)/python -c "import cuelog.http" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	@$(BIN)/python -c "import cuelog.cli" 2>/dev/null || $(BIN)/python -m pip install --quiet -e .
 	@echo "cuelog: serving http://$(HOST):$(PORT)  (data in $(DATA), model: echo)"
 	@echo "try:    curl -s http://$(HOST):$(PORT)/health"
 	$(BIN)/cuelog serve --host $(HOST) --port $(PORT) --data-dir $(DATA)

@@ -33,11 +33,13 @@ class ServerProcess:
         self.proc.wait(timeout=15)
 
 
-def start_server(data_dir: Path, *args: str, timeout: float = 20.0) -> ServerProcess:
+def start_server(
+    data_dir: Path, *args: str, timeout: float = 20.0, cuelog: str = CUELOG
+) -> ServerProcess:
     """Start `cuelog serve --port 0` and wait until it logs the URL it is serving on."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [CUELOG, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+        [cuelog, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
