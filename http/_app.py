@@ -75,8 +75,8 @@ from cuelog.http._wire import (
 from cuelog.runtime import (
     ActorStopped,
     CuelogError,
+    EventLog,
     IdempotencyConflict,
-    LmdbEventLog,
     LogClosed,
     MailboxFull,
     PayloadTooLarge,
@@ -99,7 +99,7 @@ class Services:
     def __init__(
         self,
         runtime: AgentRuntime,
-        log: LmdbEventLog,
+        log: EventLog,
         settings: Settings,
         auth: Authenticator,
         keys: KeyStore,
@@ -859,7 +859,7 @@ def _raise_for_run(view: RunView) -> None:
 
 
 async def _response_events(
-    log: LmdbEventLog, run_id: str, model: str, created: int
+    log: EventLog, run_id: str, model: str, created: int
 ) -> AsyncIterator[bytes]:
     """Responses API stream events for a run."""
 

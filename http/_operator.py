@@ -17,7 +17,7 @@ from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._keys import KeyStore
 from cuelog.http._schemas import Anchored, AuditHead
 from cuelog.http._wire import ApiError, json_response, query_int, sse_frame, sse_response, to_json
-from cuelog.runtime import CuelogError, LmdbEventLog, RecordedEvent
+from cuelog.runtime import CuelogError, EventLog, RecordedEvent
 
 logger = structlog.get_logger("cuelog.operator")
 
@@ -42,7 +42,7 @@ class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     dry_run: bool = False
 
 
-def emergency_stop_state(log: LmdbEventLog) -> bool:
+def emergency_stop_state(log: EventLog) -> bool:
     """Whether the last recorded emergency-stop change left runs refused."""
     version = log.stream_version(SYSTEM_STREAM)
     for record in reversed(log.read_stream(SYSTEM_STREAM, max(version - 50, 1))):
@@ -56,7 +56,7 @@ def emergency_stop_state(log: LmdbEventLog) -> bool:
 def register_operator_routes(
     routes: Routes,
     runtime: AgentRuntime,
-    log: LmdbEventLog,
+    log: EventLog,
     keys: KeyStore,
     read_body: Any,
     anchor_key: bytes | None,

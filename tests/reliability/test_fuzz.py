@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cuelog.actors._events import DOMAIN_CODEC, DOMAIN_EVENTS
-from cuelog.runtime import CuelogError, decode_record
+from cuelog.runtime import CuelogError
+from cuelog.runtime._envelope import decode_record
 
 EXAMPLES = int(os.environ.get("CUELOG_FUZZ_EXAMPLES", "200"))
 TYPES = sorted({cls.__struct_config__.tag for cls in DOMAIN_EVENTS if cls.__struct_config__.tag})
