@@ -29,8 +29,10 @@ from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
 from cuelog.runtime._errors import WrongExpectedVersion as WrongExpectedVersion
-from cuelog.runtime._lmdb import open_lmdb_event_log as open_event_log
 from cuelog.runtime._logging import configure_logging as configure_logging
+from cuelog.runtime._open import LogLocation as LogLocation
+from cuelog.runtime._open import open_event_log as open_event_log
+from cuelog.runtime._open import parse_log_location as parse_log_location
 from cuelog.runtime._protocol import EventLog as EventLog
 from cuelog.runtime._records import Anchor as Anchor
 from cuelog.runtime._records import Head as Head
@@ -63,6 +65,7 @@ __all__ = [
     "LogClosed",
     "LogError",
     "LogFormatError",
+    "LogLocation",
     "LogLocked",
     "LogStatistics",
     "MailboxFull",
@@ -78,4 +81,5 @@ __all__ = [
     "event_type",
     "open_actor_system",
     "open_event_log",
+    "parse_log_location",
 ]

@@ -19,7 +19,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
@@ -887,3 +887,59 @@ def prepare_copy_dest(dest: Path) -> None:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise LogError(f"{dest} exists and is not an empty directory; choose a new destination")
     dest.mkdir(parents=True, exist_ok=True)
+
+
+def write_data_dir(
+    dest: Path,
+    *,
+    log_id: bytes,
+    records: Iterable[tuple[RecordedEvent, bytes]],
+    idempotency: Mapping[str, tuple[int, int, bytes]],
+    snapshots: Mapping[str, tuple[int, bytes]],
+    anchor: Anchor | None,
+) -> None:
+    """Write an ordinary cuelog data dir holding exactly `records` (event, stored value) under
+    `log_id`, so another backend's log can be opened, verified and served by this one.
+
+    `idempotency` maps a key to (first seq, count, request digest).
+    """
+    records = list(records)
+    size = sum(len(value) for _, value in records) + sum(len(s) for _, s in snapshots.values())
+    try:
+        _write_data_dir(dest, log_id, records, idempotency, snapshots, anchor, size)
+    except lmdb.Error as exc:
+        raise LogError(f"cannot write a log into {dest}: {exc}") from exc
+
+
+def _write_data_dir(
+    dest: Path,
+    log_id: bytes,
+    records: list[tuple[RecordedEvent, bytes]],
+    idempotency: Mapping[str, tuple[int, int, bytes]],
+    snapshots: Mapping[str, tuple[int, bytes]],
+    anchor: Anchor | None,
+    size: int,
+) -> None:
+    # Room for the B-tree pages around the values; unused map space costs no disk.
+    env = lmdb.open(str(dest), map_size=max(64 << 20, 4 * size), max_dbs=8, readahead=False)
+    try:
+        with env.begin(write=True) as txn:
+            events, streams, idem, snaps, meta = (
+                env.open_db(name, txn=txn)
+                for name in (b"events", b"streams", b"idem", b"snapshots", b"meta")
+            )
+            txn.put(b"format", _U32.pack(FORMAT_VERSION), db=meta)
+            txn.put(b"log_id", log_id, db=meta)
+            if anchor is not None:
+                txn.put(b"anchor", msgspec.msgpack.encode(anchor), db=meta)
+            for event, value in records:
+                key = _U64.pack(event.seq)
+                txn.put(key, value, db=events, append=True)
+                txn.put(_stream_key(event.stream, event.version), key, db=streams)
+            for idem_key, (first_seq, count, digest) in idempotency.items():
+                txn.put(idem_key.encode(), _IDEM.pack(first_seq, count) + digest, db=idem)
+            for stream, (version, state) in snapshots.items():
+                txn.put(stream.encode(), _U32.pack(version) + state, db=snaps)
+        env.sync(True)
+    finally:
+        env.close()
