@@ -120,7 +120,7 @@ async def verify_rate(path: Path) -> tuple[float, float]:
     async with open_event_log(path, readonly=True) as log:
         opened = time.perf_counter() - started
         started = time.perf_counter()
-        report = log.verify_sync()
+        report = await log.verify()
         elapsed = time.perf_counter() - started
     assert report.ok, report
     return report.checked / elapsed, opened

@@ -1,7 +1,7 @@
 """`cuelog backup DATA_DIR DEST`: a consistent, verified copy of a log, beside a running server.
 
-LMDB's copy runs inside one read transaction, so the copy is the log exactly as it was at one
-commit; with `compact=True` free pages are left out. The copy is then verified on its own.
+The log's `copy_to` writes the log exactly as it was at one commit (LMDB: inside one read
+transaction, free pages left out). The copy is then verified on its own.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import click
-import lmdb
 import trio
 
 from cuelog.runtime import LogError, VerifyReport, open_event_log
@@ -24,28 +23,13 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-def copy_environment(data_dir: Path, dest: Path) -> None:
-    """Copy the LMDB environment in `data_dir` into the empty directory `dest`."""
-    # A read-only environment takes a reader slot in the server's lock table, never the writer
-    # lock, so the server keeps appending while the copy's read transaction pins one commit.
-    env = lmdb.open(
-        str(data_dir),
-        readonly=True,
-        lock=True,
-        max_dbs=8,
-        create=False,
-        subdir=True,
-        readahead=False,
-    )
-    try:
-        env.copy(str(dest), compact=True)
-    finally:
-        env.close()
-
-
-async def _verify_copy(dest: Path) -> VerifyReport:
-    async with open_event_log(dest, readonly=True) as log:
-        return log.verify_sync()
+async def _copy_and_verify(data_dir: Path, dest: Path) -> VerifyReport:
+    # A read-only open takes a reader slot, never the writer lock, so the server keeps appending
+    # while the copy pins one commit.
+    async with open_event_log(data_dir, readonly=True) as log:
+        await log.copy_to(dest)
+    async with open_event_log(dest, readonly=True) as copy:
+        return await copy.verify()
 
 
 def run_backup(data_dir: Path, dest: Path) -> int:
@@ -56,9 +40,8 @@ def run_backup(data_dir: Path, dest: Path) -> int:
     started = time.perf_counter()
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        copy_environment(data_dir, dest)
-        report = trio.run(_verify_copy, dest)
-    except (lmdb.Error, LogError, OSError) as exc:
+        report = trio.run(_copy_and_verify, data_dir, dest)
+    except (LogError, OSError) as exc:
         return _fail(f"copy of {data_dir} into {dest} failed: {exc}")
     seconds = time.perf_counter() - started
     size = (dest / "data.mdb").stat().st_size

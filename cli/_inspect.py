@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from cuelog.actors import (
     summary,
     timeline_events,
 )
-from cuelog.runtime import CuelogError, RecordedEvent, decode_record, open_event_log
+from cuelog.runtime import CuelogError, EventLog, RecordedEvent, StoredRecord, open_event_log
 
 _generic = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
@@ -217,14 +218,10 @@ async def _export(data_dir: Path, from_seq: int, to_seq: int | None) -> None:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
             out = sys.stdout
-            for seq, value in log.iter_raw():
-                if seq < from_seq:
-                    continue
-                if to_seq is not None and seq > to_seq:
-                    break
-                event = decode_record(value)
+            for record in _records(log, from_seq, to_seq):
+                event = record.event
                 line = {
-                    "seq": seq,
+                    "seq": record.seq,
                     "stream": event.stream,
                     "version": event.version,
                     "type": event.type,
@@ -233,8 +230,20 @@ async def _export(data_dir: Path, from_seq: int, to_seq: int | None) -> None:
                     "data": payload(event),
                     "prev": event.prev.hex(),
                     "hash": event.hash.hex(),
-                    "body": base64.b64encode(value[64:]).decode(),
+                    "body": base64.b64encode(record.body).decode(),
                 }
                 out.write(_json.encode(line).decode() + "\n")
     except CuelogError as exc:
         _fail(str(exc))
+
+
+def _records(log: EventLog, from_seq: int, to_seq: int | None) -> Iterator[StoredRecord]:
+    """Records from `from_seq` to `to_seq` (default: the head when the export started)."""
+    last = log.head().seq if to_seq is None else to_seq
+    after = max(from_seq, 1) - 1
+    while after < last:
+        page = log.read_records(after, min(1000, last - after))
+        if not page:
+            return
+        yield from page
+        after = page[-1].seq

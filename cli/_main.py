@@ -40,12 +40,19 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the event log lives [log.data_dir, ./data].",
 )
+@click.option(
+    "--log",
+    "log_url",
+    default=None,
+    help="The log as a location instead of --data-dir: lmdb:///path or memory: [log.url].",
+)
 @click.option("--api-key", default=None, help="Static admin API key [server.api_key].")
 def serve_command(
     config_file: Path | None,
     host: str | None,
     port: int | None,
     data_dir: Path | None,
+    log_url: str | None,
     api_key: str | None,
 ) -> None:
     """Serve the HTTP API: OpenAI-compatible chat, agents, sessions, wake, runs, events.
@@ -61,7 +68,7 @@ def serve_command(
             config_file,
             flags={
                 "server": {"host": host, "port": port, "api_key": api_key},
-                "log": {"data_dir": data_dir},
+                "log": {"data_dir": data_dir, "url": log_url},
             },
         )
         trio.run(serve, settings)

@@ -51,12 +51,12 @@ async def _verify(
     async with open_event_log(data_dir, readonly=True) as log:
         total = log.head().seq
         if not show_progress:
-            return log.verify_sync(anchor_key=key, anchor=anchor)
+            return await log.verify(anchor_key=key, anchor=anchor)
         with Progress(
             "verifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
         ) as bar:
             task = bar.add_task("verify", total=total)
-            return log.verify_sync(
+            return await log.verify(
                 anchor_key=key,
                 anchor=anchor,
                 progress=lambda done, _total: bar.update(task, completed=done),

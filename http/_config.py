@@ -43,6 +43,9 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: Path = Path("data")
+    # Where the log lives when it is not the LMDB data dir: `lmdb:///path` or `memory:` (a log
+    # that lives as long as the process, for tests and demos). Set, it wins over data_dir.
+    url: str | None = None
     sync: bool = True
     max_size: int = 1 << 40
     anchor_key_file: Path | None = None

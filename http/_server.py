@@ -139,7 +139,9 @@ async def serve(
     )
     async with (
         open_event_log(
-            settings.log.data_dir, sync=settings.log.sync, max_map_size=settings.log.max_size
+            settings.log.url or settings.log.data_dir,
+            sync=settings.log.sync,
+            max_map_size=settings.log.max_size,
         ) as event_log,
         open_domain(
             event_log,

@@ -14,6 +14,9 @@ from cuelog.runtime._actor_sourced import EventSourcedActor as EventSourcedActor
 from cuelog.runtime._codec import Event as Event
 from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
+from cuelog.runtime._envelope import NO_STREAM as NO_STREAM
+from cuelog.runtime._envelope import RawEvent as RawEvent
+from cuelog.runtime._envelope import decode_record as decode_record
 from cuelog.runtime._errors import ActorError as ActorError
 from cuelog.runtime._errors import ActorStopped as ActorStopped
 from cuelog.runtime._errors import CommandRejected as CommandRejected
@@ -27,17 +30,16 @@ from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
 from cuelog.runtime._errors import WrongExpectedVersion as WrongExpectedVersion
-from cuelog.runtime._lmdb import NO_STREAM as NO_STREAM
-from cuelog.runtime._lmdb import LmdbEventLog as LmdbEventLog
-from cuelog.runtime._lmdb import RawEvent as RawEvent
-from cuelog.runtime._lmdb import decode_record as decode_record
-from cuelog.runtime._lmdb import open_event_log as open_event_log
 from cuelog.runtime._logging import configure_logging as configure_logging
+from cuelog.runtime._open import LogLocation as LogLocation
+from cuelog.runtime._open import open_event_log as open_event_log
+from cuelog.runtime._open import parse_log_location as parse_log_location
 from cuelog.runtime._protocol import EventLog as EventLog
 from cuelog.runtime._records import Anchor as Anchor
 from cuelog.runtime._records import Head as Head
 from cuelog.runtime._records import LogStatistics as LogStatistics
 from cuelog.runtime._records import RecordedEvent as RecordedEvent
+from cuelog.runtime._records import StoredRecord as StoredRecord
 from cuelog.runtime._records import VerifyReport as VerifyReport
 
 __all__ = [
@@ -61,10 +63,10 @@ __all__ = [
     "EventSourcedActor",
     "Head",
     "IdempotencyConflict",
-    "LmdbEventLog",
     "LogClosed",
     "LogError",
     "LogFormatError",
+    "LogLocation",
     "LogLocked",
     "LogStatistics",
     "MailboxFull",
@@ -72,6 +74,7 @@ __all__ = [
     "RawEvent",
     "RecordedEvent",
     "StorageFull",
+    "StoredRecord",
     "TaskHandle",
     "VerifyReport",
     "WrongExpectedVersion",
@@ -80,4 +83,5 @@ __all__ = [
     "event_type",
     "open_actor_system",
     "open_event_log",
+    "parse_log_location",
 ]

@@ -8,137 +8,72 @@ Named databases in one LMDB environment (see docs/log-format.md):
     snapshots  stream utf-8                    -> u32be version || state bytes
     meta       b"format", b"log_id", b"anchor"
 
-`body` is the canonical msgpack array [seq, stream, version, type, ts, causation, correlation,
-actor, data] and `hash = sha256(prev || body)`, so the stored value from byte 32 on is exactly the
-hashed input: verification hashes stored bytes and never re-encodes anything.
+The record layout and hash rule are the backend-neutral envelope (`_envelope.py`): the stored
+value from byte 32 on is exactly the hashed input, so verification hashes stored bytes and never
+re-encodes anything.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import lmdb
 import msgspec
 import structlog
 import trio
 
-from cuelog.runtime._codec import Event, encode_payload, event_type
+from cuelog.runtime._codec import Event
+from cuelog.runtime._envelope import (
+    BODY_OFFSET,
+    HASH_SIZE,
+    RawEvent,
+    check_name,
+    decode_record,
+    encode_events,
+    encode_record,
+    genesis_hash,
+    now_us,
+    request_digest,
+)
 from cuelog.runtime._errors import (
     IdempotencyConflict,
     LogClosed,
     LogError,
     LogFormatError,
     LogLocked,
-    PayloadTooLarge,
     StorageFull,
     WrongExpectedVersion,
 )
+from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES
 from cuelog.runtime._records import (
-    HASH_SIZE,
     Anchor,
     Head,
     LogStatistics,
     Progress,
     RecordedEvent,
+    StoredRecord,
     VerifyReport,
 )
 
 log = structlog.get_logger("cuelog.log")
 
+T = TypeVar("T")
 FORMAT_VERSION: Final = 1
-NO_STREAM: Final = 0
-MAX_NAME_BYTES: Final = 255
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
-# What one subscriber holds at most while its consumer is slow: a lagging reader costs a cursor
-# and one small batch, never a growing buffer.
-SUBSCRIBER_BATCH_BYTES: Final = 64 << 10
-
-
-class RawEvent(msgspec.Struct, frozen=True):
-    """An event whose payload is already encoded: `data` is exactly one msgpack value."""
-
-    type: str
-    data: bytes
-
-
-class _Body(msgspec.Struct, array_like=True):
-    seq: int
-    stream: str
-    version: int
-    type: str
-    ts: int
-    causation: str | None
-    correlation: str | None
-    actor: str | None
-    data: msgspec.Raw
-
-
-_body_encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(_Body)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def genesis_hash(log_id: bytes) -> bytes:
-    return hashlib.sha256(log_id).digest()
 
 
 def _stream_key(stream: str, version: int) -> bytes:
     return stream.encode() + b"\x00" + _U32.pack(version)
-
-
-def decode_record(value: bytes) -> RecordedEvent:
-    """Decode a stored `events` value; raises LogFormatError on anything malformed."""
-    if len(value) <= 2 * HASH_SIZE:
-        raise LogFormatError("record is shorter than its two hashes")
-    try:
-        body = _body_decoder.decode(value[2 * HASH_SIZE :])
-    except msgspec.DecodeError as exc:
-        raise LogFormatError(f"record body is not a valid envelope: {exc}") from exc
-    return RecordedEvent(
-        seq=body.seq,
-        stream=body.stream,
-        version=body.version,
-        type=body.type,
-        ts=body.ts,
-        causation=body.causation,
-        correlation=body.correlation,
-        actor=body.actor,
-        data=bytes(body.data),
-        prev=bytes(value[HASH_SIZE : 2 * HASH_SIZE]),
-        hash=bytes(value[:HASH_SIZE]),
-    )
-
-
-_raw_decoder = msgspec.msgpack.Decoder(msgspec.Raw)
-
-
-def _check_msgpack(data: bytes) -> None:
-    """A raw payload is inlined into the envelope, so it must be exactly one msgpack value."""
-    try:
-        _raw_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"RawEvent.data is not one msgpack value: {exc}") from None
-
-
-def _check_name(kind: str, name: str) -> bytes:
-    raw = name.encode()
-    if not raw or len(raw) > MAX_NAME_BYTES or b"\x00" in raw:
-        raise ValueError(f"{kind} must be 1-{MAX_NAME_BYTES} bytes of UTF-8 without NUL")
-    return raw
 
 
 class _Append:
@@ -374,26 +309,12 @@ class LmdbEventLog:
         """
         if self._closed or self.readonly:
             raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        _check_name("stream", stream)
-        if not events:
-            raise ValueError("append needs at least one event")
-        encoded: list[tuple[str, bytes]] = []
-        for event in events:
-            if isinstance(event, RawEvent):
-                _check_msgpack(event.data)
-                item = (event.type, event.data)
-            else:
-                item = (event_type(type(event)), encode_payload(event))
-            if len(item[1]) > self.max_event_bytes:
-                raise PayloadTooLarge(len(item[1]), self.max_event_bytes)
-            encoded.append(item)
+        check_name("stream", stream)
+        encoded = encode_events(events, self.max_event_bytes)
         digest = b""
         if idempotency_key is not None:
-            _check_name("idempotency key", idempotency_key)
-            h = hashlib.sha256(stream.encode())
-            for type_name, data in encoded:
-                h.update(b"\x00" + type_name.encode() + b"\x00" + _U64.pack(len(data)) + data)
-            digest = h.digest()
+            check_name("idempotency key", idempotency_key)
+            digest = request_digest(stream, encoded)
         request = _Append(
             stream,
             encoded,
@@ -544,39 +465,23 @@ class LmdbEventLog:
                 for type_name, data in request.events:
                     seq += 1
                     current += 1
-                    body = _body_encoder.encode(
-                        _Body(
-                            seq,
-                            stream,
-                            current,
-                            type_name,
-                            ts,
-                            request.causation,
-                            request.correlation,
-                            request.actor,
-                            msgspec.Raw(data),
-                        )
+                    record, value = encode_record(
+                        seq,
+                        stream,
+                        current,
+                        type_name,
+                        ts,
+                        request.causation,
+                        request.correlation,
+                        request.actor,
+                        data,
+                        prev,
                     )
-                    digest = hashlib.sha256(prev + body).digest()
                     key = _U64.pack(seq)
-                    plan.events.append((key, digest + prev + body))
+                    plan.events.append((key, value))
                     plan.index.append((_stream_key(stream, current), key))
-                    records.append(
-                        RecordedEvent(
-                            seq=seq,
-                            stream=stream,
-                            version=current,
-                            type=type_name,
-                            ts=ts,
-                            causation=request.causation,
-                            correlation=request.correlation,
-                            actor=request.actor,
-                            data=data,
-                            prev=prev,
-                            hash=digest,
-                        )
-                    )
-                    prev = digest
+                    records.append(record)
+                    prev = record.hash
                 plan.versions[stream] = current
                 request.result = records
                 if request.idem is not None:
@@ -745,6 +650,28 @@ class LmdbEventLog:
         value = self._read(lambda txn: txn.get(_U64.pack(seq), db=self._events_db))
         return None if value is None else decode_record(value)
 
+    def read_records(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        """Like `read_all`, with each event's exact hashed body, for export."""
+
+        def run(txn: Any) -> list[StoredRecord]:
+            out: list[StoredRecord] = []
+            size = 0
+            cursor = txn.cursor(db=self._events_db)
+            if limit <= 0 or not cursor.set_range(_U64.pack(after_seq + 1)):
+                return out
+            for value in cursor.iternext(keys=False, values=True):
+                event = decode_record(value)
+                out.append(StoredRecord(event.seq, event, bytes(value[BODY_OFFSET:])))
+                size += len(value)
+                if len(out) >= limit or (max_bytes is not None and size >= max_bytes):
+                    break
+            return out
+
+        result: list[StoredRecord] = self._read(run)
+        return result
+
     def load_snapshot(self, stream: str) -> tuple[int, bytes] | None:
         value = self._read(lambda txn: txn.get(stream.encode(), db=self._snapshots_db))
         if value is None:
@@ -847,26 +774,6 @@ class LmdbEventLog:
         except msgspec.DecodeError:
             return Anchor(-1, b"", b"")
 
-    def verify_sync(
-        self,
-        *,
-        anchor_key: bytes | None = None,
-        anchor: Anchor | None = None,
-        progress: Progress | None = None,
-    ) -> VerifyReport:
-        """Walk the chain and the stream index; name the first bad seq and why."""
-        from cuelog.runtime._verify import verify_environment
-
-        return verify_environment(
-            self._env,
-            self._events_db,
-            self._streams_db,
-            genesis_hash(self._log_id),
-            anchor=anchor if anchor is not None else self.stored_anchor(),
-            anchor_key=anchor_key,
-            progress=progress,
-        )
-
     async def verify(
         self,
         *,
@@ -874,12 +781,39 @@ class LmdbEventLog:
         anchor: Anchor | None = None,
         progress: Progress | None = None,
     ) -> VerifyReport:
-        """`verify_sync` in a worker thread, so the event loop keeps serving."""
+        """Walk the chain and the stream index in a worker thread (the event loop keeps serving);
+        name the first bad seq and why."""
+        from cuelog.runtime._verify import verify_environment
+
+        if anchor is None:
+            anchor = self.stored_anchor()
+        genesis = genesis_hash(self._log_id)
+        return await self._in_reader_thread(
+            lambda: verify_environment(
+                self._env,
+                self._events_db,
+                self._streams_db,
+                genesis,
+                anchor=anchor,
+                anchor_key=anchor_key,
+                progress=progress,
+            )
+        )
+
+    async def copy_to(self, dest: Path) -> None:
+        """A compacted copy of the log as of one commit (LMDB copies inside one read txn), while
+        appends go on."""
+        prepare_copy_dest(dest)
+        try:
+            await self._in_reader_thread(lambda: self._env.copy(str(dest), compact=True))
+        except lmdb.Error as exc:
+            raise LogError(f"cannot copy the log into {dest}: {exc}") from exc
+
+    async def _in_reader_thread(self, fn: Callable[[], T]) -> T:
+        # LMDB forbids growing the map while a read txn is open: the writer waits for these.
         self._thread_readers += 1
         try:
-            return await trio.to_thread.run_sync(
-                lambda: self.verify_sync(anchor_key=anchor_key, anchor=anchor, progress=progress)
-            )
+            return await trio.to_thread.run_sync(fn)
         finally:
             self._thread_readers -= 1
             if not self._thread_readers:
@@ -901,15 +835,9 @@ class LmdbEventLog:
             subscribers=self._subscribers,
         )
 
-    def iter_raw(self) -> Iterator[tuple[int, bytes]]:
-        """(seq, stored value) for every event, for export and tools (one read txn)."""
-        with self._env.begin() as txn:
-            for key, value in txn.cursor(db=self._events_db):
-                yield _U64.unpack(key)[0], bytes(value)
-
 
 @asynccontextmanager
-async def open_event_log(
+async def open_lmdb_event_log(
     path: str | os.PathLike[str],
     *,
     readonly: bool = False,
@@ -920,7 +848,7 @@ async def open_event_log(
     clock: Callable[[], int] = now_us,
     commit_in_thread: bool = True,
 ) -> AsyncIterator[LmdbEventLog]:
-    """Open (or create) the log in `path`. Read-only opens work beside a running writer.
+    """Open (or create) the LMDB log in `path`. Read-only opens work beside a running writer.
 
     On exit, appends already queued are committed before the writer stops.
     """
@@ -952,3 +880,66 @@ async def open_event_log(
         committed.set()
         with suppress(lmdb.Error):
             event_log._close()
+
+
+def prepare_copy_dest(dest: Path) -> None:
+    """A copy goes into a new or empty directory, never over another log."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise LogError(f"{dest} exists and is not an empty directory; choose a new destination")
+    dest.mkdir(parents=True, exist_ok=True)
+
+
+def write_data_dir(
+    dest: Path,
+    *,
+    log_id: bytes,
+    records: Iterable[tuple[RecordedEvent, bytes]],
+    idempotency: Mapping[str, tuple[int, int, bytes]],
+    snapshots: Mapping[str, tuple[int, bytes]],
+    anchor: Anchor | None,
+) -> None:
+    """Write an ordinary cuelog data dir holding exactly `records` (event, stored value) under
+    `log_id`, so another backend's log can be opened, verified and served by this one.
+
+    `idempotency` maps a key to (first seq, count, request digest).
+    """
+    records = list(records)
+    size = sum(len(value) for _, value in records) + sum(len(s) for _, s in snapshots.values())
+    try:
+        _write_data_dir(dest, log_id, records, idempotency, snapshots, anchor, size)
+    except lmdb.Error as exc:
+        raise LogError(f"cannot write a log into {dest}: {exc}") from exc
+
+
+def _write_data_dir(
+    dest: Path,
+    log_id: bytes,
+    records: list[tuple[RecordedEvent, bytes]],
+    idempotency: Mapping[str, tuple[int, int, bytes]],
+    snapshots: Mapping[str, tuple[int, bytes]],
+    anchor: Anchor | None,
+    size: int,
+) -> None:
+    # Room for the B-tree pages around the values; unused map space costs no disk.
+    env = lmdb.open(str(dest), map_size=max(64 << 20, 4 * size), max_dbs=8, readahead=False)
+    try:
+        with env.begin(write=True) as txn:
+            events, streams, idem, snaps, meta = (
+                env.open_db(name, txn=txn)
+                for name in (b"events", b"streams", b"idem", b"snapshots", b"meta")
+            )
+            txn.put(b"format", _U32.pack(FORMAT_VERSION), db=meta)
+            txn.put(b"log_id", log_id, db=meta)
+            if anchor is not None:
+                txn.put(b"anchor", msgspec.msgpack.encode(anchor), db=meta)
+            for event, value in records:
+                key = _U64.pack(event.seq)
+                txn.put(key, value, db=events, append=True)
+                txn.put(_stream_key(event.stream, event.version), key, db=streams)
+            for idem_key, (first_seq, count, digest) in idempotency.items():
+                txn.put(idem_key.encode(), _IDEM.pack(first_seq, count) + digest, db=idem)
+            for stream, (version, state) in snapshots.items():
+                txn.put(stream.encode(), _U32.pack(version) + state, db=snaps)
+        env.sync(True)
+    finally:
+        env.close()

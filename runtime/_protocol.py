@@ -1,24 +1,39 @@
-"""The `EventLog` protocol: what every log backend offers. LMDB is the embedded one."""
+"""The `EventLog` protocol: what every log backend offers, and all that layers above may use.
+
+Backends (LMDB, in-memory) implement it; this module imports none of them, as pyeventsourcing's
+`persistence.py` imports no recorder.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Final, Protocol
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._lmdb import RawEvent
+from cuelog.runtime._envelope import RawEvent
 from cuelog.runtime._records import (
     Anchor,
     Head,
     LogStatistics,
     Progress,
     RecordedEvent,
+    StoredRecord,
     VerifyReport,
 )
+
+# What one subscriber holds at most while its consumer is slow: a lagging reader costs a cursor
+# and one small batch, never a growing buffer.
+SUBSCRIBER_BATCH_BYTES: Final = 64 << 10
 
 
 class EventLog(Protocol):
     """An append-only, hash-chained, totally ordered log of events in versioned streams."""
+
+    @property
+    def readonly(self) -> bool:
+        """Opened for reading only: appends, snapshots and anchors raise `LogClosed`."""
+        ...
 
     async def append(
         self,
@@ -53,6 +68,12 @@ class EventLog(Protocol):
 
     def read_event(self, seq: int) -> RecordedEvent | None: ...
 
+    def read_records(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        """Like `read_all`, each event with the exact body its hash covers (for export)."""
+        ...
+
     def subscribe(
         self, after_seq: int = 0, stream_prefix: str | None = None, *, batch: int = 256
     ) -> AsyncIterator[RecordedEvent]: ...
@@ -60,6 +81,10 @@ class EventLog(Protocol):
     def subscribe_stream(
         self, stream: str, after_version: int = 0, *, batch: int = 256
     ) -> AsyncIterator[RecordedEvent]: ...
+
+    def end_subscriptions(self) -> None:
+        """Make every subscriber return once it has caught up (a server shutting down)."""
+        ...
 
     def head(self) -> Head: ...
 
@@ -69,9 +94,9 @@ class EventLog(Protocol):
 
     async def anchor(self, key: bytes) -> Anchor: ...
 
-    def stored_anchor(self) -> Anchor | None: ...
-
-    def end_subscriptions(self) -> None: ...
+    def stored_anchor(self) -> Anchor | None:
+        """The last anchor `anchor` stored, as stored (a garbled one has seq -1)."""
+        ...
 
     async def verify(
         self,
@@ -79,6 +104,14 @@ class EventLog(Protocol):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
-    ) -> VerifyReport: ...
+    ) -> VerifyReport:
+        """Walk the chain and the stream index; name the first bad seq and why. Without
+        `anchor`, the stored anchor is checked (when `anchor_key` is given)."""
+        ...
+
+    async def copy_to(self, dest: Path) -> None:
+        """Write a consistent copy of the log, as of one commit, into `dest` (new or empty) as
+        an ordinary cuelog data dir with the same log id and the exact same records."""
+        ...
 
     def statistics(self) -> LogStatistics: ...

@@ -9,7 +9,6 @@ from typing import Protocol
 
 import msgspec
 
-HASH_SIZE = 32
 _U64 = struct.Struct(">Q")
 
 
@@ -31,6 +30,18 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: bytes
     prev: bytes
     hash: bytes
+
+
+class StoredRecord(msgspec.Struct, frozen=True):
+    """One event with the exact bytes its hash covers: `sha256(event.prev + body) == event.hash`.
+
+    `body` is the canonical msgpack envelope as stored (docs/log-format.md); an export of the same
+    events carries the same bodies and hashes from every backend.
+    """
+
+    seq: int
+    event: RecordedEvent
+    body: bytes
 
 
 class Head(msgspec.Struct, frozen=True):

@@ -1,4 +1,8 @@
-"""Walk an LMDB log's chain and stream index and name the first bad seq and why.
+"""Walk a log's chain and stream index and name the first bad seq and why, for every backend.
+
+A backend hands over its records as (u64be seq, stored record) pairs in seq order and its stream
+index as (stream || 0x00 || u32be version, u64be seq) pairs, the LMDB key layout; the rules and
+the reasons are the same whichever backend holds the bytes.
 
 The fast path touches each stored value once: one SHA-256 over the stored bytes from offset 32
 (exactly the hashed input), two 32-byte comparisons and a three-field msgpack read of the body's
@@ -12,11 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
-from cuelog.runtime._records import HASH_SIZE, Anchor, Progress, VerifyReport
+from cuelog.runtime._envelope import HASH_SIZE
+from cuelog.runtime._records import Anchor, Progress, VerifyReport
+
+Pairs = Iterable[tuple[bytes, bytes]]
+Lookup = Callable[[bytes], bytes | None]
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -48,31 +57,56 @@ def verify_environment(
     anchor_key: bytes | None,
     progress: Progress | None,
 ) -> VerifyReport:
+    """Verify an LMDB log inside one read txn, so the report describes one commit."""
     with env.begin() as txn:
-        total = int(txn.stat(events_db)["entries"])
-        checked = 0
-        try:
-            checked, fingerprint, hash_at_anchor = _walk_chain(
-                txn, events_db, genesis, total, anchor, progress
-            )
-            anchored = _check_anchor(anchor, anchor_key, checked, hash_at_anchor)
-            _check_index(txn, events_db, streams_db, checked, fingerprint)
-        except _Bad as bad:
-            return VerifyReport(
-                ok=False,
-                checked=checked or max(bad.seq - 1, 0),
-                head_seq=total,
-                first_bad_seq=bad.seq,
-                reason=bad.reason,
-            )
+        return verify_chain(
+            lambda: txn.cursor(db=events_db),
+            lambda: txn.cursor(db=streams_db),
+            lambda key: txn.get(key, db=events_db),
+            lambda key: txn.get(key, db=streams_db),
+            genesis,
+            int(txn.stat(events_db)["entries"]),
+            anchor=anchor,
+            anchor_key=anchor_key,
+            progress=progress,
+        )
+
+
+def verify_chain(
+    records: Callable[[], Pairs],
+    index: Callable[[], Pairs],
+    get_record: Lookup,
+    get_index: Lookup,
+    genesis: bytes,
+    total: int,
+    *,
+    anchor: Anchor | None,
+    anchor_key: bytes | None,
+    progress: Progress | None,
+) -> VerifyReport:
+    """`records` and `index` start a fresh walk each call (the slow pass walks them again)."""
+    checked = 0
+    try:
+        checked, fingerprint, hash_at_anchor = _walk_chain(
+            records(), genesis, total, anchor, progress
+        )
+        anchored = _check_anchor(anchor, anchor_key, checked, hash_at_anchor)
+        _check_index(records, index, get_record, get_index, checked, fingerprint)
+    except _Bad as bad:
+        return VerifyReport(
+            ok=False,
+            checked=checked or max(bad.seq - 1, 0),
+            head_seq=total,
+            first_bad_seq=bad.seq,
+            reason=bad.reason,
+        )
     if progress is not None:
         progress(checked, total)
     return VerifyReport(ok=True, checked=checked, head_seq=checked, anchored_seq=anchored)
 
 
 def _walk_chain(
-    txn: Any,
-    events_db: Any,
+    records: Pairs,
     genesis: bytes,
     total: int,
     anchor: Anchor | None,
@@ -88,7 +122,7 @@ def _walk_chain(
     expected = 1
     index_fp = 0
     pack32 = _U32.pack
-    for key, value in txn.cursor(db=events_db):
+    for key, value in records:
         if len(key) != 8 or len(value) <= 2 * HASH_SIZE:
             raise _Bad(expected, f"record after seq {expected - 1} is malformed")
         seq = unpack(key)[0]
@@ -125,10 +159,17 @@ def _diagnose_link(value: bytes, seq: int) -> str:
     return f"prev hash does not match seq {seq - 1} (an earlier event was removed or replaced)"
 
 
-def _check_index(txn: Any, events_db: Any, streams_db: Any, count: int, events_fp: int) -> None:
+def _check_index(
+    records: Callable[[], Pairs],
+    index: Callable[[], Pairs],
+    get_record: Lookup,
+    get_index: Lookup,
+    count: int,
+    events_fp: int,
+) -> None:
     index_fp = 0
     entries = 0
-    for key, seq_bytes in txn.cursor(db=streams_db):
+    for key, seq_bytes in index():
         if len(key) < 6 or len(seq_bytes) != 8:
             index_fp = -1
             break
@@ -136,15 +177,20 @@ def _check_index(txn: Any, events_db: Any, streams_db: Any, count: int, events_f
         entries += 1
     if entries == count and index_fp == events_fp:
         return
-    _find_bad_index_entry(txn, events_db, streams_db)
+    _find_bad_index_entry(records, index, get_record, get_index)
 
 
-def _find_bad_index_entry(txn: Any, events_db: Any, streams_db: Any) -> None:
-    for key, value in txn.cursor(db=events_db):
+def _find_bad_index_entry(
+    records: Callable[[], Pairs],
+    index: Callable[[], Pairs],
+    get_record: Lookup,
+    get_index: Lookup,
+) -> None:
+    for key, value in records():
         seq = _U64.unpack(key)[0]
         head = _head.decode(value[2 * HASH_SIZE :])
         index_key = head.stream.encode() + b"\x00" + _U32.pack(head.version)
-        found = txn.get(index_key, db=streams_db)
+        found = get_index(index_key)
         if found is None:
             raise _Bad(seq, f"stream index has no entry for {head.stream!r} v{head.version}")
         if found != key:
@@ -153,14 +199,14 @@ def _find_bad_index_entry(txn: Any, events_db: Any, streams_db: Any) -> None:
                 seq,
                 f"stream index maps {head.stream!r} v{head.version} to seq {other}, not {seq}",
             )
-    for key, seq_bytes in txn.cursor(db=streams_db):
+    for key, seq_bytes in index():
         if len(seq_bytes) != 8:
             raise _Bad(0, f"stream index entry {key!r} holds a malformed seq")
-        value = txn.get(seq_bytes, db=events_db)
+        record = get_record(seq_bytes)
         seq = _U64.unpack(seq_bytes)[0]
-        if value is None:
+        if record is None:
             raise _Bad(seq, f"stream index entry {key!r} points to a missing seq")
-        head = _head.decode(value[2 * HASH_SIZE :])
+        head = _head.decode(record[2 * HASH_SIZE :])
         if head.stream.encode() + b"\x00" + _U32.pack(head.version) != key:
             raise _Bad(seq, f"stream index entry {key!r} points to seq {seq}, another event's")
     raise _Bad(0, "the stream index does not match the events (an entry was added or changed)")

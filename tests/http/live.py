@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from cuelog.http._config import load_settings
@@ -47,14 +48,18 @@ class Live:
 
 @asynccontextmanager
 async def live_server(
-    data_dir: Path, *, api_key: str | None = API_KEY, **server: Any
+    data_dir: Path, *, api_key: str | None = API_KEY, backend: str = "lmdb", **server: Any
 ) -> AsyncIterator[Live]:
-    """Serve on a fresh port until the block ends, then shut down and wait for it."""
+    """Serve on a fresh port until the block ends, then shut down and wait for it.
+
+    `backend` is `lmdb` (the data dir) or `memory` (the in-memory log: the same API on another
+    `EventLog`)."""
     stop = trio.Event()
+    log = {"data_dir": data_dir, "url": "memory:" if backend == "memory" else None}
     settings = load_settings(
         None,
         environ={},
-        flags={"server": {"port": 0, "api_key": api_key, **server}, "log": {"data_dir": data_dir}},
+        flags={"server": {"port": 0, "api_key": api_key, **server}, "log": log},
     )
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
@@ -86,3 +91,7 @@ def frame_id(frame: bytes) -> int | None:
 
 def frame_data(frame: bytes) -> bytes:
     return b"\n".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
+
+
+# Tests that need no restart run against both log backends: the HTTP API must not depend on LMDB.
+on_every_backend = pytest.mark.parametrize("backend", ["lmdb", "memory"])

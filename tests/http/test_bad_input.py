@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.http.live import API_KEY, Live, live_server
+from tests.http.live import API_KEY, Live, live_server, on_every_backend
 
 JSON = {"Content-Type": "application/json"}
 CHAT = "/v1/chat/completions"
@@ -70,20 +70,22 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("path", "raw", "names"), INVALID)
+@on_every_backend
 async def test_invalid_body_is_400_naming_the_field(
-    tmp_path: Path, path: str, raw: bytes, names: str
+    tmp_path: Path, backend: str, path: str, raw: bytes, names: str
 ) -> None:
     """Malformed, mistyped, unknown or missing fields give 400 naming the field; no event."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await _unchanged(live, lambda: live.client.post(path, content=raw, headers=JSON))
         error = _assert_error(response, 400)
         assert error["type"] == "invalid_request_error"
         assert names == error["param"] or names in error["message"], error
 
 
-async def test_unknown_and_missing_fields_are_named_in_param(tmp_path: Path) -> None:
+@on_every_backend
+async def test_unknown_and_missing_fields_are_named_in_param(tmp_path: Path, backend: str) -> None:
     """Unknown and missing fields are named in error.param, with their path."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         unknown = await live.client.post(
             CHAT,
             json={"model": "default", "messages": [{"role": "user", "content": "x", "zz": 1}]},
@@ -94,9 +96,10 @@ async def test_unknown_and_missing_fields_are_named_in_param(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
-async def test_wrong_content_type_is_415(tmp_path: Path, content_type: str) -> None:
+@on_every_backend
+async def test_wrong_content_type_is_415(tmp_path: Path, backend: str, content_type: str) -> None:
     """A body that is not declared as JSON gives 415 and writes nothing."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         raw = b'{"model":"default","messages":' + USER + b"}"
         response = await _unchanged(
             live,
@@ -105,9 +108,10 @@ async def test_wrong_content_type_is_415(tmp_path: Path, content_type: str) -> N
         _assert_error(response, 415)
 
 
-async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+@on_every_backend
+async def test_body_over_the_limit_is_413(tmp_path: Path, backend: str) -> None:
     """A body over server.max_body_bytes gives 413, with or without a Content-Length."""
-    async with live_server(tmp_path / "data", max_body_bytes=2048) as live:
+    async with live_server(tmp_path / "data", backend=backend, max_body_bytes=2048) as live:
         raw = b'{"message":"' + b"x" * 4000 + b'"}'
         sized = await _unchanged(live, lambda: live.client.post(WAKE, content=raw, headers=JSON))
         _assert_error(sized, 413)
@@ -147,18 +151,22 @@ async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
         pytest.param("POST", "/v1/runs/run_ghost/cancel", None, id="cancel-run"),
     ],
 )
+@on_every_backend
 async def test_unknown_agent_session_or_run_is_404(
-    tmp_path: Path, method: str, path: str, body: Any
+    tmp_path: Path, backend: str, method: str, path: str, body: Any
 ) -> None:
     """Naming an agent, session or run that does not exist gives 404 and writes nothing."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await _unchanged(live, lambda: live.client.request(method, path, json=body))
         assert _assert_error(response, 404)["type"] == "not_found_error"
 
 
-async def test_unknown_agent_with_idempotency_key_writes_nothing(tmp_path: Path) -> None:
+@on_every_backend
+async def test_unknown_agent_with_idempotency_key_writes_nothing(
+    tmp_path: Path, backend: str
+) -> None:
     """A wake of a missing agent with an Idempotency-Key is a 404 that leaves the log unchanged."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await _unchanged(
             live,
             lambda: live.client.post(
@@ -177,10 +185,13 @@ async def test_unknown_agent_with_idempotency_key_writes_nothing(tmp_path: Path)
         pytest.param({"Authorization": f"Basic {API_KEY}"}, id="not-bearer"),
     ],
 )
-async def test_missing_or_bad_key_is_401(tmp_path: Path, headers: dict[str, str]) -> None:
+@on_every_backend
+async def test_missing_or_bad_key_is_401(
+    tmp_path: Path, backend: str, headers: dict[str, str]
+) -> None:
     """Without the right key every route but health answers 401 and writes nothing."""
     async with (
-        live_server(tmp_path / "data") as live,
+        live_server(tmp_path / "data", backend=backend) as live,
         httpx.AsyncClient(base_url=live.url, headers=headers) as anonymous,
     ):
         for method, path, body in [
@@ -202,9 +213,10 @@ async def test_missing_or_bad_key_is_401(tmp_path: Path, headers: dict[str, str]
         assert health.json() == {"status": "ok"}
 
 
-async def test_x_api_key_header_authenticates(tmp_path: Path) -> None:
+@on_every_backend
+async def test_x_api_key_header_authenticates(tmp_path: Path, backend: str) -> None:
     """The key also works in X-API-Key instead of Authorization: Bearer."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         async with httpx.AsyncClient(base_url=live.url, headers={"X-API-Key": API_KEY}) as other:
             response = await other.get("/v1/models")
         assert response.status_code == 200

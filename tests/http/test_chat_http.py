@@ -6,16 +6,17 @@ from pathlib import Path
 
 import msgspec
 
-from tests.http.live import frame_data, frame_id, live_server, sse_frames
+from tests.http.live import frame_data, frame_id, live_server, on_every_backend, sse_frames
 
 
 def _chat(text: str, *, stream: bool = False) -> dict[str, object]:
     return {"model": "default", "messages": [{"role": "user", "content": text}], "stream": stream}
 
 
-async def test_chat_answers_run_and_session_headers(tmp_path: Path) -> None:
+@on_every_backend
+async def test_chat_answers_run_and_session_headers(tmp_path: Path, backend: str) -> None:
     """A chat completion names its run and session in X-Run-Id and X-Session-Key, and both exist."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await live.client.post("/v1/chat/completions", json=_chat("hello there"))
         assert response.status_code == 200, response.text
         run_id = response.headers["x-run-id"]
@@ -26,9 +27,10 @@ async def test_chat_answers_run_and_session_headers(tmp_path: Path) -> None:
         assert run["session_key"] == session_key
 
 
-async def test_session_key_keeps_history_across_calls(tmp_path: Path) -> None:
+@on_every_backend
+async def test_session_key_keeps_history_across_calls(tmp_path: Path, backend: str) -> None:
     """With X-Session-Key the second call's session holds both turns: four messages."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         headers = {"X-Session-Key": "conv-1"}
         first = await live.client.post("/v1/chat/completions", json=_chat("one"), headers=headers)
         assert first.status_code == 200, first.text
@@ -45,10 +47,13 @@ async def test_session_key_keeps_history_across_calls(tmp_path: Path) -> None:
         ]
 
 
-async def test_chat_stream_frames_carry_log_seqs_and_end_with_done(tmp_path: Path) -> None:
+@on_every_backend
+async def test_chat_stream_frames_carry_log_seqs_and_end_with_done(
+    tmp_path: Path, backend: str
+) -> None:
     """A streamed chat joins to the non-stream text; ids are increasing log seqs; [DONE] is last."""
     words = " ".join(f"word{i}" for i in range(60))
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         plain = await live.client.post("/v1/chat/completions", json=_chat(words))
         streamed = await live.client.post("/v1/chat/completions", json=_chat(words, stream=True))
         assert streamed.headers["content-type"].startswith("text/event-stream")

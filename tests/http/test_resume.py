@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.http.live import Live, frame_id, live_server, sse_frames
+from tests.http.live import Live, frame_id, live_server, on_every_backend, sse_frames
 
 LONG = " ".join(f"w{i:03d}" for i in range(400))
 
@@ -46,9 +46,12 @@ def _up_to_last_id(received: bytes) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("query", ["", "?format=openai", "?format=openai&include_usage=true"])
-async def test_resume_with_last_event_id_is_byte_identical(tmp_path: Path, query: str) -> None:
+@on_every_backend
+async def test_resume_with_last_event_id_is_byte_identical(
+    tmp_path: Path, backend: str, query: str
+) -> None:
     """Frames before a drop plus frames after resuming with Last-Event-ID equal one full read."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         run_id = await _finished_run(live)
         url = f"/v1/runs/{run_id}/events{query}"
         full = (await live.client.get(url)).content
@@ -61,9 +64,10 @@ async def test_resume_with_last_event_id_is_byte_identical(tmp_path: Path, query
         assert kept + rest.content == full
 
 
-async def test_resume_with_after_query_matches_last_event_id(tmp_path: Path) -> None:
+@on_every_backend
+async def test_resume_with_after_query_matches_last_event_id(tmp_path: Path, backend: str) -> None:
     """`?after=SEQ` resumes exactly like `Last-Event-ID: SEQ`."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         run_id = await _finished_run(live)
         url = f"/v1/runs/{run_id}/events"
         full = (await live.client.get(url)).content
@@ -72,7 +76,8 @@ async def test_resume_with_after_query_matches_last_event_id(tmp_path: Path) -> 
         assert kept + by_query.content == full
 
 
-async def test_dropped_chat_stream_resumes_from_run_events(tmp_path: Path) -> None:
+@on_every_backend
+async def test_dropped_chat_stream_resumes_from_run_events(tmp_path: Path, backend: str) -> None:
     """A chat stream dropped mid-way is completed exactly by the run's openai-format events."""
     body = {
         "model": "default",
@@ -80,7 +85,7 @@ async def test_dropped_chat_stream_resumes_from_run_events(tmp_path: Path) -> No
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         full = (await live.client.post("/v1/chat/completions", json=body)).content
         received = b""
         async with live.client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -102,7 +107,10 @@ async def test_dropped_chat_stream_resumes_from_run_events(tmp_path: Path) -> No
         assert run["status"] == "completed"  # dropping the stream did not cancel the run
 
 
-async def test_run_events_openai_format_equals_the_chat_stream(tmp_path: Path) -> None:
+@on_every_backend
+async def test_run_events_openai_format_equals_the_chat_stream(
+    tmp_path: Path, backend: str
+) -> None:
     """GET /v1/runs/{id}/events?format=openai replays the chat stream byte for byte."""
     body = {
         "model": "default",
@@ -110,7 +118,7 @@ async def test_run_events_openai_format_equals_the_chat_stream(tmp_path: Path) -
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         streamed = await live.client.post("/v1/chat/completions", json=body)
         run_id = streamed.headers["x-run-id"]
         replay = await live.client.get(

@@ -7,12 +7,15 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.http.live import frame_data, live_server, sse_frames
+from tests.http.live import frame_data, live_server, on_every_backend, sse_frames
 
 
-async def test_sync_wake_answers_content_run_session_and_usage(tmp_path: Path) -> None:
+@on_every_backend
+async def test_sync_wake_answers_content_run_session_and_usage(
+    tmp_path: Path, backend: str
+) -> None:
     """A sync wake answers the reply, its run id, a new session key and the usage."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await live.client.post("/v1/agents/default/wake", json={"message": "ping me"})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -24,11 +27,13 @@ async def test_sync_wake_answers_content_run_session_and_usage(tmp_path: Path) -
         assert session["recent_runs"] == [body["run_id"]]
 
 
+@on_every_backend
 async def test_async_wake_answers_202_and_its_events_url_runs_to_completion(
     tmp_path: Path,
+    backend: str,
 ) -> None:
     """An async wake answers 202 at once; following events_url ends with RunCompleted."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         response = await live.client.post(
             "/v1/agents/default/wake",
             json={"message": "later please", "mode": "async", "session_key": "s-async"},
@@ -45,9 +50,10 @@ async def test_async_wake_answers_202_and_its_events_url_runs_to_completion(
         assert run["status"] == "completed"
 
 
-async def test_same_idempotency_key_twice_gives_one_run(tmp_path: Path) -> None:
+@on_every_backend
+async def test_same_idempotency_key_twice_gives_one_run(tmp_path: Path, backend: str) -> None:
     """Repeating a wake with the same Idempotency-Key returns the first run; the log has one run."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         headers = {"Idempotency-Key": "order-42"}
         body = {"message": "do it once"}
         first = await live.client.post("/v1/agents/default/wake", json=body, headers=headers)
@@ -59,9 +65,10 @@ async def test_same_idempotency_key_twice_gives_one_run(tmp_path: Path) -> None:
         assert await live.count_events("RunStarted", "run:") == 1
 
 
-async def test_idempotency_key_with_another_body_is_409(tmp_path: Path) -> None:
+@on_every_backend
+async def test_idempotency_key_with_another_body_is_409(tmp_path: Path, backend: str) -> None:
     """The same Idempotency-Key with a different body is a 409 and starts nothing."""
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         headers = {"Idempotency-Key": "order-43"}
         first = await live.client.post(
             "/v1/agents/default/wake", json={"message": "a"}, headers=headers
@@ -77,10 +84,13 @@ async def test_idempotency_key_with_another_body_is_409(tmp_path: Path) -> None:
         assert await live.count_events("RunStarted", "run:") == 1
 
 
-async def test_twenty_concurrent_requests_with_one_key_make_one_run(tmp_path: Path) -> None:
+@on_every_backend
+async def test_twenty_concurrent_requests_with_one_key_make_one_run(
+    tmp_path: Path, backend: str
+) -> None:
     """Twenty concurrent wakes sharing an Idempotency-Key all get the same single run."""
     rounds = 5  # the race is not lost every time; more rounds make a loss likelier
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         for round_number in range(rounds):
             answers: list[httpx.Response] = []
 
@@ -103,10 +113,13 @@ async def test_twenty_concurrent_requests_with_one_key_make_one_run(tmp_path: Pa
         assert await live.count_events("MessageAccepted", "session:") == rounds
 
 
-async def test_idempotent_chat_completion_returns_the_same_completion(tmp_path: Path) -> None:
+@on_every_backend
+async def test_idempotent_chat_completion_returns_the_same_completion(
+    tmp_path: Path, backend: str
+) -> None:
     """A chat completion repeated with its Idempotency-Key answers the original run."""
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
-    async with live_server(tmp_path / "data") as live:
+    async with live_server(tmp_path / "data", backend=backend) as live:
         headers = {"Idempotency-Key": "chat-1"}
         first = await live.client.post("/v1/chat/completions", json=body, headers=headers)
         second = await live.client.post("/v1/chat/completions", json=body, headers=headers)

@@ -11,7 +11,7 @@ import sys
 import msgspec
 import trio
 
-from cuelog.runtime import LmdbEventLog, RawEvent, open_event_log
+from cuelog.runtime import EventLog, RawEvent, open_event_log
 
 TASKS = 6
 
@@ -23,7 +23,7 @@ def payload(stream: str, version: int) -> bytes:
     )
 
 
-async def append_forever(log: LmdbEventLog, stream: str, task: int) -> None:
+async def append_forever(log: EventLog, stream: str, task: int) -> None:
     version = 0
     while True:
         size = 1 + (version + task) % 3

@@ -54,7 +54,7 @@ async def check_log(path: Path, acked: list[tuple[int, str, int]]) -> None:
             assert (event.stream, event.version) == (stream, version)
             assert event.data == payload(stream, version)
         head = log.head()
-        report = log.verify_sync()
+        report = await log.verify()
         assert report.ok, report
         assert report.checked == head.seq
         everything = log.read_all(limit=head.seq + 1)

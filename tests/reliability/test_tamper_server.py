@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from cuelog.runtime import Anchor, RecordedEvent, VerifyReport, decode_record, open_event_log
+from cuelog.runtime import Anchor, RecordedEvent, VerifyReport, open_event_log
 from tests.support import CUELOG, start_server
 from tests.tamper import Raw, tampered
 
@@ -71,7 +71,7 @@ def serve_round(data: Path, config: Path, messages: list[str]) -> dict[str, Any]
 def read_events(data: Path) -> list[RecordedEvent]:
     async def read() -> list[RecordedEvent]:
         async with open_event_log(data, readonly=True) as log:
-            return [decode_record(value) for _, value in log.iter_raw()]
+            return log.read_all(limit=log.head().seq)
 
     return trio.run(read)
 
@@ -214,7 +214,7 @@ def test_a_wrong_streams_index_entry_is_caught(written: Written, copy: Path) -> 
 def verify_with(data: Path, **kwargs: Any) -> VerifyReport:
     async def run() -> VerifyReport:
         async with open_event_log(data, readonly=True) as log:
-            return log.verify_sync(**kwargs)
+            return await log.verify(**kwargs)
 
     return trio.run(run)
 

@@ -19,8 +19,8 @@ from cuelog.runtime import (
     CommandRejected,
     Event,
     EventCodec,
+    EventLog,
     EventSourcedActor,
-    LmdbEventLog,
     RecordedEvent,
     open_actor_system,
     open_event_log,
@@ -127,7 +127,7 @@ class Gated:
 @asynccontextmanager
 async def running(
     path: Path, config: ActorConfig | None = None, **kinds: ActorFactory
-) -> AsyncIterator[tuple[LmdbEventLog, ActorSystem]]:
+) -> AsyncIterator[tuple[EventLog, ActorSystem]]:
     """A real LMDB log (commits inline, no fsync: fast and deterministic) and a system on it."""
     async with (
         open_event_log(path / "log", sync=False, commit_in_thread=False) as log,

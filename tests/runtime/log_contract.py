@@ -8,6 +8,7 @@ start with `Test`, so it is never collected on its own.
 from __future__ import annotations
 
 import abc
+import hashlib
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from cuelog.runtime import (
     EventCodec,
     EventLog,
     IdempotencyConflict,
+    LogError,
     LogFormatError,
     PayloadTooLarge,
     RawEvent,
     RecordedEvent,
     WrongExpectedVersion,
     event_type,
+    open_event_log,
 )
 
 GUARD_SECONDS = 10  # only reached when a test is failing (a lost wake-up would hang otherwise)
@@ -405,3 +408,84 @@ class EventLogContract(abc.ABC):
             progress: list[tuple[int, int]] = []
             await log.verify(progress=lambda done, total: progress.append((done, total)))
             assert progress[-1] == (6, 6)
+
+    async def test_records_carry_the_exact_hashed_bytes(self, tmp_path: Path) -> None:
+        """read_records gives each event with the body its hash covers: sha256(prev+body)=hash."""
+        async with self.open_log(tmp_path / "log") as log:
+            assert not log.readonly
+            await log.append("a", [Said(text="hi"), raw([1, "x"])], actor="who")
+            await log.append("b", [raw(None)], causation="c", correlation="r")
+            records = log.read_records()
+            assert [r.event for r in records] == log.read_all()
+            for record in records:
+                event = record.event
+                assert record.seq == event.seq
+                assert hashlib.sha256(event.prev + record.body).digest() == event.hash
+                fields = msgspec.msgpack.decode(record.body)
+                assert fields[:8] == [
+                    event.seq,
+                    event.stream,
+                    event.version,
+                    event.type,
+                    event.ts,
+                    event.causation,
+                    event.correlation,
+                    event.actor,
+                ]
+                assert msgspec.msgpack.encode(fields[8]) == event.data
+            assert [r.seq for r in log.read_records(1, 1)] == [2]
+            assert log.read_records(0, 0) == []
+            assert log.read_records(3) == []
+
+    async def test_copy_to_writes_a_data_dir_that_verifies(self, tmp_path: Path) -> None:
+        """copy_to writes an ordinary data dir: same head, records, keys, snapshots and anchor."""
+        key = b"k" * 32
+        async with self.open_log(tmp_path / "log") as log:
+            first = await log.append("s", [raw(1), raw(2)], idempotency_key="idem")
+            await log.append("t", [Said(text="x")])
+            await log.save_snapshot("s", 2, b"folded")
+            anchor = await log.anchor(key)
+            head = log.head()
+            records = log.read_records()
+            await log.copy_to(tmp_path / "copy")
+            await log.append("s", [raw(3)])  # after the copy: not in it
+            with pytest.raises(LogError, match="not an empty directory"):
+                await log.copy_to(tmp_path / "copy")
+        async with open_event_log(tmp_path / "copy", readonly=True) as copy:
+            report = await copy.verify(anchor_key=key)
+            assert (report.ok, report.checked, report.anchored_seq) == (True, 3, 3)
+            assert copy.head() == head
+            assert copy.read_records() == records
+            assert copy.stored_anchor() == anchor
+            assert copy.load_snapshot("s") == (2, b"folded")
+        async with open_event_log(tmp_path / "copy") as copy:
+            assert await copy.append("s", [raw(1), raw(2)], idempotency_key="idem") == first
+            [next_event] = await copy.append("s", [raw(3)], expected_version=2)
+            assert (next_event.seq, next_event.prev) == (4, head.hash)
+
+    async def test_end_subscriptions_ends_waiting_subscribers(self, tmp_path: Path) -> None:
+        """After end_subscriptions, subscribers deliver what is committed, then return."""
+        async with self.open_log(tmp_path / "log") as log:
+            await log.append("s", [raw(1), raw(2)])
+            await log.append("t", [raw(3)])
+            everything: list[RecordedEvent] = []
+            one_stream: list[RecordedEvent] = []
+
+            async def follow_all() -> None:
+                async for event in log.subscribe():
+                    everything.append(event)
+
+            async def follow_stream() -> None:
+                async for event in log.subscribe_stream("s"):
+                    one_stream.append(event)
+
+            with trio.fail_after(GUARD_SECONDS):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow_all)
+                    nursery.start_soon(follow_stream)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert (seqs(everything), seqs(one_stream)) == ([1, 2, 3], [1, 2])
+                    log.end_subscriptions()
+                late: list[RecordedEvent] = [e async for e in log.subscribe(1)]
+            assert seqs(late) == [2, 3]
+            assert log.statistics().subscribers == 0

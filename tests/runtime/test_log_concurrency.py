@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from cuelog.runtime import LmdbEventLog, RecordedEvent, open_event_log
+from cuelog.runtime import EventLog, RecordedEvent, open_event_log
 from tests.runtime.log_contract import GUARD_SECONDS, raw, seqs
 
 APPENDERS = 48
@@ -21,7 +21,7 @@ async def test_concurrent_appenders_keep_order_and_leave_no_gaps(tmp_path: Path)
     rng = random.Random(4)
     sizes = {i: [rng.randint(1, 3) for _ in range(APPENDS_EACH)] for i in range(APPENDERS)}
 
-    async def appender(log: LmdbEventLog, me: int) -> None:
+    async def appender(log: EventLog, me: int) -> None:
         for n, size in enumerate(sizes[me]):
             own = f"appender-{me}"
             by_appender[me].append(
@@ -63,7 +63,7 @@ async def test_an_append_cancelled_before_the_writer_takes_it_is_dropped(tmp_pat
     """Cancelled while still queued, an append writes nothing and its neighbours still land."""
     landed: dict[int, list[RecordedEvent]] = {}
 
-    async def append(log: LmdbEventLog, i: int, cancel_first: bool) -> None:
+    async def append(log: EventLog, i: int, cancel_first: bool) -> None:
         with trio.CancelScope() as scope:
             if cancel_first:
                 scope.cancel()  # delivered at the append's first wait: still in the queue
@@ -88,7 +88,7 @@ async def test_an_append_cancelled_mid_commit_lands_whole(tmp_path: Path) -> Non
     returned: dict[int, list[RecordedEvent]] = {}
     scopes: list[trio.CancelScope] = []
 
-    async def append(log: LmdbEventLog, i: int) -> None:
+    async def append(log: EventLog, i: int) -> None:
         with trio.CancelScope() as scope:
             scopes.append(scope)
             returned[i] = await log.append(f"s{i}", [raw(i)] * 3, idempotency_key=f"k{i}")
@@ -122,7 +122,7 @@ async def test_cancelling_appenders_at_random_moments_never_breaks_the_writer(
     rng = random.Random(7)
     acked: dict[str, list[RecordedEvent]] = {}
 
-    async def append(log: LmdbEventLog, scope: trio.CancelScope, stream: str, size: int) -> None:
+    async def append(log: EventLog, scope: trio.CancelScope, stream: str, size: int) -> None:
         with scope:
             acked[stream] = await log.append(stream, [raw(stream)] * size)
 

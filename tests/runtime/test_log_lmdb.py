@@ -21,7 +21,6 @@ import trio.testing
 
 from cuelog.runtime import (
     EventLog,
-    LmdbEventLog,
     LogClosed,
     LogFormatError,
     LogLocked,
@@ -29,6 +28,7 @@ from cuelog.runtime import (
     StorageFull,
     open_event_log,
 )
+from cuelog.runtime._lmdb import LmdbEventLog, open_lmdb_event_log
 from tests.runtime.log_contract import GUARD_SECONDS, EventLogContract, raw, seqs
 
 WRITER_PROCESS = Path(__file__).with_name("_writer_process.py")
@@ -204,7 +204,7 @@ async def test_a_killed_writer_leaves_the_lock_free(tmp_path: Path) -> None:
     writer.proc.wait(timeout=GUARD_SECONDS)
     async with open_event_log(path) as log:
         assert seqs(log.read_all()) == [1, 2, 3]
-        assert log.verify_sync().ok
+        assert (await log.verify()).ok
 
 
 async def test_a_readonly_open_beside_a_writer_sees_new_commits(tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ async def test_a_readonly_open_beside_a_writer_sees_new_commits(tmp_path: Path) 
             assert followed == [1, 2, 3, 4, 5]
             assert reader.head().seq == 5
             assert reader.stream_version("child") == 5
-            assert reader.verify_sync().ok
+            assert (await reader.verify()).ok
             with pytest.raises(LogClosed, match="read-only"):
                 await reader.append("s", [raw(1)])
     finally:
@@ -311,7 +311,7 @@ async def test_the_map_grows_instead_of_failing(tmp_path: Path) -> None:
         assert log.head().seq == 100
     async with open_event_log(path, readonly=True, initial_map_size=64 << 10) as log:
         assert all(event.data == chunk.data for event in log.read_all())
-        assert log.verify_sync().ok
+        assert (await log.verify()).ok
 
 
 async def test_a_full_log_keeps_its_data_and_keeps_reading(tmp_path: Path) -> None:
@@ -328,11 +328,11 @@ async def test_a_full_log_keeps_its_data_and_keeps_reading(tmp_path: Path) -> No
         assert seqs(log.read_all()) == landed
         assert all(event.data == chunk.data for event in log.read_stream("s"))
         assert log.stream_version("s") == len(landed)
-        assert log.verify_sync().ok
+        assert (await log.verify()).ok
         [small] = await log.append("s", [raw(1)])  # what still fits goes on
         assert (small.seq, small.version) == (len(landed) + 1, len(landed) + 1)
     async with open_event_log(path, readonly=True) as log:
-        assert log.verify_sync().checked == len(landed) + 1
+        assert (await log.verify()).checked == len(landed) + 1
 
 
 async def test_a_snapshot_is_stored_when_save_snapshot_returns(
@@ -341,7 +341,7 @@ async def test_a_snapshot_is_stored_when_save_snapshot_returns(
     """save_snapshot returns only once its own write has committed, even mid group commit."""
     gate = threading.Event()
     seen: list[tuple[int, bytes] | None] = []
-    async with open_event_log(tmp_path / "log") as log:
+    async with open_lmdb_event_log(tmp_path / "log") as log:
         write = log._write
 
         def gated_write(plan: Any) -> None:

@@ -224,7 +224,7 @@ class LogModel(RuleBasedStateMachine):
 
     @rule()
     def verify(self) -> None:
-        report = self.log.read(self.log.log.verify_sync)
+        report = self.log.call(self.log.log.verify)
         assert (report.ok, report.checked) == (True, len(self.order))
 
 

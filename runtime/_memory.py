@@ -1,0 +1,372 @@
+"""The in-memory event log: the same chain, envelope bytes and semantics as LMDB, no disk.
+
+Like pyeventsourcing's POPO recorder, it exists so unit tests (and throwaway runs) get a real log
+at memory speed. It keeps each record twice: the `RecordedEvent` readers get without decoding, and
+the exact stored bytes (hash || prev || body) that verify, export and `copy_to` use, so an export
+or a copy is byte-for-byte what LMDB would have written for the same events.
+
+Appends are applied one at a time on the trio thread; there is no writer task to batch them
+because there is no fsync to share.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import final
+
+import trio
+
+from cuelog.runtime._codec import Event
+from cuelog.runtime._envelope import (
+    BODY_OFFSET,
+    RawEvent,
+    check_name,
+    encode_events,
+    encode_record,
+    genesis_hash,
+    request_digest,
+)
+from cuelog.runtime._errors import IdempotencyConflict, LogClosed, WrongExpectedVersion
+from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
+from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES
+from cuelog.runtime._records import (
+    Anchor,
+    Head,
+    LogStatistics,
+    Progress,
+    RecordedEvent,
+    StoredRecord,
+    VerifyReport,
+)
+from cuelog.runtime._verify import verify_chain
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+
+@final
+class MemoryEventLog:
+    """A log held in this process's memory. Open it with `open_event_log("memory:")`."""
+
+    readonly = False
+
+    def __init__(self, *, max_event_bytes: int, clock: Callable[[], int]) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._clock = clock
+        self._log_id = os.urandom(16)
+        self._genesis = genesis_hash(self._log_id)
+        self._closed = False
+        self._subscriptions_ended = False
+        self._committed = trio.Event()
+        # seq n is at index n - 1 of both lists.
+        self._events: list[RecordedEvent] = []
+        self._values: list[bytes] = []
+        self._streams: dict[str, list[int]] = {}  # stream -> seq of each version, in order
+        self._names: list[bytes] = []  # stream names, sorted by UTF-8 bytes (LMDB key order)
+        self._idem: dict[str, tuple[int, int, bytes]] = {}  # key -> first seq, count, digest
+        self._snapshots: dict[str, tuple[int, bytes]] = {}
+        self._anchor: Anchor | None = None
+        self._subscribers = 0
+        self._appends = 0
+        self._batches = 0
+        self._conflicts = 0
+        self._replays = 0
+
+    # -- appending -----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | RawEvent],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Append events to a stream and return them as recorded (see `EventLog.append`)."""
+        self._check_open()
+        check_name("stream", stream)
+        encoded = encode_events(events, self.max_event_bytes)
+        digest = b""
+        if idempotency_key is not None:
+            check_name("idempotency key", idempotency_key)
+            digest = request_digest(stream, encoded)
+        # A cancelled append writes nothing: the only checkpoint comes before the write.
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._appends += 1
+        if idempotency_key is not None:
+            stored = self._idem.get(idempotency_key)
+            if stored is not None:
+                first_seq, count, original = stored
+                if original != digest:
+                    self._conflicts += 1
+                    raise IdempotencyConflict(idempotency_key)
+                self._replays += 1
+                return self._events[first_seq - 1 : first_seq - 1 + count]
+        seqs = self._streams.get(stream)
+        current = len(seqs) if seqs is not None else 0
+        if expected_version is not None and expected_version != current:
+            self._conflicts += 1
+            raise WrongExpectedVersion(stream, expected_version, current)
+        if seqs is None:
+            seqs = self._streams[stream] = []
+            bisect.insort(self._names, stream.encode())
+        ts = self._clock()
+        seq = len(self._events)
+        prev = self._events[-1].hash if self._events else self._genesis
+        records: list[RecordedEvent] = []
+        for type_name, data in encoded:
+            seq += 1
+            current += 1
+            record, value = encode_record(
+                seq, stream, current, type_name, ts, causation, correlation, actor, data, prev
+            )
+            self._events.append(record)
+            self._values.append(value)
+            seqs.append(seq)
+            records.append(record)
+            prev = record.hash
+        if idempotency_key is not None:
+            self._idem[idempotency_key] = (records[0].seq, len(records), digest)
+        self._batches += 1
+        self._wake_subscribers()
+        return records
+
+    async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
+        """Store a snapshot of a stream's folded state (not part of the chain)."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._snapshots[stream] = (version, bytes(state))
+
+    async def anchor(self, key: bytes) -> Anchor:
+        """Seal the current head with `key`, keep the seal and return it."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        head = self.head()
+        self._anchor = Anchor.seal(key, head.seq, head.hash, self._clock())
+        return self._anchor
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosed("the log is closed")
+
+    def _wake_subscribers(self) -> None:
+        committed, self._committed = self._committed, trio.Event()
+        committed.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 when it has no events)."""
+        return len(self._streams.get(stream, ()))
+
+    def read_stream(
+        self,
+        stream: str,
+        from_version: int = 1,
+        *,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RecordedEvent]:
+        """The stream's events from `from_version` on (see `EventLog.read_stream`)."""
+        seqs = self._streams.get(stream, [])
+        start = max(from_version, 1) - 1
+        stop = len(seqs) if limit is None else min(len(seqs), start + max(limit, 0))
+        return self._take((seq - 1 for seq in seqs[start:stop]), max_bytes)
+
+    def list_streams(self, prefix: str, *, after: str | None = None, limit: int = 100) -> list[str]:
+        """Names of streams starting with `prefix`, in byte order, after `after` (a cursor)."""
+        raw_prefix = prefix.encode()
+        names = self._names
+        i = bisect.bisect_left(names, raw_prefix)
+        if after is not None:
+            i = max(i, bisect.bisect_right(names, after.encode()))
+        out: list[str] = []
+        while i < len(names) and len(out) < limit and names[i].startswith(raw_prefix):
+            out.append(names[i].decode())
+            i += 1
+        return out
+
+    def read_all(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events with seq > `after_seq`, in order (see `EventLog.read_all`)."""
+        start = max(after_seq, 0)
+        stop = min(len(self._events), start + max(limit, 0))
+        return self._take(range(start, stop), max_bytes)
+
+    def _take(self, indexes: Iterator[int] | range, max_bytes: int | None) -> list[RecordedEvent]:
+        # Stop once `max_bytes` of stored records are read, as LMDB does (but take at least one).
+        if max_bytes is None:
+            return [self._events[i] for i in indexes]
+        out: list[RecordedEvent] = []
+        size = 0
+        for i in indexes:
+            out.append(self._events[i])
+            size += len(self._values[i])
+            if size >= max_bytes:
+                break
+        return out
+
+    def read_event(self, seq: int) -> RecordedEvent | None:
+        return self._events[seq - 1] if 0 < seq <= len(self._events) else None
+
+    def read_records(
+        self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        """Like `read_all`, with each event's exact hashed body, for export."""
+        return [
+            StoredRecord(event.seq, event, self._values[event.seq - 1][BODY_OFFSET:])
+            for event in self.read_all(after_seq, limit, max_bytes=max_bytes)
+        ]
+
+    def load_snapshot(self, stream: str) -> tuple[int, bytes] | None:
+        return self._snapshots.get(stream)
+
+    def head(self) -> Head:
+        """The last committed seq and hash."""
+        if not self._events:
+            return Head(0, self._genesis)
+        return Head(len(self._events), self._events[-1].hash)
+
+    def stored_anchor(self) -> Anchor | None:
+        return self._anchor
+
+    # -- following -----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, after_seq: int = 0, stream_prefix: str | None = None, *, batch: int = 256
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event after `after_seq` (optionally only streams with a prefix), then each new
+        one as it is appended. The subscriber pulls by seq: lagging costs no memory."""
+        cursor = after_seq
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
+
+        async for event in self._follow(next_batch):
+            cursor = event.seq
+            if stream_prefix is None or event.stream.startswith(stream_prefix):
+                yield event
+
+    async def subscribe_stream(
+        self, stream: str, after_version: int = 0, *, batch: int = 256
+    ) -> AsyncIterator[RecordedEvent]:
+        """One stream's events after `after_version`, then each new one as it is appended."""
+        version = after_version
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.read_stream(
+                stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
+            )
+
+        async for event in self._follow(next_batch):
+            version = event.version
+            yield event
+
+    async def _follow(
+        self, next_batch: Callable[[], list[RecordedEvent]]
+    ) -> AsyncIterator[RecordedEvent]:
+        self._subscribers += 1
+        try:
+            while True:
+                committed = self._committed
+                events = next_batch()
+                for event in events:
+                    yield event
+                if events:
+                    # Reading a list never blocks: give other tasks a turn between batches.
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if self._closed or self._subscriptions_ended:
+                    return
+                await committed.wait()
+        finally:
+            self._subscribers -= 1
+
+    def end_subscriptions(self) -> None:
+        """Make every subscriber return once it has caught up (a server shutting down)."""
+        self._subscriptions_ended = True
+        self._wake_subscribers()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wake_subscribers()
+
+    # -- verification and copies ---------------------------------------------------------------
+
+    async def verify(
+        self,
+        *,
+        anchor_key: bytes | None = None,
+        anchor: Anchor | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Walk the stored bytes of the chain and the stream index, as LMDB's verify does."""
+        await trio.lowlevel.checkpoint()
+        count = len(self._values)
+        values = self._values
+        index = {
+            stream.encode() + b"\x00" + _U32.pack(version): _U64.pack(seq)
+            for stream, seqs in self._streams.items()
+            for version, seq in enumerate(seqs, 1)
+        }
+
+        def get_record(key: bytes) -> bytes | None:
+            seq = _U64.unpack(key)[0] if len(key) == 8 else 0
+            return values[seq - 1] if 0 < seq <= count else None
+
+        return verify_chain(
+            lambda: ((_U64.pack(i + 1), values[i]) for i in range(count)),
+            lambda: iter(index.items()),
+            get_record,
+            index.get,
+            self._genesis,
+            count,
+            anchor=anchor if anchor is not None else self._anchor,
+            anchor_key=anchor_key,
+            progress=progress,
+        )
+
+    async def copy_to(self, dest: Path) -> None:
+        """Write the log as it is now into `dest` as an ordinary LMDB data dir (same log id,
+        same records), so it can be opened, verified and served like any other."""
+        count = len(self._events)
+        # Copies taken now: appends that land while the thread writes are not in this copy.
+        records = list(zip(self._events[:count], self._values[:count], strict=True))
+        idem = {k: v for k, v in self._idem.items() if v[0] <= count}
+        snapshots = dict(self._snapshots)
+        anchor = self._anchor
+        prepare_copy_dest(dest)
+        await trio.to_thread.run_sync(
+            lambda: write_data_dir(
+                dest,
+                log_id=self._log_id,
+                records=records,
+                idempotency=idem,
+                snapshots=snapshots,
+                anchor=anchor,
+            )
+        )
+
+    def statistics(self) -> LogStatistics:
+        return LogStatistics(
+            head_seq=len(self._events),
+            appends=self._appends,
+            events_appended=len(self._events),
+            batches=self._batches,
+            largest_batch=min(self._batches, 1),  # every append is its own commit
+            commit_seconds_total=0.0,
+            conflicts=self._conflicts,
+            idempotent_replays=self._replays,
+            map_size=0,  # nothing is mapped; the metric is LMDB's
+            pending=0,
+            subscribers=self._subscribers,
+        )

@@ -1,0 +1,95 @@
+"""Where a log lives, and opening it: a data dir path, `lmdb:///abs/path` or `memory:`.
+
+Layers above name a log by location and get an `EventLog`; which backend serves it is decided
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+from cuelog.runtime._envelope import now_us
+from cuelog.runtime._errors import LogError
+from cuelog.runtime._lmdb import open_lmdb_event_log
+from cuelog.runtime._memory import MemoryEventLog
+from cuelog.runtime._protocol import EventLog
+
+_LATER = ("postgresql", "postgres")
+
+
+class LogLocation(msgspec.Struct, frozen=True):
+    """A parsed log location: the backend and, for LMDB, its data dir."""
+
+    backend: Literal["lmdb", "memory"]
+    path: Path | None = None
+
+
+def parse_log_location(location: str | os.PathLike[str]) -> LogLocation:
+    """Read a data dir path, `lmdb:///abs/path` or `memory:`; raise `LogError` for the rest."""
+    if not isinstance(location, str):
+        return LogLocation("lmdb", Path(location))
+    if location.startswith("memory:"):
+        if location != "memory:":
+            raise LogError(f"a memory log is named exactly 'memory:', not {location!r}")
+        return LogLocation("memory")
+    if "://" not in location:
+        return LogLocation("lmdb", Path(location))  # a data dir, even one with a colon
+    url = urlsplit(location)
+    scheme = url.scheme.lower()
+    if scheme == "lmdb":
+        if url.netloc or not url.path.startswith("/") or url.query or url.fragment:
+            raise LogError(f"an LMDB log URL is lmdb:///absolute/path, not {location!r}")
+        return LogLocation("lmdb", Path(unquote(url.path)))
+    if scheme in _LATER:
+        raise LogError(f"{scheme} logs are not supported yet: use a data dir or memory:")
+    # Only the scheme is named: a URL may carry a password.
+    raise LogError(f"unknown log scheme {scheme!r}: use a data dir, lmdb:///path or memory:")
+
+
+@asynccontextmanager
+async def open_event_log(
+    location: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    sync: bool = True,
+    initial_map_size: int = 64 << 20,
+    max_map_size: int = 1 << 40,
+    max_event_bytes: int = 1 << 20,
+    clock: Callable[[], int] = now_us,
+    commit_in_thread: bool = True,
+) -> AsyncIterator[EventLog]:
+    """Open (or create) the log at `location` (see `parse_log_location`).
+
+    LMDB: read-only opens work beside a running writer; on exit, appends already queued are
+    committed before the writer stops. Memory: a new empty log that lives until exit; the
+    LMDB-only options (sync, map sizes, commit_in_thread) do not apply.
+    """
+    where = parse_log_location(location)
+    if where.backend == "memory":
+        if readonly:
+            raise LogError("a memory: log starts empty, so opening it read-only makes no sense")
+        memory = MemoryEventLog(max_event_bytes=max_event_bytes, clock=clock)
+        try:
+            yield memory
+        finally:
+            memory._close()
+        return
+    assert where.path is not None
+    async with open_lmdb_event_log(
+        where.path,
+        readonly=readonly,
+        sync=sync,
+        initial_map_size=initial_map_size,
+        max_map_size=max_map_size,
+        max_event_bytes=max_event_bytes,
+        clock=clock,
+        commit_in_thread=commit_in_thread,
+    ) as lmdb_log:
+        yield lmdb_log
