@@ -3,7 +3,8 @@
 Every actor has an address `(kind, id)` and a stream `f"{kind}:{id}"` in the event log. The
 system spawns an actor on its first message, runs it as one trio task handling one message at a
 time, passivates it when idle (it is forgotten; the next message rehydrates it from the latest
-snapshot plus later events) and restarts it from its log state when a handler raises.
+snapshot plus later events) and restarts it from its log state when a handler raises. How an
+event-sourced actor's commands become events and its state is loaded is `cuelog.runtime._sourcing`.
 
 Invariants the code relies on (trio is cooperative, so "synchronous" means "atomic"):
 
@@ -28,25 +29,16 @@ import outcome
 import structlog
 import trio
 
-from cuelog.runtime._actor_sourced import ACTOR_FAILED, ActorFailed, EventSourcedActor
-from cuelog.runtime._codec import Event
-from cuelog.runtime._errors import (
-    ActorStopped,
-    CommandRejected,
-    LogError,
-    MailboxFull,
-    WrongExpectedVersion,
-)
+from cuelog.runtime._actor_sourced import ActorFailed, EventSourcedActor
+from cuelog.runtime._errors import ActorStopped, CommandRejected, LogError, MailboxFull
 from cuelog.runtime._protocol import EventLog
-from cuelog.runtime._records import RecordedEvent
+from cuelog.runtime._sourcing import SourcingEngine
 
 logger = structlog.get_logger("cuelog.actor")
 
 Address: TypeAlias = tuple[str, str]
 _ERROR_TEXT_LIMIT = 200
-_REPLAY_PAGE = 1000
 _MAX_STREAM_BYTES = 255
-_state_encoder = msgspec.msgpack.Encoder()
 
 
 class ActorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,7 +155,6 @@ class _Cell:
         "queue",
         "room",
         "snapshot_version",
-        "stale",
         "stop_reason",
         "stop_requested",
         "stream",
@@ -186,7 +177,6 @@ class _Cell:
         self.failures: deque[float] = deque()
         self.incarnation = 0
         self.snapshot_version = 0
-        self.stale = False
         self.stop_requested = False
         self.stop_reason = ""
         self.closed = False
@@ -384,9 +374,8 @@ class ActorSystem:
         self._spawned = 0
         self._passivated = 0
         self._failures = 0
+        self._sourcing = SourcingEngine(log, config.snapshot_every)
         self._restarts = 0
-        self._events_replayed = 0
-        self._snapshots_saved = 0
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -431,8 +420,8 @@ class ActorSystem:
             asks_in_flight=self._asks,
             failures=self._failures,
             restarts=self._restarts,
-            events_replayed=self._events_replayed,
-            snapshots_saved=self._snapshots_saved,
+            events_replayed=self._sourcing.events_replayed,
+            snapshots_saved=self._sourcing.snapshots_saved,
         )
 
     # -- delivery -------------------------------------------------------------------------------
@@ -556,11 +545,7 @@ class ActorSystem:
         actor = self._factories[cell.address[0]](cell.ctx)
         cell.actor = actor
         if isinstance(actor, EventSourcedActor):
-            self._load(cell, actor)
-            repairs = await actor.on_rehydrated(actor.state)
-            if repairs:
-                await self._record(cell, actor, repairs)
-            await self._maybe_snapshot(cell, actor)
+            await self._sourcing.rehydrate(cell, actor)
 
     async def _serve(self, cell: _Cell) -> None:
         actor = cell.actor
@@ -577,7 +562,7 @@ class ActorSystem:
                 await cell.wait()
                 continue
             if sourced:
-                await self._run_commands(cell, actor)  # type: ignore[arg-type]
+                await self._sourcing.run_commands(cell, actor)  # type: ignore[arg-type]
             else:
                 await self._run_message(cell, actor)  # type: ignore[arg-type]
 
@@ -645,159 +630,6 @@ class ActorSystem:
         else:
             env.reply(value)
         cell.current = ()
-
-    async def _run_commands(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
-        """Decide every queued command in order against the evolving state, append all their
-        events in one write, then reply: one commit per batch instead of one per command."""
-        if cell.stale:
-            self._load(cell, actor)
-        envs = cell.take()
-        if not envs:
-            return
-        # One append records one actor (who caused the events): a batch stops where it changes.
-        who = actor.actor_of(envs[0].msg)
-        for index in range(1, len(envs)):
-            if actor.actor_of(envs[index].msg) != who:
-                cell.push_back(envs[index:])
-                envs = envs[:index]
-                break
-        cell.current = envs
-        retried = False
-        while True:
-            decided, failure = await self._decide(actor, envs)
-            if failure is not None:
-                cell.push_back(envs[failure[0] + 1 :])
-                envs = envs[: failure[0] + 1]
-                cell.current = envs
-            events = [event for _, events_, _, _ in decided for event in events_]
-            recorded: list[RecordedEvent] = []
-            if events:
-                # Any other append error fails the actor and every command in `cell.current`.
-                try:
-                    recorded = await self.log.append(
-                        cell.stream, events, expected_version=actor._version, actor=who
-                    )
-                except WrongExpectedVersion as exc:
-                    # Someone else wrote to the stream: catch up and decide again, once.
-                    self._load(cell, actor)
-                    if not retried:
-                        retried = True
-                        continue
-                    for env, _, _, _ in decided:
-                        env.fail(exc)
-                    decided = []
-            break
-        if decided and recorded:
-            actor._state = decided[-1][2]
-            actor._version = recorded[-1].version
-        position = 0
-        for env, events_, state, rejected in decided:
-            mine = recorded[position : position + len(events_)]
-            position += len(events_)
-            if env.task is None:
-                if rejected is not None:
-                    logger.debug("command rejected", actor=cell.stream, reason=str(rejected))
-                continue
-            if rejected is not None:
-                env.fail(rejected)
-                continue
-            try:
-                value = actor.reply(state, env.msg, mine)
-            except Exception as exc:
-                env.fail(exc)
-            else:
-                env.reply(value)
-        cell.current = ()
-        if actor._version - cell.snapshot_version >= self.config.snapshot_every > 0:
-            await self._maybe_snapshot(cell, actor)
-        if failure is not None:
-            cell.current = envs[-1:]
-            raise failure[1]
-
-    async def _decide(
-        self, actor: EventSourcedActor[Any], envs: list[_Envelope]
-    ) -> tuple[
-        list[tuple[_Envelope, Sequence[Event], Any, CommandRejected | None]],
-        tuple[int, Exception] | None,
-    ]:
-        """Each command's events and the state after them; stop at the first failure."""
-        state = actor._state
-        decided: list[tuple[_Envelope, Sequence[Event], Any, CommandRejected | None]] = []
-        for index, env in enumerate(envs):
-            try:
-                events = await actor.decide(state, env.msg)
-                after = state
-                for event in events:
-                    after = actor.evolve(after, event)
-            except CommandRejected as exc:
-                decided.append((env, (), state, exc))
-                continue
-            except Exception as exc:
-                return decided, (index, exc)
-            decided.append((env, events, after, None))
-            state = after
-        return decided, None
-
-    async def _record(
-        self, cell: _Cell, actor: EventSourcedActor[Any], events: Sequence[Event]
-    ) -> None:
-        state = actor.state
-        for event in events:
-            state = actor.evolve(state, event)
-        recorded = await self.log.append(cell.stream, events, expected_version=actor._version)
-        actor._state = state
-        actor._version = recorded[-1].version
-
-    # -- state from the log ---------------------------------------------------------------------
-
-    def _load(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
-        """Fold the actor's stream from its latest snapshot into `actor.state`."""
-        cls = type(actor)
-        if not hasattr(cls, "codec") or not hasattr(cls, "_state_decoder"):
-            raise TypeError(
-                f"{cls.__qualname__} must declare `codec` and a state type "
-                "(EventSourcedActor[StateStruct] or `state_type`)"
-            )
-        state: Any = None
-        version = 0
-        snapshot = self.log.load_snapshot(cell.stream)
-        if snapshot is not None:
-            try:
-                state = cls._state_decoder.decode(snapshot[1])
-                version = snapshot[0]
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                # The state's shape changed since the snapshot: replay the whole stream.
-                logger.warning("snapshot unreadable, replaying", actor=cell.stream)
-                state = None
-        if state is None:
-            state = actor.initial_state()
-        cell.snapshot_version = version
-        codec = cls.codec
-        while True:
-            page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
-            for record in page:
-                if record.type != ACTOR_FAILED:
-                    state = actor.evolve(state, codec.decode(record.type, record.data))
-                version = record.version
-            self._events_replayed += len(page)
-            if len(page) < _REPLAY_PAGE:
-                break
-        actor._state = state
-        actor._version = version
-        cell.stale = False
-
-    async def _maybe_snapshot(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
-        every = self.config.snapshot_every
-        version = actor._version
-        if not every or version - cell.snapshot_version < every:
-            return
-        try:
-            await self.log.save_snapshot(cell.stream, version, _state_encoder.encode(actor.state))
-        except LogError as exc:
-            logger.warning("snapshot not saved", actor=cell.stream, error=str(exc))
-            return
-        cell.snapshot_version = version
-        self._snapshots_saved += 1
 
     # -- background tasks -----------------------------------------------------------------------
 

@@ -23,7 +23,8 @@
 
     system.register("counter", Counter)
 
-The kernel (`cuelog.runtime._actor`) owns the loading, appending, snapshotting and supervision;
+The kernel (`cuelog.runtime._actor`) owns mailboxes and supervision, the engine
+(`cuelog.runtime._sourcing`) the loading, deciding, appending and snapshotting;
 this module only declares what an actor author writes.
 """
 
