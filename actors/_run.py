@@ -332,9 +332,13 @@ class RunActor(EventSourcedActor[RunState]):
                 return []
         raise TypeError(f"run actor cannot handle {type(command).__name__}")
 
-    def reply(self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
+    def after_commit(
+        self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
+    ) -> None:
         if recorded:
             self._after(state, recorded)
+
+    def reply(self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
         if isinstance(command, Record):
             return None
         return self.view(state)

@@ -354,7 +354,6 @@ class SessionActor(EventSourcedActor[SessionState]):
         return events
 
     def reply(self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
-        self._effects(state, command, recorded)
         match command:
             case Send(run_id=run_id):
                 return Sent(self.ctx.id, run_id, queued=state.current_run != run_id)
@@ -364,7 +363,7 @@ class SessionActor(EventSourcedActor[SessionState]):
     def view(self, state: SessionState) -> SessionView:
         return session_view(self.ctx.id, state, self.version)
 
-    def _effects(
+    def after_commit(
         self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]
     ) -> None:
         """Start and cancel runs once the events that ask for it are durable."""

@@ -18,6 +18,7 @@ from cuelog.actors._events import (
     ToolCallCompleted,
     ToolCallFailed,
 )
+from cuelog.actors._run import StartRun
 from tests.actors.domain_support import (
     CALCULATOR,
     ScriptedModel,
@@ -31,6 +32,24 @@ from tests.actors.domain_support import (
     user,
     wait_for_event,
 )
+
+
+async def test_told_start_runs_the_run(tmp_path: Path) -> None:
+    """A run started by a tell (nobody waits for the reply) is driven to its answer: its effects
+    run after the commit as an ask's do."""
+    async with runtime_at(tmp_path / "log", make_env()) as rt:
+        start = StartRun(
+            session_key="told",
+            agent_id="default",
+            owner=None,
+            spec=AgentSpec(name="default"),
+            messages=[user("told hello")],
+        )
+        await rt.system.ref("run", "told-run").tell(start)
+        with trio.fail_after(10):
+            await wait_for_event(rt.log, "run:told-run", "RunCompleted")
+        view = await rt.get_run("told-run")
+        assert (view.status, view.content) == ("completed", "Echo: told hello")
 
 
 async def test_plain_reply_records_events_in_order(tmp_path: Path) -> None:
