@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from cuelog.actors._agent import AgentActor
+from cuelog.actors._commands import CancelRun, StartRun
 from cuelog.actors._errors import ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -41,11 +42,9 @@ from cuelog.actors._messages import ToolCall, ToolSpec
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._run import (
     TERMINAL_EVENTS,
-    CancelRun,
     DecideApproval,
     RunActor,
     RunEnvironment,
-    StartRun,
 )
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry

@@ -13,12 +13,24 @@ import collections
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
 import trio
 
+from cuelog.actors._commands import (
+    ADMIN,
+    Caller,
+    CancelRun,
+    GetRun,
+    RunDone,
+    StartRun,
+    caller_actor,
+)
+from cuelog.actors._commands import (
+    RunView as RunView,  # noqa: PLC0414 (re-exported: http/ imports it from here)
+)
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -39,15 +51,12 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState, caller_actor
+from cuelog.actors._names import SESSION, TERMINAL
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import ActorError, ActorStopped, Event, RecordedEvent
 from cuelog.runtime._actor import ActorContext, ActorSystem, TaskHandle
 from cuelog.runtime._actor_sourced import EventSourcedActor
-
-if TYPE_CHECKING:
-    from cuelog.actors._agent import AgentView
 
 logger = structlog.get_logger("cuelog.run")
 
@@ -120,21 +129,6 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     content: str = ""
     error: str | None = None
-
-
-class RunView(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    status: str
-    session_key: str
-    agent_id: str
-    owner: str | None
-    step: int
-    content: str
-    usage: Usage
-    error: str | None
-    pending_approvals: list[str]
-    messages: list[ChatMessage]
-    version: int
 
 
 def fold_run(state: RunState, event: Event) -> RunState:
@@ -217,24 +211,10 @@ def _tool_answered(state: RunState, call_id: str, name: str, content: str) -> Ru
 # -- commands ----------------------------------------------------------------------------------
 
 
-class StartRun(msgspec.Struct, frozen=True, kw_only=True):
-    session_key: str
-    agent_id: str
-    owner: str | None
-    spec: AgentSpec | None
-    messages: list[ChatMessage]
-    error: str | None = None
-
-
 class Record(msgspec.Struct, frozen=True):
     """Sent by the run's own driver: outputs to record."""
 
     events: list[Event]
-
-
-class CancelRun(msgspec.Struct, frozen=True):
-    reason: str = "cancelled"
-    caller: Caller = ADMIN
 
 
 class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,10 +223,6 @@ class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
     args_digest: str
     by: str | None = None
     reason: str = ""
-    caller: Caller = ADMIN
-
-
-class GetRun(msgspec.Struct, frozen=True):
     caller: Caller = ADMIN
 
 
@@ -567,12 +543,12 @@ def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[Ch
     return list(messages)
 
 
-# -- effects used by sessions -------------------------------------------------------------------
+# -- telling the session ----------------------------------------------------------------------
 
 
 async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> None:
     try:
-        await system.ref("session", state.session_key).ask(
+        await system.ref(SESSION, state.session_key).ask(
             RunDone(run_id=run_id, status=state.status, messages=state.produced)
         )
     except ActorStopped as exc:  # shutting down: the session settles the run when it rehydrates
@@ -585,58 +561,9 @@ async def _notify_session_when_closed(ctx: ActorContext) -> None:
     view: RunView = await ctx.ref.ask(GetRun())
     if view.status in TERMINAL:
         with suppress(NotFound):
-            await ctx.system.ref("session", view.session_key).ask(
+            await ctx.system.ref(SESSION, view.session_key).ask(
                 RunDone(run_id=view.id, status=view.status, messages=view.messages)
             )
-
-
-async def start_run_for_session(
-    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
-) -> None:
-    """Start the run a session assigned, with the agent's current definition; with `error` the
-    run is recorded as started and failed at once (its session can no longer run it)."""
-    from cuelog.actors._agent import GetAgent
-
-    spec: AgentSpec | None = None
-    try:
-        agent: AgentView = await ctx.system.ref("agent", state.agent_id).ask(GetAgent())
-        spec = agent.spec
-    except NotFound:
-        error = error or f"agent {state.agent_id!r} does not exist"
-    await ctx.system.ref("run", run_id).ask(
-        StartRun(
-            session_key=ctx.id,
-            agent_id=state.agent_id,
-            owner=state.owner,
-            spec=spec,
-            messages=state.history,
-            error=error,
-        )
-    )
-
-
-async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
-    with suppress(NotFound, ActorError):
-        await system.ref("run", run_id).ask(CancelRun(reason=reason))
-
-
-async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
-    """After a session rehydrates with a run in flight: finish what a crash interrupted."""
-    run = ctx.system.ref("run", run_id)
-    try:
-        view: RunView = await run.ask(GetRun())
-    except NotFound:
-        # The run was assigned but never started: start it now.
-        from cuelog.actors._session import GetSession, SessionView
-
-        session: SessionView = await ctx.ref.ask(GetSession())
-        state = SessionState(
-            exists=True, agent_id=session.agent_id, owner=session.owner, history=session.messages
-        )
-        await start_run_for_session(ctx, state, run_id)
-        return
-    if view.status in TERMINAL:
-        await ctx.ref.ask(RunDone(run_id=run_id, status=view.status, messages=view.messages))
 
 
 RunFactory = Callable[[ActorContext], RunActor]

@@ -23,21 +23,17 @@ from cuelog.actors._agent import (
     GetAgent,
     UpdateAgent,
 )
+from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
 from cuelog.actors._errors import NotFound, Unavailable
 from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, ApprovalRequested, BusyPolicy, RunSettled
 from cuelog.actors._messages import ChatMessage, Usage
 from cuelog.actors._run import (
     TERMINAL_EVENTS,
-    CancelRun,
     DecideApproval,
-    GetRun,
     RunEnvironment,
-    RunView,
     run_factory,
 )
 from cuelog.actors._session import (
-    ADMIN,
-    Caller,
     DeleteSession,
     ForkFrom,
     GetSession,

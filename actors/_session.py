@@ -9,11 +9,25 @@ that call for them are durable, so a crash in between is repaired on rehydration
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, final
 
 import msgspec
 import structlog
 
+from cuelog.actors._agent import AgentView, GetAgent
+from cuelog.actors._commands import (
+    ADMIN,
+    CancelRun,
+    GetRun,
+    RunDone,
+    RunView,
+    StartRun,
+    caller_actor,
+)
+from cuelog.actors._commands import (
+    Caller as Caller,  # noqa: PLC0414 (re-exported: http/ imports it from here)
+)
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -27,31 +41,17 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.runtime import Event, EventLog, RecordedEvent
+from cuelog.actors._names import AGENT, RUN
+
+# Re-exported: http/ imports TERMINAL from here.
+from cuelog.actors._names import TERMINAL as TERMINAL  # noqa: PLC0414
+from cuelog.runtime import ActorError, Event, EventLog, RecordedEvent
+from cuelog.runtime._actor import ActorContext, ActorSystem
 from cuelog.runtime._actor_sourced import EventSourcedActor
 
 logger = structlog.get_logger("cuelog.session")
 
 RECENT_RUNS = 50
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-
-
-class Caller(msgspec.Struct, frozen=True):
-    """Who sends a command: the owning key's id, and whether it may see everyone's."""
-
-    owner: str | None = None
-    admin: bool = True
-
-
-ADMIN = Caller()
-
-
-def caller_actor(command: Any) -> str | None:
-    """The envelope `actor` for a command: the calling key's id, `local` without auth."""
-    caller = getattr(command, "caller", None)
-    if not isinstance(caller, Caller):
-        return None
-    return caller.owner or "local"
 
 
 class QueuedRun(msgspec.Struct, frozen=True):
@@ -109,12 +109,6 @@ class Send(msgspec.Struct, frozen=True, kw_only=True):
     busy_policy: BusyPolicy | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     label: str | None = None
-
-
-class RunDone(msgspec.Struct, frozen=True):
-    run_id: str
-    status: str
-    messages: list[ChatMessage]
 
 
 class GetSession(msgspec.Struct, frozen=True):
@@ -367,8 +361,6 @@ class SessionActor(EventSourcedActor[SessionState]):
         self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]
     ) -> None:
         """Start and cancel runs once the events that ask for it are durable."""
-        from cuelog.actors._run import cancel_run, start_run_for_session
-
         types = {record.type for record in recorded}
         current = state.current_run
         if "SessionDeleted" in types:
@@ -391,7 +383,53 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     async def on_rehydrated(self, state: SessionState) -> Sequence[Event]:
         if state.current_run is not None and not state.deleted:
-            from cuelog.actors._run import recover_session_run
-
             self.ctx.start_task(recover_session_run, self.ctx, state.current_run)
         return ()
+
+
+# -- effects on runs ---------------------------------------------------------------------------
+
+
+async def start_run_for_session(
+    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
+) -> None:
+    """Start the run a session assigned, with the agent's current definition; with `error` the
+    run is recorded as started and failed at once (its session can no longer run it)."""
+    spec = None
+    try:
+        agent: AgentView = await ctx.system.ref(AGENT, state.agent_id).ask(GetAgent())
+        spec = agent.spec
+    except NotFound:
+        error = error or f"agent {state.agent_id!r} does not exist"
+    await ctx.system.ref(RUN, run_id).ask(
+        StartRun(
+            session_key=ctx.id,
+            agent_id=state.agent_id,
+            owner=state.owner,
+            spec=spec,
+            messages=state.history,
+            error=error,
+        )
+    )
+
+
+async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
+    with suppress(NotFound, ActorError):
+        await system.ref(RUN, run_id).ask(CancelRun(reason=reason))
+
+
+async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
+    """After a session rehydrates with a run in flight: finish what a crash interrupted."""
+    run = ctx.system.ref(RUN, run_id)
+    try:
+        view: RunView = await run.ask(GetRun())
+    except NotFound:
+        # The run was assigned but never started: start it now.
+        session: SessionView = await ctx.ref.ask(GetSession())
+        state = SessionState(
+            exists=True, agent_id=session.agent_id, owner=session.owner, history=session.messages
+        )
+        await start_run_for_session(ctx, state, run_id)
+        return
+    if view.status in TERMINAL:
+        await ctx.ref.ask(RunDone(run_id=run_id, status=view.status, messages=view.messages))

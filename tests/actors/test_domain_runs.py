@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from cuelog.actors import AgentSpec, ModelChunk, ModelRequest, TextDelta, ToolCall
+from cuelog.actors._commands import StartRun
 from cuelog.actors._errors import Unavailable
 from cuelog.actors._events import (
     AssistantDelta,
@@ -18,7 +19,6 @@ from cuelog.actors._events import (
     ToolCallCompleted,
     ToolCallFailed,
 )
-from cuelog.actors._run import StartRun
 from tests.actors.domain_support import (
     CALCULATOR,
     ScriptedModel,

@@ -9,8 +9,9 @@ import trio
 import trio.testing
 
 from cuelog.actors import AgentSpec, ChatMessage
+from cuelog.actors._commands import Caller
 from cuelog.actors._errors import Conflict, NotFound
-from cuelog.actors._session import Caller, SessionState, SessionView
+from cuelog.actors._session import SessionState, SessionView
 from tests.actors.domain_support import (
     SlowModel,
     make_env,
