@@ -39,12 +39,20 @@ from cuelog.actors._events import (
     ToolCallRequested,
 )
 from cuelog.actors._messages import ToolCall, ToolSpec
-from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
+from cuelog.actors._models import (
+    Finished,
+    ModelChunk,
+    ModelProvider,
+    ModelRequest,
+    TextDelta,
+    ToolCallChunk,
+)
 from cuelog.actors._run import (
     TERMINAL_EVENTS,
     DecideApproval,
     RunActor,
-    RunEnvironment,
+    RunRegistry,
+    RunSettings,
 )
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
@@ -192,11 +200,15 @@ class Checker:
     """Replays runs one after another in a scratch actor system."""
 
     def __init__(
-        self, system: ActorSystem, scratch: EventLog, env: RunEnvironment, tools: ReplayTools
+        self,
+        system: ActorSystem,
+        scratch: EventLog,
+        providers: dict[str, ModelProvider],
+        tools: ReplayTools,
     ) -> None:
         self._system = system
         self._scratch = scratch
-        self._env = env
+        self._providers = providers  # the runs' settings hold this dict: each check refills it
         self._tools = tools
 
     async def check(
@@ -220,9 +232,8 @@ class Checker:
             ):
                 stop = index
                 break
-        self._env.providers = {
-            started.spec.provider: ReplayModel(started.spec.provider, _steps(decoded))
-        }
+        self._providers.clear()
+        self._providers[started.spec.provider] = ReplayModel(started.spec.provider, _steps(decoded))
         self._tools.load(decoded)
         decisions = {
             e.approval_id: e for e in decoded if isinstance(e, ApprovalGranted | ApprovalDenied)
@@ -296,7 +307,7 @@ async def check_runs(
     run_ids: Sequence[str],
     *,
     progress: Callable[[int, int], None] | None = None,
-    run_actor: Callable[[ActorContext, RunEnvironment], RunActor] = RunActor,
+    run_actor: Callable[[ActorContext, RunSettings, RunRegistry], RunActor] = RunActor,
 ) -> list[Divergence]:
     """Re-run each recorded run; return the divergences found (empty when all match).
 
@@ -304,7 +315,9 @@ async def check_runs(
     """
     divergences: list[Divergence] = []
     tools = ReplayTools()
-    env = RunEnvironment(providers={}, tools=tools, delta_chars=1, delta_interval=0.0)
+    providers: dict[str, ModelProvider] = {}
+    settings = RunSettings(providers=providers, tools=tools, delta_chars=1, delta_interval=0.0)
+    registry = RunRegistry()
     with tempfile.TemporaryDirectory(prefix="cuelog-replay-") as scratch_dir:
         async with (
             open_event_log(scratch_dir, sync=False) as scratch,
@@ -312,8 +325,8 @@ async def check_runs(
         ):
             system.register("agent", AgentActor)
             system.register("session", SessionActor)
-            system.register("run", lambda ctx: run_actor(ctx, env))
-            checker = Checker(system, scratch, env, tools)
+            system.register("run", lambda ctx: run_actor(ctx, settings, registry))
+            checker = Checker(system, scratch, providers, tools)
             for index, run_id in enumerate(run_ids, start=1):
                 found = await checker.check(source, run_id)
                 if found is not None:

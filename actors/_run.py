@@ -13,7 +13,7 @@ import collections
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import Any
+from typing import Any, final
 
 import msgspec
 import structlog
@@ -76,35 +76,50 @@ def args_digest(call: ToolCall) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-class RunEnvironment:
-    """What every run shares: models, tools, approval settings and the emergency stop."""
+class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How every run works: its model providers, tools, approval settings and delta coalescing."""
 
-    def __init__(
-        self,
-        *,
-        providers: dict[str, ModelProvider],
-        tools: ToolRegistry,
-        auto_approve: bool = False,
-        approval_timeout: float = 3600.0,
-        delta_interval: float = 0.05,
-        delta_chars: int = 64,
-    ) -> None:
-        self.providers = providers
-        self.tools = tools
-        self.auto_approve = auto_approve
-        self.approval_timeout = approval_timeout
-        self.delta_interval = delta_interval
-        self.delta_chars = delta_chars
-        self.active: set[str] = set()
-        self.finished: collections.Counter[str] = collections.Counter()  # runs ended, by status
-        self.pending_approvals: dict[str, str] = {}  # approval id -> run id
-        self.stopped = False
+    providers: dict[str, ModelProvider]
+    tools: ToolRegistry
+    auto_approve: bool = False
+    approval_timeout: float = 3600.0  # seconds an approval may wait before it is denied
+    delta_interval: float = 0.05  # seconds between two recorded deltas of a streaming model
+    delta_chars: int = 64  # or this many characters, whichever comes first
 
     def provider(self, spec: AgentSpec) -> ModelProvider:
         provider = self.providers.get(spec.provider)
         if provider is None:
             raise ModelError(f"model provider {spec.provider!r} is not configured on this server")
         return provider
+
+
+class RunRegistryStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters for health and metrics."""
+
+    active_runs: int
+    finished: dict[str, int]  # runs ended since the process started, by status
+    pending_approvals: int
+    emergency_stop: bool
+
+
+@final
+class RunRegistry:
+    """What the runs of one process share while they run: which are active, how many ended,
+    the approvals waiting, and the emergency stop that refuses new runs."""
+
+    def __init__(self) -> None:
+        self.active: set[str] = set()
+        self.finished: collections.Counter[str] = collections.Counter()
+        self.pending_approvals: dict[str, str] = {}  # approval id -> run id
+        self.stopped = False
+
+    def statistics(self) -> RunRegistryStatistics:
+        return RunRegistryStatistics(
+            active_runs=len(self.active),
+            finished=dict(self.finished),
+            pending_approvals=len(self.pending_approvals),
+            emergency_stop=self.stopped,
+        )
 
 
 class Approval(msgspec.Struct, frozen=True):
@@ -229,9 +244,10 @@ class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
 class RunActor(EventSourcedActor[RunState]):
     codec = DOMAIN_CODEC
 
-    def __init__(self, ctx: ActorContext, env: RunEnvironment) -> None:
+    def __init__(self, ctx: ActorContext, settings: RunSettings, registry: RunRegistry) -> None:
         super().__init__(ctx)
-        self.env = env
+        self.settings = settings
+        self.registry = registry
         self._driver: TaskHandle | None = None
         self._wakeup = trio.Event()
 
@@ -258,7 +274,7 @@ class RunActor(EventSourcedActor[RunState]):
                 if state.status != "new":
                     return []
                 error: str | None = command.error
-                if self.env.stopped:
+                if self.registry.stopped:
                     error = "emergency stop: new runs are refused"
                 spec = command.spec or AgentSpec()
                 started = RunStarted(
@@ -339,11 +355,11 @@ class RunActor(EventSourcedActor[RunState]):
         """Effects once events are durable: drive, wake the driver, or tell the session."""
         self._track_approvals(state)
         if state.status in TERMINAL:
-            self.env.active.discard(self.ctx.id)
+            self.registry.active.discard(self.ctx.id)
             if self._driver is not None and not self._driver.done:
                 self._driver.cancel()
             if any(r.type in TERMINAL_EVENTS for r in recorded):
-                self.env.finished[state.status] += 1
+                self.registry.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
             return
         if recorded[0].type == "RunStarted":
@@ -354,20 +370,20 @@ class RunActor(EventSourcedActor[RunState]):
         """Keep the environment's list of pending approvals in step with this run's state."""
         for approval_id, approval in state.approvals.items():
             if approval.status == "pending" and state.status not in TERMINAL:
-                self.env.pending_approvals[approval_id] = self.ctx.id
+                self.registry.pending_approvals[approval_id] = self.ctx.id
             else:
-                self.env.pending_approvals.pop(approval_id, None)
+                self.registry.pending_approvals.pop(approval_id, None)
 
     def _start_driver(self) -> None:
         if self._driver is None or self._driver.done:
-            self.env.active.add(self.ctx.id)
+            self.registry.active.add(self.ctx.id)
             self._driver = self.ctx.start_task(self._drive, name=f"run {self.ctx.id}")
 
     async def on_rehydrated(self, state: RunState) -> Sequence[Event]:
         if state.status == "running":
             # A crash, or a restart after the driver died: close the run, then tell the session
             # (the task asks this actor first, so it runs once the RunFailed is durable).
-            self.env.active.discard(self.ctx.id)
+            self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
         if state.status == "waiting_approval":
@@ -407,7 +423,7 @@ class RunActor(EventSourcedActor[RunState]):
             return  # the system is shutting down; the log has everything recorded so far
 
     async def _await_decision(self, approval_id: str, approval: Approval) -> None:
-        with trio.move_on_after(self.env.approval_timeout) as scope:
+        with trio.move_on_after(self.settings.approval_timeout) as scope:
             while self.state.approvals[approval_id].status == "pending":
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
@@ -415,7 +431,7 @@ class RunActor(EventSourcedActor[RunState]):
             await self._record(ApprovalDenied(approval_id=approval_id, reason="approval timed out"))
 
     async def _run_tool(self, state: RunState, spec: AgentSpec, call: ToolCall) -> None:
-        tools = self.env.tools
+        tools = self.settings.tools
         decided = next(
             (a for a in state.approvals.values() if a.call.id == call.id and a.status != "pending"),
             None,
@@ -430,7 +446,7 @@ class RunActor(EventSourcedActor[RunState]):
             )
             return
         policy = spec.tool_approval.get(call.name, spec.approval)
-        if policy == "ask" and self.env.auto_approve:
+        if policy == "ask" and self.settings.auto_approve:
             policy = "auto"
         if policy == "reject":
             await self._record(
@@ -464,14 +480,14 @@ class RunActor(EventSourcedActor[RunState]):
             ModelRequested(step=step, message_count=len(state.messages), model=spec.model)
         )
         try:
-            provider = self.env.provider(spec)
+            provider = self.settings.provider(spec)
         except ModelError as exc:
             await self._record(RunFailed(reason=str(exc), usage=state.usage))
             return
         request = ModelRequest(
             model=spec.model,
             messages=state.messages,
-            tools=self.env.tools.specs(spec.tools),
+            tools=self.settings.tools.specs(spec.tools),
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
         )
@@ -488,8 +504,8 @@ class RunActor(EventSourcedActor[RunState]):
                         now = trio.current_time()
                         size = sum(map(len, buffered))
                         if (
-                            size >= self.env.delta_chars
-                            or now - last_flush >= self.env.delta_interval
+                            size >= self.settings.delta_chars
+                            or now - last_flush >= self.settings.delta_interval
                         ):
                             await self._record(AssistantDelta(step=step, text="".join(buffered)))
                             buffered.clear()
@@ -569,5 +585,5 @@ async def _notify_session_when_closed(ctx: ActorContext) -> None:
 RunFactory = Callable[[ActorContext], RunActor]
 
 
-def run_factory(env: RunEnvironment) -> RunFactory:
-    return lambda ctx: RunActor(ctx, env)
+def run_factory(settings: RunSettings, registry: RunRegistry) -> RunFactory:
+    return lambda ctx: RunActor(ctx, settings, registry)

@@ -30,7 +30,8 @@ from cuelog.actors._messages import ChatMessage, Usage
 from cuelog.actors._run import (
     TERMINAL_EVENTS,
     DecideApproval,
-    RunEnvironment,
+    RunRegistry,
+    RunSettings,
     run_factory,
 )
 from cuelog.actors._session import (
@@ -64,11 +65,17 @@ class AgentRuntime:
     """Agents, sessions and runs over one actor system and one log."""
 
     def __init__(
-        self, system: ActorSystem, log: EventLog, env: RunEnvironment, ids: Callable[[str], str]
+        self,
+        system: ActorSystem,
+        log: EventLog,
+        settings: RunSettings,
+        registry: RunRegistry,
+        ids: Callable[[str], str],
     ) -> None:
         self.system = system
         self.log = log
-        self.env = env
+        self.settings = settings
+        self.registry = registry
         self._ids = ids
         self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
 
@@ -125,7 +132,7 @@ class AgentRuntime:
 
         Durable before it returns: the messages and the run are in the log.
         """
-        if self.env.stopped:
+        if self.registry.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
         await self.get_agent(agent_id)
         key = session_key or self._ids("sess")
@@ -278,7 +285,7 @@ class AgentRuntime:
             name="tools",
             provider="echo",
             model="echo-1",
-            tools=self.env.tools.enabled(),
+            tools=self.settings.tools.enabled(),
             approval=default.spec.approval,
             tool_approval=default.spec.tool_approval,
             max_steps=2,
@@ -298,7 +305,7 @@ class AgentRuntime:
 
     def pending_approvals(self) -> dict[str, str]:
         """approval id -> run id, for every approval waiting for a decision."""
-        return dict(self.env.pending_approvals)
+        return dict(self.registry.pending_approvals)
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -446,8 +453,8 @@ class AgentRuntime:
 
     async def emergency_stop(self) -> int:
         """Refuse new runs and cancel every active one; return how many were cancelled."""
-        self.env.stopped = True
-        active = list(self.env.active)
+        self.registry.stopped = True
+        active = list(self.registry.active)
         async with trio.open_nursery() as nursery:
             for run_id in active:
                 nursery.start_soon(self._cancel_quietly, run_id)
@@ -458,14 +465,15 @@ class AgentRuntime:
             await self.cancel_run(run_id, reason="emergency stop")
 
     def release_emergency_stop(self) -> None:
-        self.env.stopped = False
+        self.registry.stopped = False
 
 
 @asynccontextmanager
 async def open_agent_runtime(
     log: EventLog,
-    env: RunEnvironment,
+    settings: RunSettings,
     *,
+    registry: RunRegistry | None = None,
     config: ActorConfig | None = None,
     agents: dict[str, AgentSpec] | None = None,
     ids: Callable[[str], str] = random_id,
@@ -475,8 +483,9 @@ async def open_agent_runtime(
     async with open_actor_system(log, config=config) as system:
         system.register("agent", AgentActor)
         system.register("session", SessionActor)
-        system.register("run", run_factory(env))
-        runtime = AgentRuntime(system, log, env, ids)
+        registry = registry or RunRegistry()
+        system.register("run", run_factory(settings, registry))
+        runtime = AgentRuntime(system, log, settings, registry, ids)
         await runtime.seed_agents(agents or {})
         if recover:
             await runtime.recover()

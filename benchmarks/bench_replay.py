@@ -27,7 +27,7 @@ from cuelog.actors._events import (
     RunStarted,
 )
 from cuelog.actors._replay import check_runs, recorded_runs
-from cuelog.actors._run import RunEnvironment, RunState, fold_run
+from cuelog.actors._run import RunSettings, RunState, fold_run
 from cuelog.actors._runtime import open_agent_runtime
 from cuelog.actors._session import SessionState, fold_session
 from cuelog.http._timeline import summary
@@ -114,8 +114,11 @@ async def timeline_and_fold(path: Path) -> tuple[int, float]:
 
 
 async def record_runs(path: Path, count: int) -> None:
-    env = RunEnvironment(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
-    async with open_event_log(path, sync=False) as log, open_agent_runtime(log, env) as runtime:
+    settings = RunSettings(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
+    async with (
+        open_event_log(path, sync=False) as log,
+        open_agent_runtime(log, settings) as runtime,
+    ):
         for i in range(count):
             text = f'/tool calculator {{"expr": "{i} * 2"}}' if i % 3 == 0 else f"hello {i}"
             sent = await runtime.send("default", [ChatMessage(role="user", content=text)])

@@ -333,7 +333,7 @@ def create_app(services: Services | None = None) -> QuartTrio:
                     "head_seq": services.log.head().seq,
                     "live_actors": stats.live_actors,
                     "uptime_seconds": round(time.monotonic() - services.started, 3),
-                    "emergency_stop": services.runtime.env.stopped,
+                    "emergency_stop": services.runtime.registry.stopped,
                 }
             )
         )

@@ -142,7 +142,7 @@ def register_operator_routes(
     @routes.add("/v1/tools", ["GET"], "read")
     async def list_tools() -> Response:
         """Every built-in tool: schema, whether it is on, and the approval that applies."""
-        tools = runtime.env.tools
+        tools = runtime.settings.tools
         default = await runtime.get_agent("default")
         data = []
         for name in tools.names():
@@ -154,7 +154,7 @@ def register_operator_routes(
                     "description": spec.description,
                     "parameters": spec.parameters,
                     "enabled": tools.is_enabled(name),
-                    "approval_policy": "auto" if runtime.env.auto_approve else policy,
+                    "approval_policy": "auto" if runtime.settings.auto_approve else policy,
                 }
             )
         return json_response(to_json({"data": data, "next_cursor": None}))
@@ -164,7 +164,7 @@ def register_operator_routes(
         """Run a tool through a run of the `tools` agent (same approvals, same log);
         `dry_run` only validates and shows what would run."""
         body, _ = await read_body(InvokeBody)
-        tools = runtime.env.tools
+        tools = runtime.settings.tools
         if body.name not in tools.names():
             raise ApiError(404, f"no tool named {body.name!r}", param="name")
         problems = tools.check_args(body.name, body.args)

@@ -26,7 +26,7 @@ from cuelog.actors import (
     OpenAIModel,
     ToolRegistry,
 )
-from cuelog.actors._run import RunEnvironment
+from cuelog.actors._run import RunSettings
 from cuelog.actors._runtime import open_agent_runtime
 from cuelog.actors._tools_registry import ToolsConfig
 from cuelog.http._app import Services, create_app
@@ -134,7 +134,7 @@ async def serve(
     check_settings(settings)
     stop = trio.Event() if shutdown is None else shutdown
     tools = ToolRegistry.builtins(ToolsConfig(enabled=settings.server.enabled_tools))
-    env = RunEnvironment(
+    run_settings = RunSettings(
         providers=model_providers(settings),
         tools=tools,
         auto_approve=settings.server.auto_approve,
@@ -145,7 +145,7 @@ async def serve(
         ) as event_log,
         open_agent_runtime(
             event_log,
-            env,
+            run_settings,
             agents=seeded_agents(settings),
             config=ActorConfig(
                 max_live_actors=settings.server.max_live_actors,
@@ -156,8 +156,8 @@ async def serve(
     ):
         keys = KeyStore(event_log)
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
-        env.stopped = emergency_stop_state(event_log)
-        if env.stopped:
+        runtime.registry.stopped = emergency_stop_state(event_log)
+        if runtime.registry.stopped:
             log.warning("emergency stop is on: new runs are refused until it is released")
         anchor_key = read_anchor_key(settings)
         services = Services(runtime, event_log, settings, auth, keys, anchor_key)

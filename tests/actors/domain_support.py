@@ -20,7 +20,7 @@ from cuelog.actors import (
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._run import RunEnvironment
+from cuelog.actors._run import RunSettings
 from cuelog.actors._runtime import AgentRuntime, open_agent_runtime
 from cuelog.runtime import Event, EventLog, RecordedEvent, open_event_log
 
@@ -35,9 +35,9 @@ def tool_line(name: str, args: str) -> ChatMessage:
     return user(f"/tool {name} {args}")
 
 
-def make_env(provider: ModelProvider | None = None, **settings: Any) -> RunEnvironment:
+def make_settings(provider: ModelProvider | None = None, **settings: Any) -> RunSettings:
     """Echo (or `provider` under the name echo, so agents need no change) and the built-ins."""
-    return RunEnvironment(
+    return RunSettings(
         providers={"echo": provider or EchoModel()}, tools=ToolRegistry.builtins(), **settings
     )
 
@@ -45,7 +45,7 @@ def make_env(provider: ModelProvider | None = None, **settings: Any) -> RunEnvir
 @asynccontextmanager
 async def runtime_at(
     path: Path,
-    env: RunEnvironment,
+    settings: RunSettings,
     *,
     agents: dict[str, AgentSpec] | None = None,
     **log_options: Any,
@@ -53,7 +53,7 @@ async def runtime_at(
     """A log in `path` and an agent runtime over it, both closed on exit."""
     async with (
         open_event_log(path, **log_options) as log,
-        open_agent_runtime(log, env, agents=agents) as rt,
+        open_agent_runtime(log, settings, agents=agents) as rt,
     ):
         yield rt
 

@@ -19,7 +19,7 @@ import trio
 from cuelog.actors import ChatMessage, EchoModel, ToolRegistry
 from cuelog.actors._events import DOMAIN_CODEC, ModelRequested
 from cuelog.actors._replay import check_runs, recorded_runs
-from cuelog.actors._run import RunActor, RunEnvironment
+from cuelog.actors._run import RunActor, RunSettings
 from cuelog.actors._runtime import open_agent_runtime
 from cuelog.actors._session import SessionState, fold_session
 from cuelog.runtime import Event, open_event_log
@@ -151,8 +151,8 @@ async def test_fork_then_continue_both(tmp_path: Path) -> None:
     """A fork starts with the parent's history at the seq, names parent, seq and hash, and both
     sessions then go on independently."""
     async with open_event_log(tmp_path / "log") as log:
-        env = RunEnvironment(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
-        async with open_agent_runtime(log, env) as runtime:
+        settings = RunSettings(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
+        async with open_agent_runtime(log, settings) as runtime:
             first = await runtime.send("default", [ChatMessage(role="user", content="one")])
             await runtime.wait_run(first.run_id)
             at_seq = log.head().seq
