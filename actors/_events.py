@@ -73,6 +73,9 @@ class MessageAccepted(Event, tag="MessageAccepted", frozen=True):
     run_id: str
     messages: list[ChatMessage]
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The agent's definition when the message was sent: the run starts with it without asking
+    # the agent again. None in logs written before it travelled with the message.
+    spec: AgentSpec | None = None
 
 
 class RunAssigned(Event, tag="RunAssigned", frozen=True):

@@ -134,7 +134,7 @@ class AgentRuntime:
         """
         if self.registry.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
-        await self.get_agent(agent_id)
+        agent = await self.get_agent(agent_id)
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
         sent: Sent = await self.system.ref("session", key).ask(
@@ -145,6 +145,7 @@ class AgentRuntime:
                 caller=caller,
                 busy_policy=busy_policy,
                 metadata=metadata or {},
+                spec=agent.spec,
             )
         )
         self._remember_queued(run, key)

@@ -31,6 +31,7 @@ from cuelog.actors._commands import (
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    AgentSpec,
     BusyPolicy,
     MessageAccepted,
     RunAssigned,
@@ -57,6 +58,7 @@ RECENT_RUNS = 50
 class QueuedRun(msgspec.Struct, frozen=True):
     run_id: str
     messages: list[ChatMessage]
+    spec: AgentSpec | None = None  # what the run will start with (None: ask the agent)
 
 
 class SessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +76,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     parent_session: str | None = None
     parent_seq: int | None = None
     parent_hash: str | None = None
+    current_spec: AgentSpec | None = None  # the agent definition `current_run` starts with
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +112,7 @@ class Send(msgspec.Struct, frozen=True, kw_only=True):
     busy_policy: BusyPolicy | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     label: str | None = None
+    spec: AgentSpec | None = None  # the agent's definition, read once by the sender
 
 
 class GetSession(msgspec.Struct, frozen=True):
@@ -158,15 +162,20 @@ def fold_session(state: SessionState, event: Event) -> SessionState:
                 parent_hash=event.parent_hash,
                 history=list(event.history),
             )
-        case MessageAccepted(run_id=run_id, messages=messages):
-            return replace(state, inbox=[*state.inbox, QueuedRun(run_id, messages)])
+        case MessageAccepted(run_id=run_id, messages=messages, spec=spec):
+            return replace(state, inbox=[*state.inbox, QueuedRun(run_id, messages, spec)])
         case RunAssigned(run_id=run_id):
             queued = next((q for q in state.inbox if q.run_id == run_id), None)
             inbox = [q for q in state.inbox if q.run_id != run_id]
             history = state.history + (queued.messages if queued else [])
             recent = [*state.recent_runs, run_id][-RECENT_RUNS:]
             return replace(
-                state, inbox=inbox, history=history, current_run=run_id, recent_runs=recent
+                state,
+                inbox=inbox,
+                history=history,
+                current_run=run_id,
+                recent_runs=recent,
+                current_spec=queued.spec if queued else None,
             )
         case RunSettled(run_id=run_id, messages=messages):
             current = None if state.current_run == run_id else state.current_run
@@ -340,7 +349,10 @@ class SessionActor(EventSourcedActor[SessionState]):
             )
         events.append(
             MessageAccepted(
-                run_id=command.run_id, messages=command.messages, metadata=command.metadata
+                run_id=command.run_id,
+                messages=command.messages,
+                metadata=command.metadata,
+                spec=command.spec,
             )
         )
         if state.current_run is None and not state.inbox:
@@ -383,7 +395,9 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     async def on_rehydrated(self, state: SessionState) -> Sequence[Event]:
         if state.current_run is not None and not state.deleted:
-            self.ctx.start_task(recover_session_run, self.ctx, state.current_run)
+            self.ctx.start_task(
+                recover_session_run, self.ctx, state.current_run, state.current_spec
+            )
         return ()
 
 
@@ -393,14 +407,19 @@ class SessionActor(EventSourcedActor[SessionState]):
 async def start_run_for_session(
     ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
 ) -> None:
-    """Start the run a session assigned, with the agent's current definition; with `error` the
-    run is recorded as started and failed at once (its session can no longer run it)."""
-    spec = None
-    try:
-        agent: AgentView = await ctx.system.ref(AGENT, state.agent_id).ask(GetAgent())
-        spec = agent.spec
-    except NotFound:
-        error = error or f"agent {state.agent_id!r} does not exist"
+    """Start the run a session assigned, with the agent definition its message came with; with
+    `error` the run is recorded as started and failed at once (its session can no longer run it)."""
+    if run_id == state.current_run:
+        spec = state.current_spec
+    else:
+        spec = next((q.spec for q in state.inbox if q.run_id == run_id), None)
+    if spec is None:
+        # A message recorded before the definition travelled with it: ask the agent.
+        try:
+            agent: AgentView = await ctx.system.ref(AGENT, state.agent_id).ask(GetAgent())
+            spec = agent.spec
+        except NotFound:
+            error = error or f"agent {state.agent_id!r} does not exist"
     await ctx.system.ref(RUN, run_id).ask(
         StartRun(
             session_key=ctx.id,
@@ -418,7 +437,7 @@ async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
         await system.ref(RUN, run_id).ask(CancelRun(reason=reason))
 
 
-async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
+async def recover_session_run(ctx: ActorContext, run_id: str, spec: AgentSpec | None) -> None:
     """After a session rehydrates with a run in flight: finish what a crash interrupted."""
     run = ctx.system.ref(RUN, run_id)
     try:
@@ -427,7 +446,12 @@ async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
         # The run was assigned but never started: start it now.
         session: SessionView = await ctx.ref.ask(GetSession())
         state = SessionState(
-            exists=True, agent_id=session.agent_id, owner=session.owner, history=session.messages
+            exists=True,
+            agent_id=session.agent_id,
+            owner=session.owner,
+            history=session.messages,
+            current_run=run_id,
+            current_spec=spec,
         )
         await start_run_for_session(ctx, state, run_id)
         return

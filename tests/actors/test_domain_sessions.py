@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from cuelog.actors import AgentSpec, ChatMessage
+from cuelog.actors._agent import AgentActor, AgentState, GetAgent
 from cuelog.actors._commands import Caller
 from cuelog.actors._errors import Conflict, NotFound
+from cuelog.actors._events import MessageAccepted, RunAssigned, RunStarted, SessionCreated
 from cuelog.actors._session import SessionState, SessionView
+from cuelog.runtime import Event, open_event_log
 from tests.actors.domain_support import (
     SlowModel,
+    decoded,
     make_settings,
     runtime_at,
     types_of,
@@ -271,3 +277,46 @@ async def test_deleting_a_busy_session_ends_its_running_and_queued_runs(
         assert queued.status == "failed"
         assert queued.error == "the session was deleted before this run started"
         assert types_of(rt.log, f"run:{second.run_id}") == ["RunStarted", "RunFailed"]
+
+
+async def test_one_message_asks_the_agent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's definition read by `send` travels with the message to the run: a chat, even
+    a queued one, asks the agent actor for it once."""
+    asked: list[str] = []
+    decide = AgentActor.decide
+
+    async def counting(self: AgentActor, state: AgentState, command: Any) -> Sequence[Event]:
+        if isinstance(command, GetAgent):
+            asked.append(self.ctx.id)
+        return await decide(self, state, command)
+
+    monkeypatch.setattr(AgentActor, "decide", counting)
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
+        first = await rt.send("default", [user("one")], session_key="s")
+        second = await rt.send("default", [user("two")], session_key="s")
+        await rt.wait_run(first.run_id)
+        view = await rt.wait_run(second.run_id)
+        assert view.content == "Echo: two"
+    assert asked == ["default", "default"]
+
+
+async def test_message_recorded_without_the_agent_definition_still_runs(tmp_path: Path) -> None:
+    """A log written before the definition travelled with the message (MessageAccepted without
+    `spec`) still starts its run after a restart, with the agent's definition asked for then."""
+    path = tmp_path / "log"
+    async with open_event_log(path) as log:
+        await log.append(
+            "session:old",
+            [
+                SessionCreated(session_key="old", agent_id="default"),
+                MessageAccepted(run_id="run_old", messages=[user("from before")]),
+                RunAssigned(run_id="run_old"),
+            ],
+        )
+    async with runtime_at(path, make_settings()) as rt:
+        view = await rt.wait_run("run_old")
+        assert (view.status, view.content) == ("completed", "Echo: from before")
+        [started] = decoded(rt.log, "run:run_old", RunStarted)
+        assert started.spec == (await rt.get_agent("default")).spec
