@@ -26,11 +26,14 @@ from cuelog.actors._commands import CancelRun, StartRun
 from cuelog.actors._errors import ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_STARTED,
+    TERMINAL_EVENTS,
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
     AssistantDelta,
     AssistantMessage,
+    ModelRequested,
     RunCancelled,
     RunFailed,
     RunStarted,
@@ -47,8 +50,8 @@ from cuelog.actors._models import (
     TextDelta,
     ToolCallChunk,
 )
+from cuelog.actors._names import AGENT, RUN, SESSION, run_stream, stream_id, stream_prefix
 from cuelog.actors._run import (
-    TERMINAL_EVENTS,
     DecideApproval,
     RunActor,
     RunRegistry,
@@ -56,12 +59,12 @@ from cuelog.actors._run import (
 )
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
-from cuelog.runtime import EventLog, RecordedEvent, open_event_log
+from cuelog.runtime import ActorFailed, EventLog, RecordedEvent, event_type, open_event_log
 from cuelog.runtime._actor import ActorConfig, ActorContext, ActorSystem, open_actor_system
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _generic = msgspec.msgpack.Decoder()
-SKIPPED = frozenset({"ActorFailed"})
+SKIPPED = frozenset({event_type(ActorFailed)})
 
 
 class Divergence(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,8 +180,7 @@ def _steps(events: Sequence[Any]) -> list[_Step]:
     steps: list[_Step] = []
     current: _Step | None = None
     for event in events:
-        kind = type(event).__name__
-        if kind == "ModelRequested":
+        if isinstance(event, ModelRequested):
             current = _Step()
             steps.append(current)
         elif current is None:
@@ -214,8 +216,8 @@ class Checker:
     async def check(
         self, source: EventLog, run_id: str, *, timeout: float = 30.0
     ) -> Divergence | None:
-        recorded = [e for e in source.read_stream(f"run:{run_id}") if e.type not in SKIPPED]
-        if not recorded or recorded[0].type != "RunStarted":
+        recorded = [e for e in source.read_stream(run_stream(run_id)) if e.type not in SKIPPED]
+        if not recorded or recorded[0].type != RUN_STARTED:
             return Divergence(
                 run_id=run_id, position=1, recorded_seq=None, reason="the run has no RunStarted"
             )
@@ -241,7 +243,7 @@ class Checker:
         error = None
         if len(decoded) > 1 and isinstance(decoded[1], RunFailed):
             error = decoded[1].reason
-        ref = self._system.ref("run", run_id)
+        ref = self._system.ref(RUN, run_id)
         await ref.ask(
             StartRun(
                 session_key=started.session_key,
@@ -254,7 +256,7 @@ class Checker:
         )
         position = 0
         with trio.move_on_after(timeout):
-            async for produced in self._scratch.subscribe_stream(f"run:{run_id}"):
+            async for produced in self._scratch.subscribe_stream(run_stream(run_id)):
                 if produced.type in SKIPPED:
                     continue
                 if position >= stop:
@@ -299,7 +301,7 @@ class Checker:
         return None
 
     async def _stop(self, run_id: str) -> None:
-        await self._system.ref("run", run_id).ask(CancelRun(reason="replay finished"))
+        await self._system.ref(RUN, run_id).ask(CancelRun(reason="replay finished"))
 
 
 async def check_runs(
@@ -323,9 +325,9 @@ async def check_runs(
             open_event_log(scratch_dir, sync=False) as scratch,
             open_actor_system(scratch, config=ActorConfig(snapshot_every=0)) as system,
         ):
-            system.register("agent", AgentActor)
-            system.register("session", SessionActor)
-            system.register("run", lambda ctx: run_actor(ctx, settings, registry))
+            system.register(AGENT, AgentActor)
+            system.register(SESSION, SessionActor)
+            system.register(RUN, lambda ctx: run_actor(ctx, settings, registry))
             checker = Checker(system, scratch, providers, tools)
             for index, run_id in enumerate(run_ids, start=1):
                 found = await checker.check(source, run_id)
@@ -341,8 +343,8 @@ def recorded_runs(log: EventLog) -> list[str]:
     out: list[str] = []
     after: str | None = None
     while True:
-        names = log.list_streams("run:", after=after, limit=1000)
+        names = log.list_streams(stream_prefix(RUN), after=after, limit=1000)
         if not names:
             return out
-        out.extend(name.removeprefix("run:") for name in names)
+        out.extend(stream_id(name, RUN) for name in names)
         after = names[-1]

@@ -28,12 +28,11 @@ from cuelog.actors._commands import (
     StartRun,
     caller_actor,
 )
-from cuelog.actors._commands import (
-    RunView as RunView,  # noqa: PLC0414 (re-exported: http/ imports it from here)
-)
+from cuelog.actors._commands import RunView as RunView  # noqa: PLC0414 (http/ imports it here)
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_STARTED,
     AgentSpec,
     ApprovalDenied,
     ApprovalGranted,
@@ -49,9 +48,12 @@ from cuelog.actors._events import (
     ToolCallFailed,
     ToolCallRequested,
 )
+from cuelog.actors._events import (
+    TERMINAL_EVENTS as TERMINAL_EVENTS,  # noqa: PLC0414 (http/ imports it from here)
+)
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._names import SESSION, TERMINAL
+from cuelog.actors._names import SESSION, TERMINAL, agent_stream
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import ActorError, ActorStopped, Event, RecordedEvent
@@ -61,9 +63,6 @@ from cuelog.runtime._actor_sourced import EventSourcedActor
 logger = structlog.get_logger("cuelog.run")
 
 _canonical = msgspec.json.Encoder(order="sorted")
-
-
-TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
 def args_digest(call: ToolCall) -> str:
@@ -259,7 +258,7 @@ class RunActor(EventSourcedActor[RunState]):
 
     def actor_of(self, command: Any) -> str | None:
         if isinstance(command, Record):
-            return f"agent:{self.state.agent_id}"  # the driver records for the run's agent
+            return agent_stream(self.state.agent_id)  # the driver records for the run's agent
         if isinstance(command, StartRun):
             return command.owner or "local"
         return caller_actor(command)
@@ -362,7 +361,7 @@ class RunActor(EventSourcedActor[RunState]):
                 self.registry.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
             return
-        if recorded[0].type == "RunStarted":
+        if recorded[0].type == RUN_STARTED:
             self._start_driver()
         self._wakeup.set()
 

@@ -25,10 +25,28 @@ from cuelog.actors._agent import (
 )
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
 from cuelog.actors._errors import NotFound, Unavailable
-from cuelog.actors._events import DOMAIN_CODEC, AgentSpec, ApprovalRequested, BusyPolicy, RunSettled
-from cuelog.actors._messages import ChatMessage, Usage
-from cuelog.actors._run import (
+from cuelog.actors._events import (
+    APPROVAL_REQUESTED,
+    DOMAIN_CODEC,
+    RUN_SETTLED,
     TERMINAL_EVENTS,
+    AgentSpec,
+    ApprovalRequested,
+    BusyPolicy,
+    RunSettled,
+)
+from cuelog.actors._messages import ChatMessage, Usage
+from cuelog.actors._names import (
+    AGENT,
+    RUN,
+    SESSION,
+    agent_stream,
+    run_stream,
+    session_stream,
+    stream_id,
+    stream_prefix,
+)
+from cuelog.actors._run import (
     DecideApproval,
     RunRegistry,
     RunSettings,
@@ -84,30 +102,30 @@ class AgentRuntime:
     async def create_agent(
         self, agent_id: str, spec: AgentSpec, *, if_absent: bool = False
     ) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(CreateAgent(spec, if_absent))
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(CreateAgent(spec, if_absent))
         return view
 
     async def update_agent(self, agent_id: str, spec: AgentSpec) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(UpdateAgent(spec))
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(UpdateAgent(spec))
         return view
 
     async def delete_agent(self, agent_id: str) -> None:
-        await self.system.ref("agent", agent_id).ask(DeleteAgent())
+        await self.system.ref(AGENT, agent_id).ask(DeleteAgent())
 
     async def get_agent(self, agent_id: str) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(GetAgent())
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
 
     async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
         out: list[AgentView] = []
-        cursor = f"agent:{after}" if after is not None else None
+        cursor = agent_stream(after) if after is not None else None
         while len(out) < limit:
-            names = self.log.list_streams("agent:", after=cursor, limit=limit)
+            names = self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=limit)
             if not names:
                 break
             for name in names:
                 try:
-                    out.append(await self.get_agent(name.removeprefix("agent:")))
+                    out.append(await self.get_agent(stream_id(name, AGENT)))
                 except NotFound:
                     continue  # deleted
                 if len(out) >= limit:
@@ -137,7 +155,7 @@ class AgentRuntime:
         agent = await self.get_agent(agent_id)
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
-        sent: Sent = await self.system.ref("session", key).ask(
+        sent: Sent = await self.system.ref(SESSION, key).ask(
             Send(
                 run_id=run,
                 messages=messages,
@@ -161,7 +179,7 @@ class AgentRuntime:
     async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
         """The run's current view; a queued run that has not started yet is reported queued."""
         try:
-            view: RunView = await self.system.ref("run", run_id).ask(GetRun(caller))
+            view: RunView = await self.system.ref(RUN, run_id).ask(GetRun(caller))
         except NotFound:
             session_key = self._queued.get(run_id)
             if session_key is None:
@@ -192,7 +210,7 @@ class AgentRuntime:
         (a `reject` session would otherwise refuse it as busy).
         """
         await self.get_run(run_id, caller=caller)  # ownership and existence
-        async for event in self.log.subscribe_stream(f"run:{run_id}"):
+        async for event in self.log.subscribe_stream(run_stream(run_id)):
             if event.type in TERMINAL_EVENTS:
                 break
         view = await self.get_run(run_id, caller=caller)
@@ -206,9 +224,9 @@ class AgentRuntime:
             return  # deleted: nobody will read its history
         if session.current_run != run_id:
             return
-        stream = f"session:{session_key}"
+        stream = session_stream(session_key)
         async for record in self.log.subscribe_stream(stream, session.version):
-            if record.type == "RunSettled":
+            if record.type == RUN_SETTLED:
                 event = DOMAIN_CODEC.decode(record.type, record.data)
                 if isinstance(event, RunSettled) and event.run_id == run_id:
                     return
@@ -216,7 +234,7 @@ class AgentRuntime:
     async def cancel_run(
         self, run_id: str, *, caller: Caller = ADMIN, reason: str = "cancelled"
     ) -> RunView:
-        view: RunView = await self.system.ref("run", run_id).ask(CancelRun(reason, caller))
+        view: RunView = await self.system.ref(RUN, run_id).ask(CancelRun(reason, caller))
         return view
 
     async def decide_approval(
@@ -232,7 +250,7 @@ class AgentRuntime:
         run_id = approval_id.rpartition(".")[0]
         if not run_id:
             raise NotFound(f"no approval {approval_id!r}")
-        view: RunView = await self.system.ref("run", run_id).ask(
+        view: RunView = await self.system.ref(RUN, run_id).ask(
             DecideApproval(
                 approval_id=approval_id,
                 approve=approve,
@@ -252,8 +270,8 @@ class AgentRuntime:
         if not run_id:
             return None
         view = await self.get_run(run_id, caller=caller)
-        for record in self.log.read_stream(f"run:{run_id}"):
-            if record.type != "ApprovalRequested":
+        for record in self.log.read_stream(run_stream(run_id)):
+            if record.type != APPROVAL_REQUESTED:
                 continue
             event = DOMAIN_CODEC.decode(record.type, record.data)
             assert isinstance(event, ApprovalRequested)
@@ -299,8 +317,8 @@ class AgentRuntime:
             await self.create_agent("tools", spec, if_absent=True)
         line = f"/tool {name} {msgspec.json.encode(args).decode()}"
         sent = await self.send("tools", [ChatMessage(role="user", content=line)], caller=caller)
-        async for event in self.log.subscribe_stream(f"run:{sent.run_id}"):
-            if event.type in TERMINAL_EVENTS or event.type == "ApprovalRequested":
+        async for event in self.log.subscribe_stream(run_stream(sent.run_id)):
+            if event.type in TERMINAL_EVENTS or event.type == APPROVAL_REQUESTED:
                 break
         return await self.get_run(sent.run_id, caller=caller)
 
@@ -311,11 +329,11 @@ class AgentRuntime:
     # -- sessions ------------------------------------------------------------------------------
 
     async def get_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(GetSession(caller))
+        view: SessionView = await self.system.ref(SESSION, key).ask(GetSession(caller))
         return view
 
     async def reset_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(ResetSession(caller))
+        view: SessionView = await self.system.ref(SESSION, key).ask(ResetSession(caller))
         return view
 
     async def patch_session(
@@ -327,13 +345,13 @@ class AgentRuntime:
         metadata: dict[str, Any] | None = None,
         busy_policy: BusyPolicy | None = None,
     ) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(
+        view: SessionView = await self.system.ref(SESSION, key).ask(
             PatchSession(caller=caller, label=label, metadata=metadata, busy_policy=busy_policy)
         )
         return view
 
     async def delete_session(self, key: str, *, caller: Caller = ADMIN) -> None:
-        await self.system.ref("session", key).ask(DeleteSession(caller))
+        await self.system.ref(SESSION, key).ask(DeleteSession(caller))
 
     async def list_sessions(
         self,
@@ -345,16 +363,18 @@ class AgentRuntime:
     ) -> tuple[list[SessionView], str | None]:
         """A page of sessions the caller may see, and the cursor of the next page (or None)."""
         out: list[SessionView] = []
-        cursor = f"session:{after}" if after is not None else None
+        cursor = session_stream(after) if after is not None else None
         exhausted = False
         while len(out) < limit:
-            names = self.log.list_streams("session:", after=cursor, limit=max(limit, 64))
+            names = self.log.list_streams(
+                stream_prefix(SESSION), after=cursor, limit=max(limit, 64)
+            )
             if not names:
                 exhausted = True
                 break
             for name in names:
                 cursor = name
-                key = name.removeprefix("session:")
+                key = stream_id(name, SESSION)
                 state = self.session_state_at(key)
                 if not state.exists or state.deleted:
                     continue
@@ -368,7 +388,7 @@ class AgentRuntime:
                     break
         next_cursor = None
         if not exhausted and out and cursor is not None:
-            next_cursor = cursor.removeprefix("session:")
+            next_cursor = stream_id(cursor, SESSION)
         return out, next_cursor
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:
@@ -385,7 +405,7 @@ class AgentRuntime:
             raise NotFound(f"no event at seq {at_seq}")
         state = self.session_state_at(key, at_seq)
         new_key = self._ids("sess")
-        view: SessionView = await self.system.ref("session", new_key).ask(
+        view: SessionView = await self.system.ref(SESSION, new_key).ask(
             ForkFrom(
                 agent_id=agent_id or parent.agent_id,
                 history=state.history,
@@ -409,7 +429,7 @@ class AgentRuntime:
         found = 0
         after: str | None = None
         while True:
-            names = self.log.list_streams("run:", after=after, limit=500)
+            names = self.log.list_streams(stream_prefix(RUN), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
@@ -418,7 +438,7 @@ class AgentRuntime:
                 if last is None or last.type in TERMINAL_EVENTS:
                     continue
                 found += 1
-                run_id = name.removeprefix("run:")
+                run_id = stream_id(name, RUN)
                 try:
                     view = await self.get_run(run_id)
                     await self.get_session(view.session_key)  # rehydrates: settles, starts next
@@ -426,21 +446,21 @@ class AgentRuntime:
                     continue
         after = None
         while True:
-            names = self.log.list_streams("session:", after=after, limit=500)
+            names = self.log.list_streams(stream_prefix(SESSION), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
             for name in names:
-                state = self.session_state_at(name.removeprefix("session:"))
+                state = self.session_state_at(stream_id(name, SESSION))
                 if state.deleted:
                     continue
                 for queued in state.inbox:  # so get_run reports them queued, not unknown
-                    self._remember_queued(queued.run_id, name.removeprefix("session:"))
+                    self._remember_queued(queued.run_id, stream_id(name, SESSION))
                 if state.current_run is not None:
-                    if not self.log.stream_version(f"run:{state.current_run}"):
-                        self._remember_queued(state.current_run, name.removeprefix("session:"))
+                    if not self.log.stream_version(run_stream(state.current_run)):
+                        self._remember_queued(state.current_run, stream_id(name, SESSION))
                     found += 1
-                    await self.get_session(name.removeprefix("session:"))
+                    await self.get_session(stream_id(name, SESSION))
         if found:
             logger.info("recovered interrupted work", count=found)
         return found
@@ -482,10 +502,10 @@ async def open_agent_runtime(
 ) -> AsyncIterator[AgentRuntime]:
     """Open the actor system, register the domain actors, seed agents and recover."""
     async with open_actor_system(log, config=config) as system:
-        system.register("agent", AgentActor)
-        system.register("session", SessionActor)
+        system.register(AGENT, AgentActor)
+        system.register(SESSION, SessionActor)
         registry = registry or RunRegistry()
-        system.register("run", run_factory(settings, registry))
+        system.register(RUN, run_factory(settings, registry))
         runtime = AgentRuntime(system, log, settings, registry, ids)
         await runtime.seed_agents(agents or {})
         if recover:

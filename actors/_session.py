@@ -31,6 +31,8 @@ from cuelog.actors._commands import (
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_ASSIGNED,
+    SESSION_DELETED,
     AgentSpec,
     BusyPolicy,
     MessageAccepted,
@@ -42,7 +44,7 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.actors._names import AGENT, RUN
+from cuelog.actors._names import AGENT, RUN, run_stream, session_stream
 
 # Re-exported: http/ imports TERMINAL from here.
 from cuelog.actors._names import TERMINAL as TERMINAL  # noqa: PLC0414
@@ -219,7 +221,7 @@ def answered_only(messages: list[ChatMessage]) -> list[ChatMessage]:
 def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> SessionState:
     """A session's state folded from the log as of `at_seq` (or now)."""
     state = SessionState()
-    for record in log.read_stream(f"session:{key}"):
+    for record in log.read_stream(session_stream(key)):
         if at_seq is not None and record.seq > at_seq:
             break
         if DOMAIN_CODEC.knows(record.type):
@@ -258,7 +260,7 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     def actor_of(self, command: Any) -> str | None:
         if isinstance(command, RunDone):
-            return f"run:{command.run_id}"  # the run settles itself into the session
+            return run_stream(command.run_id)  # the run settles itself into the session
         return caller_actor(command)
 
     def _check_access(self, state: SessionState, caller: Caller) -> None:
@@ -375,7 +377,7 @@ class SessionActor(EventSourcedActor[SessionState]):
         """Start and cancel runs once the events that ask for it are durable."""
         types = {record.type for record in recorded}
         current = state.current_run
-        if "SessionDeleted" in types:
+        if SESSION_DELETED in types:
             if current is not None:
                 self.ctx.start_task(cancel_run, self.ctx.system, current, "session deleted")
             for queued in state.inbox:
@@ -388,7 +390,7 @@ class SessionActor(EventSourcedActor[SessionState]):
                 )
         elif current is None:
             return
-        elif "RunAssigned" in types:
+        elif RUN_ASSIGNED in types:
             self.ctx.start_task(start_run_for_session, self.ctx, state, current)
         elif isinstance(command, Send) and state.busy_policy == "interrupt" and recorded:
             self.ctx.start_task(cancel_run, self.ctx.system, current, "interrupted")
