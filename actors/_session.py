@@ -13,7 +13,6 @@ from contextlib import suppress
 from typing import Any, final
 
 import msgspec
-import structlog
 
 from cuelog.actors._agent import AgentView, GetAgent
 from cuelog.actors._commands import (
@@ -51,8 +50,6 @@ from cuelog.actors._names import TERMINAL as TERMINAL  # noqa: PLC0414
 from cuelog.runtime import ActorError, Event, EventLog, RecordedEvent
 from cuelog.runtime._actor import ActorContext, ActorSystem
 from cuelog.runtime._actor_sourced import EventSourcedActor
-
-logger = structlog.get_logger("cuelog.session")
 
 RECENT_RUNS = 50
 
