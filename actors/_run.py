@@ -323,12 +323,6 @@ class RunActor(EventSourcedActor[RunState]):
                 return []
         raise TypeError(f"run actor cannot handle {type(command).__name__}")
 
-    def after_commit(
-        self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
-    ) -> None:
-        if recorded:
-            self._after(state, recorded)
-
     def reply(self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
         if isinstance(command, Record):
             return None
@@ -350,8 +344,12 @@ class RunActor(EventSourcedActor[RunState]):
             version=self.version,
         )
 
-    def _after(self, state: RunState, recorded: Sequence[RecordedEvent]) -> None:
+    def after_commit(
+        self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
+    ) -> None:
         """Effects once events are durable: drive, wake the driver, or tell the session."""
+        if not recorded:
+            return
         self._track_approvals(state)
         if state.status in TERMINAL:
             self.registry.active.discard(self.ctx.id)
@@ -366,7 +364,7 @@ class RunActor(EventSourcedActor[RunState]):
         self._wakeup.set()
 
     def _track_approvals(self, state: RunState) -> None:
-        """Keep the environment's list of pending approvals in step with this run's state."""
+        """Keep the registry's list of pending approvals in step with this run's state."""
         for approval_id, approval in state.approvals.items():
             if approval.status == "pending" and state.status not in TERMINAL:
                 self.registry.pending_approvals[approval_id] = self.ctx.id
