@@ -2,6 +2,9 @@
 `Domain` that the layers above (HTTP, the command line) use for every write and read."""
 
 from cuelog.actors._agent import AgentView as AgentView
+from cuelog.actors._commands import ADMIN as ADMIN
+from cuelog.actors._commands import Caller as Caller
+from cuelog.actors._commands import RunView as RunView
 from cuelog.actors._errors import Conflict as Conflict
 from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
 from cuelog.actors._errors import Invalid as Invalid
@@ -56,16 +59,14 @@ from cuelog.actors._replay import Divergence as Divergence
 from cuelog.actors._replay import check_runs as check_runs
 from cuelog.actors._replay import recorded_runs as recorded_runs
 from cuelog.actors._run import RunActor as RunActor
-from cuelog.actors._run import RunEnvironment as RunEnvironment
+from cuelog.actors._run import RunRegistry as RunRegistry
+from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
-from cuelog.actors._run import RunView as RunView
 from cuelog.actors._run import fold_run as fold_run
 from cuelog.actors._runtime import Domain as Domain
 from cuelog.actors._runtime import IdempotencyKey as IdempotencyKey
 from cuelog.actors._runtime import open_domain as open_domain
 from cuelog.actors._runtime import random_id as random_id
-from cuelog.actors._session import ADMIN as ADMIN
-from cuelog.actors._session import Caller as Caller
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionState as SessionState
 from cuelog.actors._session import SessionView as SessionView
@@ -125,9 +126,10 @@ __all__ = [
     "RunActor",
     "RunCancelled",
     "RunCompleted",
-    "RunEnvironment",
     "RunEvent",
     "RunFailed",
+    "RunRegistry",
+    "RunSettings",
     "RunStarted",
     "RunState",
     "RunStatus",

@@ -6,12 +6,12 @@ changed shape bumps `__schema__` and registers an upcaster on `DOMAIN_CODEC`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
-from cuelog.runtime import Event, EventCodec
+from cuelog.runtime import Event, EventCodec, event_type
 
 ApprovalPolicy = Literal["auto", "ask", "reject"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
@@ -73,6 +73,9 @@ class MessageAccepted(Event, tag="MessageAccepted", frozen=True):
     run_id: str
     messages: list[ChatMessage]
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The agent's definition when the message was sent: the run starts with it without asking
+    # the agent again. None in logs written before it travelled with the message.
+    spec: AgentSpec | None = None
 
 
 class RunAssigned(Event, tag="RunAssigned", frozen=True):
@@ -251,3 +254,11 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)
+
+# Event type names as recorded (`RecordedEvent.type`), derived from the structs' tags.
+RUN_ASSIGNED: Final = event_type(RunAssigned)
+RUN_SETTLED: Final = event_type(RunSettled)
+SESSION_DELETED: Final = event_type(SessionDeleted)
+RUN_STARTED: Final = event_type(RunStarted)
+APPROVAL_REQUESTED: Final = event_type(ApprovalRequested)
+TERMINAL_EVENTS: Final = frozenset(event_type(e) for e in (RunCompleted, RunFailed, RunCancelled))

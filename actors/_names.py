@@ -48,6 +48,11 @@ def idempotency_stream(scope: str, key: str) -> str:
     return "idem:" + hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()[:40]
 
 
+def stream_prefix(kind: str) -> str:
+    """What every stream of `kind` starts with: list them with `log.list_streams(prefix)`."""
+    return f"{kind}:"
+
+
 def stream_id(stream: str, kind: str) -> str:
     """The id part of `<kind>:<id>`."""
     return stream.removeprefix(f"{kind}:")

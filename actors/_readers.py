@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from cuelog.actors._events import DOMAIN_CODEC
+from cuelog.actors._events import DOMAIN_CODEC, TERMINAL_EVENTS
 from cuelog.actors._names import run_stream, session_stream
-from cuelog.actors._run import TERMINAL_EVENTS
 from cuelog.actors._timeline import summary
 from cuelog.runtime import Event, EventLog, RecordedEvent
 

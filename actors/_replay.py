@@ -22,14 +22,18 @@ import msgspec
 import trio
 
 from cuelog.actors._agent import AgentActor
+from cuelog.actors._commands import CancelRun, StartRun
 from cuelog.actors._errors import ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_STARTED,
+    TERMINAL_EVENTS,
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
     AssistantDelta,
     AssistantMessage,
+    ModelRequested,
     RunCancelled,
     RunFailed,
     RunStarted,
@@ -38,30 +42,38 @@ from cuelog.actors._events import (
     ToolCallRequested,
 )
 from cuelog.actors._messages import ToolCall, ToolSpec
-from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
+from cuelog.actors._models import (
+    Finished,
+    ModelChunk,
+    ModelProvider,
+    ModelRequest,
+    TextDelta,
+    ToolCallChunk,
+)
+from cuelog.actors._names import AGENT, RUN, SESSION, run_stream, stream_id, stream_prefix
 from cuelog.actors._run import (
-    TERMINAL_EVENTS,
-    CancelRun,
     DecideApproval,
     RunActor,
-    RunEnvironment,
-    StartRun,
+    RunRegistry,
+    RunSettings,
 )
 from cuelog.actors._session import SessionActor
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import (
     ActorConfig,
     ActorContext,
+    ActorFailed,
     ActorSystem,
     EventLog,
     RecordedEvent,
+    event_type,
     open_actor_system,
     open_event_log,
 )
 
 _canonical = msgspec.json.Encoder(order="sorted")
 _generic = msgspec.msgpack.Decoder()
-SKIPPED = frozenset({"ActorFailed"})
+SKIPPED = frozenset({event_type(ActorFailed)})
 
 
 class Divergence(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,8 +189,7 @@ def _steps(events: Sequence[Any]) -> list[_Step]:
     steps: list[_Step] = []
     current: _Step | None = None
     for event in events:
-        kind = type(event).__name__
-        if kind == "ModelRequested":
+        if isinstance(event, ModelRequested):
             current = _Step()
             steps.append(current)
         elif current is None:
@@ -200,18 +211,22 @@ class Checker:
     """Replays runs one after another in a scratch actor system."""
 
     def __init__(
-        self, system: ActorSystem, scratch: EventLog, env: RunEnvironment, tools: ReplayTools
+        self,
+        system: ActorSystem,
+        scratch: EventLog,
+        providers: dict[str, ModelProvider],
+        tools: ReplayTools,
     ) -> None:
         self._system = system
         self._scratch = scratch
-        self._env = env
+        self._providers = providers  # the runs' settings hold this dict: each check refills it
         self._tools = tools
 
     async def check(
         self, source: EventLog, run_id: str, *, timeout: float = 30.0
     ) -> Divergence | None:
-        recorded = [e for e in source.read_stream(f"run:{run_id}") if e.type not in SKIPPED]
-        if not recorded or recorded[0].type != "RunStarted":
+        recorded = [e for e in source.read_stream(run_stream(run_id)) if e.type not in SKIPPED]
+        if not recorded or recorded[0].type != RUN_STARTED:
             return Divergence(
                 run_id=run_id, position=1, recorded_seq=None, reason="the run has no RunStarted"
             )
@@ -228,9 +243,8 @@ class Checker:
             ):
                 stop = index
                 break
-        self._env.providers = {
-            started.spec.provider: ReplayModel(started.spec.provider, _steps(decoded))
-        }
+        self._providers.clear()
+        self._providers[started.spec.provider] = ReplayModel(started.spec.provider, _steps(decoded))
         self._tools.load(decoded)
         decisions = {
             e.approval_id: e for e in decoded if isinstance(e, ApprovalGranted | ApprovalDenied)
@@ -238,7 +252,7 @@ class Checker:
         error = None
         if len(decoded) > 1 and isinstance(decoded[1], RunFailed):
             error = decoded[1].reason
-        ref = self._system.ref("run", run_id)
+        ref = self._system.ref(RUN, run_id)
         await ref.ask(
             StartRun(
                 session_key=started.session_key,
@@ -251,7 +265,7 @@ class Checker:
         )
         position = 0
         with trio.move_on_after(timeout):
-            async for produced in self._scratch.subscribe_stream(f"run:{run_id}"):
+            async for produced in self._scratch.subscribe_stream(run_stream(run_id)):
                 if produced.type in SKIPPED:
                     continue
                 if position >= stop:
@@ -296,7 +310,7 @@ class Checker:
         return None
 
     async def _stop(self, run_id: str) -> None:
-        await self._system.ref("run", run_id).ask(CancelRun(reason="replay finished"))
+        await self._system.ref(RUN, run_id).ask(CancelRun(reason="replay finished"))
 
 
 async def check_runs(
@@ -304,7 +318,7 @@ async def check_runs(
     run_ids: Sequence[str],
     *,
     progress: Callable[[int, int], None] | None = None,
-    run_actor: Callable[[ActorContext, RunEnvironment], RunActor] = RunActor,
+    run_actor: Callable[[ActorContext, RunSettings, RunRegistry], RunActor] = RunActor,
 ) -> list[Divergence]:
     """Re-run each recorded run; return the divergences found (empty when all match).
 
@@ -312,16 +326,18 @@ async def check_runs(
     """
     divergences: list[Divergence] = []
     tools = ReplayTools()
-    env = RunEnvironment(providers={}, tools=tools, delta_chars=1, delta_interval=0.0)
+    providers: dict[str, ModelProvider] = {}
+    settings = RunSettings(providers=providers, tools=tools, delta_chars=1, delta_interval=0.0)
+    registry = RunRegistry()
     with tempfile.TemporaryDirectory(prefix="cuelog-replay-") as scratch_dir:
         async with (
             open_event_log(scratch_dir, sync=False) as scratch,
             open_actor_system(scratch, config=ActorConfig(snapshot_every=0)) as system,
         ):
-            system.register("agent", AgentActor)
-            system.register("session", SessionActor)
-            system.register("run", lambda ctx: run_actor(ctx, env))
-            checker = Checker(system, scratch, env, tools)
+            system.register(AGENT, AgentActor)
+            system.register(SESSION, SessionActor)
+            system.register(RUN, lambda ctx: run_actor(ctx, settings, registry))
+            checker = Checker(system, scratch, providers, tools)
             for index, run_id in enumerate(run_ids, start=1):
                 found = await checker.check(source, run_id)
                 if found is not None:
@@ -336,8 +352,8 @@ def recorded_runs(log: EventLog) -> list[str]:
     out: list[str] = []
     after: str | None = None
     while True:
-        names = log.list_streams("run:", after=after, limit=1000)
+        names = log.list_streams(stream_prefix(RUN), after=after, limit=1000)
         if not names:
             return out
-        out.extend(name.removeprefix("run:") for name in names)
+        out.extend(stream_id(name, RUN) for name in names)
         after = names[-1]

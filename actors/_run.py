@@ -13,15 +13,27 @@ import collections
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any, final
 
 import msgspec
 import structlog
 import trio
 
+from cuelog.actors._commands import (
+    ADMIN,
+    Caller,
+    CancelRun,
+    GetRun,
+    RunDone,
+    RunView,
+    StartRun,
+    caller_actor,
+)
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_STARTED,
+    TERMINAL_EVENTS,
     AgentSpec,
     ApprovalDenied,
     ApprovalGranted,
@@ -39,7 +51,7 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._session import ADMIN, TERMINAL, Caller, RunDone, SessionState, caller_actor
+from cuelog.actors._names import SESSION, TERMINAL, agent_stream
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import (
@@ -53,15 +65,9 @@ from cuelog.runtime import (
     TaskHandle,
 )
 
-if TYPE_CHECKING:
-    from cuelog.actors._agent import AgentView
-
 logger = structlog.get_logger("cuelog.run")
 
 _canonical = msgspec.json.Encoder(order="sorted")
-
-
-TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
 def args_digest(call: ToolCall) -> str:
@@ -74,35 +80,50 @@ def args_digest(call: ToolCall) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-class RunEnvironment:
-    """What every run shares: models, tools, approval settings and the emergency stop."""
+class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How every run works: its model providers, tools, approval settings and delta coalescing."""
 
-    def __init__(
-        self,
-        *,
-        providers: dict[str, ModelProvider],
-        tools: ToolRegistry,
-        auto_approve: bool = False,
-        approval_timeout: float = 3600.0,
-        delta_interval: float = 0.05,
-        delta_chars: int = 64,
-    ) -> None:
-        self.providers = providers
-        self.tools = tools
-        self.auto_approve = auto_approve
-        self.approval_timeout = approval_timeout
-        self.delta_interval = delta_interval
-        self.delta_chars = delta_chars
-        self.active: set[str] = set()
-        self.finished: collections.Counter[str] = collections.Counter()  # runs ended, by status
-        self.pending_approvals: dict[str, str] = {}  # approval id -> run id
-        self.stopped = False
+    providers: dict[str, ModelProvider]
+    tools: ToolRegistry
+    auto_approve: bool = False
+    approval_timeout: float = 3600.0  # seconds an approval may wait before it is denied
+    delta_interval: float = 0.05  # seconds between two recorded deltas of a streaming model
+    delta_chars: int = 64  # or this many characters, whichever comes first
 
     def provider(self, spec: AgentSpec) -> ModelProvider:
         provider = self.providers.get(spec.provider)
         if provider is None:
             raise ModelError(f"model provider {spec.provider!r} is not configured on this server")
         return provider
+
+
+class RunRegistryStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters for health and metrics."""
+
+    active_runs: int
+    finished: dict[str, int]  # runs ended since the process started, by status
+    pending_approvals: int
+    emergency_stop: bool
+
+
+@final
+class RunRegistry:
+    """What the runs of one process share while they run: which are active, how many ended,
+    the approvals waiting, and the emergency stop that refuses new runs."""
+
+    def __init__(self) -> None:
+        self.active: set[str] = set()
+        self.finished: collections.Counter[str] = collections.Counter()
+        self.pending_approvals: dict[str, str] = {}  # approval id -> run id
+        self.stopped = False
+
+    def statistics(self) -> RunRegistryStatistics:
+        return RunRegistryStatistics(
+            active_runs=len(self.active),
+            finished=dict(self.finished),
+            pending_approvals=len(self.pending_approvals),
+            emergency_stop=self.stopped,
+        )
 
 
 class Approval(msgspec.Struct, frozen=True):
@@ -127,21 +148,6 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     content: str = ""
     error: str | None = None
-
-
-class RunView(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    status: str
-    session_key: str
-    agent_id: str
-    owner: str | None
-    step: int
-    content: str
-    usage: Usage
-    error: str | None
-    pending_approvals: list[str]
-    messages: list[ChatMessage]
-    version: int
 
 
 def fold_run(state: RunState, event: Event) -> RunState:
@@ -224,24 +230,10 @@ def _tool_answered(state: RunState, call_id: str, name: str, content: str) -> Ru
 # -- commands ----------------------------------------------------------------------------------
 
 
-class StartRun(msgspec.Struct, frozen=True, kw_only=True):
-    session_key: str
-    agent_id: str
-    owner: str | None
-    spec: AgentSpec | None
-    messages: list[ChatMessage]
-    error: str | None = None
-
-
 class Record(msgspec.Struct, frozen=True):
     """Sent by the run's own driver: outputs to record."""
 
     events: list[Event]
-
-
-class CancelRun(msgspec.Struct, frozen=True):
-    reason: str = "cancelled"
-    caller: Caller = ADMIN
 
 
 class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
@@ -253,16 +245,13 @@ class DecideApproval(msgspec.Struct, frozen=True, kw_only=True):
     caller: Caller = ADMIN
 
 
-class GetRun(msgspec.Struct, frozen=True):
-    caller: Caller = ADMIN
-
-
 class RunActor(EventSourcedActor[RunState]):
     codec = DOMAIN_CODEC
 
-    def __init__(self, ctx: ActorContext, env: RunEnvironment) -> None:
+    def __init__(self, ctx: ActorContext, settings: RunSettings, registry: RunRegistry) -> None:
         super().__init__(ctx)
-        self.env = env
+        self.settings = settings
+        self.registry = registry
         self._driver: TaskHandle | None = None
         self._wakeup = trio.Event()
 
@@ -274,7 +263,7 @@ class RunActor(EventSourcedActor[RunState]):
 
     def actor_of(self, command: Any) -> str | None:
         if isinstance(command, Record):
-            return f"agent:{self.state.agent_id}"  # the driver records for the run's agent
+            return agent_stream(self.state.agent_id)  # the driver records for the run's agent
         if isinstance(command, StartRun):
             return command.owner or "local"
         return caller_actor(command)
@@ -289,7 +278,7 @@ class RunActor(EventSourcedActor[RunState]):
                 if state.status != "new":
                     return []
                 error: str | None = command.error
-                if self.env.stopped:
+                if self.registry.stopped:
                     error = "emergency stop: new runs are refused"
                 spec = command.spec or AgentSpec()
                 started = RunStarted(
@@ -340,8 +329,6 @@ class RunActor(EventSourcedActor[RunState]):
         raise TypeError(f"run actor cannot handle {type(command).__name__}")
 
     def reply(self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
-        if recorded:
-            self._after(state, recorded)
         if isinstance(command, Record):
             return None
         return self.view(state)
@@ -362,39 +349,43 @@ class RunActor(EventSourcedActor[RunState]):
             version=self.version,
         )
 
-    def _after(self, state: RunState, recorded: Sequence[RecordedEvent]) -> None:
+    def after_commit(
+        self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
+    ) -> None:
         """Effects once events are durable: drive, wake the driver, or tell the session."""
+        if not recorded:
+            return
         self._track_approvals(state)
         if state.status in TERMINAL:
-            self.env.active.discard(self.ctx.id)
+            self.registry.active.discard(self.ctx.id)
             if self._driver is not None and not self._driver.done:
                 self._driver.cancel()
             if any(r.type in TERMINAL_EVENTS for r in recorded):
-                self.env.finished[state.status] += 1
+                self.registry.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
             return
-        if recorded[0].type == "RunStarted":
+        if recorded[0].type == RUN_STARTED:
             self._start_driver()
         self._wakeup.set()
 
     def _track_approvals(self, state: RunState) -> None:
-        """Keep the environment's list of pending approvals in step with this run's state."""
+        """Keep the registry's list of pending approvals in step with this run's state."""
         for approval_id, approval in state.approvals.items():
             if approval.status == "pending" and state.status not in TERMINAL:
-                self.env.pending_approvals[approval_id] = self.ctx.id
+                self.registry.pending_approvals[approval_id] = self.ctx.id
             else:
-                self.env.pending_approvals.pop(approval_id, None)
+                self.registry.pending_approvals.pop(approval_id, None)
 
     def _start_driver(self) -> None:
         if self._driver is None or self._driver.done:
-            self.env.active.add(self.ctx.id)
+            self.registry.active.add(self.ctx.id)
             self._driver = self.ctx.start_task(self._drive, name=f"run {self.ctx.id}")
 
     async def on_rehydrated(self, state: RunState) -> Sequence[Event]:
         if state.status == "running":
             # A crash, or a restart after the driver died: close the run, then tell the session
             # (the task asks this actor first, so it runs once the RunFailed is durable).
-            self.env.active.discard(self.ctx.id)
+            self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
         if state.status == "waiting_approval":
@@ -434,7 +425,7 @@ class RunActor(EventSourcedActor[RunState]):
             return  # the system is shutting down; the log has everything recorded so far
 
     async def _await_decision(self, approval_id: str, approval: Approval) -> None:
-        with trio.move_on_after(self.env.approval_timeout) as scope:
+        with trio.move_on_after(self.settings.approval_timeout) as scope:
             while self.state.approvals[approval_id].status == "pending":
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
@@ -442,7 +433,7 @@ class RunActor(EventSourcedActor[RunState]):
             await self._record(ApprovalDenied(approval_id=approval_id, reason="approval timed out"))
 
     async def _run_tool(self, state: RunState, spec: AgentSpec, call: ToolCall) -> None:
-        tools = self.env.tools
+        tools = self.settings.tools
         decided = next(
             (a for a in state.approvals.values() if a.call.id == call.id and a.status != "pending"),
             None,
@@ -457,7 +448,7 @@ class RunActor(EventSourcedActor[RunState]):
             )
             return
         policy = spec.tool_approval.get(call.name, spec.approval)
-        if policy == "ask" and self.env.auto_approve:
+        if policy == "ask" and self.settings.auto_approve:
             policy = "auto"
         if policy == "reject":
             await self._record(
@@ -491,14 +482,14 @@ class RunActor(EventSourcedActor[RunState]):
             ModelRequested(step=step, message_count=len(state.messages), model=spec.model)
         )
         try:
-            provider = self.env.provider(spec)
+            provider = self.settings.provider(spec)
         except ModelError as exc:
             await self._record(RunFailed(reason=str(exc), usage=state.usage))
             return
         request = ModelRequest(
             model=spec.model,
             messages=state.messages,
-            tools=self.env.tools.specs(spec.tools),
+            tools=self.settings.tools.specs(spec.tools),
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
         )
@@ -515,8 +506,8 @@ class RunActor(EventSourcedActor[RunState]):
                         now = trio.current_time()
                         size = sum(map(len, buffered))
                         if (
-                            size >= self.env.delta_chars
-                            or now - last_flush >= self.env.delta_interval
+                            size >= self.settings.delta_chars
+                            or now - last_flush >= self.settings.delta_interval
                         ):
                             await self._record(AssistantDelta(step=step, text="".join(buffered)))
                             buffered.clear()
@@ -570,12 +561,12 @@ def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[Ch
     return list(messages)
 
 
-# -- effects used by sessions -------------------------------------------------------------------
+# -- telling the session ----------------------------------------------------------------------
 
 
 async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> None:
     try:
-        await system.ref("session", state.session_key).ask(
+        await system.ref(SESSION, state.session_key).ask(
             RunDone(run_id=run_id, status=state.status, messages=state.produced)
         )
     except ActorStopped as exc:  # shutting down: the session settles the run when it rehydrates
@@ -588,62 +579,13 @@ async def _notify_session_when_closed(ctx: ActorContext) -> None:
     view: RunView = await ctx.ref.ask(GetRun())
     if view.status in TERMINAL:
         with suppress(NotFound):
-            await ctx.system.ref("session", view.session_key).ask(
+            await ctx.system.ref(SESSION, view.session_key).ask(
                 RunDone(run_id=view.id, status=view.status, messages=view.messages)
             )
-
-
-async def start_run_for_session(
-    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
-) -> None:
-    """Start the run a session assigned, with the agent's current definition; with `error` the
-    run is recorded as started and failed at once (its session can no longer run it)."""
-    from cuelog.actors._agent import GetAgent
-
-    spec: AgentSpec | None = None
-    try:
-        agent: AgentView = await ctx.system.ref("agent", state.agent_id).ask(GetAgent())
-        spec = agent.spec
-    except NotFound:
-        error = error or f"agent {state.agent_id!r} does not exist"
-    await ctx.system.ref("run", run_id).ask(
-        StartRun(
-            session_key=ctx.id,
-            agent_id=state.agent_id,
-            owner=state.owner,
-            spec=spec,
-            messages=state.history,
-            error=error,
-        )
-    )
-
-
-async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
-    with suppress(NotFound, ActorError):
-        await system.ref("run", run_id).ask(CancelRun(reason=reason))
-
-
-async def recover_session_run(ctx: ActorContext, run_id: str) -> None:
-    """After a session rehydrates with a run in flight: finish what a crash interrupted."""
-    run = ctx.system.ref("run", run_id)
-    try:
-        view: RunView = await run.ask(GetRun())
-    except NotFound:
-        # The run was assigned but never started: start it now.
-        from cuelog.actors._session import GetSession, SessionView
-
-        session: SessionView = await ctx.ref.ask(GetSession())
-        state = SessionState(
-            exists=True, agent_id=session.agent_id, owner=session.owner, history=session.messages
-        )
-        await start_run_for_session(ctx, state, run_id)
-        return
-    if view.status in TERMINAL:
-        await ctx.ref.ask(RunDone(run_id=run_id, status=view.status, messages=view.messages))
 
 
 RunFactory = Callable[[ActorContext], RunActor]
 
 
-def run_factory(env: RunEnvironment) -> RunFactory:
-    return lambda ctx: RunActor(ctx, env)
+def run_factory(settings: RunSettings, registry: RunRegistry) -> RunFactory:
+    return lambda ctx: RunActor(ctx, settings, registry)

@@ -25,9 +25,13 @@ from cuelog.actors._agent import (
     GetAgent,
     UpdateAgent,
 )
+from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
 from cuelog.actors._errors import NotFound, Unavailable
 from cuelog.actors._events import (
+    APPROVAL_REQUESTED,
     DOMAIN_CODEC,
+    RUN_SETTLED,
+    TERMINAL_EVENTS,
     AgentSpec,
     ApprovalRequested,
     BusyPolicy,
@@ -46,6 +50,7 @@ from cuelog.actors._names import (
     run_stream,
     session_stream,
     stream_id,
+    stream_prefix,
 )
 from cuelog.actors._readers import (
     RunEvent,
@@ -56,17 +61,12 @@ from cuelog.actors._readers import (
     session_events,
 )
 from cuelog.actors._run import (
-    TERMINAL_EVENTS,
-    CancelRun,
     DecideApproval,
-    GetRun,
-    RunEnvironment,
-    RunView,
+    RunRegistry,
+    RunSettings,
     run_factory,
 )
 from cuelog.actors._session import (
-    ADMIN,
-    Caller,
     DeleteSession,
     ForkFrom,
     GetSession,
@@ -108,11 +108,17 @@ class Domain:
     QUEUED_HINTS: Final = QUEUED_HINTS
 
     def __init__(
-        self, system: ActorSystem, log: EventLog, env: RunEnvironment, ids: Callable[[str], str]
+        self,
+        system: ActorSystem,
+        log: EventLog,
+        settings: RunSettings,
+        registry: RunRegistry,
+        ids: Callable[[str], str],
     ) -> None:
         self.system = system
         self.log = log
-        self.env = env
+        self.settings = settings
+        self.registry = registry
         self.keys = KeyStore(log)
         self._ids = ids
         self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
@@ -122,25 +128,25 @@ class Domain:
     async def create_agent(
         self, agent_id: str, spec: AgentSpec, *, if_absent: bool = False
     ) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(CreateAgent(spec, if_absent))
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(CreateAgent(spec, if_absent))
         return view
 
     async def update_agent(self, agent_id: str, spec: AgentSpec) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(UpdateAgent(spec))
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(UpdateAgent(spec))
         return view
 
     async def delete_agent(self, agent_id: str) -> None:
-        await self.system.ref("agent", agent_id).ask(DeleteAgent())
+        await self.system.ref(AGENT, agent_id).ask(DeleteAgent())
 
     async def get_agent(self, agent_id: str) -> AgentView:
-        view: AgentView = await self.system.ref("agent", agent_id).ask(GetAgent())
+        view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
 
     async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
         out: list[AgentView] = []
         cursor = agent_stream(after) if after is not None else None
         while len(out) < limit:
-            names = self.log.list_streams(agent_stream(""), after=cursor, limit=limit)
+            names = self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=limit)
             if not names:
                 break
             for name in names:
@@ -172,15 +178,15 @@ class Domain:
         Durable before it returns: the messages and the run are in the log. With `idempotency`,
         the first request with that key makes the run and a repeat attaches to it.
         """
-        if self.env.stopped:
+        if self.registry.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
-        await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
+        agent = await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)
             run, key = claim.run_id, claim.session_key
-        sent: Sent = await self.system.ref("session", key).ask(
+        sent: Sent = await self.system.ref(SESSION, key).ask(
             Send(
                 run_id=run,
                 messages=messages,
@@ -188,6 +194,7 @@ class Domain:
                 caller=caller,
                 busy_policy=busy_policy,
                 metadata=metadata or {},
+                spec=agent.spec,
             )
         )
         self._remember_queued(run, key)
@@ -215,7 +222,7 @@ class Domain:
     async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
         """The run's current view; a queued run that has not started yet is reported queued."""
         try:
-            view: RunView = await self.system.ref("run", run_id).ask(GetRun(caller))
+            view: RunView = await self.system.ref(RUN, run_id).ask(GetRun(caller))
         except NotFound:
             session_key = self._queued.get(run_id)
             if session_key is None:
@@ -261,7 +268,7 @@ class Domain:
             return
         stream = session_stream(session_key)
         async for record in self.log.subscribe_stream(stream, session.version):
-            if record.type == "RunSettled":
+            if record.type == RUN_SETTLED:
                 event = DOMAIN_CODEC.decode(record.type, record.data)
                 if isinstance(event, RunSettled) and event.run_id == run_id:
                     return
@@ -269,7 +276,7 @@ class Domain:
     async def cancel_run(
         self, run_id: str, *, caller: Caller = ADMIN, reason: str = "cancelled"
     ) -> RunView:
-        view: RunView = await self.system.ref("run", run_id).ask(CancelRun(reason, caller))
+        view: RunView = await self.system.ref(RUN, run_id).ask(CancelRun(reason, caller))
         return view
 
     async def decide_approval(
@@ -285,7 +292,7 @@ class Domain:
         run_id = approval_id.rpartition(".")[0]
         if not run_id:
             raise NotFound(f"no approval {approval_id!r}")
-        view: RunView = await self.system.ref("run", run_id).ask(
+        view: RunView = await self.system.ref(RUN, run_id).ask(
             DecideApproval(
                 approval_id=approval_id,
                 approve=approve,
@@ -306,7 +313,7 @@ class Domain:
             return None
         view = await self.get_run(run_id, caller=caller)
         for record in self.log.read_stream(run_stream(run_id)):
-            if record.type != "ApprovalRequested":
+            if record.type != APPROVAL_REQUESTED:
                 continue
             event = DOMAIN_CODEC.decode(record.type, record.data)
             assert isinstance(event, ApprovalRequested)
@@ -339,7 +346,7 @@ class Domain:
             name="tools",
             provider="echo",
             model="echo-1",
-            tools=self.env.tools.enabled(),
+            tools=self.settings.tools.enabled(),
             approval=default.spec.approval,
             tool_approval=default.spec.tool_approval,
             max_steps=2,
@@ -359,16 +366,16 @@ class Domain:
 
     def pending_approvals(self) -> dict[str, str]:
         """approval id -> run id, for every approval waiting for a decision."""
-        return dict(self.env.pending_approvals)
+        return dict(self.registry.pending_approvals)
 
     # -- sessions ------------------------------------------------------------------------------
 
     async def get_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(GetSession(caller))
+        view: SessionView = await self.system.ref(SESSION, key).ask(GetSession(caller))
         return view
 
     async def reset_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(ResetSession(caller))
+        view: SessionView = await self.system.ref(SESSION, key).ask(ResetSession(caller))
         return view
 
     async def patch_session(
@@ -380,13 +387,13 @@ class Domain:
         metadata: dict[str, Any] | None = None,
         busy_policy: BusyPolicy | None = None,
     ) -> SessionView:
-        view: SessionView = await self.system.ref("session", key).ask(
+        view: SessionView = await self.system.ref(SESSION, key).ask(
             PatchSession(caller=caller, label=label, metadata=metadata, busy_policy=busy_policy)
         )
         return view
 
     async def delete_session(self, key: str, *, caller: Caller = ADMIN) -> None:
-        await self.system.ref("session", key).ask(DeleteSession(caller))
+        await self.system.ref(SESSION, key).ask(DeleteSession(caller))
 
     async def list_sessions(
         self,
@@ -401,7 +408,9 @@ class Domain:
         cursor = session_stream(after) if after is not None else None
         exhausted = False
         while len(out) < limit:
-            names = self.log.list_streams(session_stream(""), after=cursor, limit=max(limit, 64))
+            names = self.log.list_streams(
+                stream_prefix(SESSION), after=cursor, limit=max(limit, 64)
+            )
             if not names:
                 exhausted = True
                 break
@@ -438,7 +447,7 @@ class Domain:
             raise NotFound(f"no event at seq {at_seq}")
         state = self.session_state_at(key, at_seq)
         new_key = self._ids("sess")
-        view: SessionView = await self.system.ref("session", new_key).ask(
+        view: SessionView = await self.system.ref(SESSION, new_key).ask(
             ForkFrom(
                 agent_id=agent_id or parent.agent_id,
                 history=state.history,
@@ -462,7 +471,7 @@ class Domain:
         found = 0
         after: str | None = None
         while True:
-            names = self.log.list_streams(run_stream(""), after=after, limit=500)
+            names = self.log.list_streams(stream_prefix(RUN), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
@@ -479,7 +488,7 @@ class Domain:
                     continue
         after = None
         while True:
-            names = self.log.list_streams(session_stream(""), after=after, limit=500)
+            names = self.log.list_streams(stream_prefix(SESSION), after=after, limit=500)
             if not names:
                 break
             after = names[-1]
@@ -508,7 +517,7 @@ class Domain:
 
     @property
     def emergency_stopped(self) -> bool:
-        return self.env.stopped
+        return self.registry.stopped
 
     def restore_emergency_stop(self) -> bool:
         """Take up the last recorded emergency-stop change (at start); return whether it is on."""
@@ -516,14 +525,14 @@ class Domain:
         for record in reversed(self.log.read_stream(SYSTEM_STREAM, max(version - 50, 1))):
             event = DOMAIN_CODEC.decode(record.type, record.data)
             if isinstance(event, EmergencyStopChanged):
-                self.env.stopped = event.stopped
+                self.registry.stopped = event.stopped
                 break
-        return self.env.stopped
+        return self.registry.stopped
 
     async def emergency_stop(self, *, by: str | None = None) -> int:
         """Refuse new runs and cancel every active one; return how many were cancelled."""
-        self.env.stopped = True
-        active = list(self.env.active)
+        self.registry.stopped = True
+        active = list(self.registry.active)
         async with trio.open_nursery() as nursery:
             for run_id in active:
                 nursery.start_soon(self._cancel_quietly, run_id)
@@ -540,7 +549,7 @@ class Domain:
 
     async def release_emergency_stop(self, *, by: str | None = None) -> None:
         """Allow new runs again."""
-        self.env.stopped = False
+        self.registry.stopped = False
         await self.log.append(SYSTEM_STREAM, [EmergencyStopChanged(stopped=False)], actor=by)
 
     # -- readers -------------------------------------------------------------------------------
@@ -577,8 +586,9 @@ class Domain:
 @asynccontextmanager
 async def open_domain(
     log: EventLog,
-    env: RunEnvironment,
+    settings: RunSettings,
     *,
+    registry: RunRegistry | None = None,
     config: ActorConfig | None = None,
     agents: dict[str, AgentSpec] | None = None,
     ids: Callable[[str], str] = random_id,
@@ -587,10 +597,11 @@ async def open_domain(
     """Open the actor system, register the domain actors, seed agents, take up the emergency
     stop and recover interrupted work."""
     async with open_actor_system(log, config=config) as system:
-        system.register("agent", AgentActor)
-        system.register("session", SessionActor)
-        system.register("run", run_factory(env))
-        domain = Domain(system, log, env, ids)
+        system.register(AGENT, AgentActor)
+        system.register(SESSION, SessionActor)
+        registry = registry or RunRegistry()
+        system.register(RUN, run_factory(settings, registry))
+        domain = Domain(system, log, settings, registry, ids)
         await domain.seed_agents(agents or {})
         if domain.restore_emergency_stop():
             logger.warning("emergency stop is on: new runs are refused until it is released")

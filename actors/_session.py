@@ -9,14 +9,28 @@ that call for them are durable, so a crash in between is repaired on rehydration
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, final
 
 import msgspec
-import structlog
 
+from cuelog.actors._agent import AgentView, GetAgent
+from cuelog.actors._commands import (
+    ADMIN,
+    Caller,
+    CancelRun,
+    GetRun,
+    RunDone,
+    RunView,
+    StartRun,
+    caller_actor,
+)
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import (
     DOMAIN_CODEC,
+    RUN_ASSIGNED,
+    SESSION_DELETED,
+    AgentSpec,
     BusyPolicy,
     MessageAccepted,
     RunAssigned,
@@ -27,35 +41,24 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.runtime import Event, EventLog, EventSourcedActor, RecordedEvent
-
-logger = structlog.get_logger("cuelog.session")
+from cuelog.actors._names import AGENT, RUN, TERMINAL, run_stream, session_stream
+from cuelog.runtime import (
+    ActorContext,
+    ActorError,
+    ActorSystem,
+    Event,
+    EventLog,
+    EventSourcedActor,
+    RecordedEvent,
+)
 
 RECENT_RUNS = 50
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-
-
-class Caller(msgspec.Struct, frozen=True):
-    """Who sends a command: the owning key's id, and whether it may see everyone's."""
-
-    owner: str | None = None
-    admin: bool = True
-
-
-ADMIN = Caller()
-
-
-def caller_actor(command: Any) -> str | None:
-    """The envelope `actor` for a command: the calling key's id, `local` without auth."""
-    caller = getattr(command, "caller", None)
-    if not isinstance(caller, Caller):
-        return None
-    return caller.owner or "local"
 
 
 class QueuedRun(msgspec.Struct, frozen=True):
     run_id: str
     messages: list[ChatMessage]
+    spec: AgentSpec | None = None  # what the run will start with (None: ask the agent)
 
 
 class SessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +76,7 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     parent_session: str | None = None
     parent_seq: int | None = None
     parent_hash: str | None = None
+    current_spec: AgentSpec | None = None  # the agent definition `current_run` starts with
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,12 +112,7 @@ class Send(msgspec.Struct, frozen=True, kw_only=True):
     busy_policy: BusyPolicy | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     label: str | None = None
-
-
-class RunDone(msgspec.Struct, frozen=True):
-    run_id: str
-    status: str
-    messages: list[ChatMessage]
+    spec: AgentSpec | None = None  # the agent's definition, read once by the sender
 
 
 class GetSession(msgspec.Struct, frozen=True):
@@ -163,15 +162,20 @@ def fold_session(state: SessionState, event: Event) -> SessionState:
                 parent_hash=event.parent_hash,
                 history=list(event.history),
             )
-        case MessageAccepted(run_id=run_id, messages=messages):
-            return replace(state, inbox=[*state.inbox, QueuedRun(run_id, messages)])
+        case MessageAccepted(run_id=run_id, messages=messages, spec=spec):
+            return replace(state, inbox=[*state.inbox, QueuedRun(run_id, messages, spec)])
         case RunAssigned(run_id=run_id):
             queued = next((q for q in state.inbox if q.run_id == run_id), None)
             inbox = [q for q in state.inbox if q.run_id != run_id]
             history = state.history + (queued.messages if queued else [])
             recent = [*state.recent_runs, run_id][-RECENT_RUNS:]
             return replace(
-                state, inbox=inbox, history=history, current_run=run_id, recent_runs=recent
+                state,
+                inbox=inbox,
+                history=history,
+                current_run=run_id,
+                recent_runs=recent,
+                current_spec=queued.spec if queued else None,
             )
         case RunSettled(run_id=run_id, messages=messages):
             current = None if state.current_run == run_id else state.current_run
@@ -215,7 +219,7 @@ def answered_only(messages: list[ChatMessage]) -> list[ChatMessage]:
 def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> SessionState:
     """A session's state folded from the log as of `at_seq` (or now)."""
     state = SessionState()
-    for record in log.read_stream(f"session:{key}"):
+    for record in log.read_stream(session_stream(key)):
         if at_seq is not None and record.seq > at_seq:
             break
         if DOMAIN_CODEC.knows(record.type):
@@ -254,7 +258,7 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     def actor_of(self, command: Any) -> str | None:
         if isinstance(command, RunDone):
-            return f"run:{command.run_id}"  # the run settles itself into the session
+            return run_stream(command.run_id)  # the run settles itself into the session
         return caller_actor(command)
 
     def _check_access(self, state: SessionState, caller: Caller) -> None:
@@ -345,7 +349,10 @@ class SessionActor(EventSourcedActor[SessionState]):
             )
         events.append(
             MessageAccepted(
-                run_id=command.run_id, messages=command.messages, metadata=command.metadata
+                run_id=command.run_id,
+                messages=command.messages,
+                metadata=command.metadata,
+                spec=command.spec,
             )
         )
         if state.current_run is None and not state.inbox:
@@ -353,7 +360,6 @@ class SessionActor(EventSourcedActor[SessionState]):
         return events
 
     def reply(self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
-        self._effects(state, command, recorded)
         match command:
             case Send(run_id=run_id):
                 return Sent(self.ctx.id, run_id, queued=state.current_run != run_id)
@@ -363,15 +369,13 @@ class SessionActor(EventSourcedActor[SessionState]):
     def view(self, state: SessionState) -> SessionView:
         return session_view(self.ctx.id, state, self.version)
 
-    def _effects(
+    def after_commit(
         self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]
     ) -> None:
         """Start and cancel runs once the events that ask for it are durable."""
-        from cuelog.actors._run import cancel_run, start_run_for_session
-
         types = {record.type for record in recorded}
         current = state.current_run
-        if "SessionDeleted" in types:
+        if SESSION_DELETED in types:
             if current is not None:
                 self.ctx.start_task(cancel_run, self.ctx.system, current, "session deleted")
             for queued in state.inbox:
@@ -384,14 +388,72 @@ class SessionActor(EventSourcedActor[SessionState]):
                 )
         elif current is None:
             return
-        elif "RunAssigned" in types:
+        elif RUN_ASSIGNED in types:
             self.ctx.start_task(start_run_for_session, self.ctx, state, current)
         elif isinstance(command, Send) and state.busy_policy == "interrupt" and recorded:
             self.ctx.start_task(cancel_run, self.ctx.system, current, "interrupted")
 
     async def on_rehydrated(self, state: SessionState) -> Sequence[Event]:
         if state.current_run is not None and not state.deleted:
-            from cuelog.actors._run import recover_session_run
-
-            self.ctx.start_task(recover_session_run, self.ctx, state.current_run)
+            self.ctx.start_task(
+                recover_session_run, self.ctx, state.current_run, state.current_spec
+            )
         return ()
+
+
+# -- effects on runs ---------------------------------------------------------------------------
+
+
+async def start_run_for_session(
+    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
+) -> None:
+    """Start the run a session assigned, with the agent definition its message came with; with
+    `error` the run is recorded as started and failed at once (its session can no longer run it)."""
+    if run_id == state.current_run:
+        spec = state.current_spec
+    else:
+        spec = next((q.spec for q in state.inbox if q.run_id == run_id), None)
+    if spec is None:
+        # A message recorded before the definition travelled with it: ask the agent.
+        try:
+            agent: AgentView = await ctx.system.ref(AGENT, state.agent_id).ask(GetAgent())
+            spec = agent.spec
+        except NotFound:
+            error = error or f"agent {state.agent_id!r} does not exist"
+    await ctx.system.ref(RUN, run_id).ask(
+        StartRun(
+            session_key=ctx.id,
+            agent_id=state.agent_id,
+            owner=state.owner,
+            spec=spec,
+            messages=state.history,
+            error=error,
+        )
+    )
+
+
+async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
+    with suppress(NotFound, ActorError):
+        await system.ref(RUN, run_id).ask(CancelRun(reason=reason))
+
+
+async def recover_session_run(ctx: ActorContext, run_id: str, spec: AgentSpec | None) -> None:
+    """After a session rehydrates with a run in flight: finish what a crash interrupted."""
+    run = ctx.system.ref(RUN, run_id)
+    try:
+        view: RunView = await run.ask(GetRun())
+    except NotFound:
+        # The run was assigned but never started: start it now.
+        session: SessionView = await ctx.ref.ask(GetSession())
+        state = SessionState(
+            exists=True,
+            agent_id=session.agent_id,
+            owner=session.owner,
+            history=session.messages,
+            current_run=run_id,
+            current_spec=spec,
+        )
+        await start_run_for_session(ctx, state, run_id)
+        return
+    if view.status in TERMINAL:
+        await ctx.ref.ask(RunDone(run_id=run_id, status=view.status, messages=view.messages))

@@ -20,7 +20,6 @@ from cuelog.actors._tools_net import (
     public_addresses_only,
 )
 
-BUILTIN_NAMES: Final = ("clock", "calculator", "http_fetch", "files")
 DEFAULT_ENABLED: Final = ("clock", "calculator")
 
 

@@ -25,7 +25,7 @@ from cuelog.actors import (
     EchoModel,
     ModelRequested,
     RunCompleted,
-    RunEnvironment,
+    RunSettings,
     RunStarted,
     RunState,
     SessionState,
@@ -121,8 +121,11 @@ async def timeline_and_fold(path: Path) -> tuple[int, float]:
 
 
 async def record_runs(path: Path, count: int) -> None:
-    env = RunEnvironment(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
-    async with open_event_log(path, sync=False) as log, open_domain(log, env) as runtime:
+    settings = RunSettings(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
+    async with (
+        open_event_log(path, sync=False) as log,
+        open_domain(log, settings) as runtime,
+    ):
         for i in range(count):
             text = f'/tool calculator {{"expr": "{i} * 2"}}' if i % 3 == 0 else f"hello {i}"
             sent = await runtime.send("default", [ChatMessage(role="user", content=text)])

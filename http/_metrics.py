@@ -27,7 +27,7 @@ class _StateCollector(Collector):
         services = self._services
         log = services.log.statistics()
         actors = services.domain.system.statistics()
-        env = services.domain.env
+        runs_now = services.domain.registry.statistics()
         yield GaugeMetricFamily("cuelog_log_head_seq", "Last committed seq.", value=log.head_seq)
         yield CounterMetricFamily("cuelog_log_appends", "Append calls answered.", value=log.appends)
         yield CounterMetricFamily(
@@ -61,16 +61,16 @@ class _StateCollector(Collector):
             "cuelog_actors_restarts", "Actor restarts.", value=actors.restarts
         )
         yield GaugeMetricFamily(
-            "cuelog_runs_active", "Runs being driven now.", value=len(env.active)
+            "cuelog_runs_active", "Runs being driven now.", value=runs_now.active_runs
         )
         runs = CounterMetricFamily(
             "cuelog_runs_finished", "Runs ended, by status.", labels=["status"]
         )
-        for status, count in sorted(env.finished.items()):
+        for status, count in sorted(runs_now.finished.items()):
             runs.add_metric([status], count)
         yield runs
         yield GaugeMetricFamily(
-            "cuelog_approvals_pending", "Approvals waiting.", value=len(env.pending_approvals)
+            "cuelog_approvals_pending", "Approvals waiting.", value=runs_now.pending_approvals
         )
         yield GaugeMetricFamily(
             "cuelog_sse_clients", "Open SSE streams.", value=services.streams.total

@@ -94,7 +94,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
     @routes.add("/v1/tools", ["GET"], "read")
     async def list_tools() -> Response:
         """Every built-in tool: schema, whether it is on, and the approval that applies."""
-        tools = domain.env.tools
+        tools = domain.settings.tools
         default = await domain.get_agent("default")
         data = []
         for name in tools.names():
@@ -106,7 +106,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
                     "description": spec.description,
                     "parameters": spec.parameters,
                     "enabled": tools.is_enabled(name),
-                    "approval_policy": "auto" if domain.env.auto_approve else policy,
+                    "approval_policy": "auto" if domain.settings.auto_approve else policy,
                 }
             )
         return json_response(to_json({"data": data, "next_cursor": None}))
@@ -116,7 +116,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         """Run a tool through a run of the `tools` agent (same approvals, same log);
         `dry_run` only validates and shows what would run."""
         body, _ = await read_body(InvokeBody)
-        tools = domain.env.tools
+        tools = domain.settings.tools
         if body.name not in tools.names():
             raise ApiError(404, f"no tool named {body.name!r}", param="name")
         problems = tools.check_args(body.name, body.args)

@@ -24,7 +24,7 @@ from cuelog.actors import (
     ModelProvider,
     OpenAIConfig,
     OpenAIModel,
-    RunEnvironment,
+    RunSettings,
     ToolRegistry,
     ToolsConfig,
     open_domain,
@@ -132,7 +132,7 @@ async def serve(
     check_settings(settings)
     stop = trio.Event() if shutdown is None else shutdown
     tools = ToolRegistry.builtins(ToolsConfig(enabled=settings.server.enabled_tools))
-    env = RunEnvironment(
+    run_settings = RunSettings(
         providers=model_providers(settings),
         tools=tools,
         auto_approve=settings.server.auto_approve,
@@ -145,7 +145,7 @@ async def serve(
         ) as event_log,
         open_domain(
             event_log,
-            env,
+            run_settings,
             agents=seeded_agents(settings),
             config=ActorConfig(
                 max_live_actors=settings.server.max_live_actors,

@@ -114,8 +114,21 @@ class EventSourcedActor(ABC, Generic[S]):
         """Who caused the events a command records (the envelope's `actor`); None by default."""
         return None
 
+    def after_commit(self, state: S, command: Any, recorded: Sequence[RecordedEvent]) -> None:
+        """Start the command's effects on the world (other actors, tasks) now that its events are
+        durable; `state` is the state right after them and `recorded` are its records (maybe none).
+
+        Called for every accepted command, asked or told, in mailbox order, in the actor's task,
+        before `reply`; never for a rejected one. Synchronous so a batch's effects cannot
+        interleave with other messages: start a task (`ctx.start_task`) for anything that waits.
+        An error fails the ask (as from `reply`); for a tell it is logged as an error.
+        """
+
     def reply(self, state: S, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
-        """What `ask` returns once the command's events are durable; by default the records."""
+        """What `ask` returns once the command's events are durable; by default the records.
+
+        Only computes the answer (it is not called for a tell): effects go in `after_commit`.
+        """
         return list(recorded)
 
     async def on_rehydrated(self, state: S) -> Sequence[Event]:

@@ -52,7 +52,8 @@ class SourcingEngine:
 
     async def run_commands(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
         """Decide every queued command in order against the evolving state, append all their
-        events in one write, then reply: one commit per batch instead of one per command."""
+        events in one write, then run each command's effects and reply: one commit per batch
+        instead of one per command."""
         envs = cell.take()
         if not envs:
             return
@@ -96,16 +97,24 @@ class SourcingEngine:
         for env, events_, state, rejected in decided:
             mine = recorded[position : position + len(events_)]
             position += len(events_)
-            if env.task is None:
-                if rejected is not None:
-                    logger.debug("command rejected", actor=cell.stream, reason=str(rejected))
-                continue
             if rejected is not None:
+                if env.task is None:
+                    logger.debug("command rejected", actor=cell.stream, reason=str(rejected))
                 env.fail(rejected)
                 continue
+            told = env.task is None
             try:
-                value = actor.reply(state, env.msg, mine)
+                actor.after_commit(state, env.msg, mine)
+                value = None if told else actor.reply(state, env.msg, mine)
             except Exception as exc:
+                if told:
+                    # Nobody waits for a tell: the log is the only place this failure shows.
+                    logger.error(
+                        "effect of a told command failed",
+                        actor=cell.stream,
+                        command=type(env.msg).__qualname__,
+                        exc_info=exc,
+                    )
                 env.fail(exc)
             else:
                 env.reply(value)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import trio
 
-from cuelog.actors import _run
+from cuelog.actors import _session
 from cuelog.actors._session import SessionState
 from cuelog.runtime import ActorContext
-from tests.actors.domain_support import SlowModel, make_env, runtime_at, user, wait_for_event
+from tests.actors.domain_support import SlowModel, make_settings, runtime_at, user, wait_for_event
 
 
 async def never_start(
@@ -28,8 +28,8 @@ async def never_start(
 async def main(path: Path, mode: str) -> None:
     model = SlowModel(words=10_000, delay=0.01)
     if mode == "accepted":
-        _run.start_run_for_session = never_start
-    async with runtime_at(path, make_env(model)) as rt:
+        _session.start_run_for_session = never_start
+    async with runtime_at(path, make_settings(model)) as rt:
         a = await rt.send("default", [user("A")], session_key="s", run_id="run_a")
         if mode == "accepted":
             print("accepted", flush=True)

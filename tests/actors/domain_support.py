@@ -22,7 +22,7 @@ from cuelog.actors import (
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
-from cuelog.actors._run import RunEnvironment
+from cuelog.actors._run import RunSettings
 from cuelog.runtime import Event, EventLog, RecordedEvent, open_event_log
 
 CALCULATOR: Final = AgentSpec(name="calc", tools=["calculator"])
@@ -36,9 +36,9 @@ def tool_line(name: str, args: str) -> ChatMessage:
     return user(f"/tool {name} {args}")
 
 
-def make_env(provider: ModelProvider | None = None, **settings: Any) -> RunEnvironment:
+def make_settings(provider: ModelProvider | None = None, **settings: Any) -> RunSettings:
     """Echo (or `provider` under the name echo, so agents need no change) and the built-ins."""
-    return RunEnvironment(
+    return RunSettings(
         providers={"echo": provider or EchoModel()}, tools=ToolRegistry.builtins(), **settings
     )
 
@@ -46,7 +46,7 @@ def make_env(provider: ModelProvider | None = None, **settings: Any) -> RunEnvir
 @asynccontextmanager
 async def runtime_at(
     path: Path,
-    env: RunEnvironment,
+    settings: RunSettings,
     *,
     agents: dict[str, AgentSpec] | None = None,
     **log_options: Any,
@@ -54,7 +54,7 @@ async def runtime_at(
     """A log in `path` and an agent runtime over it, both closed on exit."""
     async with (
         open_event_log(path, **log_options) as log,
-        open_domain(log, env, agents=agents) as rt,
+        open_domain(log, settings, agents=agents) as rt,
     ):
         yield rt
 

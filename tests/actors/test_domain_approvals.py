@@ -20,7 +20,7 @@ from cuelog.actors._events import (
 from cuelog.actors._run import args_digest
 from tests.actors.domain_support import (
     decoded,
-    make_env,
+    make_settings,
     runtime_at,
     tool_line,
     types_of,
@@ -41,7 +41,7 @@ async def requested(rt: Domain, run_id: str) -> ApprovalRequested:
 
 async def test_ask_records_the_digest_and_a_matching_grant_runs_the_tool(tmp_path: Path) -> None:
     """`ask` waits with the call's digest; a wrong digest is refused, the right one runs it."""
-    async with runtime_at(tmp_path / "log", make_env(), agents={"ask": ASKING}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"ask": ASKING}) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         request = await requested(rt, sent.run_id)
         [call] = decoded(rt.log, f"run:{sent.run_id}", ToolCallRequested)
@@ -81,7 +81,7 @@ async def test_digest_changes_with_the_arguments() -> None:
 
 async def test_deny_fails_the_call_with_the_reason(tmp_path: Path) -> None:
     """A denial becomes a ToolCallFailed carrying the approver's reason; the run completes."""
-    async with runtime_at(tmp_path / "log", make_env(), agents={"ask": ASKING}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"ask": ASKING}) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         request = await requested(rt, sent.run_id)
         await rt.decide_approval(
@@ -106,7 +106,7 @@ async def test_per_tool_override_beats_the_agent_policy(tmp_path: Path) -> None:
     agent = AgentSpec(tools=["calculator"], approval="ask", tool_approval={"calculator": "auto"})
     strict = AgentSpec(tools=["calculator"], approval="auto", tool_approval={"calculator": "ask"})
     async with runtime_at(
-        tmp_path / "log", make_env(), agents={"lenient": agent, "strict": strict}
+        tmp_path / "log", make_settings(), agents={"lenient": agent, "strict": strict}
     ) as rt:
         sent = await rt.send("lenient", [tool_line("calculator", SIX_BY_SEVEN)])
         view = await rt.wait_run(sent.run_id)
@@ -121,7 +121,7 @@ async def test_per_tool_override_beats_the_agent_policy(tmp_path: Path) -> None:
 async def test_reject_policy_fails_the_call_without_asking(tmp_path: Path) -> None:
     """`reject` refuses the call outright; the model hears of it and the run completes."""
     agent = AgentSpec(tools=["calculator"], approval="reject")
-    async with runtime_at(tmp_path / "log", make_env(), agents={"no": agent}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"no": agent}) as rt:
         sent = await rt.send("no", [tool_line("calculator", SIX_BY_SEVEN)])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "completed"
@@ -134,7 +134,7 @@ async def test_reject_policy_fails_the_call_without_asking(tmp_path: Path) -> No
 async def test_auto_approve_setting_skips_asking(tmp_path: Path) -> None:
     """With the environment's auto_approve on, an `ask` agent's call runs at once."""
     async with runtime_at(
-        tmp_path / "log", make_env(auto_approve=True), agents={"ask": ASKING}
+        tmp_path / "log", make_settings(auto_approve=True), agents={"ask": ASKING}
     ) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         view = await rt.wait_run(sent.run_id)
@@ -146,9 +146,9 @@ async def test_approval_timeout_records_a_denial(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """An approval nobody decides within the timeout is denied as timed out; the run completes."""
-    env = make_env(approval_timeout=600.0)
+    settings = make_settings(approval_timeout=600.0)
     async with runtime_at(
-        tmp_path / "log", env, agents={"ask": ASKING}, commit_in_thread=False
+        tmp_path / "log", settings, agents={"ask": ASKING}, commit_in_thread=False
     ) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         await requested(rt, sent.run_id)
@@ -164,7 +164,7 @@ async def test_approval_timeout_records_a_denial(
 
 async def test_cancelled_run_leaves_no_pending_approval(tmp_path: Path) -> None:
     """Cancelling a run that waits for approval removes its approval from the pending list."""
-    async with runtime_at(tmp_path / "log", make_env(), agents={"ask": ASKING}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"ask": ASKING}) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         request = await requested(rt, sent.run_id)
         await rt.cancel_run(sent.run_id)
@@ -178,10 +178,10 @@ async def test_cancelled_run_leaves_no_pending_approval(tmp_path: Path) -> None:
 async def test_pending_approval_survives_a_restart(tmp_path: Path) -> None:
     """A run waiting for approval is still waiting after a restart, listed, and resumes on grant."""
     path = tmp_path / "log"
-    async with runtime_at(path, make_env(), agents={"ask": ASKING}) as rt:
+    async with runtime_at(path, make_settings(), agents={"ask": ASKING}) as rt:
         sent = await rt.send("ask", [tool_line("calculator", SIX_BY_SEVEN)])
         request = await requested(rt, sent.run_id)
-    async with runtime_at(path, make_env(), agents={"ask": ASKING}) as rt:
+    async with runtime_at(path, make_settings(), agents={"ask": ASKING}) as rt:
         view = await rt.get_run(sent.run_id)
         assert view.status == "waiting_approval"
         assert view.pending_approvals == [request.approval_id]

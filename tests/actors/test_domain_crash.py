@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from cuelog.actors._events import RunFailed
-from tests.actors.domain_support import decoded, make_env, runtime_at, types_of
+from tests.actors.domain_support import decoded, make_settings, runtime_at, types_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ async def test_crash_mid_run_closes_it_as_interrupted_and_runs_the_queued_messag
     """After a SIGKILL mid-stream, restart fails run A as interrupted and runs queued B."""
     path = tmp_path / "log"
     await run_until(path, "streaming", "streaming")
-    async with runtime_at(path, make_env()) as rt:
+    async with runtime_at(path, make_settings()) as rt:
         a = await rt.wait_run("run_a")
         assert (a.status, a.error) == ("failed", "interrupted")
         [failed] = decoded(rt.log, "run:run_a", RunFailed)
@@ -61,7 +61,7 @@ async def test_accepted_message_is_processed_after_a_crash(tmp_path: Path) -> No
     path = tmp_path / "log"
     await run_until(path, "accepted", "accepted")
     assert_types = ["SessionCreated", "MessageAccepted", "RunAssigned"]
-    async with runtime_at(path, make_env()) as rt:
+    async with runtime_at(path, make_settings()) as rt:
         assert types_of(rt.log, "session:s")[:3] == assert_types
         a = await rt.wait_run("run_a")
         assert (a.status, a.content) == ("completed", "Echo: A")

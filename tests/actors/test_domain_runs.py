@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from cuelog.actors import AgentSpec, ModelChunk, ModelRequest, TextDelta, ToolCall
+from cuelog.actors._commands import StartRun
 from cuelog.actors._errors import Unavailable
 from cuelog.actors._events import (
     AssistantDelta,
@@ -23,7 +24,7 @@ from tests.actors.domain_support import (
     ScriptedModel,
     SlowModel,
     decoded,
-    make_env,
+    make_settings,
     runtime_at,
     task_names,
     tool_line,
@@ -33,9 +34,27 @@ from tests.actors.domain_support import (
 )
 
 
+async def test_told_start_runs_the_run(tmp_path: Path) -> None:
+    """A run started by a tell (nobody waits for the reply) is driven to its answer: its effects
+    run after the commit as an ask's do."""
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
+        start = StartRun(
+            session_key="told",
+            agent_id="default",
+            owner=None,
+            spec=AgentSpec(name="default"),
+            messages=[user("told hello")],
+        )
+        await rt.system.ref("run", "told-run").tell(start)
+        with trio.fail_after(10):
+            await wait_for_event(rt.log, "run:told-run", "RunCompleted")
+        view = await rt.get_run("told-run")
+        assert (view.status, view.content) == ("completed", "Echo: told hello")
+
+
 async def test_plain_reply_records_events_in_order(tmp_path: Path) -> None:
     """A plain message gets the echo reply, its usage, the events in order and a session history."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("hello  big world")])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "completed"
@@ -56,7 +75,7 @@ async def test_plain_reply_records_events_in_order(tmp_path: Path) -> None:
 
 async def test_tool_round_trip(tmp_path: Path) -> None:
     """A `/tool calculator` line runs the tool, feeds its result to a second model step."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [tool_line("calculator", '{"expr": "6*7"}')])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "completed"
@@ -75,7 +94,7 @@ async def test_tool_round_trip(tmp_path: Path) -> None:
 
 async def test_tool_error_becomes_a_tool_message(tmp_path: Path) -> None:
     """A calculator error is recorded as a failed call, sent to the model, and the run completes."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [tool_line("calculator", '{"expr": "2 +* 3"}')])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "completed"
@@ -89,7 +108,9 @@ async def test_tool_error_becomes_a_tool_message(tmp_path: Path) -> None:
 async def test_tool_outside_the_agents_tools_fails_the_call_not_the_run(tmp_path: Path) -> None:
     """A call to a tool the agent does not have is a ToolCallFailed; the run still completes."""
     model = ScriptedModel([ToolCall(id="c1", name="clock")], answer="fine")
-    async with runtime_at(tmp_path / "log", make_env(model), agents={"calc": CALCULATOR}) as rt:
+    async with runtime_at(
+        tmp_path / "log", make_settings(model), agents={"calc": CALCULATOR}
+    ) as rt:
         sent = await rt.send("calc", [user("what time is it")])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "completed"
@@ -103,7 +124,7 @@ async def test_tool_outside_the_agents_tools_fails_the_call_not_the_run(tmp_path
 async def test_step_limit_fails_the_run(tmp_path: Path) -> None:
     """With max_steps=1 a tool call leaves no step for the answer: RunFailed names the limit."""
     agent = AgentSpec(tools=["calculator"], max_steps=1)
-    async with runtime_at(tmp_path / "log", make_env(), agents={"one": agent}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"one": agent}) as rt:
         sent = await rt.send("one", [tool_line("calculator", '{"expr": "1+1"}')])
         view = await rt.wait_run(sent.run_id)
         assert view.status == "failed"
@@ -119,7 +140,7 @@ async def test_step_limit_fails_the_run(tmp_path: Path) -> None:
 async def test_long_reply_deltas_are_coalesced(tmp_path: Path) -> None:
     """A 500-word reply is recorded in few deltas (at most one per 64 chars) that join to it."""
     text = " ".join(f"w{i}" for i in range(500))
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user(text)])
         view = await rt.wait_run(sent.run_id)
         deltas = decoded(rt.log, f"run:{sent.run_id}", AssistantDelta)
@@ -133,7 +154,7 @@ async def test_slow_stream_deltas_flush_on_time(
 ) -> None:
     """Chunks a second apart are each recorded at once: the interval bounds how stale a delta is."""
     model = SlowModel(words=5, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         sent = await rt.send("default", [user("x")])
         await rt.wait_run(sent.run_id)
         deltas = decoded(rt.log, f"run:{sent.run_id}", AssistantDelta)
@@ -142,7 +163,7 @@ async def test_slow_stream_deltas_flush_on_time(
 
 async def test_message_accepted_is_durable_when_send_returns(tmp_path: Path) -> None:
     """Once `send` returns, the session's stream holds MessageAccepted with the message."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("keep me")], session_key="inbox")
         [accepted] = decoded(rt.log, "session:inbox", MessageAccepted)
         assert accepted.run_id == sent.run_id
@@ -155,7 +176,7 @@ async def test_cancel_mid_stream_stops_the_model_and_leaves_no_task(
 ) -> None:
     """cancel_run ends the run with RunCancelled, closes the stream and removes the driver."""
     model = SlowModel(words=100, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         sent = await rt.send("default", [user("go")])
         stream = f"run:{sent.run_id}"
         await wait_for_event(rt.log, stream, "AssistantDelta")
@@ -168,7 +189,7 @@ async def test_cancel_mid_stream_stops_the_model_and_leaves_no_task(
         assert model.closed
         assert model.chunks_sent <= sent_at_cancel + 1
         assert types_of(rt.log, stream)[-1] == "RunCancelled"
-        assert rt.env.active == set()
+        assert rt.registry.statistics().active_runs == 0
         assert f"run {sent.run_id}" not in task_names()
         session = await rt.get_session(sent.session_key)
         assert session.current_run is None
@@ -179,7 +200,7 @@ async def test_emergency_stop_cancels_runs_and_refuses_sends_until_released(
 ) -> None:
     """Emergency stop cancels what runs, refuses new sends, and release lets them through again."""
     model = SlowModel(words=100, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         first = await rt.send("default", [user("a")], session_key="one")
         second = await rt.send("default", [user("b")], session_key="two")
         await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
@@ -190,7 +211,7 @@ async def test_emergency_stop_cancels_runs_and_refuses_sends_until_released(
             assert (view.status, view.error) == ("cancelled", "emergency stop")
         with pytest.raises(Unavailable):
             await rt.send("default", [user("c")], session_key="one")
-        assert rt.env.active == set()
+        assert rt.registry.statistics().active_runs == 0
         await rt.release_emergency_stop()
         model.words = 2
         after = await rt.send("default", [user("d")], session_key="one")
@@ -212,11 +233,13 @@ async def test_driver_crash_fails_the_run_and_frees_the_session(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A driver that dies of an unexpected error fails its run, and the session takes new work."""
-    async with runtime_at(tmp_path / "log", make_env(BrokenModel()), commit_in_thread=False) as rt:
+    async with runtime_at(
+        tmp_path / "log", make_settings(BrokenModel()), commit_in_thread=False
+    ) as rt:
         sent = await rt.send("default", [user("x")], session_key="s")
         with trio.fail_after(60):
             view = await rt.wait_run(sent.run_id)
         assert (view.status, view.error) == ("failed", "interrupted")
-        assert rt.env.active == set()
+        assert rt.registry.statistics().active_runs == 0
         session = await rt.get_session("s")
         assert session.current_run is None

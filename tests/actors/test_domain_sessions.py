@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from cuelog.actors import AgentSpec, ChatMessage
+from cuelog.actors._agent import AgentActor, AgentState, GetAgent
+from cuelog.actors._commands import Caller
 from cuelog.actors._errors import Conflict, NotFound
-from cuelog.actors._session import Caller, SessionState, SessionView
+from cuelog.actors._events import MessageAccepted, RunAssigned, RunStarted, SessionCreated
+from cuelog.actors._session import SessionState, SessionView
+from cuelog.runtime import Event, open_event_log
 from tests.actors.domain_support import (
     SlowModel,
-    make_env,
+    decoded,
+    make_settings,
     runtime_at,
     types_of,
     user,
@@ -30,7 +37,7 @@ def contents(messages: list[ChatMessage]) -> list[tuple[str, str | None]]:
 
 async def test_history_keeps_every_message_in_order(tmp_path: Path) -> None:
     """Several messages to one session build one history in the order they were sent."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         for text in ("one", "two", "three"):
             sent = await rt.send("default", [user(text)], session_key="s")
             await rt.wait_run(sent.run_id)
@@ -51,7 +58,7 @@ async def test_enqueue_runs_the_second_message_after_the_first(
 ) -> None:
     """A message sent during a run waits in the inbox and runs once the first run is over."""
     model = SlowModel(words=5, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         first = await rt.send("default", [user("a")], session_key="s")
         await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
         second = await rt.send("default", [user("b")], session_key="s")
@@ -74,7 +81,7 @@ async def test_reject_policy_refuses_a_message_while_busy(
 ) -> None:
     """A `reject` session answers Conflict while a run is going, and takes messages after it."""
     model = SlowModel(words=5, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         first = await rt.send("default", [user("a")], session_key="s", busy_policy="reject")
         with pytest.raises(Conflict):
             await rt.send("default", [user("b")], session_key="s")
@@ -92,7 +99,7 @@ async def test_interrupt_policy_cancels_the_run_and_starts_the_new_one(
 ) -> None:
     """An `interrupt` session cancels the running run when a message arrives, then runs it."""
     model = SlowModel(words=50, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         first = await rt.send("default", [user("a")], session_key="s", busy_policy="interrupt")
         await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
         model.words = 2
@@ -105,7 +112,7 @@ async def test_interrupt_policy_cancels_the_run_and_starts_the_new_one(
 
 async def test_reset_empties_history_by_an_event(tmp_path: Path) -> None:
     """Reset empties the history but keeps the earlier events; the next run starts fresh."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("remember me")], session_key="s")
         await rt.wait_run(sent.run_id)
         before = rt.log.stream_version("session:s")
@@ -126,7 +133,7 @@ async def test_reset_empties_history_by_an_event(tmp_path: Path) -> None:
 
 async def test_deleted_session_is_not_found(tmp_path: Path) -> None:
     """After delete, reading, patching and sending to the session all answer NotFound."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("x")], session_key="s")
         await rt.wait_run(sent.run_id)
         await rt.delete_session("s")
@@ -143,7 +150,7 @@ async def test_deleted_session_is_not_found(tmp_path: Path) -> None:
 
 async def test_patch_label_and_metadata(tmp_path: Path) -> None:
     """Patching sets the label and merges metadata; a later patch keeps what it does not name."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("x")], session_key="s", metadata={"a": 1})
         await rt.wait_run(sent.run_id)
         view = await rt.patch_session("s", label="first", metadata={"b": 2})
@@ -155,7 +162,7 @@ async def test_patch_label_and_metadata(tmp_path: Path) -> None:
 
 async def test_other_owner_sees_not_found(tmp_path: Path) -> None:
     """A session and its runs are invisible to another non-admin caller; admins see them."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         sent = await rt.send("default", [user("mine")], session_key="s", caller=ALICE)
         await rt.wait_run(sent.run_id, caller=ALICE)
         with pytest.raises(NotFound):
@@ -176,7 +183,7 @@ async def test_other_owner_sees_not_found(tmp_path: Path) -> None:
 
 async def test_fork_copies_history_at_a_seq_and_continues_alone(tmp_path: Path) -> None:
     """A fork at a seq has the parent's history as of that seq; the two then diverge."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         first = await rt.send("default", [user("one")], session_key="p")
         await rt.wait_run(first.run_id)
         at_seq = rt.log.read_stream("session:p")[-1].seq
@@ -197,7 +204,7 @@ async def test_fork_copies_history_at_a_seq_and_continues_alone(tmp_path: Path) 
 
 async def test_state_at_every_seq_matches_the_live_state(tmp_path: Path) -> None:
     """Reading a session at each seq gives what the live session held right then."""
-    async with runtime_at(tmp_path / "log", make_env()) as rt:
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
         seen: dict[int, SessionView] = {}
 
         async def note() -> None:
@@ -240,7 +247,7 @@ async def test_state_at_every_seq_matches_the_live_state(tmp_path: Path) -> None
 async def test_cancelled_run_leaves_no_unanswered_tool_call_in_history(tmp_path: Path) -> None:
     """A run cancelled while its tool call awaits approval adds no dangling call to the history."""
     agent = AgentSpec(tools=["calculator"], approval="ask")
-    async with runtime_at(tmp_path / "log", make_env(), agents={"ask": agent}) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(), agents={"ask": agent}) as rt:
         sent = await rt.send("ask", [user('/tool calculator {"expr": "1+1"}')], session_key="s")
         await wait_for_event(rt.log, f"run:{sent.run_id}", "ApprovalRequested")
         await rt.cancel_run(sent.run_id)
@@ -258,7 +265,7 @@ async def test_deleting_a_busy_session_ends_its_running_and_queued_runs(
     """Deleting a session cancels its running run and fails its queued ones, so every wait on
     them ends instead of hanging."""
     model = SlowModel(words=5, delay=1.0)
-    async with runtime_at(tmp_path / "log", make_env(model), commit_in_thread=False) as rt:
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
         first = await rt.send("default", [user("a")], session_key="s")
         await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
         second = await rt.send("default", [user("b")], session_key="s")
@@ -270,3 +277,46 @@ async def test_deleting_a_busy_session_ends_its_running_and_queued_runs(
         assert queued.status == "failed"
         assert queued.error == "the session was deleted before this run started"
         assert types_of(rt.log, f"run:{second.run_id}") == ["RunStarted", "RunFailed"]
+
+
+async def test_one_message_asks_the_agent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's definition read by `send` travels with the message to the run: a chat, even
+    a queued one, asks the agent actor for it once."""
+    asked: list[str] = []
+    decide = AgentActor.decide
+
+    async def counting(self: AgentActor, state: AgentState, command: Any) -> Sequence[Event]:
+        if isinstance(command, GetAgent):
+            asked.append(self.ctx.id)
+        return await decide(self, state, command)
+
+    monkeypatch.setattr(AgentActor, "decide", counting)
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
+        first = await rt.send("default", [user("one")], session_key="s")
+        second = await rt.send("default", [user("two")], session_key="s")
+        await rt.wait_run(first.run_id)
+        view = await rt.wait_run(second.run_id)
+        assert view.content == "Echo: two"
+    assert asked == ["default", "default"]
+
+
+async def test_message_recorded_without_the_agent_definition_still_runs(tmp_path: Path) -> None:
+    """A log written before the definition travelled with the message (MessageAccepted without
+    `spec`) still starts its run after a restart, with the agent's definition asked for then."""
+    path = tmp_path / "log"
+    async with open_event_log(path) as log:
+        await log.append(
+            "session:old",
+            [
+                SessionCreated(session_key="old", agent_id="default"),
+                MessageAccepted(run_id="run_old", messages=[user("from before")]),
+                RunAssigned(run_id="run_old"),
+            ],
+        )
+    async with runtime_at(path, make_settings()) as rt:
+        view = await rt.wait_run("run_old")
+        assert (view.status, view.content) == ("completed", "Echo: from before")
+        [started] = decoded(rt.log, "run:run_old", RunStarted)
+        assert started.spec == (await rt.get_agent("default")).spec

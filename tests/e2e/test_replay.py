@@ -22,7 +22,7 @@ from cuelog.actors import (
     EchoModel,
     ModelRequested,
     RunActor,
-    RunEnvironment,
+    RunSettings,
     SessionState,
     ToolRegistry,
     check_runs,
@@ -159,8 +159,8 @@ async def test_fork_then_continue_both(tmp_path: Path) -> None:
     """A fork starts with the parent's history at the seq, names parent, seq and hash, and both
     sessions then go on independently."""
     async with open_event_log(tmp_path / "log") as log:
-        env = RunEnvironment(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
-        async with open_domain(log, env) as runtime:
+        settings = RunSettings(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
+        async with open_domain(log, settings) as runtime:
             first = await runtime.send("default", [ChatMessage(role="user", content="one")])
             await runtime.wait_run(first.run_id)
             at_seq = log.head().seq

@@ -17,7 +17,7 @@ import trio
 
 from cuelog.actors import AgentSpec, Domain, open_domain
 from cuelog.runtime import ActorConfig, open_event_log
-from tests.actors.domain_support import make_env, user
+from tests.actors.domain_support import make_settings, user
 
 SESSIONS = int(os.environ.get("CUELOG_MANY_SESSIONS", "5000"))
 MAX_LIVE = 1000
@@ -89,7 +89,7 @@ def test_many_sessions_keep_live_actors_and_memory_bounded(tmp_path: Path) -> No
         started = time.perf_counter()
         async with (
             open_event_log(tmp_path / "data") as log,
-            open_domain(log, make_env(), config=config, agents=agents) as rt,
+            open_domain(log, make_settings(), config=config, agents=agents) as rt,
         ):
             sampler = Sampler(rt)
             await wake_sessions(rt, sampler)

@@ -92,6 +92,32 @@ class RepairingCounter(Counter):
         return [Repaired()] if state.total else []
 
 
+@dataclass(frozen=True)
+class Noted:
+    """What `EffectfulCounter.after_commit` saw: the total, and whether its events were durable."""
+
+    total: int
+    versions: tuple[int, ...]
+    durable: bool
+
+
+class EffectfulCounter(Counter):
+    """A counter whose effect notes each accepted command in `effects`; `Add(13)` makes it fail."""
+
+    def __init__(self, ctx: ActorContext, effects: list[Noted]) -> None:
+        super().__init__(ctx)
+        self.effects = effects
+
+    def after_commit(
+        self, state: CounterState, command: Any, recorded: Sequence[RecordedEvent]
+    ) -> None:
+        if command == Add(13):
+            raise LookupError("unlucky effect")
+        versions = tuple(r.version for r in recorded)
+        durable = not versions or self.ctx.log.stream_version(self.ctx.stream) >= versions[-1]
+        self.effects.append(Noted(state.total, versions, durable))
+
+
 # -- plain actors -------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -24,8 +25,10 @@ from tests.runtime.actor_models import (
     Counted,
     Counter,
     CounterState,
+    EffectfulCounter,
     Gated,
     Get,
+    Noted,
     Probe,
     running,
 )
@@ -83,6 +86,45 @@ async def test_ask_gets_the_reply_and_the_handlers_errors(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="plain handler failed"):
             await system.ref("gated", "y").ask("raise")
         assert system.statistics().failures == 1  # the plain error, not the rejection
+
+
+async def test_told_commands_run_their_effects_after_the_commit(tmp_path: Path) -> None:
+    """A told command (nobody waits for a reply) runs its effect like an asked one: once its
+    events are durable, in mailbox order; a rejected command runs none."""
+    effects: list[Noted] = []
+    async with running(tmp_path, counter=lambda ctx: EffectfulCounter(ctx, effects)) as (_, system):
+        ref = system.ref("counter", "told")
+        await ref.tell(Add(2))
+        await ref.tell(Add(-1))
+        ref.tell_nowait(Add(3))
+        # Handled after the tells (one mailbox, in order): their effects have run by the reply.
+        assert await ref.ask(Get()) == CounterState(5, (2, 3))
+        assert effects == [
+            Noted(2, (1,), True),
+            Noted(5, (2,), True),
+            Noted(5, (), True),  # the ask's, though it recorded nothing
+        ]
+
+
+async def test_failing_effect_of_a_told_command_is_logged(tmp_path: Path) -> None:
+    """An effect that raises for a told command is logged as an error (nobody else would hear
+    of it); its events stay recorded and the actor goes on serving."""
+    effects: list[Noted] = []
+    with structlog.testing.capture_logs() as logs:
+        async with running(tmp_path, counter=lambda ctx: EffectfulCounter(ctx, effects)) as (
+            log,
+            system,
+        ):
+            ref = system.ref("counter", "unlucky")
+            await ref.tell(Add(13))
+            assert await ref.ask(Get()) == CounterState(13, (13,))
+            with pytest.raises(LookupError, match="unlucky effect"):
+                await ref.ask(Add(13))  # an asker hears of it instead
+            assert log.stream_version("counter:unlucky") == 2
+    failed = [entry for entry in logs if entry["event"] == "effect of a told command failed"]
+    assert len(failed) == 1
+    assert failed[0]["log_level"] == "error" and failed[0]["command"] == "Add"
+    assert system.statistics().failures == 0
 
 
 async def test_cancelled_ask_leaves_nothing_dangling(

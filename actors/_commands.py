@@ -1,0 +1,84 @@
+"""What sessions and runs tell each other, and who a command comes from.
+
+`_session` and `_run` both import this module and nothing of each other: a session starts and
+cancels runs, and a run tells its session it is done, through `ActorRef`s addressed by kind and
+id (`cuelog.actors._names`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from cuelog.actors._events import AgentSpec
+from cuelog.actors._messages import ChatMessage, Usage
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """Who sends a command: the owning key's id, and whether it may see everyone's."""
+
+    owner: str | None = None
+    admin: bool = True
+
+
+ADMIN = Caller()
+
+
+def caller_actor(command: Any) -> str | None:
+    """The envelope `actor` for a command: the calling key's id, `local` without auth."""
+    caller = getattr(command, "caller", None)
+    if not isinstance(caller, Caller):
+        return None
+    return caller.owner or "local"
+
+
+# -- to a run ----------------------------------------------------------------------------------
+
+
+class StartRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Start the run with this conversation; with `error` it is recorded as started and failed."""
+
+    session_key: str
+    agent_id: str
+    owner: str | None
+    spec: AgentSpec | None
+    messages: list[ChatMessage]
+    error: str | None = None
+
+
+class CancelRun(msgspec.Struct, frozen=True):
+    reason: str = "cancelled"
+    caller: Caller = ADMIN
+
+
+class GetRun(msgspec.Struct, frozen=True):
+    caller: Caller = ADMIN
+
+
+class RunView(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run answers: its status, answer so far and the messages it produced."""
+
+    id: str
+    status: str
+    session_key: str
+    agent_id: str
+    owner: str | None
+    step: int
+    content: str
+    usage: Usage
+    error: str | None
+    pending_approvals: list[str]
+    messages: list[ChatMessage]
+    version: int
+
+
+# -- to a session ------------------------------------------------------------------------------
+
+
+class RunDone(msgspec.Struct, frozen=True):
+    """A run ended: the session settles it and starts the next one it has queued."""
+
+    run_id: str
+    status: str
+    messages: list[ChatMessage]
