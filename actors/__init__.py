@@ -5,6 +5,10 @@ from cuelog.actors._agent import AgentView as AgentView
 from cuelog.actors._commands import ADMIN as ADMIN
 from cuelog.actors._commands import Caller as Caller
 from cuelog.actors._commands import RunView as RunView
+from cuelog.actors._domain import Domain as Domain
+from cuelog.actors._domain import IdempotencyKey as IdempotencyKey
+from cuelog.actors._domain import open_domain as open_domain
+from cuelog.actors._domain import random_id as random_id
 from cuelog.actors._errors import Conflict as Conflict
 from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
 from cuelog.actors._errors import Invalid as Invalid
@@ -63,10 +67,6 @@ from cuelog.actors._run import RunRegistry as RunRegistry
 from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
-from cuelog.actors._runtime import Domain as Domain
-from cuelog.actors._runtime import IdempotencyKey as IdempotencyKey
-from cuelog.actors._runtime import open_domain as open_domain
-from cuelog.actors._runtime import random_id as random_id
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionState as SessionState
 from cuelog.actors._session import SessionView as SessionView

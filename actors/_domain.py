@@ -82,7 +82,7 @@ from cuelog.actors._session import (
 )
 from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, open_actor_system
 
-logger = structlog.get_logger("cuelog.runtime")
+logger = structlog.get_logger("cuelog.domain")
 
 QUEUED_HINTS = 100_000
 
