@@ -16,8 +16,13 @@ from cuelog.actors._errors import ModelError as ModelError
 from cuelog.actors._errors import NotFound as NotFound
 from cuelog.actors._errors import ToolError as ToolError
 from cuelog.actors._errors import Unavailable as Unavailable
+from cuelog.actors._events import ASSISTANT_DELTA as ASSISTANT_DELTA
 from cuelog.actors._events import DOMAIN_CODEC as DOMAIN_CODEC
 from cuelog.actors._events import DOMAIN_EVENTS as DOMAIN_EVENTS
+from cuelog.actors._events import RUN_CANCELLED as RUN_CANCELLED
+from cuelog.actors._events import RUN_COMPLETED as RUN_COMPLETED
+from cuelog.actors._events import RUN_FAILED as RUN_FAILED
+from cuelog.actors._events import TERMINAL_EVENTS as TERMINAL_EVENTS
 from cuelog.actors._events import AgentSpec as AgentSpec
 from cuelog.actors._events import ApprovalPolicy as ApprovalPolicy
 from cuelog.actors._events import AssistantDelta as AssistantDelta
@@ -86,13 +91,18 @@ from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 
 __all__ = [
     "ADMIN",
+    "ASSISTANT_DELTA",
     "DOMAIN_CODEC",
     "DOMAIN_EVENTS",
     "ID_RE",
     "ID_RULE",
     "KEY_PREFIX",
+    "RUN_CANCELLED",
+    "RUN_COMPLETED",
+    "RUN_FAILED",
     "SCOPES",
     "TERMINAL",
+    "TERMINAL_EVENTS",
     "AgentSpec",
     "AgentView",
     "ApprovalPolicy",

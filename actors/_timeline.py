@@ -8,13 +8,20 @@ from typing import Any
 import msgspec
 
 from cuelog.actors._errors import NotFound
-from cuelog.actors._events import RunAssigned
+from cuelog.actors._events import (
+    APPROVAL_REQUESTED,
+    ASSISTANT_DELTA,
+    ASSISTANT_MESSAGE,
+    MESSAGE_ACCEPTED,
+    RUN_ASSIGNED,
+    RUN_STARTED,
+    TOOL_CALL_REQUESTED,
+)
 from cuelog.actors._names import run_stream, session_stream
-from cuelog.runtime import EventLog, RecordedEvent, event_type
+from cuelog.runtime import EventLog, RecordedEvent
 
 _generic = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
-_RUN_ASSIGNED = event_type(RunAssigned)
 
 
 def event_data(event: RecordedEvent) -> Any:
@@ -37,18 +44,18 @@ def summary(event: RecordedEvent, width: int = 90) -> str:
     """One line saying what an event is about."""
     data = payload(event)
     if isinstance(data, dict):
-        if event.type == "AssistantDelta":
+        if event.type == ASSISTANT_DELTA:
             text = repr(data.get("text", ""))
-        elif event.type in {"ToolCallRequested", "ApprovalRequested"}:
+        elif event.type in {TOOL_CALL_REQUESTED, APPROVAL_REQUESTED}:
             call = data.get("call", {})
             text = f"{call.get('name')}({call.get('arguments')})"
-        elif event.type == "MessageAccepted":
+        elif event.type == MESSAGE_ACCEPTED:
             messages = data.get("messages", [])
             last = messages[-1] if messages else {}
             text = f"{data.get('run_id')}: {last.get('role')}: {last.get('content')!r}"
-        elif event.type in {"RunStarted"}:
+        elif event.type == RUN_STARTED:
             text = f"agent={data.get('agent_id')} session={data.get('session_key')}"
-        elif event.type == "AssistantMessage":
+        elif event.type == ASSISTANT_MESSAGE:
             message = data.get("message", {})
             text = repr(message.get("content")) if message.get("content") else "tool calls"
         else:
@@ -73,7 +80,7 @@ def timeline_events(
         run_ids: list[str] = []
         for event in events:
             data = payload(event)
-            if event.type == _RUN_ASSIGNED and isinstance(data, dict):
+            if event.type == RUN_ASSIGNED and isinstance(data, dict):
                 run_ids.append(str(data.get("run_id")))
         merged = list(events)
         for run_id in dict.fromkeys(run_ids):

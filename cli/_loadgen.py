@@ -29,6 +29,8 @@ import httpx
 import msgspec
 import trio
 
+from cuelog.actors import ASSISTANT_DELTA, RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+
 WORKLOADS: Final = ("chat", "chat-stream", "wake-sync", "wake-async", "sessions", "mixed")
 # `mixed` cycles through this blend: mostly chat, as a chat front end would see it.
 MIXED_BLEND: Final = ("chat", "chat-stream", "chat", "wake-sync", "wake-async", "sessions")
@@ -241,7 +243,8 @@ _chunk = msgspec.json.Decoder(_Chunk)
 _wake_sync = msgspec.json.Decoder(_WakeSync)
 _wake_async = msgspec.json.Decoder(_WakeAsync)
 
-_TERMINAL = {"RunCompleted": None, "RunFailed": "run_failed", "RunCancelled": "run_cancelled"}
+# The SSE event names that end a run, and the error each one counts as.
+_TERMINAL = {RUN_COMPLETED: None, RUN_FAILED: "run_failed", RUN_CANCELLED: "run_cancelled"}
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,7 @@ async def wake_async(ctx: Context, n: int) -> Outcome:
             if not line.startswith("event:"):
                 continue
             kind = line[6:].strip()
-            if kind == "AssistantDelta" and first is None:
+            if kind == ASSISTANT_DELTA and first is None:
                 first = trio.current_time()
             if kind in _TERMINAL:
                 return Outcome(_TERMINAL[kind], first)
