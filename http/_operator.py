@@ -9,6 +9,7 @@ from quart import Response, request
 
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import ApprovalBody, InvokeBody, KeyBody
+from cuelog.http._schemas import EmergencyStop, KeyList, NewKey, Tool, ToolList
 from cuelog.http._services import Services
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import CuelogError
@@ -32,13 +33,12 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         info, secret = await keys.create(
             body.name, body.scopes, expires_at=body.expires_at, actor=actor()
         )
-        payload = {**msgspec.structs.asdict(info), "key": secret}
-        return json_response(to_json(payload), 201)
+        return json_response(to_json(NewKey(**msgspec.structs.asdict(info), key=secret)), 201)
 
     @routes.add("/v1/keys", ["GET"], "admin")
     async def list_keys() -> Response:
         """Every key issued (never the secret)."""
-        return json_response(to_json({"data": keys.all(), "next_cursor": None}))
+        return json_response(to_json(KeyList(data=keys.all(), next_cursor=None)))
 
     @routes.add("/v1/keys/<key_id>", ["DELETE"], "admin")
     async def revoke_key(key_id: str) -> Response:
@@ -101,15 +101,15 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             spec = tools.spec_of(name)
             policy = default.spec.tool_approval.get(name, default.spec.approval)
             data.append(
-                {
-                    "name": name,
-                    "description": spec.description,
-                    "parameters": spec.parameters,
-                    "enabled": tools.is_enabled(name),
-                    "approval_policy": "auto" if domain.settings.auto_approve else policy,
-                }
+                Tool(
+                    name=name,
+                    description=spec.description,
+                    parameters=spec.parameters,
+                    enabled=tools.is_enabled(name),
+                    approval_policy="auto" if domain.settings.auto_approve else policy,
+                )
             )
-        return json_response(to_json({"data": data, "next_cursor": None}))
+        return json_response(to_json(ToolList(data=data, next_cursor=None)))
 
     @routes.add("/v1/tools/invoke", ["POST"], "chat")
     async def invoke_tool() -> Response:
@@ -152,18 +152,13 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         """Cancel every run and refuse new ones until released."""
         started = time.monotonic()
         cancelled = await domain.emergency_stop(by=actor())
+        seconds = round(time.monotonic() - started, 3)
         return json_response(
-            to_json(
-                {
-                    "stopped": True,
-                    "cancelled_runs": cancelled,
-                    "seconds": round(time.monotonic() - started, 3),
-                }
-            )
+            to_json(EmergencyStop(stopped=True, cancelled_runs=cancelled, seconds=seconds))
         )
 
     @routes.add("/v1/emergency-stop/release", ["POST"], "admin")
     async def release_stop() -> Response:
         """Allow new runs again."""
         await domain.release_emergency_stop(by=actor())
-        return json_response(to_json({"stopped": False}))
+        return json_response(to_json(EmergencyStop(stopped=False)))

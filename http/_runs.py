@@ -10,7 +10,7 @@ from quart import Response, request
 from cuelog.actors import RunView
 from cuelog.http._auth import Routes, caller
 from cuelog.http._chat import run_frames
-from cuelog.http._schemas import Run, RunStatus
+from cuelog.http._schemas import Run, RunStatus, RunTimeline
 from cuelog.http._services import Services, after_seq, event_frame, event_page, wants_sse
 from cuelog.http._wire import ApiError, json_response, query_int, to_json
 from cuelog.runtime import RecordedEvent
@@ -54,7 +54,7 @@ def register_run_routes(routes: Routes, services: Services) -> None:
         """The run's events as a timeline: seq, time, actor, type, a one-line summary, and the
         milliseconds since the previous event."""
         rows = await domain.run_timeline(run_id, caller=caller())
-        return json_response(to_json({"run_id": run_id, "data": rows}))
+        return json_response(to_json(RunTimeline(run_id=run_id, data=rows)))
 
     @routes.add("/v1/runs/<run_id>/events", ["GET"], "read")
     async def run_events(run_id: str) -> Response:

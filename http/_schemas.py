@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from cuelog.actors import ApprovalPolicy, BusyPolicy, ChatMessage, KeyInfo, Usage
+from cuelog.actors import (
+    ApprovalPolicy,
+    BusyPolicy,
+    ChatMessage,
+    KeyInfo,
+    SessionState,
+    TimelineRow,
+    Usage,
+)
 from cuelog.runtime import Anchor
 
 
@@ -244,7 +252,20 @@ class Anchored(msgspec.Struct, kw_only=True):
         )
 
 
-class EmergencyStop(msgspec.Struct, kw_only=True):
+class EmergencyStop(msgspec.Struct, kw_only=True, omit_defaults=True):
     stopped: bool
     cancelled_runs: int | None = None
     seconds: float | None = None
+
+
+class SessionStateAt(msgspec.Struct, kw_only=True):
+    """A session's folded state as it was at `at_seq` (null: now)."""
+
+    key: str
+    at_seq: int | None
+    state: SessionState
+
+
+class RunTimeline(msgspec.Struct, kw_only=True):
+    run_id: str
+    data: list[TimelineRow]

@@ -9,7 +9,7 @@ from quart import Response, request
 from cuelog.actors import SessionView
 from cuelog.http._auth import Routes, caller
 from cuelog.http._bodies import ForkBody, SessionPatchBody
-from cuelog.http._schemas import Deleted, Session
+from cuelog.http._schemas import Deleted, Session, SessionStateAt
 from cuelog.http._services import (
     Services,
     after_seq,
@@ -110,7 +110,7 @@ def register_session_routes(routes: Routes, services: Services) -> None:
         state = domain.session_state_at(key, at_seq)
         if not state.exists:
             raise ApiError(404, f"session {key!r} did not exist at seq {at_seq}", param="at_seq")
-        return json_response(to_json({"key": key, "at_seq": at_seq, "state": state}))
+        return json_response(to_json(SessionStateAt(key=key, at_seq=at_seq, state=state)))
 
     @routes.add("/v1/sessions/<key>/fork", ["POST"], "chat")
     async def fork_session(key: str) -> Response:
