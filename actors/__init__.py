@@ -8,7 +8,6 @@ from cuelog.actors._commands import RunView as RunView
 from cuelog.actors._domain import Domain as Domain
 from cuelog.actors._domain import IdempotencyKey as IdempotencyKey
 from cuelog.actors._domain import open_domain as open_domain
-from cuelog.actors._domain import random_id as random_id
 from cuelog.actors._errors import Conflict as Conflict
 from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
 from cuelog.actors._errors import Invalid as Invalid
@@ -169,7 +168,6 @@ __all__ = [
     "open_domain",
     "parse_tool_arguments",
     "payload",
-    "random_id",
     "recorded_runs",
     "request_digest",
     "run_recorded",

@@ -34,7 +34,6 @@ from cuelog.actors import ASSISTANT_DELTA, RUN_CANCELLED, RUN_COMPLETED, RUN_FAI
 WORKLOADS: Final = ("chat", "chat-stream", "wake-sync", "wake-async", "sessions", "mixed")
 # `mixed` cycles through this blend: mostly chat, as a chat front end would see it.
 MIXED_BLEND: Final = ("chat", "chat-stream", "chat", "wake-sync", "wake-async", "sessions")
-STREAMING: Final = frozenset({"chat-stream", "wake-async"})
 # One request may take this long before it counts as a `timeout` error; it also bounds how long
 # the end of a run waits for requests in flight.
 REQUEST_DEADLINE: Final = 60.0

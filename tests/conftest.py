@@ -1,1 +1,0 @@
-"""Shared fixtures: free ports, real servers in subprocesses."""
