@@ -33,6 +33,7 @@ from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
 from cuelog.actors._events import RunFailed as RunFailed
 from cuelog.actors._events import RunStarted as RunStarted
+from cuelog.actors._idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY_LENGTH
 from cuelog.actors._idempotency import Claim as Claim
 from cuelog.actors._idempotency import request_digest as request_digest
 from cuelog.actors._keys import KEY_PREFIX as KEY_PREFIX
@@ -89,6 +90,7 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 
 __all__ = [
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "ADMIN",
     "ASSISTANT_DELTA",
     "DOMAIN_CODEC",

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import cast
 
 import msgspec
-from quart import Response, request
+from quart import Response
 
 from cuelog.actors import AgentSpec, AgentView, ChatMessage
 from cuelog.http._auth import Routes, caller
 from cuelog.http._bodies import AgentBody, AgentPatch, WakeBody
+from cuelog.http._params import CURSOR, IDEMPOTENCY_KEY, limit
 from cuelog.http._schemas import (
     Agent,
+    AgentList,
     Deleted,
     Model,
     ModelList,
@@ -20,7 +22,9 @@ from cuelog.http._schemas import (
     WakeResult,
 )
 from cuelog.http._services import Services, check_id, page_json, run_headers
-from cuelog.http._wire import json_response, query_int, to_json
+from cuelog.http._wire import json_response, to_json
+
+AGENTS_LIMIT = limit(50, 500)
 
 
 def agent_json(view: AgentView) -> Agent:
@@ -36,7 +40,7 @@ def model_json(view: AgentView) -> Model:
 def register_agent_routes(routes: Routes, services: Services) -> None:
     domain = services.domain
 
-    @routes.add("/v1/models", ["GET"], "read")
+    @routes.add("/v1/models", ["GET"], "read", answers={200: ModelList})
     async def list_models() -> Response:
         """Agents as models: `model` in a chat request names the agent."""
         agents = await domain.list_agents(limit=1000)
@@ -44,23 +48,24 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             to_json(ModelList(object="list", data=[model_json(a) for a in agents]))
         )
 
-    @routes.add("/v1/models/<model_id>", ["GET"], "read")
+    @routes.add("/v1/models/<model_id>", ["GET"], "read", answers={200: Model})
     async def get_model(model_id: str) -> Response:
         """One agent as a model."""
         return json_response(to_json(model_json(await domain.get_agent(model_id))))
 
-    @routes.add("/v1/agents", ["GET"], "read")
+    @routes.add(
+        "/v1/agents", ["GET"], "read", answers={200: AgentList}, params=[AGENTS_LIMIT, CURSOR]
+    )
     async def list_agents() -> Response:
         """Agents, in id order, with cursor pagination."""
-        limit = query_int("limit", 50, lo=1, hi=500)
-        after = request.args.get("cursor") or None
-        agents = await domain.list_agents(after=after, limit=limit + 1)
-        more = len(agents) > limit
-        agents = agents[:limit]
+        size = AGENTS_LIMIT.get()
+        agents = await domain.list_agents(after=CURSOR.get(), limit=size + 1)
+        more = len(agents) > size
+        agents = agents[:size]
         next_cursor = agents[-1].id if more and agents else None
         return page_json([agent_json(a) for a in agents], next_cursor)
 
-    @routes.add("/v1/agents", ["POST"], "admin")
+    @routes.add("/v1/agents", ["POST"], "admin", body=AgentBody, answers={201: Agent})
     async def create_agent() -> Response:
         """Create an agent."""
         body, _ = await services.read(AgentBody)
@@ -72,12 +77,12 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         view = await domain.create_agent(agent_id, spec)
         return json_response(to_json(agent_json(view)), 201)
 
-    @routes.add("/v1/agents/<agent_id>", ["GET"], "read")
+    @routes.add("/v1/agents/<agent_id>", ["GET"], "read", answers={200: Agent})
     async def get_agent(agent_id: str) -> Response:
         """One agent."""
         return json_response(to_json(agent_json(await domain.get_agent(agent_id))))
 
-    @routes.add("/v1/agents/<agent_id>", ["PATCH"], "admin")
+    @routes.add("/v1/agents/<agent_id>", ["PATCH"], "admin", body=AgentPatch, answers={200: Agent})
     async def patch_agent(agent_id: str) -> Response:
         """Change some of an agent's fields."""
         body, _ = await services.read(AgentPatch)
@@ -86,13 +91,21 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         spec = msgspec.structs.replace(current.spec, **changes)
         return json_response(to_json(agent_json(await domain.update_agent(agent_id, spec))))
 
-    @routes.add("/v1/agents/<agent_id>", ["DELETE"], "admin")
+    @routes.add("/v1/agents/<agent_id>", ["DELETE"], "admin", answers={200: Deleted})
     async def delete_agent(agent_id: str) -> Response:
         """Delete an agent (its sessions stay readable)."""
         await domain.delete_agent(agent_id)
         return json_response(to_json(Deleted(id=agent_id, object="agent", deleted=True)))
 
-    @routes.add("/v1/agents/<agent_id>/wake", ["POST"], "wake")
+    @routes.add(
+        "/v1/agents/<agent_id>/wake",
+        ["POST"],
+        "wake",
+        body=WakeBody,
+        answers={200: WakeResult, 202: WakeAccepted},
+        params=[IDEMPOTENCY_KEY],
+        runs=True,
+    )
     async def wake(agent_id: str) -> Response:
         """Wake an agent with a message: sync waits for the answer, async answers 202 at once."""
         body, raw = await services.read(WakeBody)

@@ -120,8 +120,8 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["Connection"] = "close"  # let clients move on during shutdown
         return response
 
-    @routes.add("/health", ["GET"], PUBLIC)
-    @routes.add("/v1/health", ["GET"], PUBLIC)
+    @routes.add("/health", ["GET"], PUBLIC, answers={200: Health})
+    @routes.add("/v1/health", ["GET"], PUBLIC, answers={200: Health})
     async def health() -> Response:
         """Liveness; with a valid key also version, log head, live actors and uptime."""
         who = principal()

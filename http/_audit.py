@@ -10,17 +10,29 @@ import trio
 from quart import Response, current_app, request
 
 from cuelog.http._auth import Routes
-from cuelog.http._schemas import Anchored, AuditHead
+from cuelog.http._params import EVENTS_LIMIT, IntParam, TextParam
+from cuelog.http._schemas import Anchored, AuditHead, EventPage
 from cuelog.http._services import Services, event_page
-from cuelog.http._wire import ApiError, json_response, query_int, sse_frame, sse_response, to_json
-from cuelog.runtime import RecordedEvent
+from cuelog.http._wire import ApiError, json_response, sse_frame, sse_response, to_json
+from cuelog.runtime import RecordedEvent, VerifyReport
+
+MAX_UNIX_SECONDS = (1 << 62) // 1_000_000
+
+
+AUDIT_CURSOR = IntParam(name="cursor", default=0, description="The last seq of the previous page.")
+ACTOR = TextParam(name="actor", description="The key id that caused the event.")
+TYPES = TextParam(name="type", description="Event types, comma-separated.")
+STREAM_PREFIX = TextParam(name="stream_prefix", description="Only streams starting with this.")
+# Unix seconds, bounded so that microseconds still fit the log's 63-bit timestamps.
+SINCE = IntParam(name="since", default=0, hi=MAX_UNIX_SECONDS, description="Unix seconds.")
+UNTIL = IntParam(name="until", default=0, hi=MAX_UNIX_SECONDS, description="Unix seconds.")
 
 
 def register_audit_routes(routes: Routes, services: Services) -> None:
     log = services.log
     anchor_key = services.anchor_key
 
-    @routes.add("/v1/audit/head", ["GET"], "read")
+    @routes.add("/v1/audit/head", ["GET"], "read", answers={200: AuditHead})
     async def audit_head() -> Response:
         """The log's head seq and hash, and the last anchor's seal."""
         head = log.head()
@@ -35,7 +47,7 @@ def register_audit_routes(routes: Routes, services: Services) -> None:
         )
         return json_response(to_json(answer))
 
-    @routes.add("/v1/audit/anchor", ["POST"], "admin")
+    @routes.add("/v1/audit/anchor", ["POST"], "admin", answers={200: Anchored})
     async def audit_anchor() -> Response:
         """Seal the head with the anchor key (log.anchor_key_file); keep the answer elsewhere."""
         if anchor_key is None:
@@ -47,7 +59,7 @@ def register_audit_routes(routes: Routes, services: Services) -> None:
         sealed = await log.anchor(anchor_key)
         return json_response(to_json(Anchored.of(sealed)))
 
-    @routes.add("/v1/audit/verify", ["POST"], "admin")
+    @routes.add("/v1/audit/verify", ["POST"], "admin", answers={200: VerifyReport}, streams=True)
     async def audit_verify() -> Response:
         """Verify the chain and indexes (and the anchor when its key is configured); with
         Accept: text/event-stream, progress events stream until the report."""
@@ -84,16 +96,22 @@ def register_audit_routes(routes: Routes, services: Services) -> None:
 
         return sse_response(frames())
 
-    @routes.add("/v1/audit/events", ["GET"], "admin")
+    @routes.add(
+        "/v1/audit/events",
+        ["GET"],
+        "admin",
+        answers={200: EventPage},
+        params=[AUDIT_CURSOR, EVENTS_LIMIT, ACTOR, TYPES, STREAM_PREFIX, SINCE, UNTIL],
+    )
     async def audit_events() -> Response:
         """The activity view: filter by actor, type, stream prefix and time; cursor = seq."""
-        after = query_int("cursor", 0)
-        limit = min(max(query_int("limit", 100), 1), 1000)
-        actor_filter = request.args.get("actor") or None
-        types = set(filter(None, (request.args.get("type") or "").split(",")))
-        prefix = request.args.get("stream_prefix") or None
-        since = query_int("since", 0) * 1_000_000
-        until = query_int("until", 0) * 1_000_000 or None
+        after = AUDIT_CURSOR.get()
+        limit = EVENTS_LIMIT.get()
+        actor_filter = ACTOR.get()
+        types = set(filter(None, (TYPES.get() or "").split(",")))
+        prefix = STREAM_PREFIX.get()
+        since = SINCE.get() * 1_000_000
+        until = UNTIL.get() * 1_000_000 or None
         out: list[RecordedEvent] = []
         cursor = after
         scanned = 0

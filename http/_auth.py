@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -16,6 +16,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from cuelog.actors import SCOPES, Caller, KeyInfo, is_valid_id, key_digest
+from cuelog.http._params import Param
 from cuelog.http._wire import ApiError
 
 PUBLIC: Final = "public"
@@ -105,11 +106,19 @@ def caller() -> Caller:
 Handler = Callable[..., Awaitable[Response]]
 
 
-class RouteInfo(msgspec.Struct, frozen=True):
+class RouteInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A route as registered: what it needs, takes and answers. The OpenAPI document is built
+    from these, so it says what the handlers do."""
+
     rule: str
     methods: tuple[str, ...]
     scope: str
     summary: str
+    body: type | None = None  # the request body struct
+    answers: dict[int, type | None] = msgspec.field(default_factory=dict)  # None: any object
+    params: tuple[Param, ...] = ()
+    streams: bool = False  # answers (or can answer) Server-Sent Events
+    runs: bool = False  # starts a run: the model can fail (502) or be slow (504)
 
 
 class Routes:
@@ -128,7 +137,16 @@ class Routes:
         self.table: list[RouteInfo] = []
 
     def add(
-        self, rule: str, methods: list[str], scope: str, summary: str = ""
+        self,
+        rule: str,
+        methods: list[str],
+        scope: str,
+        *,
+        body: type | None = None,
+        answers: dict[int, type | None] | None = None,
+        params: Sequence[Param] = (),
+        streams: bool = False,
+        runs: bool = False,
     ) -> Callable[[Handler], Handler]:
         if scope not in SCOPES and scope != PUBLIC:
             raise ValueError(f"unknown scope {scope!r}")
@@ -145,7 +163,17 @@ class Routes:
             endpoint = f"{handler.__name__}_{'_'.join(methods).lower()}_{len(self.table)}"
             self.app.add_url_rule(rule, endpoint, guarded, methods=methods)
             self.table.append(
-                RouteInfo(rule, tuple(methods), scope, summary or handler.__doc__ or "")
+                RouteInfo(
+                    rule=rule,
+                    methods=tuple(methods),
+                    scope=scope,
+                    summary=handler.__doc__ or "",
+                    body=body,
+                    answers=answers or {},
+                    params=tuple(params),
+                    streams=streams,
+                    runs=runs,
+                )
             )
             return handler
 

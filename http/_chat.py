@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from quart import Response, request
+from quart import Response
 
 from cuelog.actors import AssistantDelta, RunCompleted, RunEvent, RunStarted, RunView
 from cuelog.http._auth import Routes
@@ -21,10 +21,10 @@ from cuelog.http._openai import (
     response_object,
     responses_messages,
 )
+from cuelog.http._params import IDEMPOTENCY_KEY, SESSION_KEY
 from cuelog.http._services import (
     Services,
     cancel_on_disconnect,
-    check_id,
     event_frame,
     run_headers,
 )
@@ -32,16 +32,24 @@ from cuelog.http._wire import ApiError, json_response, sse_frame, to_json
 
 
 def register_chat_routes(routes: Routes, services: Services) -> None:
-    @routes.add("/v1/chat/completions", ["POST"], "chat")
+    @routes.add(
+        "/v1/chat/completions",
+        ["POST"],
+        "chat",
+        body=ChatCompletionRequest,
+        answers={200: None},
+        params=[IDEMPOTENCY_KEY, SESSION_KEY],
+        streams=True,
+        runs=True,
+    )
     async def chat_completions() -> Response:
         """OpenAI chat completions, streaming or not; `model` names the agent."""
         body, raw = await services.read(ChatCompletionRequest)
         if body.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported", param="n")
         messages = chat_messages(body.messages)
-        session_key = request.headers.get("x-session-key")
+        session_key = SESSION_KEY.get()
         if session_key is not None:
-            check_id("X-Session-Key", session_key)
             messages = new_user_messages(messages)
         elif messages[-1].role != "user":
             raise ApiError(400, "the last message must be from the user", param="messages")
@@ -66,7 +74,16 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             headers=run_headers(sent),
         )
 
-    @routes.add("/v1/responses", ["POST"], "chat")
+    @routes.add(
+        "/v1/responses",
+        ["POST"],
+        "chat",
+        body=ResponsesRequest,
+        answers={200: None},
+        params=[IDEMPOTENCY_KEY],
+        streams=True,
+        runs=True,
+    )
     async def responses() -> Response:
         """The OpenAI Responses API subset: text in, text out, streaming or not."""
         body, raw = await services.read(ResponsesRequest)

@@ -5,14 +5,27 @@ from __future__ import annotations
 import time
 
 import msgspec
-from quart import Response, request
+from quart import Response
 
+from cuelog.actors import KeyInfo
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import ApprovalBody, InvokeBody, KeyBody
-from cuelog.http._schemas import EmergencyStop, KeyList, NewKey, Tool, ToolList
+from cuelog.http._params import ChoiceParam
+from cuelog.http._schemas import (
+    ApprovalDecision,
+    ApprovalList,
+    EmergencyStop,
+    KeyList,
+    NewKey,
+    Tool,
+    ToolList,
+    ToolRun,
+)
 from cuelog.http._services import Services
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import CuelogError
+
+APPROVAL_STATUS = ChoiceParam(name="status", choices=("pending",), default="pending")
 
 
 def register_operator_routes(routes: Routes, services: Services) -> None:
@@ -26,7 +39,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     # -- keys ----------------------------------------------------------------------------------
 
-    @routes.add("/v1/keys", ["POST"], "admin")
+    @routes.add("/v1/keys", ["POST"], "admin", body=KeyBody, answers={201: NewKey})
     async def create_key() -> Response:
         """Issue an API key; the secret is in this response only."""
         body, _ = await read_body(KeyBody)
@@ -35,12 +48,12 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         )
         return json_response(to_json(NewKey(**msgspec.structs.asdict(info), key=secret)), 201)
 
-    @routes.add("/v1/keys", ["GET"], "admin")
+    @routes.add("/v1/keys", ["GET"], "admin", answers={200: KeyList})
     async def list_keys() -> Response:
         """Every key issued (never the secret)."""
         return json_response(to_json(KeyList(data=keys.all(), next_cursor=None)))
 
-    @routes.add("/v1/keys/<key_id>", ["DELETE"], "admin")
+    @routes.add("/v1/keys/<key_id>", ["DELETE"], "admin", answers={200: KeyInfo})
     async def revoke_key(key_id: str) -> Response:
         """Revoke a key at once."""
         info = await keys.revoke(key_id, actor=actor())
@@ -50,12 +63,12 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     # -- approvals -----------------------------------------------------------------------------
 
-    @routes.add("/v1/approvals", ["GET"], "read")
+    @routes.add(
+        "/v1/approvals", ["GET"], "read", answers={200: ApprovalList}, params=[APPROVAL_STATUS]
+    )
     async def list_approvals() -> Response:
         """Tool calls waiting for a decision (only `status=pending` is kept in memory)."""
-        status = request.args.get("status", "pending")
-        if status != "pending":
-            raise ApiError(400, "status must be pending", param="status")
+        APPROVAL_STATUS.get()  # only `pending` is kept in memory
         out = []
         for approval_id, run_id in sorted(domain.pending_approvals().items()):
             try:
@@ -66,7 +79,13 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
                 out.append({**detail, "run_id": run_id})
         return json_response(to_json({"data": out, "next_cursor": None}))
 
-    @routes.add("/v1/approvals/<approval_id>", ["POST"], "approve")
+    @routes.add(
+        "/v1/approvals/<approval_id>",
+        ["POST"],
+        "approve",
+        body=ApprovalBody,
+        answers={200: ApprovalDecision},
+    )
     async def decide_approval(approval_id: str) -> Response:
         """Approve or deny a pending tool call; `args_digest` must match its arguments."""
         body, _ = await read_body(ApprovalBody)
@@ -91,7 +110,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     # -- tools ---------------------------------------------------------------------------------
 
-    @routes.add("/v1/tools", ["GET"], "read")
+    @routes.add("/v1/tools", ["GET"], "read", answers={200: ToolList})
     async def list_tools() -> Response:
         """Every built-in tool: schema, whether it is on, and the approval that applies."""
         tools = domain.settings.tools
@@ -111,7 +130,9 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             )
         return json_response(to_json(ToolList(data=data, next_cursor=None)))
 
-    @routes.add("/v1/tools/invoke", ["POST"], "chat")
+    @routes.add(
+        "/v1/tools/invoke", ["POST"], "chat", body=InvokeBody, answers={200: ToolRun, 202: ToolRun}
+    )
     async def invoke_tool() -> Response:
         """Run a tool through a run of the `tools` agent (same approvals, same log);
         `dry_run` only validates and shows what would run."""
@@ -147,7 +168,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     # -- emergency stop ------------------------------------------------------------------------
 
-    @routes.add("/v1/emergency-stop", ["POST"], "admin")
+    @routes.add("/v1/emergency-stop", ["POST"], "admin", answers={200: EmergencyStop})
     async def emergency_stop() -> Response:
         """Cancel every run and refuse new ones until released."""
         started = time.monotonic()
@@ -157,7 +178,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             to_json(EmergencyStop(stopped=True, cancelled_runs=cancelled, seconds=seconds))
         )
 
-    @routes.add("/v1/emergency-stop/release", ["POST"], "admin")
+    @routes.add("/v1/emergency-stop/release", ["POST"], "admin", answers={200: EmergencyStop})
     async def release_stop() -> Response:
         """Allow new runs again."""
         await domain.release_emergency_stop(by=actor())

@@ -27,11 +27,11 @@ from cuelog.http._auth import Authenticator, caller, principal
 from cuelog.http._config import Settings
 from cuelog.http._limits import StreamSlots, TokenBuckets
 from cuelog.http._metrics import Metrics
+from cuelog.http._params import IDEMPOTENCY_KEY
 from cuelog.http._schemas import EventOut
 from cuelog.http._wire import (
     ApiError,
     json_response,
-    query_int,
     read_body,
     sse_frame,
     sse_response,
@@ -40,8 +40,6 @@ from cuelog.http._wire import (
 from cuelog.runtime import CuelogError, EventLog, RecordedEvent
 
 T = TypeVar("T")
-
-_MAX_SEQ = 1 << 62
 
 
 class Services:
@@ -88,7 +86,7 @@ class Services:
         who = principal()
         if not is_valid_id(agent_id):
             raise ApiError(404, f"no agent {agent_id!r}", param="model")
-        idem = request.headers.get("idempotency-key")
+        idem = IDEMPOTENCY_KEY.get()
         idempotency = None
         if idem is not None:
             idempotency = IdempotencyKey(
@@ -174,16 +172,6 @@ def cancel_on_disconnect() -> bool:
 
 def run_headers(sent: Sent) -> dict[str, str]:
     return {"X-Run-Id": sent.run_id, "X-Session-Key": sent.session_key}
-
-
-def after_seq() -> int:
-    """Where a stream resumes: `Last-Event-ID`, else `?after=`, else the start."""
-    header = request.headers.get("last-event-id")
-    if header:
-        if not header.isdigit() or int(header) > _MAX_SEQ:
-            raise ApiError(400, "Last-Event-ID must be a log seq (a non-negative integer)")
-        return int(header)
-    return query_int("after", 0, hi=_MAX_SEQ)
 
 
 def wants_sse() -> bool:

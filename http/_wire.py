@@ -60,20 +60,6 @@ def to_json(value: Any) -> bytes:
     return _json.encode(value)
 
 
-def query_int(name: str, default: int, *, lo: int = 0, hi: int = 1 << 62) -> int:
-    """An integer query argument between `lo` and `hi`; 400 naming it otherwise."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", param=name) from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo} and {hi}", param=name)
-    return value
-
-
 def _decoder(cls: type[T]) -> msgspec.json.Decoder[T]:
     decoder = _decoders.get(cls)
     if decoder is None:
