@@ -40,6 +40,7 @@ from cuelog.actors._keys import KEY_PREFIX as KEY_PREFIX
 from cuelog.actors._keys import SCOPES as SCOPES
 from cuelog.actors._keys import KeyInfo as KeyInfo
 from cuelog.actors._keys import KeyStore as KeyStore
+from cuelog.actors._keys import Scope as Scope
 from cuelog.actors._keys import key_digest as key_digest
 from cuelog.actors._messages import ChatMessage as ChatMessage
 from cuelog.actors._messages import Role as Role
@@ -90,7 +91,6 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 
 __all__ = [
-    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "ADMIN",
     "ASSISTANT_DELTA",
     "DOMAIN_CODEC",
@@ -98,6 +98,7 @@ __all__ = [
     "ID_RE",
     "ID_RULE",
     "KEY_PREFIX",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "RUN_CANCELLED",
     "RUN_COMPLETED",
     "RUN_FAILED",
@@ -145,6 +146,7 @@ __all__ = [
     "RunState",
     "RunStatus",
     "RunView",
+    "Scope",
     "Sent",
     "SessionState",
     "SessionView",

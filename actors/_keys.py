@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Final, final
+from collections.abc import Sequence
+from typing import Final, Literal, final, get_args
 
 import msgspec
 
@@ -18,7 +19,8 @@ from cuelog.actors._events import DOMAIN_CODEC, KeyCreated, KeyRevoked
 from cuelog.actors._names import KEYS_STREAM
 from cuelog.runtime import EventLog
 
-SCOPES: Final = ("read", "chat", "wake", "approve", "admin")
+Scope = Literal["read", "chat", "wake", "approve", "admin"]
+SCOPES: Final[tuple[str, ...]] = get_args(Scope)
 KEY_PREFIX: Final = "cue_"
 
 
@@ -88,7 +90,7 @@ class KeyStore:
     async def create(
         self,
         name: str,
-        scopes: list[str],
+        scopes: Sequence[str],
         *,
         expires_at: int | None = None,
         actor: str | None = None,

@@ -28,7 +28,8 @@ TERMINAL: Final = frozenset({"completed", "failed", "cancelled"})
 
 
 def is_valid_id(value: str) -> bool:
-    return ID_RE.match(value) is not None
+    # fullmatch: the pattern's `$` would also accept a final newline.
+    return ID_RE.fullmatch(value) is not None
 
 
 def agent_stream(agent_id: str) -> str:

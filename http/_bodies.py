@@ -3,11 +3,16 @@ an unknown field is a 400 naming it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cuelog.actors import ApprovalPolicy, BusyPolicy
+from cuelog.actors import ID_RE, ApprovalPolicy, BusyPolicy, Scope
+
+# What the decoder enforces is also what the OpenAPI document says (msgspec builds both).
+Id = Annotated[str, msgspec.Meta(pattern=ID_RE.pattern, max_length=128)]
+UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
 
 
 class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -18,20 +23,20 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     tools: list[str] | None = None
     approval: ApprovalPolicy | None = None
     tool_approval: dict[str, ApprovalPolicy] | None = None
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
+    max_steps: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A new agent: its id and any AgentPatch fields (the rest take AgentSpec defaults)."""
 
-    id: str
+    id: Id
 
 
 class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     message: str
-    session_key: str | None = None
+    session_key: Id | None = None
     user_id: str | None = None
     metadata: dict[str, Any] | None = None
     mode: Literal["sync", "async"] = "sync"
@@ -45,13 +50,13 @@ class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
 class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     at_seq: int
-    agent_id: str | None = None
+    agent_id: Id | None = None
 
 
 class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    name: str
-    scopes: list[str]
-    expires_at: int | None = None
+    name: KeyName
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
+    expires_at: UnixSeconds | None = None
 
 
 class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -3,7 +3,7 @@ answer them, built from a run's recorded events so a resumed stream is byte-for-
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -58,7 +58,7 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=T
     """The OpenAI chat completion body. Sampling fields the agent does not use are accepted."""
 
     model: str
-    messages: list[WireMessage]
+    messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None

@@ -160,5 +160,6 @@ SESSION_KEY: Final = HeaderParam(
 
 def after_seq() -> int:
     """Where a stream resumes: `Last-Event-ID`, else `?after=`, else the start."""
+    after = AFTER.get()  # checked even when the header wins
     header = LAST_EVENT_ID.get()
-    return int(header) if header is not None else AFTER.get()
+    return int(header) if header is not None else after

@@ -6,6 +6,7 @@ with unknown fields rejected. Every failure is an `ApiError` that becomes the do
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -88,6 +89,10 @@ def decode_body(cls: type[T], raw: bytes) -> T:
         return _decoder(cls).decode(raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
+        if "got `float`" in message:
+            # JSON (and the OpenAPI document) count 118.0 as an integer; msgspec does not.
+            with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                return _decoder(cls).decode(_json.encode(_whole_floats(msgspec.json.decode(raw))))
         raise ApiError(
             400, _PATH_RE.sub("", message), code="invalid_value", param=_param_of(message)
         ) from None
@@ -95,6 +100,17 @@ def decode_body(cls: type[T], raw: bytes) -> T:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
     except UnicodeDecodeError:  # msgspec raises it (not DecodeError) for a bad byte in a string
         raise ApiError(400, "the body is not valid UTF-8", code="invalid_json") from None
+
+
+def _whole_floats(value: Any) -> Any:
+    """`value` with every float that has no fractional part turned into an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_floats(v) for k, v in value.items()}
+    return value
 
 
 def _param_of(message: str) -> str | None:
