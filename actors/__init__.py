@@ -10,6 +10,7 @@ from cuelog.actors._domain import IdempotencyKey as IdempotencyKey
 from cuelog.actors._domain import open_domain as open_domain
 from cuelog.actors._errors import Conflict as Conflict
 from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
+from cuelog.actors._errors import InputTooLarge as InputTooLarge
 from cuelog.actors._errors import Invalid as Invalid
 from cuelog.actors._errors import ModelError as ModelError
 from cuelog.actors._errors import NotFound as NotFound
@@ -74,10 +75,10 @@ from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
 from cuelog.actors._session import Sent as Sent
-from cuelog.actors._session import SessionState as SessionState
 from cuelog.actors._session import SessionView as SessionView
-from cuelog.actors._session import fold_session as fold_session
-from cuelog.actors._session import session_state_at as session_state_at
+from cuelog.actors._session_fold import SessionState as SessionState
+from cuelog.actors._session_fold import fold_session as fold_session
+from cuelog.actors._session_fold import session_state_at as session_state_at
 from cuelog.actors._timeline import event_data as event_data
 from cuelog.actors._timeline import is_run_event as is_run_event
 from cuelog.actors._timeline import payload as payload
@@ -122,6 +123,7 @@ __all__ = [
     "Finished",
     "IdempotencyKey",
     "IdempotencyKeyReused",
+    "InputTooLarge",
     "Invalid",
     "KeyCreated",
     "KeyInfo",

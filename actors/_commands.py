@@ -37,7 +37,12 @@ def caller_actor(command: Any) -> str | None:
 
 
 class StartRun(msgspec.Struct, frozen=True, kw_only=True):
-    """Start the run with this conversation; with `error` it is recorded as started and failed."""
+    """Start the run with this conversation; with `error` it is recorded as started and failed.
+
+    The conversation is the history of `history_stream` (a session) as of `history_version`,
+    then `messages`; without `history_stream`, `messages` is all of it. `history` is that
+    history when the sender has it at hand, so the run need not read it back from the log.
+    """
 
     session_key: str
     agent_id: str
@@ -45,6 +50,9 @@ class StartRun(msgspec.Struct, frozen=True, kw_only=True):
     spec: AgentSpec | None
     messages: list[ChatMessage]
     error: str | None = None
+    history_stream: str | None = None
+    history_version: int = 0
+    history: list[ChatMessage] | None = None
 
 
 class CancelRun(msgspec.Struct, frozen=True):

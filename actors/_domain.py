@@ -26,7 +26,7 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
-from cuelog.actors._errors import NotFound, Unavailable
+from cuelog.actors._errors import InputTooLarge, NotFound, Unavailable
 from cuelog.actors._events import (
     APPROVAL_REQUESTED,
     DOMAIN_CODEC,
@@ -36,7 +36,10 @@ from cuelog.actors._events import (
     ApprovalRequested,
     BusyPolicy,
     EmergencyStopChanged,
+    MessageAccepted,
     RunSettled,
+    RunStarted,
+    SessionCreated,
 )
 from cuelog.actors._idempotency import Claim, claim_request
 from cuelog.actors._keys import KeyStore
@@ -75,16 +78,17 @@ from cuelog.actors._session import (
     Send,
     Sent,
     SessionActor,
-    SessionState,
     SessionView,
-    session_state_at,
     session_view,
 )
+from cuelog.actors._session_fold import SessionState, session_state_at
 from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, open_actor_system
 
 logger = structlog.get_logger("cuelog.domain")
 
 QUEUED_HINTS = 100_000
+_payload_size = msgspec.msgpack.Encoder()  # the same size as the log's encoding of an event
+_MAX_VERSION = (1 << 32) - 1  # the widest version a reference can carry
 
 
 def random_id(prefix: str) -> str:
@@ -122,6 +126,7 @@ class Domain:
         self.keys = KeyStore(log)
         self._ids = ids
         self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
+        self._max_event_bytes = log.statistics().max_event_bytes
 
     # -- agents --------------------------------------------------------------------------------
 
@@ -183,6 +188,7 @@ class Domain:
         agent = await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
+        self._check_fits(agent_id, agent.spec, messages, metadata or {}, key, run, caller)
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)
             run, key = claim.run_id, claim.session_key
@@ -199,6 +205,38 @@ class Domain:
         )
         self._remember_queued(run, key)
         return sent
+
+    def _check_fits(
+        self,
+        agent_id: str,
+        spec: AgentSpec,
+        messages: list[ChatMessage],
+        metadata: dict[str, Any],
+        key: str,
+        run: str,
+        caller: Caller,
+    ) -> None:
+        """Refuse input that would make one of the events it causes larger than the log accepts,
+        before anything is written: the events that carry it are built and measured."""
+        carriers = (
+            SessionCreated(
+                session_key=key, agent_id=agent_id, owner=caller.owner, metadata=metadata
+            ),
+            MessageAccepted(run_id=run, messages=messages, metadata=metadata, spec=spec),
+            RunStarted(
+                run_id=run,
+                session_key=key,
+                agent_id=agent_id,
+                spec=spec,
+                messages=messages,
+                owner=caller.owner,
+                history_stream=session_stream(key),
+                history_version=_MAX_VERSION,
+            ),
+        )
+        size = max(len(_payload_size.encode(event)) for event in carriers)
+        if size > self._max_event_bytes:
+            raise InputTooLarge(size, self._max_event_bytes)
 
     async def claim(self, request: IdempotencyKey, *, run_id: str, session_key: str) -> Claim:
         """Claim an `Idempotency-Key` for a run, or learn the run a first request made."""

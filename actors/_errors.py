@@ -3,6 +3,8 @@
 CuelogError (cuelog.runtime)
 ├── ModelError      a model provider could not produce a reply (upstream status, network, config)
 ├── ToolError       a tool refused its arguments, failed or timed out; becomes a tool message
+├── PayloadTooLarge (cuelog.runtime)
+│   └── InputTooLarge  a request's messages would make an event over the log's limit
 └── CommandRejected (cuelog.runtime): an actor refused a command, its state unchanged
     ├── NotFound    no such agent, session, run or approval (or not the caller's)
     ├── Conflict    the command clashes with the current state (exists, busy, finished)
@@ -13,7 +15,7 @@ CuelogError (cuelog.runtime)
 
 from __future__ import annotations
 
-from cuelog.runtime import CommandRejected, CuelogError
+from cuelog.runtime import CommandRejected, CuelogError, PayloadTooLarge
 
 
 class ModelError(CuelogError):
@@ -50,3 +52,14 @@ class Invalid(CommandRejected):
 
 class Unavailable(CommandRejected):
     """New work is refused for now."""
+
+
+class InputTooLarge(PayloadTooLarge):
+    """A request's input would make an event larger than the log accepts; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(size, limit)
+        self.args = (
+            f"the input needs {size} bytes in one log event, over the log's {limit}-byte event "
+            "limit; send less (or a shorter conversation)",
+        )

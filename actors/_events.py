@@ -110,12 +110,19 @@ class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
 
 
 class RunStarted(Event, tag="RunStarted", frozen=True):
+    """A run began. Its conversation is the history of the session stream `history_stream` as
+    of its version `history_version`, then `messages` (the messages this run brought), with the
+    agent's system prompt in front. Runs recorded before the reference existed have no
+    `history_stream`: their `messages` are the whole conversation, prompt included."""
+
     run_id: str
     session_key: str
     agent_id: str
     spec: AgentSpec
     messages: list[ChatMessage]
     owner: str | None = None
+    history_stream: str | None = None
+    history_version: int = 0
 
 
 class ModelRequested(Event, tag="ModelRequested", frozen=True):

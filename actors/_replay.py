@@ -95,6 +95,17 @@ def _describe(event: RecordedEvent) -> dict[str, Any]:
     return {"type": event.type, "data": data}
 
 
+def _same_event(produced: RecordedEvent, recorded: RecordedEvent) -> bool:
+    """The same bytes, or the same event once the recorded one is read with today's schema (a
+    field added since, at its default, changes the bytes but not the event)."""
+    if produced.type == recorded.type and produced.data == recorded.data:
+        return True
+    if not (DOMAIN_CODEC.knows(produced.type) and DOMAIN_CODEC.knows(recorded.type)):
+        return False
+    decoded = DOMAIN_CODEC.decode(produced.type, produced.data)
+    return bool(decoded == DOMAIN_CODEC.decode(recorded.type, recorded.data))
+
+
 def _args_key(name: str, args: Any) -> bytes:
     return name.encode() + b"\x00" + _canonical.encode(args)
 
@@ -261,6 +272,8 @@ class Checker:
                 spec=started.spec,
                 messages=started.messages,
                 error=error,
+                history_stream=started.history_stream,
+                history_version=started.history_version,
             )
         )
         position = 0
@@ -272,7 +285,7 @@ class Checker:
                     break
                 mine = recorded[position]
                 position += 1
-                if produced.type != mine.type or produced.data != mine.data:
+                if not _same_event(produced, mine):
                     await self._stop(run_id)
                     return Divergence(
                         run_id=run_id,
@@ -327,7 +340,9 @@ async def check_runs(
     divergences: list[Divergence] = []
     tools = ReplayTools()
     providers: dict[str, ModelProvider] = {}
-    settings = RunSettings(providers=providers, tools=tools, delta_chars=1, delta_interval=0.0)
+    settings = RunSettings(
+        providers=providers, tools=tools, delta_chars=1, delta_interval=0.0, history_log=source
+    )
     registry = RunRegistry()
     with tempfile.TemporaryDirectory(prefix="cuelog-replay-") as scratch_dir:
         async with (

@@ -52,6 +52,7 @@ from cuelog.actors._events import (
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._names import SESSION, TERMINAL, agent_stream
+from cuelog.actors._session_fold import history_at
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import (
@@ -60,6 +61,7 @@ from cuelog.runtime import (
     ActorStopped,
     ActorSystem,
     Event,
+    EventLog,
     EventSourcedActor,
     RecordedEvent,
     TaskHandle,
@@ -89,6 +91,9 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     approval_timeout: float = 3600.0  # seconds an approval may wait before it is denied
     delta_interval: float = 0.05  # seconds between two recorded deltas of a streaming model
     delta_chars: int = 64  # or this many characters, whichever comes first
+    # Where runs read the session history they continue (None: the log they record to). The
+    # replay checker records to a scratch log and reads history from the log it checks.
+    history_log: EventLog | None = None
 
     def provider(self, spec: AgentSpec) -> ModelProvider:
         provider = self.providers.get(spec.provider)
@@ -139,6 +144,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str = ""
     owner: str | None = None
     spec: AgentSpec | None = None
+    # The messages after the referenced history: the run's own input, then what it produced.
     messages: list[ChatMessage] = msgspec.field(default_factory=list)
     produced: list[ChatMessage] = msgspec.field(default_factory=list)
     step: int = 0
@@ -148,6 +154,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     content: str = ""
     error: str | None = None
+    history_stream: str | None = None  # the session whose history the run continues
+    history_version: int = 0  # ... as of this version of its stream
 
 
 def fold_run(state: RunState, event: Event) -> RunState:
@@ -162,6 +170,8 @@ def fold_run(state: RunState, event: Event) -> RunState:
                 owner=event.owner,
                 spec=event.spec,
                 messages=list(event.messages),
+                history_stream=event.history_stream,
+                history_version=event.history_version,
             )
         case ModelRequested(step=step):
             return replace(state, step=step, text="")
@@ -254,6 +264,7 @@ class RunActor(EventSourcedActor[RunState]):
         self.registry = registry
         self._driver: TaskHandle | None = None
         self._wakeup = trio.Event()
+        self._history: list[ChatMessage] | None = None  # the referenced history, once read
 
     def initial_state(self) -> RunState:
         return RunState()
@@ -281,13 +292,20 @@ class RunActor(EventSourcedActor[RunState]):
                 if self.registry.stopped:
                     error = "emergency stop: new runs are refused"
                 spec = command.spec or AgentSpec()
+                referenced = command.history_stream is not None
                 started = RunStarted(
                     run_id=self.ctx.id,
                     session_key=command.session_key,
                     agent_id=command.agent_id,
                     spec=spec,
-                    messages=_with_system_prompt(spec, command.messages),
+                    # With a history reference the prompt is put in front when the
+                    # conversation is rebuilt, not copied into every run.
+                    messages=command.messages
+                    if referenced
+                    else _with_system_prompt(spec, command.messages),
                     owner=command.owner,
+                    history_stream=command.history_stream,
+                    history_version=command.history_version if referenced else 0,
                 )
                 return [started] if error is None else [started, RunFailed(reason=error)]
             case Record(events=events):
@@ -355,6 +373,8 @@ class RunActor(EventSourcedActor[RunState]):
         """Effects once events are durable: drive, wake the driver, or tell the session."""
         if not recorded:
             return
+        if isinstance(command, StartRun) and recorded[0].type == RUN_STARTED:
+            self._history = command.history
         self._track_approvals(state)
         if state.status in TERMINAL:
             self.registry.active.discard(self.ctx.id)
@@ -398,6 +418,15 @@ class RunActor(EventSourcedActor[RunState]):
 
     async def _record(self, *events: Event) -> None:
         await self.ctx.ref.ask(Record(list(events)))
+
+    def conversation(self, state: RunState) -> list[ChatMessage]:
+        """What the model is sent: the prompt, the referenced history, then the run's messages."""
+        spec = state.spec or AgentSpec()
+        if self._history is None:
+            stream = state.history_stream
+            log = self.settings.history_log or self.ctx.log
+            self._history = history_at(log, stream, state.history_version) if stream else []
+        return _with_system_prompt(spec, [*self._history, *state.messages])
 
     async def _drive(self) -> None:
         try:
@@ -478,9 +507,8 @@ class RunActor(EventSourcedActor[RunState]):
 
     async def _model_step(self, state: RunState, spec: AgentSpec) -> None:
         step = state.step + 1
-        await self._record(
-            ModelRequested(step=step, message_count=len(state.messages), model=spec.model)
-        )
+        messages = self.conversation(state)
+        await self._record(ModelRequested(step=step, message_count=len(messages), model=spec.model))
         try:
             provider = self.settings.provider(spec)
         except ModelError as exc:
@@ -488,7 +516,7 @@ class RunActor(EventSourcedActor[RunState]):
             return
         request = ModelRequest(
             model=spec.model,
-            messages=state.messages,
+            messages=messages,
             tools=self.settings.tools.specs(spec.tools),
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,

@@ -41,7 +41,12 @@ from cuelog.actors._events import (
     SessionReset,
 )
 from cuelog.actors._messages import ChatMessage
-from cuelog.actors._names import AGENT, RUN, TERMINAL, run_stream, session_stream
+from cuelog.actors._names import AGENT, RUN, TERMINAL, run_stream
+from cuelog.actors._session_fold import (
+    SessionState,
+    answered_only,
+    fold_session,
+)
 from cuelog.runtime import (
     ActorContext,
     ActorError,
@@ -51,32 +56,6 @@ from cuelog.runtime import (
     EventSourcedActor,
     RecordedEvent,
 )
-
-RECENT_RUNS = 50
-
-
-class QueuedRun(msgspec.Struct, frozen=True):
-    run_id: str
-    messages: list[ChatMessage]
-    spec: AgentSpec | None = None  # what the run will start with (None: ask the agent)
-
-
-class SessionState(msgspec.Struct, frozen=True, kw_only=True):
-    exists: bool = False
-    deleted: bool = False
-    agent_id: str = ""
-    owner: str | None = None
-    busy_policy: BusyPolicy = "enqueue"
-    label: str | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    history: list[ChatMessage] = msgspec.field(default_factory=list)
-    inbox: list[QueuedRun] = msgspec.field(default_factory=list)
-    current_run: str | None = None
-    recent_runs: list[str] = msgspec.field(default_factory=list)
-    parent_session: str | None = None
-    parent_seq: int | None = None
-    parent_hash: str | None = None
-    current_spec: AgentSpec | None = None  # the agent definition `current_run` starts with
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,88 +122,6 @@ class ForkFrom(msgspec.Struct, frozen=True, kw_only=True):
     parent_seq: int
     parent_hash: str
     caller: Caller = ADMIN
-
-
-def fold_session(state: SessionState, event: Event) -> SessionState:
-    """Apply one session event; also used to read a session's state at any seq."""
-    replace = msgspec.structs.replace
-    match event:
-        case SessionCreated():
-            return SessionState(
-                exists=True,
-                agent_id=event.agent_id,
-                owner=event.owner,
-                busy_policy=event.busy_policy,
-                label=event.label,
-                metadata=dict(event.metadata),
-                parent_session=event.parent_session,
-                parent_seq=event.parent_seq,
-                parent_hash=event.parent_hash,
-                history=list(event.history),
-            )
-        case MessageAccepted(run_id=run_id, messages=messages, spec=spec):
-            return replace(state, inbox=[*state.inbox, QueuedRun(run_id, messages, spec)])
-        case RunAssigned(run_id=run_id):
-            queued = next((q for q in state.inbox if q.run_id == run_id), None)
-            inbox = [q for q in state.inbox if q.run_id != run_id]
-            history = state.history + (queued.messages if queued else [])
-            recent = [*state.recent_runs, run_id][-RECENT_RUNS:]
-            return replace(
-                state,
-                inbox=inbox,
-                history=history,
-                current_run=run_id,
-                recent_runs=recent,
-                current_spec=queued.spec if queued else None,
-            )
-        case RunSettled(run_id=run_id, messages=messages):
-            current = None if state.current_run == run_id else state.current_run
-            return replace(state, history=state.history + messages, current_run=current)
-        case SessionReset():
-            return replace(state, history=[])
-        case SessionPatched():
-            return replace(
-                state,
-                label=event.label if event.label is not None else state.label,
-                metadata={**state.metadata, **event.metadata}
-                if event.metadata is not None
-                else state.metadata,
-                busy_policy=event.busy_policy or state.busy_policy,
-            )
-        case SessionDeleted():
-            # The inbox stays: its runs are closed as failed once the deletion is durable.
-            return replace(state, deleted=True)
-    return state
-
-
-def answered_only(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """Drop tool calls a run left unanswered (it was cancelled or failed before the result).
-
-    OpenAI-compatible upstreams refuse a history where an assistant's tool call has no tool
-    message after it, so such a call would break every later run of the session.
-    """
-    answered = {m.tool_call_id for m in messages if m.role == "tool"}
-    out: list[ChatMessage] = []
-    for message in messages:
-        calls = message.tool_calls
-        if calls and any(call.id not in answered for call in calls):
-            kept = [call for call in calls if call.id in answered]
-            if kept or message.content:
-                out.append(msgspec.structs.replace(message, tool_calls=kept or None))
-            continue
-        out.append(message)
-    return out
-
-
-def session_state_at(log: EventLog, key: str, at_seq: int | None = None) -> SessionState:
-    """A session's state folded from the log as of `at_seq` (or now)."""
-    state = SessionState()
-    for record in log.read_stream(session_stream(key)):
-        if at_seq is not None and record.seq > at_seq:
-            break
-        if DOMAIN_CODEC.knows(record.type):
-            state = fold_session(state, DOMAIN_CODEC.decode(record.type, record.data))
-    return state
 
 
 def session_view(key: str, state: SessionState, version: int) -> SessionView:
@@ -395,9 +292,7 @@ class SessionActor(EventSourcedActor[SessionState]):
 
     async def on_rehydrated(self, state: SessionState) -> Sequence[Event]:
         if state.current_run is not None and not state.deleted:
-            self.ctx.start_task(
-                recover_session_run, self.ctx, state.current_run, state.current_spec
-            )
+            self.ctx.start_task(recover_session_run, self.ctx, state)
         return ()
 
 
@@ -408,11 +303,31 @@ async def start_run_for_session(
     ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
 ) -> None:
     """Start the run a session assigned, with the agent definition its message came with; with
-    `error` the run is recorded as started and failed at once (its session can no longer run it)."""
+    `error` the run is recorded as started and failed at once (its session can no longer run it).
+
+    The run records only the messages it brings and the session version its history counts up
+    to (the version just before its `RunAssigned`), so a turn costs the same bytes in the log
+    however long the conversation is."""
+    history_stream: str | None = None
+    history_version = 0
+    history: list[ChatMessage] | None = None
     if run_id == state.current_run:
         spec = state.current_spec
+        messages = state.current_messages
+        assigned = assigned_version(ctx.log, ctx.stream, run_id)
+        if assigned is not None:
+            history_stream = ctx.stream
+            # A state folded from an old snapshot may not know its run's messages: then the
+            # history up to the assignment (which includes them) is the whole conversation.
+            history_version = assigned - 1 if messages else assigned
+            kept = len(state.history) - len(messages)
+            history = state.history[:kept]
+        else:  # cannot happen for an assigned run; copy rather than lose the conversation
+            messages = state.history
     else:
-        spec = next((q.spec for q in state.inbox if q.run_id == run_id), None)
+        queued = next((q for q in state.inbox if q.run_id == run_id), None)
+        spec = queued.spec if queued else None
+        messages = queued.messages if queued else []
     if spec is None:
         # A message recorded before the definition travelled with it: ask the agent.
         try:
@@ -426,10 +341,30 @@ async def start_run_for_session(
             agent_id=state.agent_id,
             owner=state.owner,
             spec=spec,
-            messages=state.history,
+            messages=messages,
             error=error,
+            history_stream=history_stream,
+            history_version=history_version,
+            history=history,
         )
     )
+
+
+def assigned_version(log: EventLog, stream: str, run_id: str) -> int | None:
+    """The version of the session's latest `RunAssigned` for `run_id`, read from the end (it is
+    almost always among the last few events)."""
+    end = log.stream_version(stream)
+    window = 16
+    while end > 0:
+        start = max(1, end - window + 1)
+        for record in reversed(log.read_stream(stream, start, limit=end - start + 1)):
+            if record.type == RUN_ASSIGNED:
+                event = DOMAIN_CODEC.decode(record.type, record.data)
+                if isinstance(event, RunAssigned) and event.run_id == run_id:
+                    return record.version
+        end = start - 1
+        window *= 4
+    return None
 
 
 async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
@@ -437,22 +372,15 @@ async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:
         await system.ref(RUN, run_id).ask(CancelRun(reason=reason))
 
 
-async def recover_session_run(ctx: ActorContext, run_id: str, spec: AgentSpec | None) -> None:
+async def recover_session_run(ctx: ActorContext, state: SessionState) -> None:
     """After a session rehydrates with a run in flight: finish what a crash interrupted."""
+    run_id = state.current_run
+    assert run_id is not None
     run = ctx.system.ref(RUN, run_id)
     try:
         view: RunView = await run.ask(GetRun())
     except NotFound:
         # The run was assigned but never started: start it now.
-        session: SessionView = await ctx.ref.ask(GetSession())
-        state = SessionState(
-            exists=True,
-            agent_id=session.agent_id,
-            owner=session.owner,
-            history=session.messages,
-            current_run=run_id,
-            current_spec=spec,
-        )
         await start_run_for_session(ctx, state, run_id)
         return
     if view.status in TERMINAL:

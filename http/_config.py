@@ -49,6 +49,7 @@ class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sync: bool = True
     max_size: int = 1 << 40
     anchor_key_file: Path | None = None
+    max_event_bytes: int = 1 << 20  # the largest event; bigger input is refused with 413
 
 
 class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -188,6 +189,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if settings.log.max_event_bytes < 4096:
+        raise ConfigError("log.max_event_bytes: must be at least 4096")
     if settings.model.provider not in {"echo", "openai"}:
         raise ConfigError(f"model.provider: {settings.model.provider!r} is not echo or openai")
     if settings.model.provider == "openai" and not settings.model.base_url:

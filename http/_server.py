@@ -142,6 +142,7 @@ async def serve(
             settings.log.url or settings.log.data_dir,
             sync=settings.log.sync,
             max_map_size=settings.log.max_size,
+            max_event_bytes=settings.log.max_event_bytes,
         ) as event_log,
         open_domain(
             event_log,

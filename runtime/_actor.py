@@ -85,6 +85,18 @@ class ActorSystemStatistics(msgspec.Struct, frozen=True, kw_only=True):
     snapshots_saved: int
 
 
+class _GaveUp(msgspec.Struct):
+    """An actor that failed too often: refused until `retry_at`, then tried once more.
+
+    `failures` (times within the failure window) carry over to the next incarnation, so one
+    more failure soon after gives up again at once, for twice as long (`strikes`)."""
+
+    reason: str
+    retry_at: float
+    failures: list[float]
+    strikes: int
+
+
 class Actor(Protocol):
     """A plain actor: handles one message at a time; what it returns is the ask's reply."""
 
@@ -158,6 +170,7 @@ class _Cell:
         "stop_reason",
         "stop_requested",
         "stream",
+        "strikes",
         "task_error",
         "tasks",
         "waiter",
@@ -175,6 +188,7 @@ class _Cell:
         self.tasks: set[TaskHandle] = set()
         self.task_error: Exception | None = None
         self.failures: deque[float] = deque()
+        self.strikes = 0  # how many times this actor gave up and came back
         self.incarnation = 0
         self.snapshot_version = 0
         self.stop_requested = False
@@ -365,7 +379,7 @@ class ActorSystem:
         self._factories: dict[str, ActorFactory] = {}
         # Ordered by when each actor last went idle: the front is least recently used.
         self._live: OrderedDict[Address, _Cell] = OrderedDict()
-        self._stopped: dict[Address, str] = {}
+        self._stopped: dict[Address, _GaveUp] = {}
         self._accepting = True
         self._all_stopped = trio.Event()
         self._sweeper_wakeup = trio.Event()
@@ -400,7 +414,8 @@ class ActorSystem:
         return ActorRef(self, (kind, id))
 
     def restart(self, kind: str, id: str) -> bool:
-        """Let an actor that gave up after repeated failures take messages again.
+        """Let an actor that gave up after repeated failures take messages again now, with a
+        clean record (without it, the next message after its hold tries it once more).
 
         Returns whether it was stopped. The next message rehydrates it from the log.
         """
@@ -433,12 +448,21 @@ class ActorSystem:
             )
         cell = self._live.get(address)
         if cell is None:
-            reason = self._stopped.get(address)
-            if reason is not None:
-                raise ActorStopped(reason)
+            gave_up = self._stopped.get(address)
+            if gave_up is not None:
+                now = trio.current_time()
+                if now < gave_up.retry_at:
+                    raise ActorStopped(
+                        f"{gave_up.reason}; it takes messages again in "
+                        f"{gave_up.retry_at - now:.1f}s"
+                    )
+                del self._stopped[address]
             if address[0] not in self._factories:
                 raise LookupError(f"no actor kind {address[0]!r} is registered")
             cell = self._spawn(address)
+            if gave_up is not None:
+                cell.failures.extend(gave_up.failures)
+                cell.strikes = gave_up.strikes
         return cell
 
     async def _send(self, address: Address, env: _Envelope) -> bool:
@@ -606,11 +630,20 @@ class ActorSystem:
         if len(failures) >= self.config.max_failures:
             cell.stop_reason = (
                 f"actor {cell.stream} stopped after {len(failures)} failures within "
-                f"{self.config.failure_window:g}s (last: {error_type}: {message}); "
-                f"call system.restart({cell.address[0]!r}, {cell.address[1]!r}) to start it again"
+                f"{self.config.failure_window:g}s (last: {error_type}: {message})"
             )
-            self._stopped[cell.address] = cell.stop_reason
-            logger.error("actor gave up", actor=cell.stream, failures=len(failures))
+            # Held off, then tried again by the next message: a passing cause (a full disk, a
+            # peer that was down) heals without an operator; a lasting one costs one failure
+            # per hold, each hold twice the last.
+            hold = min(
+                self.config.backoff_max * 2**cell.strikes,
+                max(self.config.backoff_max, self.config.failure_window),
+            )
+            self._stopped[cell.address] = _GaveUp(
+                cell.stop_reason, now + hold, list(failures), cell.strikes + 1
+            )
+            cell.stop_reason += f"; it takes messages again in {hold:.1f}s"
+            logger.error("actor gave up", actor=cell.stream, failures=len(failures), retry_in=hold)
             return None
         return float(
             min(self.config.backoff_max, self.config.backoff_initial * 2 ** (len(failures) - 1))

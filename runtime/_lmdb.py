@@ -833,6 +833,7 @@ class LmdbEventLog:
             map_size=self._env.info()["map_size"],
             pending=len(self._pending),
             subscribers=self._subscribers,
+            max_event_bytes=self.max_event_bytes,
         )
 
 

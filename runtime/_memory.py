@@ -369,4 +369,5 @@ class MemoryEventLog:
             map_size=0,  # nothing is mapped; the metric is LMDB's
             pending=0,
             subscribers=self._subscribers,
+            max_event_bytes=self.max_event_bytes,
         )

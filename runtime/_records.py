@@ -96,6 +96,7 @@ class LogStatistics(msgspec.Struct, frozen=True, kw_only=True):
     map_size: int
     pending: int
     subscribers: int
+    max_event_bytes: int = 1 << 20  # the largest event payload an append accepts
 
 
 class Progress(Protocol):

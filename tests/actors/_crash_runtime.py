@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from cuelog.actors import _session
-from cuelog.actors._session import SessionState
+from cuelog.actors._session_fold import SessionState
 from cuelog.runtime import ActorContext
 from tests.actors.domain_support import SlowModel, make_settings, runtime_at, user, wait_for_event
 

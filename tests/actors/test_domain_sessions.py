@@ -15,7 +15,8 @@ from cuelog.actors._agent import AgentActor, AgentState, GetAgent
 from cuelog.actors._commands import Caller
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import MessageAccepted, RunAssigned, RunStarted, SessionCreated
-from cuelog.actors._session import SessionState, SessionView
+from cuelog.actors._session import SessionView
+from cuelog.actors._session_fold import SessionState
 from cuelog.runtime import Event, open_event_log
 from tests.actors.domain_support import (
     SlowModel,

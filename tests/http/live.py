@@ -48,14 +48,23 @@ class Live:
 
 @asynccontextmanager
 async def live_server(
-    data_dir: Path, *, api_key: str | None = API_KEY, backend: str = "lmdb", **server: Any
+    data_dir: Path,
+    *,
+    api_key: str | None = API_KEY,
+    backend: str = "lmdb",
+    log_settings: dict[str, Any] | None = None,
+    **server: Any,
 ) -> AsyncIterator[Live]:
     """Serve on a fresh port until the block ends, then shut down and wait for it.
 
     `backend` is `lmdb` (the data dir) or `memory` (the in-memory log: the same API on another
-    `EventLog`)."""
+    `EventLog`); `log_settings` sets more `[log]` keys."""
     stop = trio.Event()
-    log = {"data_dir": data_dir, "url": "memory:" if backend == "memory" else None}
+    log = {
+        "data_dir": data_dir,
+        "url": "memory:" if backend == "memory" else None,
+        **(log_settings or {}),
+    }
     settings = load_settings(
         None,
         environ={},

@@ -85,7 +85,7 @@ async def test_gives_up_after_max_failures_then_restart_brings_it_back(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask_pending)
         assert len(pending) == 1
-        assert "counter:g" in str(pending[0]) and "restart" in str(pending[0])
+        assert "counter:g" in str(pending[0]) and "again in 1.5s" in str(pending[0])
         with pytest.raises(ActorStopped, match=r"counter:g stopped after 4 failures"):
             await ref.ask(Get())
         with pytest.raises(ActorStopped):
@@ -98,6 +98,45 @@ async def test_gives_up_after_max_failures_then_restart_brings_it_back(
         assert await ref.ask(Add(2)) == CounterState(5, (3, 2))
         types = [r.type for r in log.read_stream("counter:g")]
         assert types == ["Counted", *["ActorFailed"] * 4, "Counted"]
+
+
+async def test_an_actor_that_gave_up_comes_back_after_its_hold(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Without restart(), the first message after the hold (backoff_max) rehydrates the actor."""
+    async with running(tmp_path, CONFIG, counter=Counter) as (log, system):
+        ref = system.ref("counter", "h")
+        await ref.ask(Add(3))
+        for _ in range(4):
+            with pytest.raises((RuntimeError, ActorStopped)):
+                await ref.ask(Fail())
+        with pytest.raises(ActorStopped, match=r"again in 1\.\ds"):
+            await ref.ask(Get())
+        await trio.sleep(1.5)
+        assert await ref.ask(Add(2)) == CounterState(5, (3, 2))
+        assert system.statistics().stopped_actors == 0
+        types = [r.type for r in log.read_stream("counter:h")]
+        assert types == ["Counted", *["ActorFailed"] * 4, "Counted"]
+
+
+async def test_a_lasting_failure_costs_one_failure_per_hold_each_twice_as_long(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An actor that cannot load gives up, then each retry after its hold fails once and gives up
+    again for twice as long: few failure events, no operator needed."""
+    async with running(tmp_path, CONFIG, broken=BrokenOnLoad) as (log, system):
+        ref = system.ref("broken", "2")
+        with pytest.raises(ActorStopped, match=r"again in 1\.5s"):
+            await ref.ask(Get())
+        assert len(log.read_stream("broken:2")) == 4
+        await trio.sleep(1.5)
+        with pytest.raises(ActorStopped, match=r"again in 3\.0s"):
+            await ref.ask(Get())
+        assert len(log.read_stream("broken:2")) == 5
+        await trio.sleep(1)
+        with pytest.raises(ActorStopped, match=r"again in 2\.0s"):
+            await ref.ask(Get())  # still held: nothing tried, nothing recorded
+        assert len(log.read_stream("broken:2")) == 5
 
 
 async def test_failures_outside_the_window_do_not_count(
