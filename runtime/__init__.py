@@ -26,6 +26,7 @@ from cuelog.runtime._errors import LogClosed as LogClosed
 from cuelog.runtime._errors import LogError as LogError
 from cuelog.runtime._errors import LogFormatError as LogFormatError
 from cuelog.runtime._errors import LogLocked as LogLocked
+from cuelog.runtime._errors import LogUnavailable as LogUnavailable
 from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
@@ -69,6 +70,7 @@ __all__ = [
     "LogLocation",
     "LogLocked",
     "LogStatistics",
+    "LogUnavailable",
     "MailboxFull",
     "PayloadTooLarge",
     "RawEvent",
