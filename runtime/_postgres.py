@@ -1058,8 +1058,8 @@ def _verify_tables(
         return bytes(row[0]) if row is not None else None
 
     def get_index(key: bytes) -> bytes | None:
-        stream, _, version = key.rpartition(b"\x00")
-        if len(version) != 4:
+        stream, version = key[:-5], key[-4:]
+        if len(key) < 6 or key[-5] != 0:
             return None
         row = cur.execute(
             "SELECT seq FROM cuelog_events WHERE stream = %s AND version = %s",
