@@ -14,6 +14,7 @@ import trio
 
 from cuelog.http._config import load_settings
 from cuelog.http._server import serve
+from tests.postgres import fresh_database
 
 API_KEY = "test-admin-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -52,10 +53,25 @@ async def live_server(
 ) -> AsyncIterator[Live]:
     """Serve on a fresh port until the block ends, then shut down and wait for it.
 
-    `backend` is `lmdb` (the data dir) or `memory` (the in-memory log: the same API on another
-    `EventLog`)."""
+    `backend` is `lmdb` (the data dir), `memory` (the in-memory log: the same API on another
+    `EventLog`) or `postgres` (a fresh database on the local PostgreSQL, dropped afterwards)."""
+    if backend == "postgres":
+        with fresh_database() as url:
+            async with _serve(data_dir, url, api_key, server) as live:
+                yield live
+        return
+    async with _serve(
+        data_dir, "memory:" if backend == "memory" else None, api_key, server
+    ) as live:
+        yield live
+
+
+@asynccontextmanager
+async def _serve(
+    data_dir: Path, url: str | None, api_key: str | None, server: dict[str, Any]
+) -> AsyncIterator[Live]:
     stop = trio.Event()
-    log = {"data_dir": data_dir, "url": "memory:" if backend == "memory" else None}
+    log = {"data_dir": data_dir, "url": url}
     settings = load_settings(
         None,
         environ={},
@@ -93,5 +109,5 @@ def frame_data(frame: bytes) -> bytes:
     return b"\n".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
 
 
-# Tests that need no restart run against both log backends: the HTTP API must not depend on LMDB.
-on_every_backend = pytest.mark.parametrize("backend", ["lmdb", "memory"])
+# Tests that need no restart run against every log backend: the HTTP API must not depend on LMDB.
+on_every_backend = pytest.mark.parametrize("backend", ["lmdb", "memory", "postgres"])
