@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
@@ -322,7 +322,9 @@ class PostgresEventLog:
             self._refuse_version(version)
         return self._log_id_in(conn)
 
-    def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> bytes:
+    def _create_or_migrate(
+        self, conn: psycopg.Connection[Any], log_id: bytes | None = None
+    ) -> bytes:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS cuelog_meta (key text PRIMARY KEY, value bytea NOT NULL)"
         )
@@ -334,7 +336,7 @@ class PostgresEventLog:
                 conn.execute(statement)
             log.info("log schema migrated", schema=step + 1)
         if version == 0:
-            log_id = os.urandom(16)
+            log_id = log_id or os.urandom(16)
             conn.execute("INSERT INTO cuelog_meta VALUES ('log_id', %s)", [log_id])
             conn.execute("INSERT INTO cuelog_head VALUES (true, 0, %s)", [genesis_hash(log_id)])
         if version != SCHEMA_VERSION:
@@ -1111,6 +1113,72 @@ def _verify_tables(
             f"version {actual or 0}",
         )
     return report
+
+
+def import_log(
+    url: str,
+    *,
+    log_id: bytes,
+    records: Iterable[tuple[int, str, int, bytes]],
+    idempotency: Mapping[str, tuple[int, int, bytes]],
+    snapshots: Mapping[str, tuple[int, bytes]],
+    anchor: bytes | None,
+) -> int:
+    """Write a whole log (seq, stream, version, stored record in seq order) into the empty
+    database at `url` under `log_id`, in one transaction; return how many events it holds.
+
+    A database that already holds events is refused: a copy never merges two logs.
+    """
+    importer = PostgresEventLog(url, readonly=False, max_event_bytes=0, clock=now_us)
+    conn = _connect(url)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+            if importer._create_or_migrate(conn, log_id) != log_id:
+                raise LogError(
+                    f"{redact_url(url)} already holds another cuelog log; copy into an empty "
+                    "database"
+                )
+            row = conn.execute("SELECT seq FROM cuelog_head FOR UPDATE").fetchone()
+            if row is None or row[0] != 0:
+                raise LogError(
+                    f"{redact_url(url)} already holds events; copy into an empty database"
+                )
+            versions: dict[str, int] = {}
+            seq, last_hash = 0, genesis_hash(log_id)
+            cur = conn.cursor()
+            with cur.copy(
+                "COPY cuelog_events (seq, stream, version, record) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "text", "int4", "bytea"])
+                for seq, stream, version, value in records:
+                    copy.write_row((seq, stream, version, value))
+                    versions[stream] = version
+                    last_hash = value[:HASH_SIZE]
+            if versions:
+                cur.execute(
+                    "INSERT INTO cuelog_streams SELECT * FROM unnest(%s::text[], %s::integer[])",
+                    [list(versions), list(versions.values())],
+                )
+            for key, (first_seq, count, digest) in idempotency.items():
+                cur.execute(
+                    "INSERT INTO cuelog_idem VALUES (%s, %s, %s, %s)",
+                    [key, first_seq, count, digest],
+                )
+            for stream, (version, state) in snapshots.items():
+                cur.execute(
+                    "INSERT INTO cuelog_snapshots VALUES (%s, %s, %s)", [stream, version, state]
+                )
+            if anchor is not None:
+                cur.execute("INSERT INTO cuelog_meta VALUES ('anchor', %s)", [anchor])
+            cur.execute("UPDATE cuelog_head SET seq = %s, hash = %s", [seq, last_hash])
+    except psycopg.OperationalError as exc:
+        raise LogUnavailable(f"the PostgreSQL log is unreachable: {_reason(exc)}") from None
+    except psycopg.Error as exc:
+        raise LogError(f"cannot copy into {redact_url(url)}: {_reason(exc)}") from None
+    finally:
+        _close_quietly(conn)
+    return seq
 
 
 @asynccontextmanager
