@@ -476,8 +476,9 @@ class PostgresEventLog:
         done: _Committed | None = None
         started = time.perf_counter()
         try:
+            # The clock is read here: a test's clock may only work on the trio thread.
             done = await trio.to_thread.run_sync(
-                self._commit_sync, batch, other, limiter=self._writer_limiter
+                self._commit_sync, batch, other, self._clock(), limiter=self._writer_limiter
             )
         except LogError as exc:
             error = exc
@@ -505,7 +506,7 @@ class PostgresEventLog:
         if done is not None and done.events:
             self._wake_subscribers()
 
-    def _commit_sync(self, batch: list[_Append], other: list[_OtherWrite]) -> _Committed:
+    def _commit_sync(self, batch: list[_Append], other: list[_OtherWrite], ts: int) -> _Committed:
         """One transaction for the whole group; retried once on a fresh connection when the
         old one turns out to be dead before COMMIT was sent (nothing was written then)."""
         for attempt in (1, 2):
@@ -514,7 +515,7 @@ class PostgresEventLog:
             conn = self._writer_conn or _connect(self.url)
             self._writer_conn = conn
             try:
-                return self._commit_on(conn, batch, other)
+                return self._commit_on(conn, batch, other, ts)
             except _Ambiguous as exc:
                 self._drop_writer()
                 raise LogUnavailable(
@@ -548,7 +549,11 @@ class PostgresEventLog:
         self._writer_conn = None
 
     def _commit_on(
-        self, conn: psycopg.Connection[Any], batch: list[_Append], other: list[_OtherWrite]
+        self,
+        conn: psycopg.Connection[Any],
+        batch: list[_Append],
+        other: list[_OtherWrite],
+        ts: int,
     ) -> _Committed:
         done = _Committed()
         cur = conn.cursor(binary=True)
@@ -572,7 +577,6 @@ class PostgresEventLog:
                     [keys],
                 )
                 stored_idem = {k: (int(f), int(c), bytes(d)) for k, f, c, d in cur.fetchall()}
-        ts = self._clock()
         rows_seq: list[int] = []
         rows_stream: list[str] = []
         rows_version: list[int] = []
