@@ -3,6 +3,11 @@
 Baselines: SQLite WAL with synchronous=FULL committing once per event; raw py-lmdb with 64 puts
 per fsynced transaction (no chain); a bare loop that cursor-reads the log file and SHA-256s each
 value. Events are 500 bytes. Set CUELOG_BENCH_SCALE=0.1 for a quick run.
+
+PostgreSQL (when CUELOG_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432, answers):
+the PostgreSQL log's append with 64 and 256 appenders against a raw psycopg loop inserting the
+same rows, 64 per transaction, into a table of the same shape, and against the LMDB log; each run
+in a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
 import msgspec
+import psycopg
 import trio
 
 from cuelog.runtime import RawEvent, open_event_log
@@ -66,8 +74,10 @@ def bench_raw_lmdb(workdir: Path, count: int, *, chain: bool) -> float:
     return seq / elapsed
 
 
-async def bench_event_log(path: Path, count: int, *, commit_in_thread: bool) -> float:
-    per_task = count // APPENDERS
+async def bench_event_log(
+    path: Path | str, count: int, *, commit_in_thread: bool = True, appenders: int = APPENDERS
+) -> float:
+    per_task = count // appenders
     async with open_event_log(path, commit_in_thread=commit_in_thread) as log:
 
         async def appender(i: int) -> None:
@@ -78,16 +88,79 @@ async def bench_event_log(path: Path, count: int, *, commit_in_thread: bool) -> 
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for i in range(APPENDERS):
+            for i in range(appenders):
                 nursery.start_soon(appender, i)
         elapsed = time.perf_counter() - started
         stats = log.statistics()
     print(
-        f"    ({'thread' if commit_in_thread else 'inline'} commit: {stats.batches} group "
+        f"    ({'thread' if commit_in_thread else 'inline'} commit, {appenders} appenders: "
+        f"{stats.batches} group "
         f"commits, mean {stats.events_appended / max(stats.batches, 1):.1f} events, "
         f"{1000 * stats.commit_seconds_total / max(stats.batches, 1):.2f} ms each)"
     )
-    return per_task * APPENDERS / elapsed
+    return per_task * appenders / elapsed
+
+
+POSTGRES = os.environ.get("CUELOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the benchmark server; dropped afterwards."""
+    name = f"cuelog_bench_{os.urandom(4).hex()}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bench_raw_postgres(url: str, count: int) -> float:
+    """64 rows of the log's shape (seq, stream, version, 564-byte record) per transaction."""
+    record = b"h" * 64 + PAYLOAD
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            'CREATE TABLE events (seq bigint PRIMARY KEY, stream text COLLATE "C" NOT NULL, '
+            "version integer NOT NULL, record bytea NOT NULL, UNIQUE (stream, version))"
+        )
+        seq = 0
+        started = time.perf_counter()
+        while seq < count:
+            seqs = list(range(seq + 1, seq + APPENDERS + 1))
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO events SELECT * FROM unnest(%s::bigint[], %s::text[], "
+                    "%s::integer[], %s::bytea[])",
+                    [seqs, [f"s{s % 64}" for s in seqs], seqs, [record] * APPENDERS],
+                )
+            seq += APPENDERS
+        elapsed = time.perf_counter() - started
+    return seq / elapsed
+
+
+def bench_postgres(work: Path, count: int) -> None:
+    try:
+        with psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        print(f"postgresql: skipped, {POSTGRES} does not answer ({exc})")
+        return
+    print(f"postgresql: {EVENT_BYTES} B events", flush=True)
+    with postgres_database() as url:
+        raw = bench_raw_postgres(url, count)
+    print(f"  raw psycopg, 64 rows/txn          {raw:>10,.0f} ev/s", flush=True)
+    for appenders in (64, 256):
+        with postgres_database() as url:
+            pg = trio.run(lambda: bench_event_log(url, count, appenders=appenders))  # noqa: B023
+        lmdb_rate = trio.run(
+            lambda: bench_event_log(work / f"pg-vs-{appenders}", count, appenders=appenders)  # noqa: B023
+        )
+        print(f"  PostgresEventLog.append, {appenders:>3}      {pg:>10,.0f} ev/s")
+        print(f"  LMDB EventLog.append, {appenders:>3}         {lmdb_rate:>10,.0f} ev/s")
+        print(f"  ratio vs raw psycopg ({appenders:>3})       {pg / raw:>10.2f}   (target >= 0.60)")
+        print(f"  ratio vs LMDB ({appenders:>3})              {pg / lmdb_rate:>10.2f}", flush=True)
 
 
 async def build_big_log(path: Path, count: int) -> None:
@@ -156,6 +229,8 @@ def main() -> None:
         best = max(inline, threaded)
         print(f"  ratio vs SQLite per-event commit  {best / sqlite_rate:>10.1f}x  (target >= 15x)")
         print(f"  ratio vs raw batched LMDB         {best / raw:>10.2f}   (target >= 0.75)")
+
+        bench_postgres(work, _n(256 * 100))
 
         n_big = _n(1_000_000)
         big = work / "big"

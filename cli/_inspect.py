@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -31,11 +30,12 @@ from cuelog.actors import (
     summary,
     timeline_events,
 )
+from cuelog.cli._location import LOG, Location
 from cuelog.runtime import CuelogError, EventLog, RecordedEvent, StoredRecord, open_event_log
 
 _generic = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
-DATA_DIR = click.argument("data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+DATA_DIR = LOG
 
 
 def _fail(message: str) -> None:
@@ -70,7 +70,7 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="JSON lines instead
 @_JSON
 @click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
 def timeline_command(
-    data_dir: Path,
+    data_dir: Location,
     session: str | None,
     run: str | None,
     all_events: bool,
@@ -87,7 +87,7 @@ def timeline_command(
 @DATA_DIR
 @click.option("--run", "run", help="Re-execute only this run (default: every recorded run).")
 @_JSON
-def rerun_command(data_dir: Path, run: str | None, as_json: bool) -> None:
+def rerun_command(data_dir: Location, run: str | None, as_json: bool) -> None:
     """Re-execute recorded runs with the current code, feeding the recorded model and tool
     outputs and approval decisions; report the first divergence (exit 1) or none (exit 0)."""
     sys.exit(trio.run(_check, data_dir, run, as_json))
@@ -102,7 +102,7 @@ def rerun_command(data_dir: Path, run: str | None, as_json: bool) -> None:
 @click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
 @click.option("--check", is_flag=True, help="Same as `cuelog rerun`.")
 def replay_command(
-    data_dir: Path,
+    data_dir: Location,
     session: str | None,
     run: str | None,
     all_events: bool,
@@ -119,7 +119,7 @@ def replay_command(
 
 
 async def _timeline(
-    data_dir: Path, session: str | None, run: str | None, as_json: bool, follow: bool
+    data_dir: Location, session: str | None, run: str | None, as_json: bool, follow: bool
 ) -> None:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
@@ -150,7 +150,7 @@ async def _timeline(
         _fail(str(exc))
 
 
-async def _check(data_dir: Path, run: str | None, as_json: bool) -> int:
+async def _check(data_dir: Location, run: str | None, as_json: bool) -> int:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
             runs = [run] if run is not None else recorded_runs(log)
@@ -187,12 +187,12 @@ async def _check(data_dir: Path, run: str | None, as_json: bool) -> int:
 @DATA_DIR
 @click.option("--session", "session", required=True, help="The session key.")
 @click.option("--at", "at_seq", type=int, default=None, help="Log seq (default: now).")
-def state_command(data_dir: Path, session: str, at_seq: int | None) -> None:
+def state_command(data_dir: Location, session: str, at_seq: int | None) -> None:
     """Print a session's folded state at a seq as JSON."""
     trio.run(_state, data_dir, session, at_seq)
 
 
-async def _state(data_dir: Path, session: str, at_seq: int | None) -> None:
+async def _state(data_dir: Location, session: str, at_seq: int | None) -> None:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
             state = session_state_at(log, session, at_seq)
@@ -209,12 +209,12 @@ async def _state(data_dir: Path, session: str, at_seq: int | None) -> None:
 @click.option("--jsonl", is_flag=True, required=True, help="One JSON event per line (the format).")
 @click.option("--from", "from_seq", type=int, default=1, show_default=True)
 @click.option("--to", "to_seq", type=int, default=None, help="Last seq (default: the head).")
-def export_command(data_dir: Path, jsonl: bool, from_seq: int, to_seq: int | None) -> None:
+def export_command(data_dir: Location, jsonl: bool, from_seq: int, to_seq: int | None) -> None:
     """Export events with their hashes; `body` is the exact hashed msgpack, base64."""
     trio.run(_export, data_dir, from_seq, to_seq)
 
 
-async def _export(data_dir: Path, from_seq: int, to_seq: int | None) -> None:
+async def _export(data_dir: Location, from_seq: int, to_seq: int | None) -> None:
     try:
         async with open_event_log(data_dir, readonly=True) as log:
             out = sys.stdout

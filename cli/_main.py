@@ -10,6 +10,7 @@ import click
 import trio
 
 from cuelog.cli._keys import keys
+from cuelog.cli._location import Location, LogLocationType
 from cuelog.runtime import CuelogError, configure_logging
 
 
@@ -78,7 +79,7 @@ def serve_command(
 
 
 @main.command("verify")
-@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("data_dir", metavar="LOG", type=LogLocationType())
 @click.option(
     "--anchor-key-file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -92,7 +93,7 @@ def serve_command(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_command(
-    data_dir: Path, anchor_key_file: Path | None, anchor_file: Path | None, as_json: bool
+    data_dir: Location, anchor_key_file: Path | None, anchor_file: Path | None, as_json: bool
 ) -> None:
     """Verify the hash chain and indexes of a log (read-only; safe beside a running server).
 
@@ -140,3 +141,12 @@ def _add_backup_command() -> None:
 
 
 _add_backup_command()
+
+
+def _add_copy_command() -> None:
+    from cuelog.cli._copy import copy_command
+
+    main.add_command(copy_command)
+
+
+_add_copy_command()

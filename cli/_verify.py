@@ -10,6 +10,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from cuelog.cli._location import Location
 from cuelog.http.api import Anchored
 from cuelog.runtime import Anchor, LogError, LogFormatError, VerifyReport, open_event_log
 
@@ -24,7 +25,7 @@ def read_anchor(path: Path) -> Anchor:
 
 
 def run_verify(
-    data_dir: Path, anchor_key_file: Path | None, anchor_file: Path | None, *, as_json: bool
+    data_dir: Location, anchor_key_file: Path | None, anchor_file: Path | None, *, as_json: bool
 ) -> int:
     err = Console(stderr=True)
     key = anchor_key_file.read_bytes().strip() if anchor_key_file else None
@@ -46,7 +47,7 @@ def run_verify(
 
 
 async def _verify(
-    data_dir: Path, key: bytes | None, anchor: Anchor | None, show_progress: bool
+    data_dir: Location, key: bytes | None, anchor: Anchor | None, show_progress: bool
 ) -> VerifyReport:
     async with open_event_log(data_dir, readonly=True) as log:
         total = log.head().seq

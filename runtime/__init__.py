@@ -14,6 +14,7 @@ from cuelog.runtime._actor_sourced import EventSourcedActor as EventSourcedActor
 from cuelog.runtime._codec import Event as Event
 from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
+from cuelog.runtime._copy import copy_log as copy_log
 from cuelog.runtime._envelope import NO_STREAM as NO_STREAM
 from cuelog.runtime._envelope import RawEvent as RawEvent
 from cuelog.runtime._envelope import decode_record as decode_record
@@ -26,6 +27,7 @@ from cuelog.runtime._errors import LogClosed as LogClosed
 from cuelog.runtime._errors import LogError as LogError
 from cuelog.runtime._errors import LogFormatError as LogFormatError
 from cuelog.runtime._errors import LogLocked as LogLocked
+from cuelog.runtime._errors import LogUnavailable as LogUnavailable
 from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
@@ -69,6 +71,7 @@ __all__ = [
     "LogLocation",
     "LogLocked",
     "LogStatistics",
+    "LogUnavailable",
     "MailboxFull",
     "PayloadTooLarge",
     "RawEvent",
@@ -79,6 +82,7 @@ __all__ = [
     "VerifyReport",
     "WrongExpectedVersion",
     "configure_logging",
+    "copy_log",
     "decode_record",
     "event_type",
     "open_actor_system",

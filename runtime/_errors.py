@@ -8,6 +8,7 @@ CuelogError
 │   ├── LogLocked                 another process holds the data dir for writing
 │   ├── LogFormatError            the data dir is unreadable or from a newer format
 │   ├── LogClosed                 the log was closed before the append was written
+│   ├── LogUnavailable            the log's database cannot be reached now (retry later)
 │   └── StorageFull               the map cannot grow any further
 └── ActorError
     ├── MailboxFull               tell_nowait on a full mailbox
@@ -71,6 +72,10 @@ class LogFormatError(LogError):
 
 class LogClosed(LogError):
     """The log is closed; nothing more can be appended."""
+
+
+class LogUnavailable(LogError):
+    """The log's database cannot be reached now; nothing was acknowledged, retrying is safe."""
 
 
 class StorageFull(LogError):

@@ -1,4 +1,5 @@
-"""Where a log lives, and opening it: a data dir path, `lmdb:///abs/path` or `memory:`.
+"""Where a log lives, and opening it: a data dir path, `lmdb:///abs/path`, `memory:` or
+`postgresql://…`.
 
 Layers above name a log by location and get an `EventLog`; which backend serves it is decided
 here and nowhere else.
@@ -19,20 +20,34 @@ from cuelog.runtime._envelope import now_us
 from cuelog.runtime._errors import LogError
 from cuelog.runtime._lmdb import open_lmdb_event_log
 from cuelog.runtime._memory import MemoryEventLog
+from cuelog.runtime._postgres import open_postgres_event_log, redact_url
 from cuelog.runtime._protocol import EventLog
 
-_LATER = ("postgresql", "postgres")
+_POSTGRES = ("postgresql", "postgres")
 
 
 class LogLocation(msgspec.Struct, frozen=True):
-    """A parsed log location: the backend and, for LMDB, its data dir."""
+    """A parsed log location: the backend and, for LMDB, its data dir; for PostgreSQL, its URL
+    (which may carry a password: show `redacted` instead)."""
 
-    backend: Literal["lmdb", "memory"]
+    backend: Literal["lmdb", "memory", "postgresql"]
     path: Path | None = None
+    url: str | None = None
+
+    @property
+    def redacted(self) -> str:
+        """The location as it may be shown: a path, or the URL without its password."""
+        if self.url is not None:
+            return redact_url(self.url)
+        return "memory:" if self.path is None else str(self.path)
+
+    def __repr__(self) -> str:
+        return f"LogLocation({self.backend!r}, {self.redacted!r})"
 
 
 def parse_log_location(location: str | os.PathLike[str]) -> LogLocation:
-    """Read a data dir path, `lmdb:///abs/path` or `memory:`; raise `LogError` for the rest."""
+    """Read a data dir path, `lmdb:///abs/path`, `memory:` or a PostgreSQL URL
+    (`postgresql://user@host/db`, libpq's URI form); raise `LogError` for the rest."""
     if not isinstance(location, str):
         return LogLocation("lmdb", Path(location))
     if location.startswith("memory:"):
@@ -47,10 +62,16 @@ def parse_log_location(location: str | os.PathLike[str]) -> LogLocation:
         if url.netloc or not url.path.startswith("/") or url.query or url.fragment:
             raise LogError(f"an LMDB log URL is lmdb:///absolute/path, not {location!r}")
         return LogLocation("lmdb", Path(unquote(url.path)))
-    if scheme in _LATER:
-        raise LogError(f"{scheme} logs are not supported yet: use a data dir or memory:")
+    if scheme in _POSTGRES:
+        try:
+            url.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise LogError(f"the PostgreSQL URL {redact_url(location)} has a bad port") from None
+        return LogLocation("postgresql", url=location)
     # Only the scheme is named: a URL may carry a password.
-    raise LogError(f"unknown log scheme {scheme!r}: use a data dir, lmdb:///path or memory:")
+    raise LogError(
+        f"unknown log scheme {scheme!r}: use a data dir, lmdb:///path, memory: or postgresql://"
+    )
 
 
 @asynccontextmanager
@@ -68,8 +89,10 @@ async def open_event_log(
     """Open (or create) the log at `location` (see `parse_log_location`).
 
     LMDB: read-only opens work beside a running writer; on exit, appends already queued are
-    committed before the writer stops. Memory: a new empty log that lives until exit; the
-    LMDB-only options (sync, map sizes, commit_in_thread) do not apply.
+    committed before the writer stops. Memory: a new empty log that lives until exit.
+    PostgreSQL: the tables are created or migrated on open (not when read-only); several
+    processes may write to one database. The LMDB-only options (sync, map sizes,
+    commit_in_thread) apply to LMDB only.
     """
     where = parse_log_location(location)
     if where.backend == "memory":
@@ -80,6 +103,13 @@ async def open_event_log(
             yield memory
         finally:
             memory._close()
+        return
+    if where.backend == "postgresql":
+        assert where.url is not None
+        async with open_postgres_event_log(
+            where.url, readonly=readonly, max_event_bytes=max_event_bytes, clock=clock
+        ) as pg_log:
+            yield pg_log
         return
     assert where.path is not None
     async with open_lmdb_event_log(

@@ -14,6 +14,7 @@ import trio
 
 from cuelog.http._config import load_settings
 from cuelog.http._server import serve
+from tests.postgres import fresh_database
 
 API_KEY = "test-admin-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -57,14 +58,30 @@ async def live_server(
 ) -> AsyncIterator[Live]:
     """Serve on a fresh port until the block ends, then shut down and wait for it.
 
-    `backend` is `lmdb` (the data dir) or `memory` (the in-memory log: the same API on another
-    `EventLog`); `log_settings` sets more `[log]` keys."""
+    `backend` is `lmdb` (the data dir), `memory` (the in-memory log: the same API on another
+    `EventLog`) or `postgres` (a fresh database on the local PostgreSQL, dropped afterwards);
+    `log_settings` sets more `[log]` keys."""
+    extra = log_settings or {}
+    if backend == "postgres":
+        with fresh_database() as database:
+            async with _serve(data_dir, database, api_key, server, extra) as live:
+                yield live
+        return
+    url = "memory:" if backend == "memory" else None
+    async with _serve(data_dir, url, api_key, server, extra) as live:
+        yield live
+
+
+@asynccontextmanager
+async def _serve(
+    data_dir: Path,
+    url: str | None,
+    api_key: str | None,
+    server: dict[str, Any],
+    log_settings: dict[str, Any],
+) -> AsyncIterator[Live]:
     stop = trio.Event()
-    log = {
-        "data_dir": data_dir,
-        "url": "memory:" if backend == "memory" else None,
-        **(log_settings or {}),
-    }
+    log = {"data_dir": data_dir, "url": url, **log_settings}
     settings = load_settings(
         None,
         environ={},
@@ -102,5 +119,5 @@ def frame_data(frame: bytes) -> bytes:
     return b"\n".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
 
 
-# Tests that need no restart run against both log backends: the HTTP API must not depend on LMDB.
-on_every_backend = pytest.mark.parametrize("backend", ["lmdb", "memory"])
+# Tests that need no restart run against every log backend: the HTTP API must not depend on LMDB.
+on_every_backend = pytest.mark.parametrize("backend", ["lmdb", "memory", "postgres"])

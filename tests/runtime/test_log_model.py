@@ -1,4 +1,5 @@
-"""The LMDB log against a plain in-memory model: appends, reads, versions, idempotency, reopen."""
+"""The LMDB and PostgreSQL logs against a plain in-memory model: appends, reads, versions,
+idempotency, reopen."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from cuelog.runtime import (
     WrongExpectedVersion,
     open_event_log,
 )
+from tests.postgres import fresh_database
 
 T = TypeVar("T")
 STREAMS = ("a", "b", "chat/1", "chat/10")
@@ -43,7 +45,7 @@ bodies = st.lists(
 class LogThread:
     """An open log served by a trio loop on its own thread, so sync rules can call into it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=trio.run, args=(self._serve, path), daemon=True)
@@ -52,7 +54,7 @@ class LogThread:
         if self._failure is not None:
             raise self._failure
 
-    async def _serve(self, path: Path) -> None:
+    async def _serve(self, path: Path | str) -> None:
         try:
             async with open_event_log(path, sync=False) as log:
                 self.log = log
@@ -87,16 +89,23 @@ class LogModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="cuelog-model-"))
-        self.log = LogThread(self.dir / "log")
+        self.where = self.new_location()
+        self.log = LogThread(self.where)
         self.order: list[tuple[str, int, str, bytes]] = []  # index = seq - 1
         self.keys: dict[str, tuple[str, Body, list[int]]] = {}
+
+    def new_location(self) -> Path | str:
+        self.dir = Path(tempfile.mkdtemp(prefix="cuelog-model-"))
+        return self.dir / "log"
+
+    def drop_location(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def teardown(self) -> None:
         try:
             self.log.close()
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.drop_location()
 
     def version(self, stream: str) -> int:
         return sum(1 for s, *_ in self.order if s == stream)
@@ -195,7 +204,7 @@ class LogModel(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.log.close()
-        self.log = LogThread(self.dir / "log")
+        self.log = LogThread(self.where)
 
     @rule(stream=st.sampled_from(STREAMS), from_version=st.integers(0, 6), limit=st.integers(1, 4))
     def read_stream_page(self, stream: str, from_version: int, limit: int) -> None:
@@ -230,3 +239,18 @@ class LogModel(RuleBasedStateMachine):
 
 LogModel.TestCase.settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
 TestLogModel = LogModel.TestCase
+
+
+class PostgresLogModel(LogModel):
+    """The same model against a PostgreSQL log, each example in a database of its own."""
+
+    def new_location(self) -> Path | str:
+        self.database = fresh_database()
+        return self.database.__enter__()
+
+    def drop_location(self) -> None:
+        self.database.__exit__(None, None, None)
+
+
+PostgresLogModel.TestCase.settings = settings(max_examples=8, stateful_step_count=30, deadline=None)
+TestPostgresLogModel = PostgresLogModel.TestCase
