@@ -85,6 +85,11 @@ from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, op
 logger = structlog.get_logger("cuelog.domain")
 
 QUEUED_HINTS = 100_000
+# Listing pages read at most SCAN_PER_PAGE streams, SCAN_BATCH at a time with a checkpoint in
+# between: one batch of session folds takes a few milliseconds, so no listing holds the event
+# loop for long however few of the streams the caller may see.
+SCAN_PER_PAGE = 2_000
+SCAN_BATCH = 64
 
 
 def random_id(prefix: str) -> str:
@@ -142,22 +147,40 @@ class Domain:
         view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
 
-    async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
+    async def list_agents(
+        self, *, after: str | None = None, limit: int = 100, scan: int | None = None
+    ) -> tuple[list[AgentView], str | None]:
+        """A page of agents in id order, and the cursor of the next page (or None).
+
+        At most `scan` agent streams are looked at per page (deleted agents are skipped), so a
+        page may come back short, even empty, with a cursor to go on from.
+        """
         out: list[AgentView] = []
+        scan = SCAN_PER_PAGE if scan is None else scan
         cursor = agent_stream(after) if after is not None else None
-        while len(out) < limit:
-            names = self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=limit)
+        scanned = 0
+        exhausted = False
+        while len(out) < limit and scanned < scan:
+            names = self.log.list_streams(
+                stream_prefix(AGENT), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
+            )
             if not names:
+                exhausted = True
                 break
             for name in names:
+                cursor = name
+                scanned += 1
                 try:
                     out.append(await self.get_agent(stream_id(name, AGENT)))
                 except NotFound:
                     continue  # deleted
                 if len(out) >= limit:
                     break
-            cursor = names[-1]
-        return out
+            await trio.lowlevel.checkpoint()
+        if not exhausted and cursor is not None:
+            exhausted = not self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=1)
+        next_cursor = None if exhausted or cursor is None else stream_id(cursor, AGENT)
+        return out, next_cursor
 
     # -- messages and runs ---------------------------------------------------------------------
 
@@ -402,20 +425,29 @@ class Domain:
         agent_id: str | None = None,
         after: str | None = None,
         limit: int = 50,
+        scan: int | None = None,
     ) -> tuple[list[SessionView], str | None]:
-        """A page of sessions the caller may see, and the cursor of the next page (or None)."""
+        """A page of sessions the caller may see, and the cursor of the next page (or None).
+
+        At most `scan` sessions are read per page and the event loop gets a turn between
+        batches, so a caller who owns few of many sessions gets short (even empty) pages with a
+        cursor instead of holding the server while the whole log is read.
+        """
         out: list[SessionView] = []
+        scan = SCAN_PER_PAGE if scan is None else scan
         cursor = session_stream(after) if after is not None else None
+        scanned = 0
         exhausted = False
-        while len(out) < limit:
+        while len(out) < limit and scanned < scan:
             names = self.log.list_streams(
-                stream_prefix(SESSION), after=cursor, limit=max(limit, 64)
+                stream_prefix(SESSION), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
             )
             if not names:
                 exhausted = True
                 break
             for name in names:
                 cursor = name
+                scanned += 1
                 key = stream_id(name, SESSION)
                 state = self.session_state_at(key)
                 if not state.exists or state.deleted:
@@ -428,9 +460,10 @@ class Domain:
                 out.append(session_view(key, state, self.log.stream_version(name)))
                 if len(out) >= limit:
                     break
-        next_cursor = None
-        if not exhausted and out and cursor is not None:
-            next_cursor = stream_id(cursor, SESSION)
+            await trio.lowlevel.checkpoint()
+        if not exhausted and cursor is not None:
+            exhausted = not self.log.list_streams(stream_prefix(SESSION), after=cursor, limit=1)
+        next_cursor = None if exhausted or cursor is None else stream_id(cursor, SESSION)
         return out, next_cursor
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:

@@ -39,7 +39,13 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     @routes.add("/v1/models", ["GET"], "read")
     async def list_models() -> Response:
         """Agents as models: `model` in a chat request names the agent."""
-        agents = await domain.list_agents(limit=1000)
+        agents: list[AgentView] = []
+        cursor: str | None = None
+        while len(agents) < 1000:  # page by page: each page is a bounded scan
+            page, cursor = await domain.list_agents(after=cursor, limit=1000 - len(agents))
+            agents.extend(page)
+            if cursor is None:
+                break
         return json_response(
             to_json(ModelList(object="list", data=[model_json(a) for a in agents]))
         )
@@ -54,10 +60,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         """Agents, in id order, with cursor pagination."""
         limit = query_int("limit", 50, lo=1, hi=500)
         after = request.args.get("cursor") or None
-        agents = await domain.list_agents(after=after, limit=limit + 1)
-        more = len(agents) > limit
-        agents = agents[:limit]
-        next_cursor = agents[-1].id if more and agents else None
+        agents, next_cursor = await domain.list_agents(after=after, limit=limit)
         return page_json([agent_json(a) for a in agents], next_cursor)
 
     @routes.add("/v1/agents", ["POST"], "admin")

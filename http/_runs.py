@@ -11,9 +11,15 @@ from cuelog.actors import RunView
 from cuelog.http._auth import Routes, caller
 from cuelog.http._chat import run_frames
 from cuelog.http._schemas import Run, RunStatus
-from cuelog.http._services import Services, after_seq, event_frame, event_page, wants_sse
+from cuelog.http._services import (
+    Services,
+    after_seq,
+    event_frame,
+    event_page,
+    scan_events,
+    wants_sse,
+)
 from cuelog.http._wire import ApiError, json_response, query_int, to_json
-from cuelog.runtime import RecordedEvent
 
 
 def run_json(view: RunView) -> Run:
@@ -81,12 +87,7 @@ def register_run_routes(routes: Routes, services: Services) -> None:
 
             return services.stream(frames())
         limit = query_int("limit", 100, lo=1, hi=1000)
-        page: list[RecordedEvent] = []
-        cursor = after
-        while len(page) <= limit:
-            batch = log.read_all(cursor, 500)
-            if not batch:
-                break
-            cursor = batch[-1].seq
-            page.extend(e for e in batch if prefix is None or e.stream.startswith(prefix))
-        return event_page(page[: limit + 1], limit)
+        page, scanned_to = await scan_events(
+            log, after, limit, lambda e: prefix is None or e.stream.startswith(prefix)
+        )
+        return event_page(page, limit, scanned_to=scanned_to)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import trio
@@ -42,6 +42,9 @@ from cuelog.runtime import CuelogError, EventLog, RecordedEvent
 T = TypeVar("T")
 
 _MAX_SEQ = 1 << 62
+# A filtered page of events reads at most this many events, this many at a time.
+SCAN_EVENTS_PER_PAGE = 10_000
+SCAN_EVENTS_BATCH = 500
 
 
 class Services:
@@ -212,13 +215,54 @@ def event_frame(event: RecordedEvent) -> bytes:
     return sse_frame(event_json(event), event=event.type, id=event.seq)
 
 
-def event_page(events: list[RecordedEvent], limit: int) -> Response:
-    """A page of events: up to `limit` of them; `next_cursor` is the last seq if more follow."""
+def event_page(
+    events: list[RecordedEvent], limit: int, *, scanned_to: int | None = None
+) -> Response:
+    """A page of events: up to `limit` of them; `next_cursor` is the last seq if more follow.
+
+    `scanned_to` is where a filtered scan stopped short of the log's end (its bound reached):
+    the page may be short or empty, and `next_cursor` says where to go on.
+    """
     more = len(events) > limit
     events = events[:limit]
+    cursor: int | None = events[-1].seq if more and events else None
+    if cursor is None and scanned_to is not None:
+        cursor = scanned_to
     body = b'{"data":[' + b",".join(event_json(e) for e in events) + b'],"next_cursor":'
-    body += (str(events[-1].seq).encode() if more and events else b"null") + b"}"
+    body += (str(cursor).encode() if cursor is not None else b"null") + b"}"
     return json_response(body)
+
+
+async def scan_events(
+    log: EventLog,
+    after: int,
+    limit: int,
+    keep: Callable[[RecordedEvent], bool],
+    *,
+    budget: int = SCAN_EVENTS_PER_PAGE,
+) -> tuple[list[RecordedEvent], int | None]:
+    """Up to `limit + 1` events after `after` that `keep` accepts, reading at most `budget`
+    events, a batch at a time with a checkpoint between batches (a filter that matches nothing
+    must not hold the event loop while the whole log is read). Also returns the seq the scan
+    stopped at when it stopped before the end of the log, else None."""
+    out: list[RecordedEvent] = []
+    cursor = after
+    scanned = 0
+    while len(out) <= limit:
+        if scanned >= budget:
+            return out, cursor
+        batch = log.read_all(cursor, min(SCAN_EVENTS_BATCH, budget - scanned))
+        if not batch:
+            return out, None
+        for event in batch:
+            cursor = event.seq
+            scanned += 1
+            if keep(event):
+                out.append(event)
+                if len(out) > limit:
+                    break
+        await trio.lowlevel.checkpoint()
+    return out, None
 
 
 def page_json(data: list[Any], next_cursor: str | None) -> Response:
