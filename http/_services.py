@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import trio
-from quart import Response, request
+from quart import Response, current_app, request
 
 from cuelog.actors import (
     ID_RULE,
@@ -23,8 +23,9 @@ from cuelog.actors import (
     is_valid_id,
     request_digest,
 )
-from cuelog.http._auth import Authenticator, caller, principal
+from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, caller, principal
 from cuelog.http._config import Settings
+from cuelog.http._errors import error_body
 from cuelog.http._limits import StreamSlots, TokenBuckets
 from cuelog.http._metrics import Metrics
 from cuelog.http._schemas import EventOut
@@ -147,25 +148,90 @@ class Services:
     def stream(
         self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None
     ) -> Response:
-        """An SSE response counted against the key's stream cap while it is open."""
-        slot = principal().key_id or "local"
+        """An SSE response counted against the key's stream cap while it is open, and ended
+        with an `error` frame within `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
+
+        The frames are produced by a task in the app's nursery and handed over one at a time
+        (no buffer), so the response can look at its key between frames and on a tick while
+        the source waits for the next event.
+        """
+        who = principal()
+        slot = who.key_id or "local"
         if not self.streams.acquire(slot):
             raise ApiError(
                 429,
                 f"this key already has {self.streams.per_key} streams open; close one",
                 headers={"Retry-After": "1"},
             )
+        nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
 
-        async def counted() -> AsyncIterator[bytes]:
+        async def guarded() -> AsyncIterator[bytes]:
+            send, receive = trio.open_memory_channel[bytes](0)
+            producer = trio.CancelScope()
+            failure: list[Exception] = []
+            nursery.start_soon(_produce, frames, send, producer, failure)
             try:
-                async for frame in frames:
-                    yield frame
+                async with receive:
+                    while True:
+                        if not self.key_usable(who):
+                            yield sse_frame(_KEY_ENDED, event="error")
+                            return
+                        frame: bytes | None = None
+                        try:
+                            with trio.move_on_after(KEY_CHECK_INTERVAL):
+                                frame = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                        if frame is not None:
+                            yield frame
+                if failure:
+                    raise failure[0]
                 if self.stopping:
                     yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:
+                producer.cancel()
                 self.streams.release(slot)
 
-        return sse_response(counted(), headers)
+        return sse_response(guarded(), headers)
+
+    def key_usable(self, who: Principal) -> bool:
+        """Whether the key a request came with may still be used (not revoked, not expired)."""
+        if who.key_id is None or who.key_id == STATIC_KEY_ID:
+            return True
+        info = self.domain.keys.get(who.key_id)
+        return info is not None and info.usable(time.time())
+
+
+# How often an open stream checks that its key is still usable.
+KEY_CHECK_INTERVAL = 0.25
+_KEY_ENDED = error_body(
+    401, "the API key was revoked or has expired; the stream has ended", code="key_revoked"
+)
+
+
+async def _produce(
+    frames: AsyncIterator[bytes],
+    send: trio.MemorySendChannel[bytes],
+    scope: trio.CancelScope,
+    failure: list[Exception],
+) -> None:
+    """Feed a stream's frames to its response until they end, the response goes away or the
+    scope is cancelled; a failure is handed to the response (never to the app's nursery)."""
+    with scope:
+        async with send:
+            try:
+                async for frame in frames:
+                    await send.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the response has gone away
+            except Exception as exc:  # the response re-raises it where it belongs
+                failure.append(exc)
+            finally:
+                # Left at a yield, the source's own clean-up (cancel on disconnect) runs now,
+                # not whenever the generator is collected.
+                aclose = getattr(frames, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
 
 # -- request helpers -------------------------------------------------------------------------------
