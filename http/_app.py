@@ -7,7 +7,6 @@ Each resource registers its own routes (`_agents`, `_chat`, `_sessions`, `_runs`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def create_app(services: Services) -> QuartTrio:
         return ApiError(500, "internal error; the server log has the details").response()
 
     auth = services.auth
-    routes = Routes(app, auth, limit=_rate_limit(services))
+    routes = Routes(app, auth, limit=_Limits(services))
     app.extensions["cuelog.routes"] = routes
     services.metrics.install(app)
 
@@ -159,18 +158,41 @@ def create_app(services: Services) -> QuartTrio:
     return app
 
 
-def _rate_limit(services: Services) -> Callable[[Principal | None], None]:
-    def check(who: Principal | None) -> None:
-        address = request.remote_addr or "unknown"
-        wait = services.ip_buckets.take(f"ip:{address}")
-        if wait is None and who is not None and who.key_id is not None:
-            wait = services.key_buckets.take(f"key:{who.key_id}")
-        if wait is not None:
-            services.metrics.rate_limited.inc()
-            raise ApiError(
-                429,
-                "too many requests; slow down and retry after the Retry-After seconds",
-                headers={"Retry-After": retry_after(wait)},
-            )
+class _Limits:
+    """The server's rate limits: per address before authentication, per key after it, and a
+    stricter per-address budget of failed authentications, so guessing keys is slow."""
 
-    return check
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def before_auth(self, *, public: bool) -> None:
+        address = f"ip:{request.remote_addr or 'unknown'}"
+        locked = None if public else self.services.auth_failures.wait(address)
+        if locked is not None:
+            self._refuse(
+                locked,
+                "too many failed authentications from this address; "
+                "retry after the Retry-After seconds",
+                code="too_many_auth_failures",
+            )
+        wait = self.services.ip_buckets.take(address)
+        if wait is not None:
+            self._refuse(wait)
+
+    def after_auth(self, who: Principal | None) -> None:
+        if who is not None and who.key_id is not None:
+            wait = self.services.key_buckets.take(f"key:{who.key_id}")
+            if wait is not None:
+                self._refuse(wait)
+
+    def auth_failed(self) -> None:
+        self.services.auth_failures.take(f"ip:{request.remote_addr or 'unknown'}")
+
+    def _refuse(
+        self,
+        wait: float,
+        message: str = "too many requests; slow down and retry after the Retry-After seconds",
+        code: str | None = None,
+    ) -> None:
+        self.services.metrics.rate_limited.inc()
+        raise ApiError(429, message, code=code, headers={"Retry-After": retry_after(wait)})

@@ -35,6 +35,10 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit: float = 0.0  # requests per second per API key; 0 turns it off
     rate_burst: int = 20
     ip_rate_limit: float = 0.0  # requests per second per client address; 0 turns it off
+    # Failed authentications (a wrong key, or a missing scope) per client address: a burst of
+    # `auth_failure_burst`, then this many a second; beyond, 429 before the key is looked at.
+    auth_failure_rate: float = 1.0
+    auth_failure_burst: int = 20
     max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
     stall_timeout: float = 60.0  # drop a connection whose client takes no data for this long
     max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
@@ -186,6 +190,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.passivate_after: must not be negative")
     if server.graceful_timeout < 0:
         raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
+    if server.auth_failure_rate < 0:
+        raise ConfigError("server.auth_failure_rate: must be 0 (off) or more")
+    if server.auth_failure_burst < 1:
+        raise ConfigError("server.auth_failure_burst: must be at least 1")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if settings.model.provider not in {"echo", "openai"}:

@@ -69,6 +69,7 @@ class Services:
         server = settings.server
         self.key_buckets = TokenBuckets(server.rate_limit, server.rate_burst)
         self.ip_buckets = TokenBuckets(server.ip_rate_limit, server.rate_burst)
+        self.auth_failures = TokenBuckets(server.auth_failure_rate, server.auth_failure_burst)
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
 
