@@ -33,6 +33,7 @@ from cuelog.actors._events import (
     RUN_SETTLED,
     TERMINAL_EVENTS,
     AgentSpec,
+    ApprovalPolicy,
     ApprovalRequested,
     BusyPolicy,
     EmergencyStopChanged,
@@ -85,6 +86,7 @@ from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, op
 logger = structlog.get_logger("cuelog.domain")
 
 QUEUED_HINTS = 100_000
+INVOKE_AGENT = "tools"  # the agent id `invoke_tool` runs are recorded under (no agent is needed)
 # Listing pages read at most SCAN_PER_PAGE streams, SCAN_BATCH at a time with a checkpoint in
 # between: one batch of session folds takes a few milliseconds, so no listing holds the event
 # loop for long however few of the streams the caller may see.
@@ -195,15 +197,19 @@ class Domain:
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
         idempotency: IdempotencyKey | None = None,
+        spec: AgentSpec | None = None,
     ) -> Sent:
         """Put messages in a session's inbox (creating it if needed); return the run's id.
 
         Durable before it returns: the messages and the run are in the log. With `idempotency`,
-        the first request with that key makes the run and a repeat attaches to it.
+        the first request with that key makes the run and a repeat attaches to it. The run
+        starts with the agent's current definition, or with `spec` when given (then the agent
+        is neither read nor needed).
         """
         if self.registry.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
-        agent = await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
+        if spec is None:  # read before an Idempotency-Key is claimed in the log
+            spec = (await self.get_agent(agent_id)).spec
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
         if idempotency is not None:
@@ -217,7 +223,7 @@ class Domain:
                 caller=caller,
                 busy_policy=busy_policy,
                 metadata=metadata or {},
-                spec=agent.spec,
+                spec=spec,
             )
         )
         self._remember_queued(run, key)
@@ -358,30 +364,31 @@ class Domain:
         return None
 
     async def invoke_tool(
-        self, name: str, args: dict[str, Any], *, caller: Caller = ADMIN
+        self,
+        name: str,
+        args: dict[str, Any],
+        *,
+        caller: Caller = ADMIN,
+        approval: ApprovalPolicy = "ask",
     ) -> RunView:
-        """Run one tool call through the `tools` agent: the same approvals, the same log.
+        """Run one tool call in a run of its own, recorded like any other, under `approval`
+        (the invoke policy, not any agent's). No agent is read or changed: the run's definition
+        travels with its message, under the agent id `tools`.
 
         Returns once the run ends or waits for an approval.
         """
-        default = await self.get_agent("default")
         spec = AgentSpec(
-            name="tools",
+            name=INVOKE_AGENT,
             provider="echo",
             model="echo-1",
-            tools=self.settings.tools.enabled(),
-            approval=default.spec.approval,
-            tool_approval=default.spec.tool_approval,
+            tools=[name],
+            approval=approval,
             max_steps=2,
         )
-        try:
-            current = await self.get_agent("tools")
-            if current.spec != spec:
-                await self.update_agent("tools", spec)
-        except NotFound:
-            await self.create_agent("tools", spec, if_absent=True)
         line = f"/tool {name} {msgspec.json.encode(args).decode()}"
-        sent = await self.send("tools", [ChatMessage(role="user", content=line)], caller=caller)
+        sent = await self.send(
+            INVOKE_AGENT, [ChatMessage(role="user", content=line)], caller=caller, spec=spec
+        )
         async for item in follow_run(self.log, sent.run_id):
             if isinstance(item.event, ApprovalRequested):
                 break

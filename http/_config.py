@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuelog.actors import AgentSpec
+from cuelog.actors import AgentSpec, ApprovalPolicy
 from cuelog.runtime import CuelogError
 
 T = TypeVar("T")
@@ -62,10 +62,16 @@ class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str = "echo-1"
 
 
+class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The approval a `POST /v1/tools/invoke` call runs under (no agent's policy applies to it).
+    invoke_approval: ApprovalPolicy = "ask"
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
+    tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
 
 
@@ -73,6 +79,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "server": ServerSection,
     "log": LogSection,
     "model": ModelSection,
+    "tools": ToolsSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
