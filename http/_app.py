@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from importlib.metadata import version as package_version
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 from quart import Response, request
@@ -70,9 +71,18 @@ _ERRORS: list[tuple[type[Exception], int, str | None]] = [
 ]
 
 
+class _App(QuartTrio):
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        """Unhandled errors go to structlog as structured fields, not Quart's text traceback."""
+        logger.error("unhandled error", exc_info=exception_info)
+
+
 def create_app(services: Services) -> QuartTrio:
     """Build the HTTP facade over the domain."""
-    app = QuartTrio(__name__, root_path=str(Path(__file__).parent))
+    app = _App(__name__, root_path=str(Path(__file__).parent))
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = services.settings.server.max_body_bytes
 
@@ -91,6 +101,12 @@ def create_app(services: Services) -> QuartTrio:
         if request.content_length or request.headers.get("transfer-encoding"):
             headers["Connection"] = "close"  # the body was not read: end the connection
         return json_response(error_body(status, message), status, headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        # Logged by structlog (a structured `exception` field), not Quart's text traceback.
+        logger.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
+        return ApiError(500, "internal error; the server log has the details").response()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

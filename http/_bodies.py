@@ -3,11 +3,19 @@ an unknown field is a 400 naming it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from cuelog.actors import ApprovalPolicy, BusyPolicy
+from cuelog.http._wire import check_free_json
+
+# Numbers that reach the log are bounded here, so a 2**64 is a 400 naming its field.
+MaxSteps = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
+UnixTime = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
 
 
 class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -18,9 +26,9 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     tools: list[str] | None = None
     approval: ApprovalPolicy | None = None
     tool_approval: dict[str, ApprovalPolicy] | None = None
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
+    max_steps: MaxSteps | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -36,22 +44,28 @@ class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     metadata: dict[str, Any] | None = None
     mode: Literal["sync", "async"] = "sync"
 
+    def __post_init__(self) -> None:
+        check_free_json(self.metadata, "metadata")
+
 
 class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     label: str | None = None
     metadata: dict[str, Any] | None = None
     busy_policy: BusyPolicy | None = None
 
+    def __post_init__(self) -> None:
+        check_free_json(self.metadata, "metadata")
+
 
 class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    at_seq: int
+    at_seq: Seq
     agent_id: str | None = None
 
 
 class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
     scopes: list[str]
-    expires_at: int | None = None
+    expires_at: UnixTime | None = None
 
 
 class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -64,3 +78,6 @@ class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     name: str
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        check_free_json(self.args, "args")
