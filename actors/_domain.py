@@ -256,7 +256,10 @@ class Domain:
             session_key = self._queued.get(run_id)
             if session_key is None:
                 raise
-            session = await self.get_session(session_key, caller=caller)
+            try:
+                session = await self.get_session(session_key, caller=caller)
+            except NotFound:  # not the caller's: the answer must not name the session
+                raise NotFound(f"no run {run_id!r}") from None
             if run_id not in session.queued_runs and run_id != session.current_run:
                 raise
             return RunView(

@@ -80,6 +80,34 @@ class _App(QuartTrio):
         logger.error("unhandled error", exc_info=exception_info)
 
 
+# What a 503 from the runtime says: a fixed text per kind (the details, which name actors,
+# streams and recovery steps, go to the server log).
+_UNAVAILABLE: list[tuple[type[Exception], str]] = [
+    (StorageFull, "the log reached its maximum size (log.max_size); the operator must free space"),
+    (LogClosed, "the server is shutting down; retry after the Retry-After seconds"),
+    (MailboxFull, "the server is busy; retry after the Retry-After seconds"),
+    (ActorStopped, "this resource is unavailable just now; retry after the Retry-After seconds"),
+]
+
+
+def error_answer(exc: CuelogError) -> ApiError:
+    """The HTTP answer to a domain or log error: its status, code and a message fit to show."""
+    for cls, status, code in _ERRORS:
+        if not isinstance(exc, cls):
+            continue
+        message = str(exc)
+        if status == 503:
+            generic = next((text for kind, text in _UNAVAILABLE if isinstance(exc, kind)), None)
+            if generic is not None:
+                logger.warning("unavailable", error_type=type(exc).__name__, detail=message)
+                message = generic
+        headers = {"Retry-After": "1"} if status == 503 else None
+        param = exc.param if isinstance(exc, Invalid) else None
+        return ApiError(status, message, code=code, param=param, headers=headers)
+    logger.error("unhandled cuelog error", error_type=type(exc).__name__, detail=str(exc))
+    return ApiError(500, "internal error; the server log has the details")
+
+
 def create_app(services: Services) -> QuartTrio:
     """Build the HTTP facade over the domain."""
     app = _App(__name__, root_path=str(Path(__file__).parent))
@@ -114,15 +142,7 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.errorhandler(CuelogError)
     async def domain_error(exc: CuelogError) -> Response:
-        for cls, status, code in _ERRORS:
-            if isinstance(exc, cls):
-                headers = {"Retry-After": "1"} if status == 503 else None
-                param = exc.param if isinstance(exc, Invalid) else None
-                return ApiError(
-                    status, str(exc), code=code, param=param, headers=headers
-                ).response()
-        logger.error("unhandled cuelog error", error=repr(exc))
-        return ApiError(500, "internal error; the server log has the details").response()
+        return error_answer(exc).response()
 
     auth = services.auth
     routes = Routes(app, auth, limit=_Limits(services))
