@@ -65,6 +65,9 @@ class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The approval a `POST /v1/tools/invoke` call runs under (no agent's policy applies to it).
     invoke_approval: ApprovalPolicy = "ask"
+    files_root: Path | None = None  # the `files` tool's sandbox dir (created if missing)
+    files_max_bytes: int = 1 << 20  # largest file the `files` tool reads or writes
+    files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -207,6 +210,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"model.provider: {settings.model.provider!r} is not echo or openai")
     if settings.model.provider == "openai" and not settings.model.base_url:
         raise ConfigError("model.base_url: required when model.provider is openai")
+    tools = settings.tools
+    if tools.files_max_bytes < 1:
+        raise ConfigError("tools.files_max_bytes: must be at least 1")
+    if tools.files_quota_bytes < tools.files_max_bytes:
+        raise ConfigError("tools.files_quota_bytes: must be at least tools.files_max_bytes")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()
