@@ -33,6 +33,7 @@ from cuelog.actors._events import (
     RUN_SETTLED,
     TERMINAL_EVENTS,
     AgentSpec,
+    ApprovalPolicy,
     ApprovalRequested,
     BusyPolicy,
     EmergencyStopChanged,
@@ -89,6 +90,12 @@ logger = structlog.get_logger("cuelog.domain")
 QUEUED_HINTS = 100_000
 _payload_size = msgspec.msgpack.Encoder()  # the same size as the log's encoding of an event
 _MAX_VERSION = (1 << 32) - 1  # the widest version a reference can carry
+INVOKE_AGENT = "tools"  # the agent id `invoke_tool` runs are recorded under (no agent is needed)
+# Listing pages read at most SCAN_PER_PAGE streams, SCAN_BATCH at a time with a checkpoint in
+# between: one batch of session folds takes a few milliseconds, so no listing holds the event
+# loop for long however few of the streams the caller may see.
+SCAN_PER_PAGE = 2_000
+SCAN_BATCH = 64
 
 
 def random_id(prefix: str) -> str:
@@ -147,22 +154,40 @@ class Domain:
         view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
 
-    async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentView]:
+    async def list_agents(
+        self, *, after: str | None = None, limit: int = 100, scan: int | None = None
+    ) -> tuple[list[AgentView], str | None]:
+        """A page of agents in id order, and the cursor of the next page (or None).
+
+        At most `scan` agent streams are looked at per page (deleted agents are skipped), so a
+        page may come back short, even empty, with a cursor to go on from.
+        """
         out: list[AgentView] = []
+        scan = SCAN_PER_PAGE if scan is None else scan
         cursor = agent_stream(after) if after is not None else None
-        while len(out) < limit:
-            names = self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=limit)
+        scanned = 0
+        exhausted = False
+        while len(out) < limit and scanned < scan:
+            names = self.log.list_streams(
+                stream_prefix(AGENT), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
+            )
             if not names:
+                exhausted = True
                 break
             for name in names:
+                cursor = name
+                scanned += 1
                 try:
                     out.append(await self.get_agent(stream_id(name, AGENT)))
                 except NotFound:
                     continue  # deleted
                 if len(out) >= limit:
                     break
-            cursor = names[-1]
-        return out
+            await trio.lowlevel.checkpoint()
+        if not exhausted and cursor is not None:
+            exhausted = not self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=1)
+        next_cursor = None if exhausted or cursor is None else stream_id(cursor, AGENT)
+        return out, next_cursor
 
     # -- messages and runs ---------------------------------------------------------------------
 
@@ -177,18 +202,22 @@ class Domain:
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
         idempotency: IdempotencyKey | None = None,
+        spec: AgentSpec | None = None,
     ) -> Sent:
         """Put messages in a session's inbox (creating it if needed); return the run's id.
 
         Durable before it returns: the messages and the run are in the log. With `idempotency`,
-        the first request with that key makes the run and a repeat attaches to it.
+        the first request with that key makes the run and a repeat attaches to it. The run
+        starts with the agent's current definition, or with `spec` when given (then the agent
+        is neither read nor needed).
         """
         if self.registry.stopped:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
-        agent = await self.get_agent(agent_id)  # before an Idempotency-Key is claimed in the log
+        if spec is None:  # read before an Idempotency-Key is claimed in the log
+            spec = (await self.get_agent(agent_id)).spec
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
-        self._check_fits(agent_id, agent.spec, messages, metadata or {}, key, run, caller)
+        self._check_fits(agent_id, spec, messages, metadata or {}, key, run, caller)
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)
             run, key = claim.run_id, claim.session_key
@@ -200,7 +229,7 @@ class Domain:
                 caller=caller,
                 busy_policy=busy_policy,
                 metadata=metadata or {},
-                spec=agent.spec,
+                spec=spec,
             )
         )
         self._remember_queued(run, key)
@@ -265,7 +294,10 @@ class Domain:
             session_key = self._queued.get(run_id)
             if session_key is None:
                 raise
-            session = await self.get_session(session_key, caller=caller)
+            try:
+                session = await self.get_session(session_key, caller=caller)
+            except NotFound:  # not the caller's: the answer must not name the session
+                raise NotFound(f"no run {run_id!r}") from None
             if run_id not in session.queued_runs and run_id != session.current_run:
                 raise
             return RunView(
@@ -373,30 +405,31 @@ class Domain:
         return None
 
     async def invoke_tool(
-        self, name: str, args: dict[str, Any], *, caller: Caller = ADMIN
+        self,
+        name: str,
+        args: dict[str, Any],
+        *,
+        caller: Caller = ADMIN,
+        approval: ApprovalPolicy = "ask",
     ) -> RunView:
-        """Run one tool call through the `tools` agent: the same approvals, the same log.
+        """Run one tool call in a run of its own, recorded like any other, under `approval`
+        (the invoke policy, not any agent's). No agent is read or changed: the run's definition
+        travels with its message, under the agent id `tools`.
 
         Returns once the run ends or waits for an approval.
         """
-        default = await self.get_agent("default")
         spec = AgentSpec(
-            name="tools",
+            name=INVOKE_AGENT,
             provider="echo",
             model="echo-1",
-            tools=self.settings.tools.enabled(),
-            approval=default.spec.approval,
-            tool_approval=default.spec.tool_approval,
+            tools=[name],
+            approval=approval,
             max_steps=2,
         )
-        try:
-            current = await self.get_agent("tools")
-            if current.spec != spec:
-                await self.update_agent("tools", spec)
-        except NotFound:
-            await self.create_agent("tools", spec, if_absent=True)
         line = f"/tool {name} {msgspec.json.encode(args).decode()}"
-        sent = await self.send("tools", [ChatMessage(role="user", content=line)], caller=caller)
+        sent = await self.send(
+            INVOKE_AGENT, [ChatMessage(role="user", content=line)], caller=caller, spec=spec
+        )
         async for item in follow_run(self.log, sent.run_id):
             if isinstance(item.event, ApprovalRequested):
                 break
@@ -440,20 +473,29 @@ class Domain:
         agent_id: str | None = None,
         after: str | None = None,
         limit: int = 50,
+        scan: int | None = None,
     ) -> tuple[list[SessionView], str | None]:
-        """A page of sessions the caller may see, and the cursor of the next page (or None)."""
+        """A page of sessions the caller may see, and the cursor of the next page (or None).
+
+        At most `scan` sessions are read per page and the event loop gets a turn between
+        batches, so a caller who owns few of many sessions gets short (even empty) pages with a
+        cursor instead of holding the server while the whole log is read.
+        """
         out: list[SessionView] = []
+        scan = SCAN_PER_PAGE if scan is None else scan
         cursor = session_stream(after) if after is not None else None
+        scanned = 0
         exhausted = False
-        while len(out) < limit:
+        while len(out) < limit and scanned < scan:
             names = self.log.list_streams(
-                stream_prefix(SESSION), after=cursor, limit=max(limit, 64)
+                stream_prefix(SESSION), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
             )
             if not names:
                 exhausted = True
                 break
             for name in names:
                 cursor = name
+                scanned += 1
                 key = stream_id(name, SESSION)
                 state = self.session_state_at(key)
                 if not state.exists or state.deleted:
@@ -466,9 +508,10 @@ class Domain:
                 out.append(session_view(key, state, self.log.stream_version(name)))
                 if len(out) >= limit:
                     break
-        next_cursor = None
-        if not exhausted and out and cursor is not None:
-            next_cursor = stream_id(cursor, SESSION)
+            await trio.lowlevel.checkpoint()
+        if not exhausted and cursor is not None:
+            exhausted = not self.log.list_streams(stream_prefix(SESSION), after=cursor, limit=1)
+        next_cursor = None if exhausted or cursor is None else stream_id(cursor, SESSION)
         return out, next_cursor
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:

@@ -31,6 +31,7 @@ class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     timeouts: dict[str, float] = msgspec.field(default_factory=dict)
     files_root: str | None = None
     files_max_bytes: int = 1024 * 1024
+    files_quota_bytes: int = 64 * 1024 * 1024
     http_fetch: HttpFetchConfig = msgspec.field(default_factory=HttpFetchConfig)
 
 
@@ -69,7 +70,13 @@ class ToolRegistry:
             HttpFetchTool(config.http_fetch, address_policy=address_policy),
         ]
         if config.files_root is not None:
-            tools.append(FilesTool(Path(config.files_root), max_file_bytes=config.files_max_bytes))
+            tools.append(
+                FilesTool(
+                    Path(config.files_root),
+                    max_file_bytes=config.files_max_bytes,
+                    quota_bytes=config.files_quota_bytes,
+                )
+            )
         elif "files" in config.enabled:
             raise ToolError("the files tool needs a sandbox dir: set tools.files_root")
         return cls(tools, enabled=config.enabled, timeout=config.timeout, timeouts=config.timeouts)

@@ -43,7 +43,13 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     @routes.add("/v1/models", ["GET"], "read", answers={200: ModelList})
     async def list_models() -> Response:
         """Agents as models: `model` in a chat request names the agent."""
-        agents = await domain.list_agents(limit=1000)
+        agents: list[AgentView] = []
+        cursor: str | None = None
+        while len(agents) < 1000:  # page by page: each page is a bounded scan
+            page, cursor = await domain.list_agents(after=cursor, limit=1000 - len(agents))
+            agents.extend(page)
+            if cursor is None:
+                break
         return json_response(
             to_json(ModelList(object="list", data=[model_json(a) for a in agents]))
         )
@@ -58,11 +64,9 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     )
     async def list_agents() -> Response:
         """Agents, in id order, with cursor pagination."""
-        size = AGENTS_LIMIT.get()
-        agents = await domain.list_agents(after=CURSOR.get(), limit=size + 1)
-        more = len(agents) > size
-        agents = agents[:size]
-        next_cursor = agents[-1].id if more and agents else None
+        agents, next_cursor = await domain.list_agents(
+            after=CURSOR.get(), limit=AGENTS_LIMIT.get()
+        )
         return page_json([agent_json(a) for a in agents], next_cursor)
 
     @routes.add("/v1/agents", ["POST"], "admin", body=AgentBody, answers={201: Agent})

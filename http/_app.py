@@ -7,9 +7,9 @@ Each resource registers its own routes (`_agents`, `_chat`, `_sessions`, `_runs`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 from quart import Response, request
@@ -73,9 +73,46 @@ _ERRORS: list[tuple[type[Exception], int, str | None]] = [
 ]
 
 
+class _App(QuartTrio):
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        """Unhandled errors go to structlog as structured fields, not Quart's text traceback."""
+        logger.error("unhandled error", exc_info=exception_info)
+
+
+# What a 503 from the runtime says: a fixed text per kind (the details, which name actors,
+# streams and recovery steps, go to the server log).
+_UNAVAILABLE: list[tuple[type[Exception], str]] = [
+    (StorageFull, "the log reached its maximum size (log.max_size); the operator must free space"),
+    (LogClosed, "the server is shutting down; retry after the Retry-After seconds"),
+    (MailboxFull, "the server is busy; retry after the Retry-After seconds"),
+    (ActorStopped, "this resource is unavailable just now; retry after the Retry-After seconds"),
+]
+
+
+def error_answer(exc: CuelogError) -> ApiError:
+    """The HTTP answer to a domain or log error: its status, code and a message fit to show."""
+    for cls, status, code in _ERRORS:
+        if not isinstance(exc, cls):
+            continue
+        message = str(exc)
+        if status == 503:
+            generic = next((text for kind, text in _UNAVAILABLE if isinstance(exc, kind)), None)
+            if generic is not None:
+                logger.warning("unavailable", error_type=type(exc).__name__, detail=message)
+                message = generic
+        headers = {"Retry-After": "1"} if status == 503 else None
+        param = exc.param if isinstance(exc, Invalid) else None
+        return ApiError(status, message, code=code, param=param, headers=headers)
+    logger.error("unhandled cuelog error", error_type=type(exc).__name__, detail=str(exc))
+    return ApiError(500, "internal error; the server log has the details")
+
+
 def create_app(services: Services) -> QuartTrio:
     """Build the HTTP facade over the domain."""
-    app = QuartTrio(__name__, root_path=str(Path(__file__).parent))
+    app = _App(__name__, root_path=str(Path(__file__).parent))
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = services.settings.server.max_body_bytes
 
@@ -95,24 +132,22 @@ def create_app(services: Services) -> QuartTrio:
             headers["Connection"] = "close"  # the body was not read: end the connection
         return json_response(error_body(status, message), status, headers)
 
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        # Logged by structlog (a structured `exception` field), not Quart's text traceback.
+        logger.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
+        return ApiError(500, "internal error; the server log has the details").response()
+
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
         return exc.response()
 
     @app.errorhandler(CuelogError)
     async def domain_error(exc: CuelogError) -> Response:
-        for cls, status, code in _ERRORS:
-            if isinstance(exc, cls):
-                headers = {"Retry-After": "1"} if status == 503 else None
-                param = exc.param if isinstance(exc, Invalid) else None
-                return ApiError(
-                    status, str(exc), code=code, param=param, headers=headers
-                ).response()
-        logger.error("unhandled cuelog error", error=repr(exc))
-        return ApiError(500, "internal error; the server log has the details").response()
+        return error_answer(exc).response()
 
     auth = services.auth
-    routes = Routes(app, auth, limit=_rate_limit(services))
+    routes = Routes(app, auth, limit=_Limits(services))
     app.extensions["cuelog.routes"] = routes
     services.metrics.install(app)
 
@@ -161,18 +196,41 @@ def create_app(services: Services) -> QuartTrio:
     return app
 
 
-def _rate_limit(services: Services) -> Callable[[Principal | None], None]:
-    def check(who: Principal | None) -> None:
-        address = request.remote_addr or "unknown"
-        wait = services.ip_buckets.take(f"ip:{address}")
-        if wait is None and who is not None and who.key_id is not None:
-            wait = services.key_buckets.take(f"key:{who.key_id}")
-        if wait is not None:
-            services.metrics.rate_limited.inc()
-            raise ApiError(
-                429,
-                "too many requests; slow down and retry after the Retry-After seconds",
-                headers={"Retry-After": retry_after(wait)},
-            )
+class _Limits:
+    """The server's rate limits: per address before authentication, per key after it, and a
+    stricter per-address budget of failed authentications, so guessing keys is slow."""
 
-    return check
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def before_auth(self, *, public: bool) -> None:
+        address = f"ip:{request.remote_addr or 'unknown'}"
+        locked = None if public else self.services.auth_failures.wait(address)
+        if locked is not None:
+            self._refuse(
+                locked,
+                "too many failed authentications from this address; "
+                "retry after the Retry-After seconds",
+                code="too_many_auth_failures",
+            )
+        wait = self.services.ip_buckets.take(address)
+        if wait is not None:
+            self._refuse(wait)
+
+    def after_auth(self, who: Principal | None) -> None:
+        if who is not None and who.key_id is not None:
+            wait = self.services.key_buckets.take(f"key:{who.key_id}")
+            if wait is not None:
+                self._refuse(wait)
+
+    def auth_failed(self) -> None:
+        self.services.auth_failures.take(f"ip:{request.remote_addr or 'unknown'}")
+
+    def _refuse(
+        self,
+        wait: float,
+        message: str = "too many requests; slow down and retry after the Retry-After seconds",
+        code: str | None = None,
+    ) -> None:
+        self.services.metrics.rate_limited.inc()
+        raise ApiError(429, message, code=code, headers={"Retry-After": retry_after(wait)})

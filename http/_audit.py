@@ -12,7 +12,7 @@ from quart import Response, current_app, request
 from cuelog.http._auth import Routes
 from cuelog.http._params import EVENTS_LIMIT, IntParam, TextParam
 from cuelog.http._schemas import Anchored, AuditHead, EventPage
-from cuelog.http._services import Services, event_page
+from cuelog.http._services import Services, event_page, scan_events
 from cuelog.http._wire import ApiError, json_response, sse_frame, sse_response, to_json
 from cuelog.runtime import RecordedEvent, VerifyReport
 
@@ -112,24 +112,15 @@ def register_audit_routes(routes: Routes, services: Services) -> None:
         prefix = STREAM_PREFIX.get()
         since = SINCE.get() * 1_000_000
         until = UNTIL.get() * 1_000_000 or None
-        out: list[RecordedEvent] = []
-        cursor = after
-        scanned = 0
-        with trio.move_on_after(5):
-            while len(out) <= limit and scanned < 1_000_000:
-                batch = log.read_all(cursor, 1000)
-                if not batch:
-                    break
-                scanned += len(batch)
-                for event in batch:
-                    cursor = event.seq
-                    if (
-                        (actor_filter is None or event.actor == actor_filter)
-                        and (not types or event.type in types)
-                        and (prefix is None or event.stream.startswith(prefix))
-                        and event.ts >= since
-                        and (until is None or event.ts <= until)
-                    ):
-                        out.append(event)
-                await trio.lowlevel.checkpoint()
-        return event_page(out, limit)
+
+        def keep(event: RecordedEvent) -> bool:
+            return (
+                (actor_filter is None or event.actor == actor_filter)
+                and (not types or event.type in types)
+                and (prefix is None or event.stream.startswith(prefix))
+                and event.ts >= since
+                and (until is None or event.ts <= until)
+            )
+
+        out, scanned_to = await scan_events(log, after, limit, keep)
+        return event_page(out, limit, scanned_to=scanned_to)

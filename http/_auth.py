@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 from quart import Response, g, request
@@ -106,6 +106,20 @@ def caller() -> Caller:
 Handler = Callable[..., Awaitable[Response]]
 
 
+class Limiter(Protocol):
+    """Rate limits around authentication; each method raises a 429 `ApiError` to refuse."""
+
+    def before_auth(self, *, public: bool) -> None:
+        """Per client address, before the key is looked at (so bad keys are counted too); an
+        address out of failed-authentication budget is held off every route but public ones."""
+
+    def after_auth(self, who: Principal | None) -> None:
+        """Per key, once the caller is known."""
+
+    def auth_failed(self) -> None:
+        """A 401 for a presented key, or a 403: the address spends a failure token."""
+
+
 class RouteInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A route as registered: what it needs, takes and answers. The OpenAPI document is built
     from these, so it says what the handlers do."""
@@ -129,7 +143,7 @@ class Routes:
         app: QuartTrio,
         auth: Authenticator,
         *,
-        limit: Callable[[Principal | None], None] | None = None,
+        limit: Limiter | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
@@ -181,16 +195,25 @@ class Routes:
 
     def _check(self, scope: str, path_params: dict[str, Any]) -> None:
         """Authenticate, authorize, rate-limit, and refuse path ids that cannot name anything."""
+        if self.limit is not None:
+            self.limit.before_auth(public=scope == PUBLIC)
         if scope == PUBLIC:
             g.principal = self.auth.authenticate(required=False)
         else:
-            who = self.auth.authenticate()
-            assert who is not None
-            if not who.allows(scope):
-                raise ApiError(403, f"this key lacks the {scope!r} scope needed here", param=scope)
+            try:
+                who = self.auth.authenticate()
+                assert who is not None
+                if not who.allows(scope):
+                    raise ApiError(
+                        403, f"this key lacks the {scope!r} scope needed here", param=scope
+                    )
+            except ApiError as exc:
+                if self.limit is not None and (exc.status == 403 or self.auth.presented_key()):
+                    self.limit.auth_failed()
+                raise
             g.principal = who
         if self.limit is not None:
-            self.limit(g.principal)
+            self.limit.after_auth(g.principal)
         for name, value in path_params.items():
             # Every id the API hands out matches; anything else names nothing (and would not
             # make a valid actor address or stream name).

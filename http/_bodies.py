@@ -8,11 +8,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cuelog.actors import ID_RE, ApprovalPolicy, BusyPolicy, Scope
+from cuelog.http._wire import check_free_json
 
-# What the decoder enforces is also what the OpenAPI document says (msgspec builds both).
+# What the decoder enforces is also what the OpenAPI document says (msgspec builds both); numbers
+# that reach the log are bounded here, so a 2**64 is a 400 naming its field.
 Id = Annotated[str, msgspec.Meta(pattern=ID_RE.pattern, max_length=128)]
-UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
+MaxSteps = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
+UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
 
 
 class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -23,9 +29,9 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     tools: list[str] | None = None
     approval: ApprovalPolicy | None = None
     tool_approval: dict[str, ApprovalPolicy] | None = None
-    max_steps: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    max_steps: MaxSteps | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,15 +47,21 @@ class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     metadata: dict[str, Any] | None = None
     mode: Literal["sync", "async"] = "sync"
 
+    def __post_init__(self) -> None:
+        check_free_json(self.metadata, "metadata")
+
 
 class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     label: str | None = None
     metadata: dict[str, Any] | None = None
     busy_policy: BusyPolicy | None = None
 
+    def __post_init__(self) -> None:
+        check_free_json(self.metadata, "metadata")
+
 
 class ForkBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    at_seq: int
+    at_seq: Seq
     agent_id: Id | None = None
 
 
@@ -69,3 +81,6 @@ class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     name: str
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        check_free_json(self.args, "args")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuelog.actors import AgentSpec
+from cuelog.actors import AgentSpec, ApprovalPolicy
 from cuelog.runtime import CuelogError
 
 T = TypeVar("T")
@@ -35,6 +35,10 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit: float = 0.0  # requests per second per API key; 0 turns it off
     rate_burst: int = 20
     ip_rate_limit: float = 0.0  # requests per second per client address; 0 turns it off
+    # Failed authentications (a wrong key, or a missing scope) per client address: a burst of
+    # `auth_failure_burst`, then this many a second; beyond, 429 before the key is looked at.
+    auth_failure_rate: float = 1.0
+    auth_failure_burst: int = 20
     max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
     stall_timeout: float = 60.0  # drop a connection whose client takes no data for this long
     max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
@@ -59,10 +63,19 @@ class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str = "echo-1"
 
 
+class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The approval a `POST /v1/tools/invoke` call runs under (no agent's policy applies to it).
+    invoke_approval: ApprovalPolicy = "ask"
+    files_root: Path | None = None  # the `files` tool's sandbox dir (created if missing)
+    files_max_bytes: int = 1 << 20  # largest file the `files` tool reads or writes
+    files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
+    tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
 
 
@@ -70,6 +83,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "server": ServerSection,
     "log": LogSection,
     "model": ModelSection,
+    "tools": ToolsSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -187,6 +201,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.passivate_after: must not be negative")
     if server.graceful_timeout < 0:
         raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
+    if server.auth_failure_rate < 0:
+        raise ConfigError("server.auth_failure_rate: must be 0 (off) or more")
+    if server.auth_failure_burst < 1:
+        raise ConfigError("server.auth_failure_burst: must be at least 1")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if settings.log.max_event_bytes < 4096:
@@ -195,6 +213,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"model.provider: {settings.model.provider!r} is not echo or openai")
     if settings.model.provider == "openai" and not settings.model.base_url:
         raise ConfigError("model.base_url: required when model.provider is openai")
+    tools = settings.tools
+    if tools.files_max_bytes < 1:
+        raise ConfigError("tools.files_max_bytes: must be at least 1")
+    if tools.files_quota_bytes < tools.files_max_bytes:
+        raise ConfigError("tools.files_quota_bytes: must be at least tools.files_max_bytes")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

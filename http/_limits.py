@@ -1,4 +1,5 @@
-"""Token buckets per API key and per client address, and a cap on SSE streams per key.
+"""Token buckets per API key and per client address (requests, and failed authentications),
+and a cap on SSE streams per key.
 
 Buckets live in a bounded LRU: a flood of distinct addresses costs at most `max_entries` buckets.
 """
@@ -31,6 +32,14 @@ class TokenBuckets:
     @property
     def enabled(self) -> bool:
         return self.rate > 0
+
+    def wait(self, name: str) -> float | None:
+        """None when a token is free (none is taken), else the seconds until one is."""
+        if not self.enabled or name not in self._buckets:
+            return None
+        tokens, last = self._buckets[name]
+        tokens = min(float(self.burst), tokens + (self._clock() - last) * self.rate)
+        return None if tokens >= 1 else (1 - tokens) / self.rate
 
     def take(self, name: str) -> float | None:
         """Take one token; None when allowed, else the seconds until one is free."""

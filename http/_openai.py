@@ -18,6 +18,7 @@ from cuelog.actors import (
     ToolCall,
     Usage,
 )
+from cuelog.http._bodies import MaxTokens, Temperature
 from cuelog.http._wire import ApiError, sse_frame, to_json
 
 # -- requests ------------------------------------------------------------------------------------
@@ -61,18 +62,18 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=T
     messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     stop: str | list[str] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    seed: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -97,9 +98,9 @@ class ResponsesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     input: str | list[ResponsesInputMessage]
     instructions: str | None = None
     stream: bool = False
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
     store: bool | None = None

@@ -134,8 +134,8 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         "/v1/tools/invoke", ["POST"], "chat", body=InvokeBody, answers={200: ToolRun, 202: ToolRun}
     )
     async def invoke_tool() -> Response:
-        """Run a tool through a run of the `tools` agent (same approvals, same log);
-        `dry_run` only validates and shows what would run."""
+        """Run a tool in a run of its own under `tools.invoke_approval` (default: ask, so it
+        waits for an approval); no agent is read or changed. `dry_run` only validates."""
         body, _ = await read_body(InvokeBody)
         tools = domain.settings.tools
         if body.name not in tools.names():
@@ -147,10 +147,11 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             raise ApiError(
                 409, f"tool {body.name!r} is disabled on this server", code="tool_disabled"
             )
-        would = {"tool": body.name, "args": body.args, "agent": "tools"}
+        approval = services.settings.tools.invoke_approval
+        would = {"tool": body.name, "args": body.args, "agent": "tools", "approval": approval}
         if body.dry_run:
             return json_response(to_json({"dry_run": True, "valid": True, "would_run": would}))
-        view = await domain.invoke_tool(body.name, body.args, caller=caller())
+        view = await domain.invoke_tool(body.name, body.args, caller=caller(), approval=approval)
         status = 200 if view.status in {"completed", "failed", "cancelled"} else 202
         output = view.messages[-2].content if len(view.messages) >= 2 else None
         return json_response(

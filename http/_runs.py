@@ -19,9 +19,8 @@ from cuelog.http._params import (
     after_seq,
 )
 from cuelog.http._schemas import EventPage, Run, RunStatus, RunTimeline
-from cuelog.http._services import Services, event_frame, event_page, wants_sse
+from cuelog.http._services import Services, event_frame, event_page, scan_events, wants_sse
 from cuelog.http._wire import json_response, to_json
-from cuelog.runtime import RecordedEvent
 
 FORMAT = ChoiceParam(
     name="format",
@@ -109,12 +108,7 @@ def register_run_routes(routes: Routes, services: Services) -> None:
 
             return services.stream(frames())
         limit = EVENTS_LIMIT.get()
-        page: list[RecordedEvent] = []
-        cursor = after
-        while len(page) <= limit:
-            batch = log.read_all(cursor, 500)
-            if not batch:
-                break
-            cursor = batch[-1].seq
-            page.extend(e for e in batch if prefix is None or e.stream.startswith(prefix))
-        return event_page(page[: limit + 1], limit)
+        page, scanned_to = await scan_events(
+            log, after, limit, lambda e: prefix is None or e.stream.startswith(prefix)
+        )
+        return event_page(page, limit, scanned_to=scanned_to)

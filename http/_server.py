@@ -121,6 +121,29 @@ def seeded_agents(settings: Settings) -> dict[str, AgentSpec]:
     return {"default": default, **settings.agents}
 
 
+def tools_config(settings: Settings) -> ToolsConfig:
+    """The built-in tools as `[server] enabled_tools` and `[tools]` set them; the files
+    sandbox is made if missing."""
+    section = settings.tools
+    files_root = None
+    if "files" in settings.server.enabled_tools and section.files_root is None:
+        raise ConfigError("tools.files_root: required when server.enabled_tools lists files")
+    if section.files_root is not None:
+        try:
+            section.files_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"tools.files_root: cannot make {section.files_root}: {exc.strerror}"
+            ) from None
+        files_root = str(section.files_root)
+    return ToolsConfig(
+        enabled=settings.server.enabled_tools,
+        files_root=files_root,
+        files_max_bytes=section.files_max_bytes,
+        files_quota_bytes=section.files_quota_bytes,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -131,7 +154,7 @@ async def serve(
     """Serve until `shutdown` is set (or SIGTERM/SIGINT arrives); report the bound URLs."""
     check_settings(settings)
     stop = trio.Event() if shutdown is None else shutdown
-    tools = ToolRegistry.builtins(ToolsConfig(enabled=settings.server.enabled_tools))
+    tools = ToolRegistry.builtins(tools_config(settings))
     run_settings = RunSettings(
         providers=model_providers(settings),
         tools=tools,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import trio
-from quart import Response, request
+from quart import Response, current_app, request
 
 from cuelog.actors import (
     ID_RULE,
@@ -23,8 +23,9 @@ from cuelog.actors import (
     is_valid_id,
     request_digest,
 )
-from cuelog.http._auth import Authenticator, caller, principal
+from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, caller, principal
 from cuelog.http._config import Settings
+from cuelog.http._errors import error_body
 from cuelog.http._limits import StreamSlots, TokenBuckets
 from cuelog.http._metrics import Metrics
 from cuelog.http._params import IDEMPOTENCY_KEY
@@ -40,6 +41,10 @@ from cuelog.http._wire import (
 from cuelog.runtime import CuelogError, EventLog, RecordedEvent
 
 T = TypeVar("T")
+
+# A filtered page of events reads at most this many events, this many at a time.
+SCAN_EVENTS_PER_PAGE = 10_000
+SCAN_EVENTS_BATCH = 500
 
 
 class Services:
@@ -63,6 +68,7 @@ class Services:
         server = settings.server
         self.key_buckets = TokenBuckets(server.rate_limit, server.rate_burst)
         self.ip_buckets = TokenBuckets(server.ip_rate_limit, server.rate_burst)
+        self.auth_failures = TokenBuckets(server.auth_failure_rate, server.auth_failure_burst)
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
 
@@ -142,25 +148,90 @@ class Services:
     def stream(
         self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None
     ) -> Response:
-        """An SSE response counted against the key's stream cap while it is open."""
-        slot = principal().key_id or "local"
+        """An SSE response counted against the key's stream cap while it is open, and ended
+        with an `error` frame within `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
+
+        The frames are produced by a task in the app's nursery and handed over one at a time
+        (no buffer), so the response can look at its key between frames and on a tick while
+        the source waits for the next event.
+        """
+        who = principal()
+        slot = who.key_id or "local"
         if not self.streams.acquire(slot):
             raise ApiError(
                 429,
                 f"this key already has {self.streams.per_key} streams open; close one",
                 headers={"Retry-After": "1"},
             )
+        nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
 
-        async def counted() -> AsyncIterator[bytes]:
+        async def guarded() -> AsyncIterator[bytes]:
+            send, receive = trio.open_memory_channel[bytes](0)
+            producer = trio.CancelScope()
+            failure: list[Exception] = []
+            nursery.start_soon(_produce, frames, send, producer, failure)
             try:
-                async for frame in frames:
-                    yield frame
+                async with receive:
+                    while True:
+                        if not self.key_usable(who):
+                            yield sse_frame(_KEY_ENDED, event="error")
+                            return
+                        frame: bytes | None = None
+                        try:
+                            with trio.move_on_after(KEY_CHECK_INTERVAL):
+                                frame = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                        if frame is not None:
+                            yield frame
+                if failure:
+                    raise failure[0]
                 if self.stopping:
                     yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:
+                producer.cancel()
                 self.streams.release(slot)
 
-        return sse_response(counted(), headers)
+        return sse_response(guarded(), headers)
+
+    def key_usable(self, who: Principal) -> bool:
+        """Whether the key a request came with may still be used (not revoked, not expired)."""
+        if who.key_id is None or who.key_id == STATIC_KEY_ID:
+            return True
+        info = self.domain.keys.get(who.key_id)
+        return info is not None and info.usable(time.time())
+
+
+# How often an open stream checks that its key is still usable.
+KEY_CHECK_INTERVAL = 0.25
+_KEY_ENDED = error_body(
+    401, "the API key was revoked or has expired; the stream has ended", code="key_revoked"
+)
+
+
+async def _produce(
+    frames: AsyncIterator[bytes],
+    send: trio.MemorySendChannel[bytes],
+    scope: trio.CancelScope,
+    failure: list[Exception],
+) -> None:
+    """Feed a stream's frames to its response until they end, the response goes away or the
+    scope is cancelled; a failure is handed to the response (never to the app's nursery)."""
+    with scope:
+        async with send:
+            try:
+                async for frame in frames:
+                    await send.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the response has gone away
+            except Exception as exc:  # the response re-raises it where it belongs
+                failure.append(exc)
+            finally:
+                # Left at a yield, the source's own clean-up (cancel on disconnect) runs now,
+                # not whenever the generator is collected.
+                aclose = getattr(frames, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
 
 # -- request helpers -------------------------------------------------------------------------------
@@ -200,13 +271,54 @@ def event_frame(event: RecordedEvent) -> bytes:
     return sse_frame(event_json(event), event=event.type, id=event.seq)
 
 
-def event_page(events: list[RecordedEvent], limit: int) -> Response:
-    """A page of events: up to `limit` of them; `next_cursor` is the last seq if more follow."""
+def event_page(
+    events: list[RecordedEvent], limit: int, *, scanned_to: int | None = None
+) -> Response:
+    """A page of events: up to `limit` of them; `next_cursor` is the last seq if more follow.
+
+    `scanned_to` is where a filtered scan stopped short of the log's end (its bound reached):
+    the page may be short or empty, and `next_cursor` says where to go on.
+    """
     more = len(events) > limit
     events = events[:limit]
+    cursor: int | None = events[-1].seq if more and events else None
+    if cursor is None and scanned_to is not None:
+        cursor = scanned_to
     body = b'{"data":[' + b",".join(event_json(e) for e in events) + b'],"next_cursor":'
-    body += (str(events[-1].seq).encode() if more and events else b"null") + b"}"
+    body += (str(cursor).encode() if cursor is not None else b"null") + b"}"
     return json_response(body)
+
+
+async def scan_events(
+    log: EventLog,
+    after: int,
+    limit: int,
+    keep: Callable[[RecordedEvent], bool],
+    *,
+    budget: int = SCAN_EVENTS_PER_PAGE,
+) -> tuple[list[RecordedEvent], int | None]:
+    """Up to `limit + 1` events after `after` that `keep` accepts, reading at most `budget`
+    events, a batch at a time with a checkpoint between batches (a filter that matches nothing
+    must not hold the event loop while the whole log is read). Also returns the seq the scan
+    stopped at when it stopped before the end of the log, else None."""
+    out: list[RecordedEvent] = []
+    cursor = after
+    scanned = 0
+    while len(out) <= limit:
+        if scanned >= budget:
+            return out, cursor
+        batch = log.read_all(cursor, min(SCAN_EVENTS_BATCH, budget - scanned))
+        if not batch:
+            return out, None
+        for event in batch:
+            cursor = event.seq
+            scanned += 1
+            if keep(event):
+                out.append(event)
+                if len(out) > limit:
+                    break
+        await trio.lowlevel.checkpoint()
+    return out, None
 
 
 def page_json(data: list[Any], next_cursor: str | None) -> Response:

@@ -146,6 +146,8 @@ def register_session_routes(routes: Routes, services: Services) -> None:
         """A new session with this one's history at `at_seq`; its first event names the parent
         session, seq and hash. The two continue independently."""
         body, _ = await services.read(ForkBody)
+        # Access first: for a session the caller may not see, every at_seq answers the same 404.
+        await domain.get_session(key, caller=caller())
         if body.agent_id is not None:
             await domain.get_agent(check_id("agent_id", body.agent_id))
         if domain.session_state_at(key, body.at_seq).exists is False:

@@ -98,6 +98,12 @@ def decode_body(cls: type[T], raw: bytes) -> T:
         ) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # msgspec's answer to arrays or objects nested past its stack
+        raise ApiError(
+            400,
+            f"the body is nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+            code="invalid_json",
+        ) from None
     except UnicodeDecodeError:  # msgspec raises it (not DecodeError) for a bad byte in a string
         raise ApiError(400, "the body is not valid UTF-8", code="invalid_json") from None
 
@@ -111,6 +117,38 @@ def _whole_floats(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _whole_floats(v) for k, v in value.items()}
     return value
+
+
+# Free-form JSON a client may send (metadata, tool arguments) is bounded like the rest: it is
+# stored in the log as msgpack, which holds integers of 64 bits and is read back recursively.
+MAX_JSON_DEPTH = 32
+MIN_JSON_INT = -(1 << 63)
+MAX_JSON_INT = (1 << 63) - 1
+
+
+def check_free_json(value: Any, param: str) -> None:
+    """Raise a 400 naming `param` when `value` nests deeper than `MAX_JSON_DEPTH` levels or
+    holds an integer outside 64-bit signed range."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(
+                    400,
+                    f"{param} is nested more than {MAX_JSON_DEPTH} levels deep",
+                    code="invalid_value",
+                    param=param,
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, int) and not MIN_JSON_INT <= item <= MAX_JSON_INT:
+            raise ApiError(
+                400,
+                f"{param} holds an integer outside -2**63 .. 2**63-1",
+                code="invalid_value",
+                param=param,
+            )
 
 
 def _param_of(message: str) -> str | None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import trio
 
 from cuelog.actors._errors import ToolError
 from cuelog.actors._tools_files import FilesTool
@@ -100,3 +103,65 @@ async def test_bad_arguments_and_missing_files_are_tool_errors(sandbox: Path) ->
         await tool.run({"op": "read", "path": "nope.txt"})
     with pytest.raises(ToolError, match="is a directory"):
         await tool.run({"op": "read", "path": "."})
+
+
+async def test_a_directory_swapped_for_a_symlink_never_leads_outside(sandbox: Path) -> None:
+    """While a thread swaps `d` between a real directory and a symlink to outside, hundreds of
+    reads of `d/secret.txt` return the inside file or a refusal, never the outside one."""
+    outside = sandbox.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("top secret")
+    (sandbox / "d").mkdir()
+    (sandbox / "d" / "secret.txt").write_text("inside")
+    os.symlink(outside, sandbox / "parked-link")
+    stop = threading.Event()
+
+    def swap() -> None:
+        d, parked_dir, parked_link = sandbox / "d", sandbox / "parked-dir", sandbox / "parked-link"
+        while not stop.is_set():
+            os.rename(d, parked_dir)
+            os.rename(parked_link, d)  # d is now a symlink to outside
+            os.rename(d, parked_link)
+            os.rename(parked_dir, d)  # d is a real directory again
+
+    tool = FilesTool(sandbox)
+    outcomes: Counter[str] = Counter()
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        with trio.move_on_after(2):
+            while True:
+                try:
+                    text = await tool.run({"op": "read", "path": "d/secret.txt"})
+                except ToolError:
+                    outcomes["refused"] += 1
+                else:
+                    outcomes[text] += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert outcomes["top secret"] == 0, f"reads escaped the sandbox: {outcomes}"
+    assert outcomes["inside"] and outcomes["refused"], outcomes  # the race was really run
+
+
+async def test_the_sandbox_quota_bounds_all_files_together(sandbox: Path) -> None:
+    """Writes that would take the sandbox past `quota_bytes` are refused; files under it stay."""
+    tool = FilesTool(sandbox, max_file_bytes=100, quota_bytes=250)
+    for name in ("a", "b"):
+        await tool.run({"op": "write", "path": f"dir/{name}.txt", "content": "x" * 100})
+    with pytest.raises(ToolError, match="250-byte quota"):
+        await tool.run({"op": "write", "path": "c.txt", "content": "y" * 60})
+    assert not (sandbox / "c.txt").exists()
+    await tool.run({"op": "write", "path": "c.txt", "content": "y" * 50})
+    assert (sandbox / "c.txt").read_text() == "y" * 50
+
+
+async def test_hard_links_and_special_files_are_refused(sandbox: Path) -> None:
+    """A hard link (which can reach outside) and a FIFO are neither read nor written."""
+    os.link(sandbox.parent / "secret.txt", sandbox / "hard.txt")
+    os.mkfifo(sandbox / "pipe")
+    tool = FilesTool(sandbox)
+    for op, path in [("read", "hard.txt"), ("write", "hard.txt"), ("read", "pipe")]:
+        with pytest.raises(ToolError):
+            await tool.run({"op": op, "path": path, "content": "pwned"})
+    assert (sandbox.parent / "secret.txt").read_text() == "top secret"

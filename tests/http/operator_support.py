@@ -47,7 +47,11 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    data_dir: Path, *, log: dict[str, Any] | None = None, **server: Any
+    data_dir: Path,
+    *,
+    log: dict[str, Any] | None = None,
+    tools: dict[str, Any] | None = None,
+    **server: Any,
 ) -> AsyncIterator[Served]:
     """Serve on 127.0.0.1, port 0, until the block ends; capture the app to read its routes."""
     apps: list[QuartTrio] = []
@@ -64,6 +68,7 @@ async def serving(
         flags={
             "server": {"port": 0, "api_key": API_KEY, **server},
             "log": {"data_dir": data_dir, **(log or {})},
+            "tools": tools or {},
         },
     )
     stop = trio.Event()

@@ -82,6 +82,116 @@ async def test_invalid_body_is_400_naming_the_field(
         assert names == error["param"] or names in error["message"], error
 
 
+BIG = b"18446744073709551616"  # 2**64: past what the log's msgpack holds
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "param"),
+    [
+        pytest.param(
+            "POST",
+            WAKE,
+            b'{"message":"x","metadata":{"n":' + BIG + b"}}",
+            "metadata",
+            id="wake-metadata-2**64",
+        ),
+        pytest.param(
+            "POST",
+            WAKE,
+            b'{"message":"x","metadata":{"n":[-' + BIG + b"]}}",
+            "metadata",
+            id="wake-metadata-minus-2**64",
+        ),
+        pytest.param(
+            "POST",
+            WAKE,
+            b'{"message":"x","metadata":{"n":' + DEEP + b"}}",
+            None,
+            id="wake-metadata-1000-deep",
+        ),
+        pytest.param(
+            "POST",
+            WAKE,
+            b'{"message":"x","metadata":{"n":' + b"[" * 40 + b"]" * 40 + b"}}",
+            "metadata",
+            id="wake-metadata-40-deep",
+        ),
+        pytest.param("POST", CHAT, DEEP, None, id="chat-1000-deep"),
+        pytest.param(
+            "PATCH",
+            "/v1/sessions/s1",
+            b'{"metadata":{"n":' + BIG + b"}}",
+            "metadata",
+            id="patch-metadata-2**64",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/agents",
+            b'{"id":"a1","max_steps":' + BIG + b"}",
+            "max_steps",
+            id="agent-max-steps-2**64",
+        ),
+        pytest.param(
+            "PATCH",
+            "/v1/agents/default",
+            b'{"max_tokens":' + BIG + b"}",
+            "max_tokens",
+            id="agent-max-tokens-2**64",
+        ),
+        pytest.param(
+            "POST", "/v1/agents", b'{"id":"a1","max_steps":0}', "max_steps", id="agent-max-steps-0"
+        ),
+        pytest.param(
+            "POST",
+            "/v1/sessions/s1/fork",
+            b'{"at_seq":' + BIG + b"}",
+            "at_seq",
+            id="fork-at-seq-2**64",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/keys",
+            b'{"name":"k","scopes":["read"],"expires_at":' + BIG + b"}",
+            "expires_at",
+            id="key-expires-2**64",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/tools/invoke",
+            b'{"name":"calculator","args":{"n":' + BIG + b"}}",
+            "args",
+            id="invoke-args-2**64",
+        ),
+        pytest.param(
+            "POST",
+            CHAT,
+            b'{"model":"default","messages":' + USER + b',"max_tokens":' + BIG + b"}",
+            "max_tokens",
+            id="chat-max-tokens-2**64",
+        ),
+    ],
+)
+async def test_out_of_range_or_too_deep_json_is_400(
+    tmp_path: Path, method: str, path: str, raw: bytes, param: str | None
+) -> None:
+    """Integers past 64 bits, out-of-range limits and JSON nested too deep are 400 naming the
+    field, and nothing is written; the session and agent still answer afterwards."""
+    async with live_server(tmp_path / "data") as live:
+        made = await live.client.post(WAKE, json={"message": "hi", "session_key": "s1"})
+        assert made.status_code == 200, made.text
+        for _ in range(5):  # five used to leave the session answering 503 until a restart
+            response = await _unchanged(
+                live, lambda: live.client.request(method, path, content=raw, headers=JSON)
+            )
+            error = _assert_error(response, 400)
+            assert error["param"] == param, error
+        assert (await live.client.get("/v1/sessions/s1")).status_code == 200
+        assert (await live.client.get("/v1/agents/default")).status_code == 200
+        again = await live.client.post(WAKE, json={"message": "again", "session_key": "s1"})
+        assert again.status_code == 200, again.text
+
+
 @on_every_backend
 async def test_unknown_and_missing_fields_are_named_in_param(tmp_path: Path, backend: str) -> None:
     """Unknown and missing fields are named in error.param, with their path."""

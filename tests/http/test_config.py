@@ -122,3 +122,20 @@ def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
         load_settings(broken, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_the_tools_section_is_read_and_checked(tmp_path: Path) -> None:
+    """`[tools]` keys are read from the file and env; bad values are named by key."""
+    config = _toml(
+        tmp_path,
+        '[tools]\nfiles_root = "/srv/sandbox"\nfiles_max_bytes = 2048\ninvoke_approval = "auto"\n',
+    )
+    settings = load_settings(config, environ={"CUELOG_TOOLS_FILES_QUOTA_BYTES": "4096"})
+    assert settings.tools.files_root == Path("/srv/sandbox")
+    assert settings.tools.files_max_bytes == 2048
+    assert settings.tools.files_quota_bytes == 4096
+    assert settings.tools.invoke_approval == "auto"
+    with pytest.raises(ConfigError, match=r"tools\.invoke_approval"):
+        load_settings(None, environ={"CUELOG_TOOLS_INVOKE_APPROVAL": "sometimes"})
+    with pytest.raises(ConfigError, match=r"tools\.files_quota_bytes"):
+        load_settings(None, environ={"CUELOG_TOOLS_FILES_QUOTA_BYTES": "1"})

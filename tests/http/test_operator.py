@@ -122,9 +122,10 @@ async def test_approvals_over_http_bind_to_the_digest_and_show_in_the_run_stream
 
 
 async def test_tools_list_dry_run_and_invoke(tmp_path: Path) -> None:
-    """Tools are listed with their schema; a dry run checks arguments without running; a real
-    invoke of the calculator answers and leaves a run in the log."""
-    async with serving(tmp_path / "data") as served:
+    """Tools are listed with their schema; a dry run checks arguments without running; with
+    `tools.invoke_approval = "auto"` a real invoke of the calculator answers at once and leaves a
+    run in the log."""
+    async with serving(tmp_path / "data", tools={"invoke_approval": "auto"}) as served:
         tools = {t["name"]: t for t in (await served.admin.get("/v1/tools")).json()["data"]}
         assert tools["calculator"]["enabled"] is True
         assert "expr" in json.dumps(tools["calculator"]["parameters"])
@@ -151,6 +152,38 @@ async def test_tools_list_dry_run_and_invoke(tmp_path: Path) -> None:
         assert "4" in real.json()["output"]
         run = (await served.admin.get(f"/v1/runs/{real.json()['run_id']}")).json()
         assert run["status"] == "completed"
+
+
+async def test_invoke_waits_for_approval_and_leaves_agents_alone(tmp_path: Path) -> None:
+    """By default an invoke with a chat key waits for an approval (202) and runs once approved,
+    and an admin-made agent named `tools` is left exactly as it was."""
+    async with serving(tmp_path / "data") as served:
+        await served.create_agent(
+            "tools", tools=["clock"], approval="reject", system_prompt="made by an admin"
+        )
+        before = (await served.admin.get("/v1/agents/tools")).json()
+        _, secret = await served.new_key("chat", "read", name="invoker")
+        invoked = await served.admin.post(
+            "/v1/tools/invoke",
+            json={"name": "calculator", "args": {"expr": "6*7"}},
+            headers=bearer(secret),
+        )
+        assert invoked.status_code == 202, invoked.text
+        assert invoked.json()["status"] == "waiting_approval"
+        assert (await served.admin.get("/v1/agents/tools")).json() == before
+
+        run_id = invoked.json()["run_id"]
+        pending = (await served.admin.get("/v1/approvals")).json()["data"]
+        [approval] = [a for a in pending if a["run_id"] == run_id]
+        decided = await served.admin.post(
+            f"/v1/approvals/{approval['id']}",
+            json={"decision": "approve", "args_digest": approval["args_digest"]},
+        )
+        assert decided.status_code == 200, decided.text
+        await _wait_status(served, [run_id], "completed")
+        run = (await served.admin.get(f"/v1/runs/{run_id}", headers=bearer(secret))).json()
+        assert "42" in run["content"]
+        assert (await served.admin.get("/v1/agents/tools")).json() == before
 
 
 async def test_audit_head_anchor_verify_and_activity_view(tmp_path: Path) -> None:
