@@ -250,6 +250,27 @@ class LmdbEventLog:
             return None
         return int(raw) if raw.isdigit() else None
 
+    def _lock_file_unwritable(self) -> bool:
+        lock_file = self.path / "lock.mdb"
+        return not os.access(lock_file if lock_file.exists() else self.path, os.W_OK)
+
+    def _share_lock(self) -> None:
+        # A reader that cannot write lock.mdb (a copy on read-only media, a directory it may
+        # only read) opens LMDB without its lock file, which is safe only while nobody writes:
+        # a shared flock on data.mdb is refused while a writer holds it, and keeps one from
+        # starting until this reader closes.
+        fd = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self._holder_pid()
+            raise LogError(
+                f"cannot read {self.path} while {f'pid {pid}' if pid else 'another process'} "
+                "writes it: lock.mdb is not writable here; verify a copy (cuelog backup) instead"
+            ) from None
+        self._lock_fd = fd
+
     def _check_still_writer(self) -> None:
         """Raise `LogLost` when data.mdb was removed or replaced under this writer."""
         try:
@@ -270,6 +291,9 @@ class LmdbEventLog:
     def _open_env(self, map_size: int) -> Any:
         if self.readonly and not (self.path / "data.mdb").exists():
             raise LogFormatError(f"no cuelog log at {self.path} (data.mdb is missing)")
+        lock = not (self.readonly and self._lock_file_unwritable())
+        if not lock:
+            self._share_lock()
         try:
             env = lmdb.open(
                 str(self.path),
@@ -281,7 +305,7 @@ class LmdbEventLog:
                 metasync=self._sync,
                 readahead=False,
                 create=not self.readonly,
-                lock=True,
+                lock=lock,
             )
         except lmdb.Error as exc:
             raise LogFormatError(f"cannot open the log at {self.path}: {exc}") from exc
