@@ -74,6 +74,8 @@ def raise_fd_limit() -> int:
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
     """The configured cap, lowered so open connections cannot take the fds the process needs."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return max_connections
     return max(1, min(max_connections, fd_limit - FD_RESERVE))
 
 
