@@ -9,8 +9,9 @@ first checkpoint (`send_eof`, before `aclose`) and the idle timer is cancelled b
 the socket stays open until the client goes away. `ConnectionServer` runs those two steps shielded.
 
 `serve_http` is `hypercorn.trio.worker_serve` (lifespan, listeners, graceful drain) with three
-changes: the server above, a cap on open connections (beyond it a client gets a JSON 503 with
-`Retry-After` and the connection is closed), and an accept loop that reports fd exhaustion
+changes: the server above, a cap on open connections (at the cap the longest-idle connection is
+closed to make room; when none is idle a client gets a JSON 503 with `Retry-After` and the
+connection is closed), and an accept loop that reports fd exhaustion
 (EMFILE/ENFILE) as one structured line per interval instead of trio's traceback every 0.1 s.
 TLS and QUIC are not served: cuelog's config has neither.
 """
@@ -86,7 +87,24 @@ class ConnectionServer(TCPServer):
     request's: the app task that happens to carry them out may be cancelled by Quart-Trio at any
     checkpoint once it has seen `http.disconnect`. And once the client has gone, the idle timer
     stops: Hypercorn leaves it running, which holds the connection (and its fd) until the
-    timer fires."""
+    timer fires.
+
+    While no request is in progress the connection's stream is in `idle` (oldest first), where
+    the accept loop may close it to make room for a new connection."""
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        state: ConnectionState,
+        stream: trio.SocketStream,
+        idle: dict[trio.SocketStream, None],
+    ) -> None:
+        # Hypercorn types the stream as TLS; without TLS it takes the plain socket stream.
+        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
+        self._idle = idle
+        idle[stream] = None  # no request yet
 
     async def _read_data(self) -> None:
         try:
@@ -96,6 +114,10 @@ class ConnectionServer(TCPServer):
                 await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self._idle.pop(self.stream, None)  # type: ignore[call-overload]
+            if event.idle:
+                self._idle[self.stream] = None  # type: ignore[index]
         if isinstance(event, Closed | Updated):
             with trio.CancelScope(shield=True):
                 await super().protocol_send(event)
@@ -144,19 +166,34 @@ async def _refuse(stream: trio.SocketStream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     handler_nursery: trio.Nursery,
-    serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+    serve_one: Callable[[trio.SocketStream, dict[trio.SocketStream, None]], Awaitable[None]],
     cap: int,
 ) -> None:
     open_connections = trio.CapacityLimiter(cap)
     refusing = trio.CapacityLimiter(MAX_REFUSING)
+    idle: dict[trio.SocketStream, None] = {}
     report = _ExhaustionReport()
 
     async def serve(stream: trio.SocketStream) -> None:
         try:
-            await serve_one(stream)
+            await serve_one(stream, idle)
         finally:
+            idle.pop(stream, None)
             open_connections.release_on_behalf_of(stream)
             await trio.aclose_forcefully(stream)
+
+    async def make_room(stream: trio.SocketStream) -> bool:
+        """At the cap, close the longest-idle connection (HTTP lets a server close an idle
+        keep-alive connection at any time) and take its place; False if none is idle."""
+        if not idle:
+            return False
+        oldest = next(iter(idle))
+        del idle[oldest]
+        oldest.socket.close()  # its reader wakes with ClosedResourceError and the handler ends
+        with trio.move_on_after(REFUSE_WITHIN):
+            await open_connections.acquire_on_behalf_of(stream)
+            return True
+        return False
 
     async def refuse(stream: trio.SocketStream) -> None:
         try:
@@ -178,8 +215,11 @@ async def _accept_loop(
             try:
                 open_connections.acquire_on_behalf_of_nowait(stream)
             except trio.WouldBlock:
-                await refusing.acquire_on_behalf_of(stream)
-                handler_nursery.start_soon(refuse, stream)
+                if await make_room(stream):
+                    handler_nursery.start_soon(serve, stream)
+                else:
+                    await refusing.acquire_on_behalf_of(stream)
+                    handler_nursery.start_soon(refuse, stream)
             else:
                 handler_nursery.start_soon(serve, stream)
 
@@ -218,9 +258,10 @@ async def serve_http(
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             state = ConnectionState(lifespan_state.copy())
 
-            async def serve_one(stream: trio.SocketStream) -> None:
-                # Hypercorn types the stream as TLS; without TLS it takes the plain socket stream.
-                await ConnectionServer(app, config, context, state, stream).run()  # type: ignore[arg-type]
+            async def serve_one(
+                stream: trio.SocketStream, idle: dict[trio.SocketStream, None]
+            ) -> None:
+                await ConnectionServer(app, config, context, state, stream, idle).run()
 
             task_status.started(binds)
             try:

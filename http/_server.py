@@ -1,7 +1,8 @@
 """Run the HTTP facade on Hypercorn's trio worker, with graceful shutdown on SIGTERM/SIGINT.
 
-Start-up order: open the log, open the agent runtime (seeds agents, recovers interrupted runs),
-then bind. Shutdown runs it backwards: stop accepting connections, let Hypercorn drain within
+Start-up order: bind the port (a taken port fails before anything is created), open the log,
+open the agent runtime (seeds agents, recovers interrupted runs), then listen. Shutdown runs it
+backwards: stop accepting connections, let open connections drain within
 `server.graceful_timeout`, stop the actors, and let the log commit what is queued.
 """
 
