@@ -76,6 +76,24 @@ def serve_command(
     except CuelogError as exc:
         click.echo(f"cuelog: {exc}", err=True)
         sys.exit(2)
+    except BaseExceptionGroup as group:
+        # A failure while serving (the log lost its file) arrives wrapped by the nurseries.
+        error = _first_cuelog_error(group)
+        if error is None:
+            raise
+        click.echo(f"cuelog: {error}", err=True)
+        sys.exit(2)
+
+
+def _first_cuelog_error(group: BaseExceptionGroup[BaseException]) -> CuelogError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, CuelogError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_cuelog_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 @main.command("verify")

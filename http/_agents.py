@@ -64,9 +64,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     )
     async def list_agents() -> Response:
         """Agents, in id order, with cursor pagination."""
-        agents, next_cursor = await domain.list_agents(
-            after=CURSOR.get(), limit=AGENTS_LIMIT.get()
-        )
+        agents, next_cursor = await domain.list_agents(after=CURSOR.get(), limit=AGENTS_LIMIT.get())
         return page_json([agent_json(a) for a in agents], next_cursor)
 
     @routes.add("/v1/agents", ["POST"], "admin", body=AgentBody, answers={201: Agent})

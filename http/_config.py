@@ -41,6 +41,8 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_failure_burst: int = 20
     max_streams_per_key: int = 64  # open SSE streams per key; 0 is unlimited
     stall_timeout: float = 60.0  # drop a connection whose client takes no data for this long
+    keep_alive_timeout: float = 75.0  # close a connection idle between requests this long
+    max_connections: int = 1024  # open connections; beyond it 503 (lowered to fit the fd limit)
     max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
     passivate_after: float = 300.0  # seconds an idle actor stays in memory
 
@@ -199,6 +201,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.max_live_actors: must be at least 1")
     if server.passivate_after < 0:
         raise ConfigError("server.passivate_after: must not be negative")
+    if server.keep_alive_timeout <= 0:
+        raise ConfigError("server.keep_alive_timeout: must be more than 0 seconds")
+    if server.max_connections < 1:
+        raise ConfigError("server.max_connections: must be at least 1")
     if server.graceful_timeout < 0:
         raise ConfigError("server.graceful_timeout: must be 0 seconds or more")
     if server.auth_failure_rate < 0:

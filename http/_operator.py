@@ -7,7 +7,7 @@ import time
 import msgspec
 from quart import Response
 
-from cuelog.actors import KeyInfo
+from cuelog.actors import Caller, KeyInfo
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import ApprovalBody, InvokeBody, KeyBody
 from cuelog.http._params import ChoiceParam
@@ -36,6 +36,14 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     def actor() -> str | None:
         return principal().key_id
+
+    def approvals_caller() -> Caller:
+        """Approvers see and decide every key's pending approvals: deciding them is their job.
+        Other keys see only the approvals of their own runs."""
+        who = principal()
+        if who.allows("approve"):
+            return Caller(owner=who.key_id, admin=True)
+        return who.caller()
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -72,7 +80,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         out = []
         for approval_id, run_id in sorted(domain.pending_approvals().items()):
             try:
-                detail = await domain.approval_detail(approval_id, caller=caller())
+                detail = await domain.approval_detail(approval_id, caller=approvals_caller())
             except CuelogError:
                 continue
             if detail is not None:
@@ -95,7 +103,7 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             args_digest=body.args_digest,
             by=actor(),
             reason=body.reason,
-            caller=caller(),
+            caller=approvals_caller(),
         )
         return json_response(
             to_json(

@@ -1,7 +1,8 @@
 """Run the HTTP facade on Hypercorn's trio worker, with graceful shutdown on SIGTERM/SIGINT.
 
-Start-up order: open the log, open the agent runtime (seeds agents, recovers interrupted runs),
-then bind. Shutdown runs it backwards: stop accepting connections, let Hypercorn drain within
+Start-up order: bind the port (a taken port fails before anything is created), open the log,
+open the agent runtime (seeds agents, recovers interrupted runs), then listen. Shutdown runs it
+backwards: stop accepting connections, let open connections drain within
 `server.graceful_timeout`, stop the actors, and let the log commit what is queued.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import structlog
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.utils import wrap_app
 
 from cuelog.actors import (
     AgentSpec,
@@ -32,6 +33,7 @@ from cuelog.actors import (
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
+from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
 from cuelog.http._services import Services
 from cuelog.runtime import ActorConfig, open_event_log
 
@@ -96,8 +98,20 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = settings.server.graceful_timeout
     config.accesslog = None
     config.errorlog = None
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.server.keep_alive_timeout
     return config
+
+
+def bind_sockets(settings: Settings, config: Config) -> list[socket.socket]:
+    """Bind the listening sockets (not listening yet), so a taken port fails before anything
+    else is opened or created."""
+    try:
+        return list(config.create_sockets().insecure_sockets)
+    except OSError as exc:
+        server = settings.server
+        raise ConfigError(
+            f"server.port: cannot bind {server.host}:{server.port}: {exc.strerror or exc}"
+        ) from None
 
 
 def model_providers(settings: Settings) -> dict[str, ModelProvider]:
@@ -153,6 +167,28 @@ async def serve(
 ) -> None:
     """Serve until `shutdown` is set (or SIGTERM/SIGINT arrives); report the bound URLs."""
     check_settings(settings)
+    fd_limit = raise_fd_limit()
+    max_connections = connection_cap(settings.server.max_connections, fd_limit)
+    config = hypercorn_config(settings)
+    sockets = bind_sockets(settings, config)
+    try:
+        await _serve(
+            settings, config, sockets, max_connections, shutdown, handle_signals, task_status
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def _serve(
+    settings: Settings,
+    config: Config,
+    sockets: list[socket.socket],
+    max_connections: int,
+    shutdown: trio.Event | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     stop = trio.Event() if shutdown is None else shutdown
     tools = ToolRegistry.builtins(tools_config(settings))
     run_settings = RunSettings(
@@ -188,9 +224,11 @@ async def serve(
         nursery.start_soon(_end_streams_on_stop, stop, services)
         async with trio.open_nursery() as server:
             binds = await server.start(
-                lambda task_status: hypercorn_serve(
-                    app,
-                    hypercorn_config(settings),
+                lambda task_status: serve_http(
+                    wrap_app(app, config.wsgi_max_body_size, None),
+                    config,
+                    sockets,
+                    max_connections=max_connections,
                     shutdown_trigger=stop.wait,
                     task_status=task_status,
                 )
@@ -201,6 +239,7 @@ async def serve(
                 data_dir=str(settings.log.data_dir),
                 head_seq=event_log.head().seq,
                 pid=os.getpid(),
+                max_connections=max_connections,
             )
             task_status.started(binds)
         # Hypercorn has drained its connections; only the signal watcher is left.

@@ -27,6 +27,7 @@ from cuelog.runtime._errors import LogClosed as LogClosed
 from cuelog.runtime._errors import LogError as LogError
 from cuelog.runtime._errors import LogFormatError as LogFormatError
 from cuelog.runtime._errors import LogLocked as LogLocked
+from cuelog.runtime._errors import LogLost as LogLost
 from cuelog.runtime._errors import LogUnavailable as LogUnavailable
 from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
@@ -70,6 +71,7 @@ __all__ = [
     "LogFormatError",
     "LogLocation",
     "LogLocked",
+    "LogLost",
     "LogStatistics",
     "LogUnavailable",
     "MailboxFull",

@@ -6,6 +6,7 @@ CuelogError
 │   ├── IdempotencyConflict       an idempotency key reused with a different body
 │   ├── PayloadTooLarge           one event's encoded size is over the limit
 │   ├── LogLocked                 another process holds the data dir for writing
+│   ├── LogLost                   the data dir was removed or replaced under its writer
 │   ├── LogFormatError            the data dir is unreadable or from a newer format
 │   ├── LogClosed                 the log was closed before the append was written
 │   ├── LogUnavailable            the log's database cannot be reached now (retry later)
@@ -64,6 +65,10 @@ class LogLocked(LogError):
         super().__init__(f"data dir {path} is locked by {who}; stop it or open read-only")
         self.path = path
         self.pid = pid
+
+
+class LogLost(LogError):
+    """The log's file was removed or replaced under its writer; it can no longer write."""
 
 
 class LogFormatError(LogError):

@@ -48,6 +48,7 @@ from cuelog.runtime._errors import (
     LogError,
     LogFormatError,
     LogLocked,
+    LogLost,
     StorageFull,
     WrongExpectedVersion,
 )
@@ -70,6 +71,12 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
+# How often an idle writer checks that data.mdb is still the file it locked.
+_WRITER_CHECK_INTERVAL = 1.0
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _stream_key(stream: str, version: int) -> bytes:
@@ -171,6 +178,7 @@ class LmdbEventLog:
         self._clock = clock
         self._commit_in_thread = commit_in_thread
         self._lock_fd: int | None = None
+        self._lock_file_id: tuple[int, int] | None = None
         self._closed = False
         self._pending: list[_Append] = []
         self._other: list[_OtherWrite] = []
@@ -214,17 +222,66 @@ class LmdbEventLog:
     # -- opening -------------------------------------------------------------------------------
 
     def _take_lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # The writer's lock is an flock on data.mdb, the file that holds the log: deleting it
+        # deletes the log, so no one can sidestep the lock by deleting a lock file (writer.lock
+        # only names the holder's pid for the error message). LMDB's own locks are POSIX record
+        # locks on lock.mdb, which an flock neither sees nor disturbs, and closing this fd drops
+        # none of them (POSIX locks go with the file, and this is another file). An empty
+        # data.mdb is what LMDB expects of a new environment.
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / "data.mdb", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LogError(f"cannot write the data dir {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise LogLocked(str(self.path), int(raw) if raw.isdigit() else None) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise LogLocked(str(self.path), self._holder_pid()) from None
         self._lock_fd = fd
+        self._lock_file_id = _file_id(os.fstat(fd))
+        with suppress(OSError):  # only names the holder; the flock above is the lock
+            (self.path / "writer.lock").write_text(f"{os.getpid()}\n")
+
+    def _holder_pid(self) -> int | None:
+        try:
+            raw = (self.path / "writer.lock").read_text(errors="replace").strip()
+        except OSError:
+            return None
+        return int(raw) if raw.isdigit() else None
+
+    def _lock_file_unwritable(self) -> bool:
+        lock_file = self.path / "lock.mdb"
+        return not os.access(lock_file if lock_file.exists() else self.path, os.W_OK)
+
+    def _share_lock(self) -> None:
+        # A reader that cannot write lock.mdb (a copy on read-only media, a directory it may
+        # only read) opens LMDB without its lock file, which is safe only while nobody writes:
+        # a shared flock on data.mdb is refused while a writer holds it, and keeps one from
+        # starting until this reader closes.
+        fd = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self._holder_pid()
+            raise LogError(
+                f"cannot read {self.path} while {f'pid {pid}' if pid else 'another process'} "
+                "writes it: lock.mdb is not writable here; verify a copy (cuelog backup) instead"
+            ) from None
+        self._lock_fd = fd
+
+    def _check_still_writer(self) -> None:
+        """Raise `LogLost` when data.mdb was removed or replaced under this writer."""
+        try:
+            current = _file_id(os.stat(self.path / "data.mdb"))
+        except OSError:
+            current = None
+        if current != self._lock_file_id:
+            raise LogLost(
+                f"data dir {self.path}: data.mdb was removed or replaced while this process was "
+                "writing it; stopping (restore the data dir, then restart)"
+            )
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -234,6 +291,9 @@ class LmdbEventLog:
     def _open_env(self, map_size: int) -> Any:
         if self.readonly and not (self.path / "data.mdb").exists():
             raise LogFormatError(f"no cuelog log at {self.path} (data.mdb is missing)")
+        lock = not (self.readonly and self._lock_file_unwritable())
+        if not lock:
+            self._share_lock()
         try:
             env = lmdb.open(
                 str(self.path),
@@ -245,7 +305,7 @@ class LmdbEventLog:
                 metasync=self._sync,
                 readahead=False,
                 create=not self.readonly,
-                lock=True,
+                lock=lock,
             )
         except lmdb.Error as exc:
             raise LogFormatError(f"cannot open the log at {self.path}: {exc}") from exc
@@ -359,7 +419,12 @@ class LmdbEventLog:
     async def _writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await self._wake_writer.wait()
+            with trio.move_on_after(_WRITER_CHECK_INTERVAL):
+                await self._wake_writer.wait()
+            # Raising here ends the log's nursery, and with it whatever serves on this log.
+            self._check_still_writer()
+            if not self._wake_writer.is_set():
+                continue
             # Let every appender that is already runnable join this group.
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake_writer = trio.Event()

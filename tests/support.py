@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +34,17 @@ class ServerProcess:
 
 
 def start_server(
-    data_dir: Path, *args: str, timeout: float = 20.0, cuelog: str = CUELOG
+    data_dir: Path,
+    *args: str,
+    timeout: float = 20.0,
+    cuelog: str = CUELOG,
+    prefix: Sequence[str] = (),
 ) -> ServerProcess:
-    """Start `cuelog serve --port 0` and wait until it logs the URL it is serving on."""
+    """Start `cuelog serve --port 0` and wait until it logs the URL it is serving on
+    (`prefix` runs before it and execs it, e.g. to lower its limits)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [cuelog, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+        [*prefix, cuelog, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -74,8 +79,10 @@ def _drain(stream: IO[str], lines: list[str], keep: int = 2000) -> None:
 
 
 @contextmanager
-def running_server(data_dir: Path, *args: str) -> Iterator[ServerProcess]:
-    server = start_server(data_dir, *args)
+def running_server(
+    data_dir: Path, *args: str, prefix: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    server = start_server(data_dir, *args, prefix=prefix)
     try:
         yield server
     finally:

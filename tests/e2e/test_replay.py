@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -226,3 +227,48 @@ def test_export_and_the_readme_script_agree_with_verify(golden: Path, tmp_path: 
     assert bad.returncode != 0 and "seq 10" in bad.stderr
     window = cuelog("export", golden, "--jsonl", "--from", "5", "--to", "7").stdout.splitlines()
     assert [json.loads(line)["seq"] for line in window] == [5, 6, 7]
+
+
+HOSTILE = "oops [/nope] [link=https://x]"
+
+
+async def _session_with_message(path: Path, content: str) -> str:
+    async with open_event_log(path) as log:
+        settings = RunSettings(providers={"echo": EchoModel()}, tools=ToolRegistry.builtins())
+        async with open_domain(log, settings) as runtime:
+            sent = await runtime.send("default", [ChatMessage(role="user", content=content)])
+            await runtime.wait_run(sent.run_id)
+            return sent.session_key
+
+
+def _run_in_terminal(*args: str | Path) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal (so rich draws its table); return the
+    exit code and what the terminal showed."""
+    leader, follower = os.openpty()
+    env = {**os.environ, "COLUMNS": "400", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    with subprocess.Popen(
+        [CUELOG, *map(str, args)], stdout=follower, stderr=subprocess.STDOUT, env=env
+    ) as proc:
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        code = proc.wait(timeout=60)
+    os.close(leader)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\\\", "", shown.decode())
+
+
+def test_timeline_on_a_terminal_prints_markup_in_messages_literally(tmp_path: Path) -> None:
+    """`cuelog timeline --session` drawing its table on a terminal shows a user message with
+    rich markup (`[/nope]`, `[link=…]`) as written and exits 0."""
+    key = trio.run(_session_with_message, tmp_path / "log", HOSTILE)
+    code, shown = _run_in_terminal("timeline", tmp_path / "log", "--session", key)
+    assert code == 0, shown
+    assert HOSTILE in shown, shown

@@ -121,6 +121,38 @@ async def test_approvals_over_http_bind_to_the_digest_and_show_in_the_run_stream
         assert all(a["id"] != approval["id"] for a in after)
 
 
+async def test_approvers_see_and_decide_every_keys_pending_approvals(tmp_path: Path) -> None:
+    """A key with `approve` (and `read`, which listing needs) lists and decides an approval held
+    in another key's run; a `read` key that does not own the run still does not see it."""
+    async with serving(tmp_path / "data") as served:
+        await served.create_agent("careful", tools=["calculator"], approval="ask")
+        _, waker = await served.new_key("wake", "read", name="waker")
+        _, approver = await served.new_key("approve", "read", name="approver")
+        _, reader = await served.new_key("read", name="reader")
+        woken = await served.admin.post(
+            "/v1/agents/careful/wake",
+            json={"message": CALC, "mode": "async"},
+            headers=bearer(waker),
+        )
+        assert woken.status_code == 202, woken.text
+        run_id = woken.json()["run_id"]
+        await _wait_status(served, [run_id], "waiting_approval")
+
+        seen = await served.admin.get("/v1/approvals", headers=bearer(approver))
+        assert seen.status_code == 200, seen.text
+        [approval] = [a for a in seen.json()["data"] if a["run_id"] == run_id]
+        hidden = (await served.admin.get("/v1/approvals", headers=bearer(reader))).json()
+        assert all(a["run_id"] != run_id for a in hidden["data"])
+
+        decided = await served.admin.post(
+            f"/v1/approvals/{approval['id']}",
+            json={"decision": "approve", "args_digest": approval["args_digest"]},
+            headers=bearer(approver),
+        )
+        assert decided.status_code == 200, decided.text
+        await _wait_status(served, [run_id], "completed")
+
+
 async def test_tools_list_dry_run_and_invoke(tmp_path: Path) -> None:
     """Tools are listed with their schema; a dry run checks arguments without running; with
     `tools.invoke_approval = "auto"` a real invoke of the calculator answers at once and leaves a

@@ -283,7 +283,7 @@ async def test_a_refused_open_leaves_the_writer_lock_free(tmp_path: Path) -> Non
     with pytest.raises(LogFormatError):
         async with open_event_log(path):
             pass  # pragma: no cover - the open must fail
-    fd = os.open(path / "writer.lock", os.O_RDWR)
+    fd = os.open(path / "data.mdb", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the fd leaks
     finally:
