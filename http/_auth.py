@@ -126,8 +126,9 @@ class RouteInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     rule: str
     methods: tuple[str, ...]
-    scope: str
+    scope: str  # the scope this route is documented under
     summary: str
+    also: tuple[str, ...] = ()  # other scopes that are enough on their own
     body: type | None = None  # the request body struct
     answers: dict[int, type | None] = msgspec.field(default_factory=dict)  # None: any object
     params: tuple[Param, ...] = ()
@@ -156,19 +157,21 @@ class Routes:
         methods: list[str],
         scope: str,
         *,
+        also: Sequence[str] = (),
         body: type | None = None,
         answers: dict[int, type | None] | None = None,
         params: Sequence[Param] = (),
         streams: bool = False,
         runs: bool = False,
     ) -> Callable[[Handler], Handler]:
-        if scope not in SCOPES and scope != PUBLIC:
-            raise ValueError(f"unknown scope {scope!r}")
+        for name in (scope, *also):
+            if name not in SCOPES and name != PUBLIC:
+                raise ValueError(f"unknown scope {name!r}")
 
         def register(handler: Handler) -> Handler:
             async def guarded(**kwargs: Any) -> Response:
                 try:
-                    self._check(scope, kwargs)
+                    self._check((scope, *also), kwargs)
                 except ApiError:
                     await _drain_body()
                     raise
@@ -181,6 +184,7 @@ class Routes:
                     rule=rule,
                     methods=tuple(methods),
                     scope=scope,
+                    also=tuple(also),
                     summary=handler.__doc__ or "",
                     body=body,
                     answers=answers or {},
@@ -193,19 +197,20 @@ class Routes:
 
         return register
 
-    def _check(self, scope: str, path_params: dict[str, Any]) -> None:
+    def _check(self, scopes: tuple[str, ...], path_params: dict[str, Any]) -> None:
         """Authenticate, authorize, rate-limit, and refuse path ids that cannot name anything."""
         if self.limit is not None:
-            self.limit.before_auth(public=scope == PUBLIC)
-        if scope == PUBLIC:
+            self.limit.before_auth(public=PUBLIC in scopes)
+        if PUBLIC in scopes:
             g.principal = self.auth.authenticate(required=False)
         else:
             try:
                 who = self.auth.authenticate()
                 assert who is not None
-                if not who.allows(scope):
+                if not any(who.allows(scope) for scope in scopes):
+                    needed = " or ".join(repr(scope) for scope in scopes)
                     raise ApiError(
-                        403, f"this key lacks the {scope!r} scope needed here", param=scope
+                        403, f"this key lacks the {needed} scope needed here", param=scopes[0]
                     )
             except ApiError as exc:
                 if self.limit is not None and (exc.status == 403 or self.auth.presented_key()):

@@ -53,10 +53,10 @@ def openapi_path(rule: str) -> str:
     return _RULE_PARAM.sub(r"{\1}", rule)
 
 
-def _security(scope: str) -> list[dict[str, list[str]]]:
-    if scope == PUBLIC:
+def _security(scopes: tuple[str, ...]) -> list[dict[str, list[str]]]:
+    if PUBLIC in scopes:
         return [{}, {"bearer": []}, {"apiKey": []}]
-    return [{"bearer": [scope]}, {"apiKey": [scope]}]
+    return [{scheme: [scope]} for scope in scopes for scheme in ("bearer", "apiKey")]
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +126,9 @@ def _operation(
         "operationId": _operation_id(method, rule),
         "summary": " ".join(summary.split()) or f"{method} {path}",
         "tags": [_tag(path)],
-        "security": _security(info.scope),
+        "security": _security((info.scope, *info.also)),
         "x-cuelog-scope": info.scope,
+        "x-cuelog-scopes": [info.scope, *info.also],
     }
     if rest.strip():
         operation["description"] = " ".join(rest.split())

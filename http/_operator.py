@@ -72,7 +72,12 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
     # -- approvals -----------------------------------------------------------------------------
 
     @routes.add(
-        "/v1/approvals", ["GET"], "read", answers={200: ApprovalList}, params=[APPROVAL_STATUS]
+        "/v1/approvals",
+        ["GET"],
+        "read",
+        also=["approve"],
+        answers={200: ApprovalList},
+        params=[APPROVAL_STATUS],
     )
     async def list_approvals() -> Response:
         """Tool calls waiting for a decision (only `status=pending` is kept in memory)."""

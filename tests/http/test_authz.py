@@ -54,7 +54,7 @@ def expected(route: RouteInfo, caller: Caller) -> str:
     if not caller.scopes:
         return "401"
     admin = "admin" in caller.scopes
-    if not admin and route.scope not in caller.scopes:
+    if not admin and not {route.scope, *route.also} & caller.scopes:
         return "403"
     owned = any(f"<{param}>" in route.rule for param in OWNED_PARAMS)
     if owned and not admin and not caller.owner:

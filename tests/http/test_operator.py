@@ -122,12 +122,12 @@ async def test_approvals_over_http_bind_to_the_digest_and_show_in_the_run_stream
 
 
 async def test_approvers_see_and_decide_every_keys_pending_approvals(tmp_path: Path) -> None:
-    """A key with `approve` (and `read`, which listing needs) lists and decides an approval held
+    """A key with only `approve` lists and decides an approval held
     in another key's run; a `read` key that does not own the run still does not see it."""
     async with serving(tmp_path / "data") as served:
         await served.create_agent("careful", tools=["calculator"], approval="ask")
         _, waker = await served.new_key("wake", "read", name="waker")
-        _, approver = await served.new_key("approve", "read", name="approver")
+        _, approver = await served.new_key("approve", name="approver")
         _, reader = await served.new_key("read", name="reader")
         woken = await served.admin.post(
             "/v1/agents/careful/wake",
