@@ -252,3 +252,46 @@ def main() -> None:
                 )
         finally:
             full.stop()
+        postgres_chat(cuelog, auth, rps)
+
+
+POSTGRES = os.environ.get("CUELOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+def postgres_chat(cuelog: str, auth: dict[str, str], lmdb_rps: float) -> None:
+    """The same chat load through a server on the PostgreSQL log, against the LMDB figure."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(f"{POSTGRES}/postgres", autocommit=True, connect_timeout=3)
+    except Exception as exc:  # no server here: say so and go on with the other benchmarks
+        print(f"-- PostgreSQL log: skipped ({type(exc).__name__}: no server at {POSTGRES})")
+        return
+    name = f"cuelog_bench_{os.urandom(4).hex()}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            server = Server(
+                [
+                    cuelog,
+                    "serve",
+                    "--port",
+                    "0",
+                    "--log",
+                    f"{POSTGRES}/{name}",
+                    "--api-key",
+                    API_KEY,
+                ]
+            )
+            try:
+                print("-- the same chat load on the PostgreSQL log ...", flush=True)
+                rps, p50, p99 = trio.run(load, server.url, auth, DURATION)
+            finally:
+                server.stop()
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(
+        f"   PostgreSQL log    {rps:9.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms"
+        f"   ({rps / lmdb_rps:.2f} of the LMDB log)",
+        flush=True,
+    )
