@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import msgspec
 from quart import Response
@@ -12,11 +13,13 @@ from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import ApprovalBody, InvokeBody, KeyBody
 from cuelog.http._params import ChoiceParam
 from cuelog.http._schemas import (
+    Approval,
     ApprovalDecision,
     ApprovalList,
     EmergencyStop,
     KeyList,
     NewKey,
+    RunStatus,
     Tool,
     ToolList,
     ToolRun,
@@ -89,8 +92,8 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             except CuelogError:
                 continue
             if detail is not None:
-                out.append({**detail, "run_id": run_id})
-        return json_response(to_json({"data": out, "next_cursor": None}))
+                out.append(msgspec.convert({**detail, "run_id": run_id}, Approval))
+        return json_response(to_json(ApprovalList(data=out, next_cursor=None)))
 
     @routes.add(
         "/v1/approvals/<approval_id>",
@@ -110,16 +113,13 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
             reason=body.reason,
             caller=approvals_caller(),
         )
-        return json_response(
-            to_json(
-                {
-                    "id": approval_id,
-                    "decision": body.decision,
-                    "run_id": view.id,
-                    "run_status": view.status,
-                }
-            )
+        decision = ApprovalDecision(
+            id=approval_id,
+            decision=body.decision,
+            run_id=view.id,
+            run_status=cast(RunStatus, view.status),
         )
+        return json_response(to_json(decision))
 
     # -- tools ---------------------------------------------------------------------------------
 
@@ -163,22 +163,18 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         approval = services.settings.tools.invoke_approval
         would = {"tool": body.name, "args": body.args, "agent": "tools", "approval": approval}
         if body.dry_run:
-            return json_response(to_json({"dry_run": True, "valid": True, "would_run": would}))
+            return json_response(to_json(ToolRun(dry_run=True, valid=True, would_run=would)))
         view = await domain.invoke_tool(body.name, body.args, caller=caller(), approval=approval)
         status = 200 if view.status in {"completed", "failed", "cancelled"} else 202
         output = view.messages[-2].content if len(view.messages) >= 2 else None
-        return json_response(
-            to_json(
-                {
-                    "run_id": view.id,
-                    "status": view.status,
-                    "output": output,
-                    "pending_approvals": view.pending_approvals,
-                    "events_url": f"/v1/runs/{view.id}/events",
-                }
-            ),
-            status,
+        answer = ToolRun(
+            run_id=view.id,
+            status=cast(RunStatus, view.status),
+            output=output,
+            pending_approvals=view.pending_approvals,
+            events_url=f"/v1/runs/{view.id}/events",
         )
+        return json_response(to_json(answer), status)
 
     # -- emergency stop ------------------------------------------------------------------------
 

@@ -203,7 +203,7 @@ class ToolList(msgspec.Struct, kw_only=True):
     next_cursor: None
 
 
-class ToolRun(msgspec.Struct, kw_only=True):
+class ToolRun(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A dry run (`dry_run`, `valid`, `would_run`) or a real one (`run_id`, `status`, ...)."""
 
     dry_run: bool | None = None
