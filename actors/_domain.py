@@ -9,9 +9,9 @@ so nothing above it appends to the log, names a stream or decodes a payload.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import msgspec
 import structlog
@@ -50,7 +50,6 @@ from cuelog.actors._names import (
     RUN,
     SESSION,
     SYSTEM_STREAM,
-    agent_stream,
     run_stream,
     session_stream,
     stream_id,
@@ -88,6 +87,7 @@ from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, op
 logger = structlog.get_logger("cuelog.domain")
 
 QUEUED_HINTS = 100_000
+T = TypeVar("T")
 _payload_size = msgspec.msgpack.Encoder()  # the same size as the log's encoding of an event
 _MAX_VERSION = (1 << 32) - 1  # the widest version a reference can carry
 INVOKE_AGENT = "tools"  # the agent id `invoke_tool` runs are recorded under (no agent is needed)
@@ -162,32 +162,14 @@ class Domain:
         At most `scan` agent streams are looked at per page (deleted agents are skipped), so a
         page may come back short, even empty, with a cursor to go on from.
         """
-        out: list[AgentView] = []
-        scan = SCAN_PER_PAGE if scan is None else scan
-        cursor = agent_stream(after) if after is not None else None
-        scanned = 0
-        exhausted = False
-        while len(out) < limit and scanned < scan:
-            names = self.log.list_streams(
-                stream_prefix(AGENT), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
-            )
-            if not names:
-                exhausted = True
-                break
-            for name in names:
-                cursor = name
-                scanned += 1
-                try:
-                    out.append(await self.get_agent(stream_id(name, AGENT)))
-                except NotFound:
-                    continue  # deleted
-                if len(out) >= limit:
-                    break
-            await trio.lowlevel.checkpoint()
-        if not exhausted and cursor is not None:
-            exhausted = not self.log.list_streams(stream_prefix(AGENT), after=cursor, limit=1)
-        next_cursor = None if exhausted or cursor is None else stream_id(cursor, AGENT)
-        return out, next_cursor
+
+        async def pick(agent_id: str) -> AgentView | None:
+            try:
+                return await self.get_agent(agent_id)
+            except NotFound:
+                return None  # deleted
+
+        return await self._page(AGENT, pick, after=after, limit=limit, scan=scan)
 
     # -- messages and runs ---------------------------------------------------------------------
 
@@ -481,14 +463,41 @@ class Domain:
         batches, so a caller who owns few of many sessions gets short (even empty) pages with a
         cursor instead of holding the server while the whole log is read.
         """
-        out: list[SessionView] = []
+
+        async def pick(key: str) -> SessionView | None:
+            state = self.session_state_at(key)
+            if not state.exists or state.deleted:
+                return None
+            if not caller.admin and state.owner != caller.owner:
+                return None
+            if agent_id is not None and state.agent_id != agent_id:
+                return None
+            # Built from the fold just read: listing spawns no actor per session.
+            return session_view(key, state, self.log.stream_version(session_stream(key)))
+
+        return await self._page(SESSION, pick, after=after, limit=limit, scan=scan)
+
+    async def _page(
+        self,
+        kind: str,
+        pick: Callable[[str], Awaitable[T | None]],
+        *,
+        after: str | None,
+        limit: int,
+        scan: int | None,
+    ) -> tuple[list[T], str | None]:
+        """The one pager of listings: up to `limit` of what `pick` keeps of the `kind` streams
+        after `after`, in id order, and the cursor of the next page (None at the end). At most
+        `scan` streams are looked at, `SCAN_BATCH` at a time with a checkpoint in between."""
+        out: list[T] = []
         scan = SCAN_PER_PAGE if scan is None else scan
-        cursor = session_stream(after) if after is not None else None
+        prefix = stream_prefix(kind)
+        cursor = f"{prefix}{after}" if after is not None else None
         scanned = 0
         exhausted = False
         while len(out) < limit and scanned < scan:
             names = self.log.list_streams(
-                stream_prefix(SESSION), after=cursor, limit=min(SCAN_BATCH, scan - scanned)
+                prefix, after=cursor, limit=min(SCAN_BATCH, scan - scanned)
             )
             if not names:
                 exhausted = True
@@ -496,22 +505,15 @@ class Domain:
             for name in names:
                 cursor = name
                 scanned += 1
-                key = stream_id(name, SESSION)
-                state = self.session_state_at(key)
-                if not state.exists or state.deleted:
-                    continue
-                if not caller.admin and state.owner != caller.owner:
-                    continue
-                if agent_id is not None and state.agent_id != agent_id:
-                    continue
-                # Built from the fold just read: listing spawns no actor per session.
-                out.append(session_view(key, state, self.log.stream_version(name)))
-                if len(out) >= limit:
-                    break
+                item = await pick(stream_id(name, kind))
+                if item is not None:
+                    out.append(item)
+                    if len(out) >= limit:
+                        break
             await trio.lowlevel.checkpoint()
         if not exhausted and cursor is not None:
-            exhausted = not self.log.list_streams(stream_prefix(SESSION), after=cursor, limit=1)
-        next_cursor = None if exhausted or cursor is None else stream_id(cursor, SESSION)
+            exhausted = not self.log.list_streams(prefix, after=cursor, limit=1)
+        next_cursor = None if exhausted or cursor is None else stream_id(cursor, kind)
         return out, next_cursor
 
     def session_state_at(self, key: str, at_seq: int | None = None) -> SessionState:
