@@ -34,13 +34,10 @@ from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
     RawEvent,
-    check_name,
     decode_record,
-    encode_events,
     encode_record,
     genesis_hash,
     now_us,
-    request_digest,
 )
 from cuelog.runtime._errors import (
     IdempotencyConflict,
@@ -52,6 +49,7 @@ from cuelog.runtime._errors import (
     StorageFull,
     WrongExpectedVersion,
 )
+from cuelog.runtime._pending import PendingAppend
 from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES
 from cuelog.runtime._records import (
     Anchor,
@@ -81,49 +79,6 @@ def _file_id(st: os.stat_result) -> tuple[int, int]:
 
 def _stream_key(stream: str, version: int) -> bytes:
     return stream.encode() + b"\x00" + _U32.pack(version)
-
-
-class _Append:
-    """One pending append: what was asked, and where the answer goes."""
-
-    __slots__ = (
-        "actor",
-        "causation",
-        "correlation",
-        "digest",
-        "error",
-        "events",
-        "expected",
-        "idem",
-        "result",
-        "stream",
-        "taken",
-        "task",
-    )
-
-    def __init__(
-        self,
-        stream: str,
-        events: list[tuple[str, bytes]],
-        expected: int | None,
-        idem: str | None,
-        digest: bytes,
-        causation: str | None,
-        correlation: str | None,
-        actor: str | None,
-    ) -> None:
-        self.stream = stream
-        self.events = events
-        self.expected = expected
-        self.idem = idem
-        self.digest = digest
-        self.causation = causation
-        self.correlation = correlation
-        self.actor = actor
-        self.result: list[RecordedEvent] | None = None
-        self.error: BaseException | None = None
-        self.taken = False
-        self.task: trio.lowlevel.Task | None = None
 
 
 class _OtherWrite:
@@ -180,7 +135,7 @@ class LmdbEventLog:
         self._lock_fd: int | None = None
         self._lock_file_id: tuple[int, int] | None = None
         self._closed = False
-        self._pending: list[_Append] = []
+        self._pending: list[PendingAppend] = []
         self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
         self._committed = trio.Event()
@@ -369,37 +324,17 @@ class LmdbEventLog:
         """
         if self._closed or self.readonly:
             raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        check_name("stream", stream)
-        encoded = encode_events(events, self.max_event_bytes)
-        digest = b""
-        if idempotency_key is not None:
-            check_name("idempotency key", idempotency_key)
-            digest = request_digest(stream, encoded)
-        request = _Append(
+        request = PendingAppend(
             stream,
-            encoded,
-            expected_version,
-            idempotency_key,
-            digest,
-            causation,
-            correlation,
-            actor,
+            events,
+            max_event_bytes=self.max_event_bytes,
+            expected=expected_version,
+            idem=idempotency_key,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
         )
-        self._pending.append(request)
-        self._wake_writer.set()
-        request.task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            if request.taken:
-                return trio.lowlevel.Abort.FAILED  # the writer owns it now and will wake us
-            self._pending.remove(request)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        return await request.submit(self._pending, self._wake_writer)
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""
@@ -437,7 +372,7 @@ class LmdbEventLog:
             if self._closed and not self._pending and not self._other:
                 return
 
-    async def _commit_group(self, batch: list[_Append], other: list[_OtherWrite]) -> None:
+    async def _commit_group(self, batch: list[PendingAppend], other: list[_OtherWrite]) -> None:
         error: BaseException | None = None
         try:
             plan = self._plan(batch)
@@ -499,12 +434,12 @@ class LmdbEventLog:
         log.info("log map grown", map_size=new_size)
         return True
 
-    def _plan(self, batch: list[_Append]) -> _Plan:
+    def _plan(self, batch: list[PendingAppend]) -> _Plan:
         plan = _Plan()
         seq, prev = self._tail_seq, self._tail_hash
         ts = self._clock()
-        claimed: dict[str, _Append] = {}
-        repeats: list[tuple[_Append, _Append]] = []
+        claimed: dict[str, PendingAppend] = {}
+        repeats: list[tuple[PendingAppend, PendingAppend]] = []
         with self._env.begin() as txn:
             for request in batch:
                 stream = request.stream
@@ -564,7 +499,7 @@ class LmdbEventLog:
         plan.tail_seq, plan.tail_hash = seq, prev
         return plan
 
-    def _is_repeat(self, request: _Append, original_digest: bytes) -> bool:
+    def _is_repeat(self, request: PendingAppend, original_digest: bytes) -> bool:
         """A reused idempotency key: the same body is a repeat, another body a conflict."""
         assert request.idem is not None
         if original_digest != request.digest:

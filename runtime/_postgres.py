@@ -41,13 +41,10 @@ from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
     RawEvent,
-    check_name,
     decode_record,
-    encode_events,
     encode_record,
     genesis_hash,
     now_us,
-    request_digest,
 )
 from cuelog.runtime._errors import (
     IdempotencyConflict,
@@ -58,6 +55,7 @@ from cuelog.runtime._errors import (
     WrongExpectedVersion,
 )
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
+from cuelog.runtime._pending import PendingAppend
 from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES
 from cuelog.runtime._records import (
     Anchor,
@@ -138,49 +136,6 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
-class _Append:
-    """One pending append: what was asked, and where the answer goes."""
-
-    __slots__ = (
-        "actor",
-        "causation",
-        "correlation",
-        "digest",
-        "error",
-        "events",
-        "expected",
-        "idem",
-        "result",
-        "stream",
-        "taken",
-        "task",
-    )
-
-    def __init__(
-        self,
-        stream: str,
-        events: list[tuple[str, bytes]],
-        expected: int | None,
-        idem: str | None,
-        digest: bytes,
-        causation: str | None,
-        correlation: str | None,
-        actor: str | None,
-    ) -> None:
-        self.stream = stream
-        self.events = events
-        self.expected = expected
-        self.idem = idem
-        self.digest = digest
-        self.causation = causation
-        self.correlation = correlation
-        self.actor = actor
-        self.result: list[RecordedEvent] | None = None
-        self.error: BaseException | None = None
-        self.taken = False
-        self.task: trio.lowlevel.Task | None = None
-
-
 class _OtherWrite:
     """A write outside the chain (snapshot, anchor) that rides on the next group commit."""
 
@@ -256,7 +211,7 @@ class PostgresEventLog:
         self._clock = clock
         self._instance = os.urandom(6).hex()  # tells this process's notifications apart
         self._closed = False
-        self._pending: list[_Append] = []
+        self._pending: list[PendingAppend] = []
         self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
         self._committed = trio.Event()
@@ -393,37 +348,17 @@ class PostgresEventLog:
         acknowledged, and a retry with the same idempotency key is safe."""
         if self._closed or self.readonly:
             raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        check_name("stream", stream)
-        encoded = encode_events(events, self.max_event_bytes)
-        digest = b""
-        if idempotency_key is not None:
-            check_name("idempotency key", idempotency_key)
-            digest = request_digest(stream, encoded)
-        request = _Append(
+        request = PendingAppend(
             stream,
-            encoded,
-            expected_version,
-            idempotency_key,
-            digest,
-            causation,
-            correlation,
-            actor,
+            events,
+            max_event_bytes=self.max_event_bytes,
+            expected=expected_version,
+            idem=idempotency_key,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
         )
-        self._pending.append(request)
-        self._wake_writer.set()
-        request.task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            if request.taken:
-                return trio.lowlevel.Abort.FAILED  # the writer owns it now and will wake us
-            self._pending.remove(request)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        return await request.submit(self._pending, self._wake_writer)
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""
@@ -471,7 +406,7 @@ class PostgresEventLog:
             if self._closed and not self._pending and not self._other:
                 return
 
-    async def _commit_group(self, batch: list[_Append], other: list[_OtherWrite]) -> None:
+    async def _commit_group(self, batch: list[PendingAppend], other: list[_OtherWrite]) -> None:
         error: BaseException | None = None
         done: _Committed | None = None
         started = time.perf_counter()
@@ -506,7 +441,9 @@ class PostgresEventLog:
         if done is not None and done.events:
             self._wake_subscribers()
 
-    def _commit_sync(self, batch: list[_Append], other: list[_OtherWrite], ts: int) -> _Committed:
+    def _commit_sync(
+        self, batch: list[PendingAppend], other: list[_OtherWrite], ts: int
+    ) -> _Committed:
         """One transaction for the whole group; retried once on a fresh connection when the
         old one turns out to be dead before COMMIT was sent (nothing was written then)."""
         for attempt in (1, 2):
@@ -551,7 +488,7 @@ class PostgresEventLog:
     def _commit_on(
         self,
         conn: psycopg.Connection[Any],
-        batch: list[_Append],
+        batch: list[PendingAppend],
         other: list[_OtherWrite],
         ts: int,
     ) -> _Committed:
@@ -583,8 +520,8 @@ class PostgresEventLog:
         rows_record: list[bytes] = []
         touched: dict[str, int] = {}
         idem_rows: list[tuple[str, int, int, bytes]] = []
-        claimed: dict[str, _Append] = {}
-        repeats: list[tuple[_Append, _Append]] = []
+        claimed: dict[str, PendingAppend] = {}
+        repeats: list[tuple[PendingAppend, PendingAppend]] = []
         for request in batch:
             stream = request.stream
             if request.idem is not None:
@@ -669,7 +606,7 @@ class PostgresEventLog:
         done.tail_seq, done.tail_hash = seq, prev
         return done
 
-    def _is_repeat(self, request: _Append, original_digest: bytes, done: _Committed) -> bool:
+    def _is_repeat(self, request: PendingAppend, original_digest: bytes, done: _Committed) -> bool:
         """A reused idempotency key: the same body is a repeat, another body a conflict."""
         assert request.idem is not None
         if original_digest != request.digest:

@@ -1,0 +1,82 @@
+"""An append waiting for its group commit: what a group-committing backend (LMDB, PostgreSQL)
+queues for its writer task, and how an appender parks until the commit that covers it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, final
+
+import trio
+
+from cuelog.runtime._codec import Event
+from cuelog.runtime._envelope import RawEvent, check_name, encode_events, request_digest
+from cuelog.runtime._records import RecordedEvent
+
+
+@final
+class PendingAppend:
+    """One pending append: what was asked, and where the answer goes."""
+
+    __slots__ = (
+        "actor",
+        "causation",
+        "correlation",
+        "digest",
+        "error",
+        "events",
+        "expected",
+        "idem",
+        "result",
+        "stream",
+        "taken",
+        "task",
+    )
+
+    def __init__(
+        self,
+        stream: str,
+        events: Sequence[Event | RawEvent],
+        *,
+        max_event_bytes: int,
+        expected: int | None,
+        idem: str | None,
+        causation: str | None,
+        correlation: str | None,
+        actor: str | None,
+    ) -> None:
+        """Check and encode the request (raising before anything is queued)."""
+        check_name("stream", stream)
+        self.stream = stream
+        self.events = encode_events(events, max_event_bytes)
+        self.digest = b""
+        if idem is not None:
+            check_name("idempotency key", idem)
+            self.digest = request_digest(stream, self.events)
+        self.expected = expected
+        self.idem = idem
+        self.causation = causation
+        self.correlation = correlation
+        self.actor = actor
+        self.result: list[RecordedEvent] | None = None
+        self.error: BaseException | None = None
+        self.taken = False  # the writer has it: too late to withdraw
+        self.task: trio.lowlevel.Task | None = None
+
+    async def submit(self, queue: list[PendingAppend], wake: trio.Event) -> list[RecordedEvent]:
+        """Queue this append for the writer and park until its commit answers it. Cancelled
+        before the writer took it, it is withdrawn and nothing is written."""
+        queue.append(self)
+        wake.set()
+        self.task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if self.taken:
+                return trio.lowlevel.Abort.FAILED  # the writer owns it now and will wake us
+            queue.remove(self)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
