@@ -49,8 +49,8 @@ from cuelog.runtime._errors import (
     StorageFull,
     WrongExpectedVersion,
 )
+from cuelog.runtime._follow import PullSubscriptions
 from cuelog.runtime._pending import PendingAppend
-from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES
 from cuelog.runtime._records import (
     Anchor,
     Head,
@@ -110,7 +110,7 @@ class _Plan:
 
 
 @final
-class LmdbEventLog:
+class LmdbEventLog(PullSubscriptions):
     """The embedded event log. Open it with `open_event_log`, never directly."""
 
     def __init__(
@@ -693,39 +693,6 @@ class LmdbEventLog:
 
         result: Head = self._read(run)
         return result
-
-    async def subscribe(
-        self, after_seq: int = 0, stream_prefix: str | None = None, *, batch: int = 256
-    ) -> AsyncIterator[RecordedEvent]:
-        """Every committed event after `after_seq` (optionally only streams with a prefix), then
-        each new one as it commits. The subscriber pulls from the log: lagging costs no memory."""
-        cursor = after_seq
-
-        def next_batch() -> list[RecordedEvent]:
-            return self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
-
-        async for event in self._follow(next_batch):
-            cursor = event.seq
-            if stream_prefix is None or event.stream.startswith(stream_prefix):
-                yield event
-
-    async def subscribe_stream(
-        self, stream: str, after_version: int = 0, *, batch: int = 256
-    ) -> AsyncIterator[RecordedEvent]:
-        """One stream's events after `after_version`, then each new one as it commits.
-
-        Reads the stream index only, so following one run costs nothing per unrelated event.
-        """
-        version = after_version
-
-        def next_batch() -> list[RecordedEvent]:
-            return self.read_stream(
-                stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
-            )
-
-        async for event in self._follow(next_batch):
-            version = event.version
-            yield event
 
     async def _follow(
         self, next_batch: Callable[[], list[RecordedEvent]]
