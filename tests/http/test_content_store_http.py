@@ -68,3 +68,24 @@ def verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CUELOG, "verify", str(data_dir)], check=False, capture_output=True, text=True
     )
+
+
+async def test_log_content_threshold_is_what_the_server_stores_by(tmp_path: Path) -> None:
+    """With `log.content_threshold` at 4096, a 5,000-byte output is stored by digest (under the
+    64 KiB default it would be inline) and the answer is still the whole output."""
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    text = "x" * 4999 + "\n"
+    (sandbox / "mid.txt").write_text(text)
+    async with serving(
+        tmp_path / "data",
+        log={"content_threshold": 4096},
+        enabled_tools=["files"],
+        tools=files_tool(sandbox),
+    ) as s:
+        response = await s.admin.post(
+            "/v1/tools/invoke", json={"name": "files", "args": {"op": "read", "path": "mid.txt"}}
+        )
+        assert response.json()["output"] == text
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert [p.name for p in (tmp_path / "data" / "content").iterdir()] == [digest]
