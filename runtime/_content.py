@@ -114,7 +114,8 @@ def _write_blob(directory: Path, digest: str, data: bytes, *, sync: bool = True)
     if path.is_file():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{digest}.{os.getpid()}.tmp"
+    # Unique per write: two runs storing the same output at once must not share a temp file.
+    tmp = directory / f".{digest}.{os.urandom(8).hex()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
         if sync:
