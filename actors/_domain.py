@@ -26,7 +26,8 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
-from cuelog.actors._errors import InputTooLarge, NotFound, Unavailable
+from cuelog.actors._content import resolve_messages
+from cuelog.actors._errors import InputTooLarge, Invalid, NotFound, Unavailable
 from cuelog.actors._events import (
     APPROVAL_REQUESTED,
     DOMAIN_CODEC,
@@ -229,6 +230,12 @@ class Domain:
     ) -> None:
         """Refuse input that would make one of the events it causes larger than the log accepts,
         before anything is written: the events that carry it are built and measured."""
+        for index, message in enumerate(messages):
+            if message.content_digest is not None:
+                raise Invalid(
+                    "content_digest is set by the server for stored tool outputs, not by clients",
+                    param=f"messages.{index}.content_digest",
+                )
         carriers = (
             SessionCreated(
                 session_key=key, agent_id=agent_id, owner=caller.owner, metadata=metadata
@@ -296,7 +303,14 @@ class Domain:
                 messages=[],
                 version=0,
             )
-        return view
+        return await self.resolved(view)
+
+    async def resolved(self, view: RunView) -> RunView:
+        """`view` with stored tool outputs read back from the content store, whole."""
+        if not any(m.content_digest for m in view.messages):
+            return view
+        messages = await resolve_messages(view.messages, [self.log.content], strict=False)
+        return msgspec.structs.replace(view, messages=messages)
 
     async def wait_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
         """Wait until the run ends and its session has taken its messages; return its view.
@@ -329,7 +343,7 @@ class Domain:
         self, run_id: str, *, caller: Caller = ADMIN, reason: str = "cancelled"
     ) -> RunView:
         view: RunView = await self.system.ref(RUN, run_id).ask(CancelRun(reason, caller))
-        return view
+        return await self.resolved(view)
 
     async def decide_approval(
         self,
@@ -354,7 +368,7 @@ class Domain:
                 caller=caller,
             )
         )
-        return view
+        return await self.resolved(view)
 
     async def approval_detail(
         self, approval_id: str, *, caller: Caller = ADMIN
@@ -425,6 +439,9 @@ class Domain:
 
     async def get_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:
         view: SessionView = await self.system.ref(SESSION, key).ask(GetSession(caller))
+        if any(m.content_digest for m in view.messages):
+            messages = await resolve_messages(view.messages, [self.log.content], strict=False)
+            view = msgspec.structs.replace(view, messages=messages)
         return view
 
     async def reset_session(self, key: str, *, caller: Caller = ADMIN) -> SessionView:

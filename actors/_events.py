@@ -159,9 +159,15 @@ class ApprovalDenied(Event, tag="ApprovalDenied", frozen=True):
 
 
 class ToolCallCompleted(Event, tag="ToolCallCompleted", frozen=True):
+    """A tool answered. An output over `log.content_threshold` bytes is in the log's content
+    store: `output_digest` names it, `output_size` is its size in bytes, and `output` holds only
+    its first characters (a preview for readers that do not fetch the whole)."""
+
     call_id: str
     name: str
     output: str
+    output_digest: str | None = None
+    output_size: int | None = None
 
 
 class ToolCallFailed(Event, tag="ToolCallFailed", frozen=True):
@@ -272,6 +278,7 @@ ASSISTANT_DELTA: Final = event_type(AssistantDelta)
 ASSISTANT_MESSAGE: Final = event_type(AssistantMessage)
 MESSAGE_ACCEPTED: Final = event_type(MessageAccepted)
 TOOL_CALL_REQUESTED: Final = event_type(ToolCallRequested)
+TOOL_CALL_COMPLETED: Final = event_type(ToolCallCompleted)
 RUN_COMPLETED: Final = event_type(RunCompleted)
 RUN_FAILED: Final = event_type(RunFailed)
 RUN_CANCELLED: Final = event_type(RunCancelled)

@@ -33,6 +33,9 @@ class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    # Set on a tool message whose whole content is in the log's content store under this
+    # digest (`content` is then a preview); readers resolve it before use. Never from clients.
+    content_digest: str | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

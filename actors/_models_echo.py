@@ -44,6 +44,18 @@ def _tool_call_id(messages: Sequence[ChatMessage]) -> str:
     return f"call_{digest[:24]}"
 
 
+ECHO_RESULT_CHARS: Final = 4096
+
+
+def _echoed(content: str) -> str:
+    """A tool result as echo repeats it: whole, or when long its size, sha256 and start (so a
+    large result proves it arrived whole without making the reply as large)."""
+    if len(content) <= ECHO_RESULT_CHARS:
+        return content
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    return f"{len(content)} characters, sha256 {digest}: {content[:200]}…"
+
+
 def _tool_name_for(messages: Sequence[ChatMessage], result: ChatMessage) -> str:
     if result.name:
         return result.name
@@ -99,7 +111,7 @@ class EchoModel:
             trailing_results.insert(0, message)
         if trailing_results:
             return "\n".join(
-                f"Tool {_tool_name_for(messages, m)} returned: {m.content or ''}"
+                f"Tool {_tool_name_for(messages, m)} returned: {_echoed(m.content or '')}"
                 for m in trailing_results
             )
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)

@@ -23,6 +23,7 @@ import trio
 
 from cuelog.actors._agent import AgentActor
 from cuelog.actors._commands import CancelRun, StartRun
+from cuelog.actors._content import DEFAULT_CONTENT_THRESHOLD, fetch_text
 from cuelog.actors._errors import ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -64,6 +65,7 @@ from cuelog.runtime import (
     ActorContext,
     ActorFailed,
     ActorSystem,
+    ContentStore,
     EventLog,
     RecordedEvent,
     event_type,
@@ -145,7 +147,9 @@ class ReplayTools(ToolRegistry):
 
     def __init__(self) -> None:
         super().__init__([], enabled=[])
-        self._outputs: dict[bytes, deque[tuple[bool, str]]] = defaultdict(deque)
+        # (ok, text, digest): a stored output is read whole from `content` when it is replayed.
+        self._outputs: dict[bytes, deque[tuple[bool, str, str | None]]] = defaultdict(deque)
+        self.content: ContentStore | None = None  # the checked log's content store
         self._enabled_names: set[str] = set()
 
     def load(self, events: Sequence[Any]) -> None:
@@ -164,10 +168,11 @@ class ReplayTools(ToolRegistry):
                 ):
                     continue
                 self._enabled_names.add(call.name)
+                outcome: tuple[bool, str, str | None]
                 if isinstance(event, ToolCallCompleted):
-                    outcome = (True, event.output)
+                    outcome = (True, event.output, event.output_digest)
                 else:
-                    outcome = (False, event.error)
+                    outcome = (False, event.error, None)
                 self._outputs[self._key(call)].append(outcome)
             elif isinstance(event, ApprovalRequested):
                 self._enabled_names.add(event.call.name)
@@ -190,9 +195,11 @@ class ReplayTools(ToolRegistry):
         outcomes = self._outputs.get(_args_key(name, args))
         if not outcomes:
             raise ToolError(f"{name}: the record has no output for these arguments")
-        ok, text = outcomes.popleft()
+        ok, text, digest = outcomes.popleft()
         if not ok:
             raise ToolError(text)
+        if digest is not None:
+            return await fetch_text(digest, [self.content])
         return text
 
 
@@ -257,6 +264,7 @@ class Checker:
         self._providers.clear()
         self._providers[started.spec.provider] = ReplayModel(started.spec.provider, _steps(decoded))
         self._tools.load(decoded)
+        self._tools.content = source.content
         decisions = {
             e.approval_id: e for e in decoded if isinstance(e, ApprovalGranted | ApprovalDenied)
         }
@@ -332,16 +340,23 @@ async def check_runs(
     *,
     progress: Callable[[int, int], None] | None = None,
     run_actor: Callable[[ActorContext, RunSettings, RunRegistry], RunActor] = RunActor,
+    content_threshold: int = DEFAULT_CONTENT_THRESHOLD,
 ) -> list[Divergence]:
     """Re-run each recorded run; return the divergences found (empty when all match).
 
-    `run_actor` builds the run actor to check (a changed one, to see what a change would do).
+    `run_actor` builds the run actor to check (a changed one, to see what a change would do);
+    `content_threshold` must be the one the log was recorded with (large tool outputs).
     """
     divergences: list[Divergence] = []
     tools = ReplayTools()
     providers: dict[str, ModelProvider] = {}
     settings = RunSettings(
-        providers=providers, tools=tools, delta_chars=1, delta_interval=0.0, history_log=source
+        providers=providers,
+        tools=tools,
+        delta_chars=1,
+        delta_interval=0.0,
+        history_log=source,
+        content_threshold=content_threshold,
     )
     registry = RunRegistry()
     with tempfile.TemporaryDirectory(prefix="cuelog-replay-") as scratch_dir:

@@ -29,6 +29,7 @@ from cuelog.actors._commands import (
     StartRun,
     caller_actor,
 )
+from cuelog.actors._content import DEFAULT_CONTENT_THRESHOLD, preview, resolve_messages
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
@@ -60,6 +61,8 @@ from cuelog.runtime import (
     ActorError,
     ActorStopped,
     ActorSystem,
+    ContentMissing,
+    ContentStore,
     Event,
     EventLog,
     EventSourcedActor,
@@ -94,6 +97,8 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Where runs read the session history they continue (None: the log they record to). The
     # replay checker records to a scratch log and reads history from the log it checks.
     history_log: EventLog | None = None
+    # A tool output over this many bytes goes to the log's content store, recorded by digest.
+    content_threshold: int = DEFAULT_CONTENT_THRESHOLD
 
     def provider(self, spec: AgentSpec) -> ModelProvider:
         provider = self.providers.get(spec.provider)
@@ -194,8 +199,8 @@ def fold_run(state: RunState, event: Event) -> RunState:
             return _settle_approval(state, approval_id, "granted", "")
         case ApprovalDenied(approval_id=approval_id, reason=reason):
             return _settle_approval(state, approval_id, "denied", reason)
-        case ToolCallCompleted(call_id=call_id, name=name, output=output):
-            return _tool_answered(state, call_id, name, output)
+        case ToolCallCompleted(call_id=call_id, name=name, output=output, output_digest=digest):
+            return _tool_answered(state, call_id, name, output, digest)
         case ToolCallFailed(call_id=call_id, name=name, error=error):
             return _tool_answered(state, call_id, name, f"error: {error}")
         case RunCompleted(content=content):
@@ -227,8 +232,12 @@ def _settle_approval(state: RunState, approval_id: str, status: str, reason: str
     return msgspec.structs.replace(state, approvals=approvals, status=run_status)
 
 
-def _tool_answered(state: RunState, call_id: str, name: str, content: str) -> RunState:
-    message = ChatMessage(role="tool", content=content, tool_call_id=call_id, name=name)
+def _tool_answered(
+    state: RunState, call_id: str, name: str, content: str, digest: str | None = None
+) -> RunState:
+    message = ChatMessage(
+        role="tool", content=content, tool_call_id=call_id, name=name, content_digest=digest
+    )
     return msgspec.structs.replace(
         state,
         pending_calls=[c for c in state.pending_calls if c.id != call_id],
@@ -503,11 +512,38 @@ class RunActor(EventSourcedActor[RunState]):
         except ToolError as exc:
             await self._record(ToolCallFailed(call_id=call.id, name=call.name, error=str(exc)))
         else:
-            await self._record(ToolCallCompleted(call_id=call.id, name=call.name, output=output))
+            await self._record(await self._completed(call, output))
+
+    async def _completed(self, call: ToolCall, output: str) -> ToolCallCompleted:
+        """The event for a tool's output; a large one is put in the content store first (durably,
+        so the event never names a blob a crash lost)."""
+        store = self.ctx.log.content
+        data = output.encode()
+        if store is None or len(data) <= self.settings.content_threshold:
+            return ToolCallCompleted(call_id=call.id, name=call.name, output=output)
+        digest = await store.put(data)
+        return ToolCallCompleted(
+            call_id=call.id,
+            name=call.name,
+            output=preview(output),
+            output_digest=digest,
+            output_size=len(data),
+        )
+
+    def content_stores(self) -> list[ContentStore | None]:
+        """Where stored contents are found: this log's store, then the history's log's."""
+        stores = [self.ctx.log.content]
+        if self.settings.history_log is not None:
+            stores.append(self.settings.history_log.content)
+        return stores
 
     async def _model_step(self, state: RunState, spec: AgentSpec) -> None:
         step = state.step + 1
-        messages = self.conversation(state)
+        try:
+            messages = await resolve_messages(self.conversation(state), self.content_stores())
+        except ContentMissing as exc:
+            await self._record(RunFailed(reason=str(exc), usage=state.usage))
+            return
         await self._record(ModelRequested(step=step, message_count=len(messages), model=spec.model))
         try:
             provider = self.settings.provider(spec)

@@ -15,6 +15,7 @@ from cuelog.actors._events import (
     MESSAGE_ACCEPTED,
     RUN_ASSIGNED,
     RUN_STARTED,
+    TOOL_CALL_COMPLETED,
     TOOL_CALL_REQUESTED,
 )
 from cuelog.actors._names import run_stream, session_stream
@@ -55,6 +56,12 @@ def summary(event: RecordedEvent, width: int = 90) -> str:
             text = f"{data.get('run_id')}: {last.get('role')}: {last.get('content')!r}"
         elif event.type == RUN_STARTED:
             text = f"agent={data.get('agent_id')} session={data.get('session_key')}"
+        elif event.type == TOOL_CALL_COMPLETED and data.get("output_digest"):
+            # A stored output: the preview the event keeps and where the whole is, not the whole.
+            text = (
+                f"{data.get('name')}: {data.get('output_size')} bytes stored as"
+                f" {data.get('output_digest')}: {data.get('output')!r}"
+            )
         elif event.type == ASSISTANT_MESSAGE:
             message = data.get("message", {})
             text = repr(message.get("content")) if message.get("content") else "tool calls"

@@ -40,7 +40,10 @@ def run_verify(
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     elif report.ok:
         anchored = f", anchored at seq {report.anchored_seq}" if report.anchored_seq else ""
-        print(f"ok: {report.checked:,} events, chain and index intact{anchored}")
+        blobs = f", {report.content_checked:,} stored contents" if report.content_checked else ""
+        print(f"ok: {report.checked:,} events{blobs}, chain and index intact{anchored}")
+    elif report.bad_content is not None and report.first_bad_seq is None:
+        print(f"TAMPERED content {report.bad_content}: {report.reason}")
     else:
         print(f"TAMPERED at seq {report.first_bad_seq}: {report.reason}")
     return EXIT_OK if report.ok else EXIT_TAMPERED

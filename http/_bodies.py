@@ -19,6 +19,13 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
+# Free-form JSON (metadata, tool arguments), checked by `check_free_json` after decoding.
+FreeJson = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        extra_json_schema={"additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+    ),
+]
 
 
 class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -44,7 +51,7 @@ class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     message: str
     session_key: Id | None = None
     user_id: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: FreeJson | None = None
     mode: Literal["sync", "async"] = "sync"
 
     def __post_init__(self) -> None:
@@ -53,7 +60,7 @@ class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class SessionPatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     label: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: FreeJson | None = None
     busy_policy: BusyPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +86,7 @@ class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
-    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    args: FreeJson = msgspec.field(default_factory=dict)
     dry_run: bool = False
 
     def __post_init__(self) -> None:

@@ -56,6 +56,7 @@ class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_size: int = 1 << 40
     anchor_key_file: Path | None = None
     max_event_bytes: int = 1 << 20  # the largest event; bigger input is refused with 413
+    content_threshold: int = 64 << 10  # a tool output over this many bytes is stored by digest
 
 
 class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -215,6 +216,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if settings.log.max_event_bytes < 4096:
         raise ConfigError("log.max_event_bytes: must be at least 4096")
+    if not 1024 <= settings.log.content_threshold <= settings.log.max_event_bytes // 2:
+        raise ConfigError(
+            "log.content_threshold: must be at least 1024 and at most half of log.max_event_bytes"
+        )
     if settings.model.provider not in {"echo", "openai"}:
         raise ConfigError(f"model.provider: {settings.model.provider!r} is not echo or openai")
     if settings.model.provider == "openai" and not settings.model.base_url:

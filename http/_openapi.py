@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 
 from cuelog.http._auth import PUBLIC, RouteInfo, Routes
 from cuelog.http._errors import ErrorBody
-from cuelog.http._wire import json_response, to_json
+from cuelog.http._wire import JSON_VALUE_SCHEMA, json_response, to_json
 
 SPEC_PATH: Final = "/v1/openapi.json"
 DOCS_PATH: Final = "/docs"
@@ -109,7 +109,10 @@ def build_spec(table: list[RouteInfo]) -> dict[str, Any]:
             ),
         },
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
+        "components": {
+            "schemas": {**components, "JsonValue": JSON_VALUE_SCHEMA},
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
     }
 
 

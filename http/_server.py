@@ -195,6 +195,7 @@ async def _serve(
         providers=model_providers(settings),
         tools=tools,
         auto_approve=settings.server.auto_approve,
+        content_threshold=settings.log.content_threshold,
     )
     async with (
         open_event_log(

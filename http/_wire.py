@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 from quart import Response, request
@@ -124,6 +124,19 @@ def _whole_floats(value: Any) -> Any:
 MAX_JSON_DEPTH = 32
 MIN_JSON_INT = -(1 << 63)
 MAX_JSON_INT = (1 << 63) - 1
+# The same bounds as the OpenAPI document states them (`FreeJson` in `_bodies.py` refers to it).
+JSON_VALUE_SCHEMA: Final = {
+    "description": f"Any JSON value nested at most {MAX_JSON_DEPTH} levels deep, with numbers "
+    "between -2**63 and 2**63-1.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        {"type": "number", "minimum": MIN_JSON_INT, "maximum": MAX_JSON_INT},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
 
 
 def check_free_json(value: Any, param: str) -> None:
@@ -142,10 +155,10 @@ def check_free_json(value: Any, param: str) -> None:
                 )
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
-        elif isinstance(item, int) and not MIN_JSON_INT <= item <= MAX_JSON_INT:
+        elif isinstance(item, int | float) and not MIN_JSON_INT <= item <= MAX_JSON_INT:
             raise ApiError(
                 400,
-                f"{param} holds an integer outside -2**63 .. 2**63-1",
+                f"{param} holds a number outside -2**63 .. 2**63-1",
                 code="invalid_value",
                 param=param,
             )

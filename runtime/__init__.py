@@ -14,6 +14,8 @@ from cuelog.runtime._actor_sourced import EventSourcedActor as EventSourcedActor
 from cuelog.runtime._codec import Event as Event
 from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
+from cuelog.runtime._content import ContentMissing as ContentMissing
+from cuelog.runtime._content import ContentStore as ContentStore
 from cuelog.runtime._copy import copy_log as copy_log
 from cuelog.runtime._envelope import NO_STREAM as NO_STREAM
 from cuelog.runtime._envelope import RawEvent as RawEvent
@@ -59,6 +61,8 @@ __all__ = [
     "ActorSystemStatistics",
     "Anchor",
     "CommandRejected",
+    "ContentMissing",
+    "ContentStore",
     "CuelogError",
     "Event",
     "EventCodec",

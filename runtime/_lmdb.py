@@ -30,6 +30,7 @@ import structlog
 import trio
 
 from cuelog.runtime._codec import Event
+from cuelog.runtime._content import CONTENT_DIR, ContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
@@ -127,6 +128,7 @@ class LmdbEventLog(PullSubscriptions):
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self.content = ContentStore(path / CONTENT_DIR, readonly=readonly)
         self._sync = sync
         self._max_map_size = max_map_size
         self.max_event_bytes = max_event_bytes
@@ -755,7 +757,7 @@ class LmdbEventLog(PullSubscriptions):
         if anchor is None:
             anchor = self.stored_anchor()
         genesis = genesis_hash(self._log_id)
-        return await self._in_reader_thread(
+        report = await self._in_reader_thread(
             lambda: verify_environment(
                 self._env,
                 self._events_db,
@@ -766,15 +768,18 @@ class LmdbEventLog(PullSubscriptions):
                 progress=progress,
             )
         )
+        return await with_content_check(report, self.content)
 
     async def copy_to(self, dest: Path) -> None:
         """A compacted copy of the log as of one commit (LMDB copies inside one read txn), while
-        appends go on."""
+        appends go on; the content store's blobs are copied after it (a blob is written before
+        any event refers to it, so every blob the copied events name is there)."""
         prepare_copy_dest(dest)
         try:
             await self._in_reader_thread(lambda: self._env.copy(str(dest), compact=True))
         except lmdb.Error as exc:
             raise LogError(f"cannot copy the log into {dest}: {exc}") from exc
+        await self.content.copy_into(dest)
 
     async def _in_reader_thread(self, fn: Callable[[], T]) -> T:
         # LMDB forbids growing the map while a read txn is open: the writer waits for these.

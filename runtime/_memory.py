@@ -21,6 +21,7 @@ from typing import final
 import trio
 
 from cuelog.runtime._codec import Event
+from cuelog.runtime._content import ContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     RawEvent,
@@ -56,6 +57,7 @@ class MemoryEventLog(PullSubscriptions):
 
     def __init__(self, *, max_event_bytes: int, clock: Callable[[], int]) -> None:
         self.max_event_bytes = max_event_bytes
+        self.content = ContentStore(None)
         self._clock = clock
         self._log_id = os.urandom(16)
         self._genesis = genesis_hash(self._log_id)
@@ -293,7 +295,7 @@ class MemoryEventLog(PullSubscriptions):
             seq = _U64.unpack(key)[0] if len(key) == 8 else 0
             return values[seq - 1] if 0 < seq <= count else None
 
-        return verify_chain(
+        report = verify_chain(
             lambda: ((_U64.pack(i + 1), values[i]) for i in range(count)),
             lambda: iter(index.items()),
             get_record,
@@ -304,6 +306,7 @@ class MemoryEventLog(PullSubscriptions):
             anchor_key=anchor_key,
             progress=progress,
         )
+        return await with_content_check(report, self.content)
 
     async def copy_to(self, dest: Path) -> None:
         """Write the log as it is now into `dest` as an ordinary LMDB data dir (same log id,
@@ -325,6 +328,7 @@ class MemoryEventLog(PullSubscriptions):
                 anchor=anchor,
             )
         )
+        await self.content.copy_into(dest)
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(

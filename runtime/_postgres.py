@@ -37,6 +37,7 @@ import structlog
 import trio
 
 from cuelog.runtime._codec import Event
+from cuelog.runtime._content import ContentStore
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
@@ -207,6 +208,8 @@ class PostgresEventLog(PullSubscriptions):
     ) -> None:
         self.url = url
         self.readonly = readonly
+        # No content store yet: payloads stay inline in their events (see docs/log-format.md).
+        self.content: ContentStore | None = None
         self.max_event_bytes = max_event_bytes
         self._clock = clock
         self._instance = os.urandom(6).hex()  # tells this process's notifications apart

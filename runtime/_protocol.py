@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from cuelog.runtime._codec import Event
+from cuelog.runtime._content import ContentStore
 from cuelog.runtime._envelope import RawEvent
 from cuelog.runtime._records import (
     Anchor,
@@ -33,6 +34,12 @@ class EventLog(Protocol):
     @property
     def readonly(self) -> bool:
         """Opened for reading only: appends, snapshots and anchors raise `LogClosed`."""
+        ...
+
+    @property
+    def content(self) -> ContentStore | None:
+        """The content store beside the log (large payloads by digest); None where the backend
+        has none, and callers keep such payloads inline."""
         ...
 
     async def append(
@@ -105,8 +112,9 @@ class EventLog(Protocol):
         anchor: Anchor | None = None,
         progress: Progress | None = None,
     ) -> VerifyReport:
-        """Walk the chain and the stream index; name the first bad seq and why. Without
-        `anchor`, the stored anchor is checked (when `anchor_key` is given)."""
+        """Walk the chain and the stream index, then re-hash the content store's blobs; name
+        the first bad seq (or blob) and why. Without `anchor`, the stored anchor is checked
+        (when `anchor_key` is given)."""
         ...
 
     async def copy_to(self, dest: Path) -> None:

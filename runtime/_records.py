@@ -80,6 +80,8 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     first_bad_seq: int | None = None
     reason: str | None = None
     anchored_seq: int | None = None
+    content_checked: int = 0  # blobs of the content store re-hashed
+    bad_content: str | None = None  # the digest of the first blob whose bytes do not match it
 
 
 class LogStatistics(msgspec.Struct, frozen=True, kw_only=True):

@@ -102,6 +102,15 @@ def test_agent_tables_are_seeded_specs(tmp_path: Path) -> None:
         ),
         pytest.param("[agents.bot]\ncolour = 1\n", {}, "agents.bot.colour", id="agent-unknown"),
         pytest.param("", {"CUELOG_LOG_DATA_DIR": ""}, "log.data_dir", id="empty-dir"),
+        pytest.param(
+            "", {"CUELOG_LOG_CONTENT_THRESHOLD": "100"}, "log.content_threshold", id="threshold-low"
+        ),
+        pytest.param(
+            "[log]\ncontent_threshold = 600000\n",
+            {},
+            "log.content_threshold",
+            id="threshold-over-half-the-event-limit",
+        ),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_key(
