@@ -59,16 +59,18 @@ def _row(event: RecordedEvent) -> dict[str, Any]:
 
 
 _SESSION = click.option("--session", "session", help="Timeline of one session and its runs.")
+_ALL = click.option("--all", "all_events", is_flag=True, help="Timeline of the whole log.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+_FOLLOW = click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
 
 
 @click.command("timeline")
 @DATA_DIR
 @_SESSION
 @click.option("--run", "run", help="Timeline of one run.")
-@click.option("--all", "all_events", is_flag=True, help="Timeline of the whole log.")
+@_ALL
 @_JSON
-@click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
+@_FOLLOW
 def timeline_command(
     data_dir: Location,
     session: str | None,
@@ -97,11 +99,13 @@ def rerun_command(data_dir: Location, run: str | None, as_json: bool) -> None:
 @DATA_DIR
 @_SESSION
 @click.option("--run", "run", help="Timeline of one run (with --check: re-run only it).")
-@click.option("--all", "all_events", is_flag=True, help="Timeline of the whole log.")
+@_ALL
 @_JSON
-@click.option("--follow", is_flag=True, help="Keep printing new events as they commit.")
+@_FOLLOW
 @click.option("--check", is_flag=True, help="Same as `cuelog rerun`.")
+@click.pass_context
 def replay_command(
+    ctx: click.Context,
     data_dir: Location,
     session: str | None,
     run: str | None,
@@ -112,10 +116,17 @@ def replay_command(
 ) -> None:
     """The older spelling of `cuelog timeline` (and, with --check, of `cuelog rerun`)."""
     if check:
-        sys.exit(trio.run(_check, data_dir, run, as_json))
-    if (session is not None) + (run is not None) + all_events != 1:
-        _fail("choose one of --session KEY, --run ID or --all")
-    trio.run(_timeline, data_dir, session, run, as_json, follow)
+        ctx.invoke(rerun_command, data_dir=data_dir, run=run, as_json=as_json)
+        return
+    ctx.invoke(
+        timeline_command,
+        data_dir=data_dir,
+        session=session,
+        run=run,
+        all_events=all_events,
+        as_json=as_json,
+        follow=follow,
+    )
 
 
 async def _timeline(
