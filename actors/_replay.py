@@ -13,6 +13,7 @@ the comparison does not depend on timing.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -105,7 +106,17 @@ def _same_event(produced: RecordedEvent, recorded: RecordedEvent) -> bool:
     if not (DOMAIN_CODEC.knows(produced.type) and DOMAIN_CODEC.knows(recorded.type)):
         return False
     decoded = DOMAIN_CODEC.decode(produced.type, produced.data)
-    return bool(decoded == DOMAIN_CODEC.decode(recorded.type, recorded.data))
+    expected = DOMAIN_CODEC.decode(recorded.type, recorded.data)
+    if isinstance(decoded, ToolCallCompleted) and isinstance(expected, ToolCallCompleted):
+        # The same output is the same event whether it went inline or to the content store
+        # (a log recorded with another `log.content_threshold` than the rerun's).
+        return _output_key(decoded) == _output_key(expected)
+    return bool(decoded == expected)
+
+
+def _output_key(event: ToolCallCompleted) -> tuple[str, str, str]:
+    whole = event.output_digest or hashlib.sha256(event.output.encode()).hexdigest()
+    return (event.call_id, event.name, whole)
 
 
 def _args_key(name: str, args: Any) -> bytes:
@@ -345,7 +356,8 @@ async def check_runs(
     """Re-run each recorded run; return the divergences found (empty when all match).
 
     `run_actor` builds the run actor to check (a changed one, to see what a change would do);
-    `content_threshold` must be the one the log was recorded with (large tool outputs).
+    `content_threshold` decides which rerun outputs go to the scratch log's content store; an
+    output compares equal stored or inline, so it need not be the one the log was recorded with.
     """
     divergences: list[Divergence] = []
     tools = ReplayTools()

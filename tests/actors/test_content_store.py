@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import pytest
 
 from cuelog.actors import (
@@ -18,8 +19,9 @@ from cuelog.actors import (
     open_domain,
 )
 from cuelog.actors._events import ToolCallCompleted
+from cuelog.actors._replay import _same_event
 from cuelog.actors._run import RunSettings
-from cuelog.runtime import open_event_log
+from cuelog.runtime import RecordedEvent, event_type, open_event_log
 from tests.actors.domain_support import decoded, runtime_at, tool_line, user
 
 BIG: Final = 2 * 1024 * 1024 + 17  # over the log's 1 MiB event limit
@@ -35,6 +37,15 @@ class BigTool:
 
     async def run(self, args: dict[str, Any]) -> str:
         return big_text()
+
+
+class MidTool(BigTool):
+    """A 100 kB output: over the default content threshold, well under the event limit."""
+
+    name = "mid"
+
+    async def run(self, args: dict[str, Any]) -> str:
+        return big_text()[: 100 * 1024]
 
 
 def big_text() -> str:
@@ -88,6 +99,48 @@ async def test_a_stored_output_survives_a_reopen_and_reruns_clean(tmp_path: Path
         runs = [sent.run_id, again.run_id]
     async with open_event_log(tmp_path / "log", readonly=True) as log:
         assert await check_runs(log, runs) == []
+
+
+async def test_a_rerun_with_another_content_threshold_finds_no_divergence(tmp_path: Path) -> None:
+    """A log recorded with one `log.content_threshold` reruns clean with another: an output
+    stored by digest and the same output inline are the same event; a different output is not."""
+    mid = AgentSpec(name="mid", tools=["mid"])
+    tools = ToolRegistry([MidTool()], enabled=["mid"])
+    recorded = RunSettings(providers={"echo": EchoModel()}, tools=tools)
+    async with runtime_at(tmp_path / "log", recorded, agents={"mid": mid}) as rt:
+        sent = await rt.send("mid", [tool_line("mid", "{}")])
+        assert (await rt.wait_run(sent.run_id)).status == "completed"
+        [done] = decoded(rt.log, f"run:{sent.run_id}", ToolCallCompleted)
+        assert done.output_digest is not None  # 100 kB: over the default threshold
+    async with open_event_log(tmp_path / "log", readonly=True) as log:
+        assert await check_runs(log, [sent.run_id], content_threshold=512 * 1024) == []
+    inline = ToolCallCompleted(call_id="c1", name="big", output=big_text())
+    stored = ToolCallCompleted(
+        call_id="c1",
+        name="big",
+        output=big_text()[:256],
+        output_digest=hashlib.sha256(big_text().encode()).hexdigest(),
+        output_size=BIG,
+    )
+    other = msgspec.structs.replace(stored, output_digest=hashlib.sha256(b"other").hexdigest())
+    assert _same_event(_recorded(inline), _recorded(stored))
+    assert not _same_event(_recorded(inline), _recorded(other))
+
+
+def _recorded(event: ToolCallCompleted) -> RecordedEvent:
+    return RecordedEvent(
+        seq=1,
+        stream="run:r",
+        version=1,
+        type=event_type(ToolCallCompleted),
+        ts=0,
+        causation=None,
+        correlation=None,
+        actor=None,
+        data=msgspec.msgpack.encode(event),
+        prev=b"",
+        hash=b"",
+    )
 
 
 async def test_a_corrupted_blob_fails_verify_and_a_missing_one_fails_the_next_run(
