@@ -52,7 +52,11 @@ async def resolve_messages(
 
 async def fetch_text(digest: str, stores: Sequence[ContentStore | None]) -> str:
     for store in stores:
-        if store is not None and store.has(digest):
+        if store is None:
+            continue
+        try:
             data = await store.get(digest)
-            return data.decode("utf-8", errors="replace")
+        except ContentMissing:
+            continue
+        return data.decode("utf-8", errors="replace")
     raise ContentMissing(f"content {digest} is not in the log's content store")

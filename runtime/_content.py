@@ -2,10 +2,11 @@
 
 Payloads too big to sit well in an event (a large tool output) are put here and the event
 records only the digest, so an event stays under the log's event-size limit and the log does
-not grow with big blobs inline. A blob is durable before `put` returns (temp file, fsync,
-rename, fsync of the directory), and callers append the referencing event only after that, so a
-reference never dangles after a crash. Blobs are never deleted or rewritten: the same bytes
-always have the same name, so a second `put` of them is a no-op.
+not grow with big blobs inline. A blob is durable before `put` returns (in a data dir: temp
+file, fsync, rename, fsync of the directory; on PostgreSQL: a committed row), and callers append
+the referencing event only after that, so a reference never dangles after a crash. Blobs are
+never deleted or rewritten: the same bytes always have the same name, so a second `put` of them
+is a no-op.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import msgspec
 import trio
@@ -35,14 +36,34 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_digest(digest: str) -> None:
+def check_digest(digest: str) -> None:
     # The digest becomes a file name: only the exact hex shape may, so no path can escape.
     if not _DIGEST.fullmatch(digest):
         raise ContentMissing(f"{digest!r} is not a content digest (64 lowercase hex digits)")
 
 
+class ContentStore(Protocol):
+    """Blobs by sha256 hex digest, beside one log."""
+
+    async def put(self, data: bytes) -> str:
+        """Store `data` durably; return its digest."""
+        ...
+
+    async def get(self, digest: str) -> bytes:
+        """The blob's bytes; `ContentMissing` if there is none."""
+        ...
+
+    async def verify(self) -> tuple[int, str | None]:
+        """Re-hash every blob; return how many were checked and the first bad digest, if any."""
+        ...
+
+    async def copy_into(self, dest: Path) -> None:
+        """Copy every blob into `dest/content/` (a copy of the log's data dir)."""
+        ...
+
+
 @final
-class ContentStore:
+class LocalContentStore:
     """Blobs by sha256 hex digest: files under `<data dir>/content/`, or in memory (`None`)."""
 
     def __init__(self, directory: Path | None, *, readonly: bool = False) -> None:
@@ -60,11 +81,11 @@ class ContentStore:
         if self.readonly:
             raise LogError("the content store is open for reading only")
         directory = self.directory
-        await trio.to_thread.run_sync(lambda: _write_blob(directory, digest, data))
+        await trio.to_thread.run_sync(lambda: write_blob(directory, digest, data))
         return digest
 
     async def get(self, digest: str) -> bytes:
-        _check_digest(digest)
+        check_digest(digest)
         if self.directory is None:
             await trio.lowlevel.checkpoint()
             data = self._blobs.get(digest)
@@ -74,13 +95,6 @@ class ContentStore:
         if data is None:
             raise ContentMissing(f"content {digest} is not in the content store")
         return data
-
-    def has(self, digest: str) -> bool:
-        if not _DIGEST.fullmatch(digest):
-            return False
-        if self.directory is None:
-            return digest in self._blobs
-        return (self.directory / digest).is_file()
 
     async def verify(self) -> tuple[int, str | None]:
         """Re-hash every blob; return how many were checked and the first bad digest, if any."""
@@ -101,7 +115,7 @@ class ContentStore:
 
             def write_all() -> None:
                 for digest, data in blobs.items():
-                    _write_blob(target, digest, data, sync=False)
+                    write_blob(target, digest, data, sync=False)
 
             await trio.to_thread.run_sync(write_all)
             return
@@ -109,7 +123,7 @@ class ContentStore:
         await trio.to_thread.run_sync(lambda: _copy_dir(source, target))
 
 
-def _write_blob(directory: Path, digest: str, data: bytes, *, sync: bool = True) -> None:
+def write_blob(directory: Path, digest: str, data: bytes, *, sync: bool = True) -> None:
     path = directory / digest
     if path.is_file():
         return

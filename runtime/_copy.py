@@ -17,6 +17,7 @@ from typing import Any
 import lmdb
 import trio
 
+from cuelog.runtime._content import CONTENT_DIR
 from cuelog.runtime._envelope import decode_record
 from cuelog.runtime._errors import LogError, LogFormatError
 from cuelog.runtime._lmdb import _IDEM, _U32, _U64, FORMAT_VERSION
@@ -105,6 +106,7 @@ def _import_data_dir(path: Path, url: str) -> None:
                 idempotency=idempotency,
                 snapshots=snaps,
                 anchor=bytes(anchor) if anchor is not None else None,
+                content_dir=path / CONTENT_DIR,
             )
     except lmdb.Error as exc:
         raise LogFormatError(f"cannot read the log at {path}: {exc}") from exc

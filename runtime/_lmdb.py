@@ -30,7 +30,7 @@ import structlog
 import trio
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._content import CONTENT_DIR, ContentStore, with_content_check
+from cuelog.runtime._content import CONTENT_DIR, LocalContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
@@ -128,7 +128,7 @@ class LmdbEventLog(PullSubscriptions):
     ) -> None:
         self.path = path
         self.readonly = readonly
-        self.content = ContentStore(path / CONTENT_DIR, readonly=readonly)
+        self.content = LocalContentStore(path / CONTENT_DIR, readonly=readonly)
         self._sync = sync
         self._max_map_size = max_map_size
         self.max_event_bytes = max_event_bytes

@@ -21,7 +21,7 @@ from typing import final
 import trio
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._content import ContentStore, with_content_check
+from cuelog.runtime._content import LocalContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     RawEvent,
@@ -57,7 +57,7 @@ class MemoryEventLog(PullSubscriptions):
 
     def __init__(self, *, max_event_bytes: int, clock: Callable[[], int]) -> None:
         self.max_event_bytes = max_event_bytes
-        self.content = ContentStore(None)
+        self.content = LocalContentStore(None)
         self._clock = clock
         self._log_id = os.urandom(16)
         self._genesis = genesis_hash(self._log_id)

@@ -37,7 +37,7 @@ import structlog
 import trio
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._content import ContentStore
+from cuelog.runtime._content import with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
@@ -58,6 +58,7 @@ from cuelog.runtime._errors import (
 from cuelog.runtime._follow import PullSubscriptions
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
 from cuelog.runtime._pending import PendingAppend
+from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
 from cuelog.runtime._records import (
     Anchor,
     Head,
@@ -72,7 +73,7 @@ from cuelog.runtime._verify import verify_chain
 log = structlog.get_logger("cuelog.log")
 
 T = TypeVar("T")
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Taken while creating or migrating the schema, so two processes opening a new log at once
 # create it once.
 _SCHEMA_LOCK: Final = 0x6375656C6F67  # "cuelog"
@@ -109,6 +110,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             version integer NOT NULL,
             state bytea NOT NULL)""",
     ),
+    (CREATE_TABLE,),
 )
 
 
@@ -208,8 +210,9 @@ class PostgresEventLog(PullSubscriptions):
     ) -> None:
         self.url = url
         self.readonly = readonly
-        # No content store yet: payloads stay inline in their events (see docs/log-format.md).
-        self.content: ContentStore | None = None
+        self.content = PostgresContentStore(
+            lambda: _connect(url, readonly=readonly), readonly=readonly
+        )
         self.max_event_bytes = max_event_bytes
         self._clock = clock
         self._instance = os.urandom(6).hex()  # tells this process's notifications apart
@@ -487,6 +490,7 @@ class PostgresEventLog(PullSubscriptions):
     def _drop_writer(self) -> None:
         _close_quietly(self._writer_conn)
         self._writer_conn = None
+        self.content.close()
 
     def _commit_on(
         self,
@@ -870,9 +874,10 @@ class PostgresEventLog(PullSubscriptions):
         if anchor is None:
             anchor = self.stored_anchor()
         genesis = self._genesis
-        return await self._in_snapshot(
+        report = await self._in_snapshot(
             lambda conn: _verify_tables(conn, genesis, anchor, anchor_key, progress)
         )
+        return await with_content_check(report, self.content)
 
     async def copy_to(self, dest: Path) -> None:
         """Write the log as of one commit into `dest` as an ordinary LMDB data dir (same log id,
@@ -909,6 +914,7 @@ class PostgresEventLog(PullSubscriptions):
             )
 
         await self._in_snapshot(copy)
+        await self.content.copy_into(dest)
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(
@@ -1037,9 +1043,11 @@ def import_log(
     idempotency: Mapping[str, tuple[int, int, bytes]],
     snapshots: Mapping[str, tuple[int, bytes]],
     anchor: bytes | None,
+    content_dir: Path | None = None,
 ) -> int:
-    """Write a whole log (seq, stream, version, stored record in seq order) into the empty
-    database at `url` under `log_id`, in one transaction; return how many events it holds.
+    """Write a whole log (seq, stream, version, stored record in seq order) and the blobs of a
+    data dir's `content_dir` into the empty database at `url` under `log_id`, in one
+    transaction; return how many events it holds.
 
     A database that already holds events is refused: a copy never merges two logs.
     """
@@ -1086,6 +1094,8 @@ def import_log(
             if anchor is not None:
                 cur.execute("INSERT INTO cuelog_meta VALUES ('anchor', %s)", [anchor])
             cur.execute("UPDATE cuelog_head SET seq = %s, hash = %s", [seq, last_hash])
+            if content_dir is not None:
+                import_blobs(conn, content_dir)
     except psycopg.OperationalError as exc:
         raise LogUnavailable(f"the PostgreSQL log is unreachable: {_reason(exc)}") from None
     except psycopg.Error as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +24,7 @@ from cuelog.actors._replay import _same_event
 from cuelog.actors._run import RunSettings
 from cuelog.runtime import RecordedEvent, event_type, open_event_log
 from tests.actors.domain_support import decoded, runtime_at, tool_line, user
+from tests.postgres import fresh_database
 
 BIG: Final = 2 * 1024 * 1024 + 17  # over the log's 1 MiB event limit
 AGENT: Final = AgentSpec(name="big", tools=["big"])
@@ -167,19 +169,25 @@ async def test_a_corrupted_blob_fails_verify_and_a_missing_one_fails_the_next_ru
         assert view.error is not None and f"content {blob.name} is not in" in view.error
 
 
-async def test_the_memory_log_keeps_blobs_in_memory() -> None:
-    """On the `memory:` log a large output is stored by digest in memory and resolves whole."""
-    async with (
-        open_event_log("memory:") as log,
-        open_domain(log, settings(), agents={"big": AGENT}) as rt,
-    ):
-        sent = await rt.send("big", [tool_line("big", "{}")])
-        view = await rt.wait_run(sent.run_id)
-        assert view.status == "completed", view.error
-        [tool] = [m for m in view.messages if m.role == "tool"]
-        assert tool.content == big_text()
-        report = await log.verify()
-        assert report.ok and report.content_checked == 1
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_memory_and_postgresql_logs_store_large_outputs_too(backend: str) -> None:
+    """On the `memory:` log (blobs in memory) and the PostgreSQL log (blobs in its database) a
+    large output is stored by digest, resolves whole, reruns clean and is verified."""
+    with ExitStack() as stack:
+        location = "memory:" if backend == "memory" else stack.enter_context(fresh_database())
+        async with (
+            open_event_log(location) as log,
+            open_domain(log, settings(), agents={"big": AGENT}) as rt,
+        ):
+            sent = await rt.send("big", [tool_line("big", "{}")])
+            view = await rt.wait_run(sent.run_id)
+            assert view.status == "completed", view.error
+            [tool] = [m for m in view.messages if m.role == "tool"]
+            assert tool.content == big_text()
+            assert max(len(r.data) for r in log.read_all(0, 10_000)) < 16 * 1024
+            report = await log.verify()
+            assert report.ok and report.content_checked == 1
+            assert await check_runs(log, [sent.run_id]) == []
 
 
 async def test_a_caller_cannot_name_a_content_digest(tmp_path: Path) -> None:

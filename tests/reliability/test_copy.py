@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tests.postgres import fresh_database
 from tests.support import CUELOG
 
 KEY = b"k" * 32
+BLOB = bytes(range(256)) * 1024  # a stored content (a large tool output)
 
 
 def cuelog(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -29,13 +31,18 @@ async def write_log(path: Path) -> None:
             )
         await log.save_snapshot("s1", 10, b"folded")
         await log.anchor(KEY)
+        assert log.content is not None
+        await log.content.put(BLOB)
 
 
 async def describe(location: str | Path) -> tuple[object, ...]:
-    """Everything a copy must keep: head, records, snapshot, anchor, idempotent replays."""
+    """Everything a copy must keep: head, records, snapshot, anchor, idempotent replays and
+    the content store's blobs."""
     async with open_event_log(location, readonly=True) as log:
         report = await log.verify(anchor_key=KEY)
         assert report.ok, report
+        assert report.content_checked == 1 and log.content is not None
+        assert await log.content.get(hashlib.sha256(BLOB).hexdigest()) == BLOB
         return (
             log.head(),
             log.read_records(limit=100),
@@ -46,8 +53,9 @@ async def describe(location: str | Path) -> tuple[object, ...]:
 
 
 def test_a_log_copied_to_postgresql_and_back_is_the_same_log(tmp_path: Path) -> None:
-    """LMDB → PostgreSQL → LMDB keeps the head, every record's bytes, snapshots, the anchor and
-    idempotency keys; exports are identical and the copy takes appends on the same chain."""
+    """LMDB → PostgreSQL → LMDB keeps the head, every record's bytes, snapshots, the anchor,
+    idempotency keys and stored contents; exports are identical and the copy takes appends on
+    the same chain."""
     source, back = tmp_path / "source", tmp_path / "back"
     trio.run(write_log, source)
     with fresh_database() as url:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -10,7 +11,9 @@ import pytest
 import trio
 
 from cuelog.runtime import (
+    ContentMissing,
     EventLog,
+    LogError,
     LogFormatError,
     LogUnavailable,
     RecordedEvent,
@@ -160,3 +163,39 @@ async def test_a_killed_connection_loses_no_ack_and_recovers(url: str) -> None:
         assert [r.data for r in stored] == [raw(0).data, raw(1).data, raw(3).data]
         assert stored == acked == followed
         assert (await log.verify()).ok
+
+
+async def test_stored_contents_are_shared_verified_and_migrated(url: str) -> None:
+    """A blob put through one open log is read through another (another process would see it
+    the same way); a read-only open refuses to store; a changed blob fails verify by name; and a
+    schema 1 database (no content table) gets one when opened for writing."""
+    blob = b"a large tool output " * 4096
+    digest = hashlib.sha256(blob).hexdigest()
+    async with open_event_log(url) as writer, open_event_log(url, readonly=True) as reader:
+        assert writer.content is not None and reader.content is not None
+        assert await writer.content.put(blob) == digest
+        assert await writer.content.put(blob) == digest  # the same bytes: stored once
+        assert await reader.content.get(digest) == blob
+        with pytest.raises(ContentMissing):
+            await reader.content.get("0" * 64)
+        with pytest.raises(ContentMissing):
+            await reader.content.get("../../etc/passwd")
+        with pytest.raises(LogError, match="reading only"):
+            await reader.content.put(b"x")
+        report = await reader.verify()
+        assert report.ok and report.content_checked == 1
+    assert run_sql(url, "SELECT count(*) FROM cuelog_content") == [(1,)]
+    run_sql(url, "UPDATE cuelog_content SET data = %s", [blob[:-1] + b"!"])
+    async with open_event_log(url, readonly=True) as log:
+        report = await log.verify()
+        assert not report.ok and report.bad_content == digest
+        assert report.reason is not None and digest in report.reason
+    run_sql(url, "DROP TABLE cuelog_content")
+    run_sql(url, "UPDATE cuelog_meta SET value = '1' WHERE key = 'schema'")
+    with pytest.raises(LogFormatError, match="schema version 1; open it once for writing"):
+        async with open_event_log(url, readonly=True):
+            pass
+    async with open_event_log(url) as log:
+        assert log.content is not None
+        assert await log.content.put(blob) == digest
+    assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"2",)]
