@@ -30,6 +30,7 @@ from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
 from cuelog.actors._events import ModelRequested as ModelRequested
+from cuelog.actors._events import RequestOptions as RequestOptions
 from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
 from cuelog.actors._events import RunFailed as RunFailed
@@ -136,6 +137,7 @@ __all__ = [
     "NotFound",
     "OpenAIConfig",
     "OpenAIModel",
+    "RequestOptions",
     "Role",
     "RunActor",
     "RunCancelled",

@@ -134,7 +134,7 @@ class EchoModel:
             return _syntax_help(f"the arguments are not valid JSON ({exc})")
         if not isinstance(args, dict):
             return _syntax_help("the arguments must be a JSON object")
-        offered = [tool.name for tool in request.tools]
+        offered = [] if request.tool_choice == "none" else [tool.name for tool in request.tools]
         if name not in offered:
             available = ", ".join(offered) if offered else "none"
             return (

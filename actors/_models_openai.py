@@ -293,6 +293,7 @@ class OpenAIModel:
 
 def _request_body(request: ModelRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
+        **request.options,
         "model": request.model,
         "messages": [_wire_message(m) for m in request.messages],
         "stream": True,
@@ -310,6 +311,8 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
             }
             for t in request.tools
         ]
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:

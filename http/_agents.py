@@ -28,9 +28,9 @@ AGENTS_LIMIT = limit(50, 500)
 
 
 def agent_json(view: AgentView) -> Agent:
-    return Agent(
-        id=view.id, object="agent", version=view.version, **msgspec.structs.asdict(view.spec)
-    )
+    fields = msgspec.structs.asdict(view.spec)
+    del fields["request"]  # only a run's spec carries its request's options
+    return Agent(id=view.id, object="agent", version=view.version, **fields)
 
 
 def model_json(view: AgentView) -> Model:

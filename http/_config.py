@@ -182,6 +182,9 @@ def load_settings(
     if not isinstance(agents, dict):
         raise ConfigError("agents: must be a table of [agents.<id>] tables")
     settings = _convert(raw, Settings)
+    for agent_id, spec in agents.items():
+        if isinstance(spec, dict) and "request" in spec:
+            raise ConfigError(f"agents.{agent_id}: unknown field `request`")
     settings.agents = {
         agent_id: _convert(spec, AgentSpec, f"agents.{agent_id}")
         for agent_id, spec in agents.items()
