@@ -313,6 +313,8 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
         ]
         if request.tool_choice is not None:
             body["tool_choice"] = request.tool_choice
+    else:
+        body.pop("parallel_tool_calls", None)  # upstreams refuse it without tools
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:

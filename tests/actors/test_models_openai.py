@@ -243,6 +243,34 @@ async def test_request_is_streaming_openai_shape_with_bearer_key(upstream: FakeU
     }
 
 
+async def test_request_fields_and_tool_choice_reach_the_upstream(upstream: FakeUpstream) -> None:
+    """A request's tool_choice and upstream fields are sent as they came; they cannot replace
+    the model, the messages or streaming."""
+    upstream.replies.append(text_stream("ok"))
+    tool = ToolSpec(name="lookup", description="look up", parameters={"type": "object"})
+    request = ModelRequest(
+        model="gpt-test",
+        messages=[ChatMessage(role="user", content="hi")],
+        tools=[tool],
+        max_tokens=5,
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+        options={
+            "seed": 7,
+            "stop": ["END"],
+            "response_format": {"type": "json_object"},
+            "model": "other",
+            "stream": False,
+        },
+    )
+    await collect(model(upstream.url), request)
+    [seen] = upstream.requests
+    assert seen.body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
+    assert seen.body["seed"] == 7 and seen.body["stop"] == ["END"]
+    assert seen.body["response_format"] == {"type": "json_object"}
+    assert seen.body["max_tokens"] == 5
+    assert seen.body["model"] == "gpt-test" and seen.body["stream"] is True
+
+
 async def test_tool_call_deltas_split_across_chunks_are_assembled(upstream: FakeUpstream) -> None:
     """Two interleaved tool calls streamed in fragments come out as two complete ToolCalls."""
     frames = [
