@@ -51,6 +51,7 @@ from cuelog.actors._names import (
     RUN,
     SESSION,
     SYSTEM_STREAM,
+    agent_stream,
     run_stream,
     session_stream,
     stream_id,
@@ -154,6 +155,11 @@ class Domain:
     async def get_agent(self, agent_id: str) -> AgentView:
         view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
+
+    def agent_created(self, agent_id: str) -> int:
+        """When the agent was created, in seconds since the epoch (0 if it never was)."""
+        first = self.log.read_stream(agent_stream(agent_id), 1, limit=1)
+        return first[0].ts // 1_000_000 if first else 0
 
     async def list_agents(
         self, *, after: str | None = None, limit: int = 100, scan: int | None = None

@@ -33,8 +33,8 @@ def agent_json(view: AgentView) -> Agent:
     return Agent(id=view.id, object="agent", version=view.version, **fields)
 
 
-def model_json(view: AgentView) -> Model:
-    return Model(id=view.id, object="model", created=0, owned_by="cuelog")
+def model_json(view: AgentView, created: int) -> Model:
+    return Model(id=view.id, object="model", created=created, owned_by="cuelog")
 
 
 def register_agent_routes(routes: Routes, services: Services) -> None:
@@ -51,13 +51,19 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             if cursor is None:
                 break
         return json_response(
-            to_json(ModelList(object="list", data=[model_json(a) for a in agents]))
+            to_json(
+                ModelList(
+                    object="list",
+                    data=[model_json(a, domain.agent_created(a.id)) for a in agents],
+                )
+            )
         )
 
     @routes.add("/v1/models/<model_id>", ["GET"], "read", answers={200: Model})
     async def get_model(model_id: str) -> Response:
-        """One agent as a model."""
-        return json_response(to_json(model_json(await domain.get_agent(model_id))))
+        """One agent as a model (by its id, an alias, or `agent:ID`)."""
+        view = await domain.get_agent(services.agent_for_model(model_id))
+        return json_response(to_json(model_json(view, domain.agent_created(view.id))))
 
     @routes.add(
         "/v1/agents", ["GET"], "read", answers={200: AgentList}, params=[AGENTS_LIMIT, CURSOR]

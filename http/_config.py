@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuelog.actors import AgentSpec, ApprovalPolicy
+from cuelog.actors import ID_RULE, AgentSpec, ApprovalPolicy, is_valid_id
 from cuelog.runtime import CuelogError
 
 T = TypeVar("T")
@@ -74,12 +74,18 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
 
 
+class ModelsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Other names a request's `model` may use for an agent, e.g. {"dotcraft" = "default"}.
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
+    models: ModelsSection = msgspec.field(default_factory=ModelsSection)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -194,6 +200,9 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
+    for alias, agent_id in settings.models.aliases.items():
+        if not is_valid_id(agent_id):
+            raise ConfigError(f"models.aliases.{alias}: must name an agent id ({ID_RULE})")
     server = settings.server
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port (0-65535)")

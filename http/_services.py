@@ -93,6 +93,7 @@ class Services:
         attach to the first request's run. `tune` makes the agent's definition the one this
         request runs with (its limits, client functions, upstream fields)."""
         who = principal()
+        agent_id = self.agent_for_model(agent_id)
         if not is_valid_id(agent_id):
             raise ApiError(404, f"no agent {agent_id!r}", param="model")
         spec = tune((await self.domain.get_agent(agent_id)).spec) if tune is not None else None
@@ -114,6 +115,14 @@ class Services:
             idempotency=idempotency,
             spec=spec,
         )
+
+    def agent_for_model(self, model: str) -> str:
+        """The agent a request's `model` names: a configured alias (`models.aliases`), an
+        `agent:NAME`, or the agent id itself."""
+        aliased = self.settings.models.aliases.get(model)
+        if aliased is not None:
+            return aliased
+        return model.removeprefix("agent:")
 
     async def wait_for(self, run_id: str) -> RunView:
         """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`
