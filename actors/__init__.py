@@ -45,6 +45,7 @@ from cuelog.actors._keys import KeyStore as KeyStore
 from cuelog.actors._keys import Scope as Scope
 from cuelog.actors._keys import key_digest as key_digest
 from cuelog.actors._messages import ChatMessage as ChatMessage
+from cuelog.actors._messages import MediaPart as MediaPart
 from cuelog.actors._messages import Role as Role
 from cuelog.actors._messages import ToolCall as ToolCall
 from cuelog.actors._messages import ToolSpec as ToolSpec
@@ -129,6 +130,7 @@ __all__ = [
     "KeyCreated",
     "KeyInfo",
     "KeyStore",
+    "MediaPart",
     "ModelChunk",
     "ModelError",
     "ModelProvider",

@@ -26,7 +26,7 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
-from cuelog.actors._content import resolve_messages
+from cuelog.actors._content import resolve_messages, store_media
 from cuelog.actors._errors import InputTooLarge, Invalid, NotFound, Unavailable
 from cuelog.actors._events import (
     APPROVAL_REQUESTED,
@@ -206,6 +206,7 @@ class Domain:
             spec = (await self.get_agent(agent_id)).spec
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
+        messages = await store_media(messages, self.log.content)
         self._check_fits(agent_id, spec, messages, metadata or {}, key, run, caller)
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)

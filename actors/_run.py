@@ -53,7 +53,7 @@ from cuelog.actors._events import (
 from cuelog.actors._messages import ChatMessage, ToolCall, ToolSpec, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._names import SESSION, TERMINAL, agent_stream
-from cuelog.actors._session_fold import history_at
+from cuelog.actors._session_fold import answered_only, history_at
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import (
@@ -460,7 +460,9 @@ class RunActor(EventSourcedActor[RunState]):
             stream = state.history_stream
             log = self.settings.history_log or self.ctx.log
             self._history = history_at(log, stream, state.history_version) if stream else []
-        return _with_system_prompt(spec, [*self._history, *state.messages])
+        # Client function calls the client never answered would make an upstream refuse the
+        # whole conversation; they are left out (answered ones stay, whenever the answer came).
+        return _with_system_prompt(spec, answered_only([*self._history, *state.messages]))
 
     async def _drive(self) -> None:
         try:

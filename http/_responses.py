@@ -22,7 +22,7 @@ from cuelog.actors import (
     Usage,
 )
 from cuelog.http._bodies import MaxTokens, Temperature
-from cuelog.http._openai import ContentPart, EndUser, Json, TopP, text_of
+from cuelog.http._openai import ContentPart, EndUser, Json, TopP, content_of, text_of
 from cuelog.http._wire import ApiError, check_free_json, sse_frame, to_json
 
 RESPONSE_PREFIX: Final = "resp_"
@@ -207,8 +207,8 @@ def responses_messages(body: ResponsesRequest) -> list[ChatMessage]:
             if item.role is None:
                 raise ApiError(400, f"{where}: a message needs a role", param=f"{where}.role")
             role = "system" if item.role == "developer" else item.role
-            content = text_of(item.content, f"{where}.content")
-            out.append(ChatMessage(role=role, content=content))
+            content, media = content_of(item.content, f"{where}.content")
+            out.append(ChatMessage(role=role, content=content, parts=media or None))
         elif item.type == "function_call":
             if not item.call_id or not item.name:
                 raise ApiError(400, f"{where}: a function_call needs call_id and name", param=where)

@@ -3,15 +3,19 @@ against a real `cuelog serve` process (the echo model calls functions with `/too
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.support import ServerProcess, running_server
+from tests.support import CUELOG, ServerProcess, running_server
 
 API_KEY = "sdk-tools-key-0123456789abcdef"
 
@@ -37,9 +41,13 @@ RESPONSES_LOOKUP: Any = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("tools") / "data"
-    with running_server(data, "--api-key", API_KEY) as process:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tools") / "data"
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[ServerProcess]:
+    with running_server(data_dir, "--api-key", API_KEY) as process:
         yield process
 
 
@@ -97,6 +105,30 @@ def test_chat_client_tool_in_a_session(client: openai.OpenAI, server: ServerProc
         extra_headers=headers,
     )
     assert second.choices[0].message.content == "Tool lookup returned: append-only"
+
+
+def test_an_unanswered_client_call_is_left_out_of_later_turns(
+    client: openai.OpenAI, server: ServerProcess
+) -> None:
+    """A session whose client never answered a function call goes on: the next turn's model
+    request leaves the dangling call out (an upstream would refuse it)."""
+    headers = {"X-Session-Key": "dangling-call"}
+    client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": '/tool lookup {"q": "x"}'}],
+        tools=[LOOKUP],
+        extra_headers=headers,
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": "never mind"}],
+        extra_headers=headers,
+    )
+    assert raw.parse().choices[0].message.content == "Echo: never mind"
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        page = http.get("/v1/events", params={"prefix": f"run:{raw.headers['x-run-id']}"})
+    [requested] = [e["data"] for e in page.json()["data"] if e["type"] == "ModelRequested"]
+    assert requested["message_count"] == 2  # the two user messages; not the bare call
 
 
 def test_client_function_shadows_a_server_tool(client: openai.OpenAI) -> None:
@@ -337,3 +369,108 @@ def test_responses_hosted_tools_are_refused_clearly(client: openai.OpenAI) -> No
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="default", input="x", tools=[{"type": "web_search"}])
     assert caught.value.param == "tools.0.type"
+
+
+# -- images and files --------------------------------------------------------------------------
+
+PIXELS = bytes(range(256)) * 64  # 16 KiB standing in for an image
+
+
+def test_image_parts_are_recorded_by_digest_and_described(
+    client: openai.OpenAI, server: ServerProcess
+) -> None:
+    """An inline image's bytes go to the content store (the log names them by digest), a
+    linked image keeps its URL, and echo describes both."""
+    digest = hashlib.sha256(PIXELS).hexdigest()
+    data_url = "data:image/png;base64," + base64.b64encode(PIXELS).decode()
+    raw = client.chat.completions.with_raw_response.create(
+        model="default",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": data_url, "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            }
+        ],
+    )
+    answer = raw.parse().choices[0].message.content
+    assert answer == (
+        f"Echo: what is this? [image image/png {len(PIXELS)} bytes sha256 {digest[:16]}]"
+        " [image https://example.com/a.png]"
+    )
+    session = raw.headers["x-session-key"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        events = http.get("/v1/events", params={"prefix": f"session:{session}"}).json()["data"]
+    [accepted] = [e for e in events if e["type"] == "MessageAccepted"]
+    [message] = accepted["data"]["messages"]
+    assert message["parts"][0] == {
+        "kind": "image",
+        "media_type": "image/png",
+        "digest": digest,
+        "size": len(PIXELS),
+        "detail": "low",
+    }
+    assert data_url[30:90] not in json.dumps(accepted)  # the bytes are not in the log
+
+
+def test_responses_input_image_and_file(client: openai.OpenAI) -> None:
+    """Responses input_image and input_file parts are accepted and described."""
+    encoded = base64.b64encode(b"%PDF-1.4 tiny").decode()
+    response = client.responses.create(
+        model="default",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "read"},
+                    {
+                        "type": "input_image",
+                        "image_url": "https://example.com/b.jpg",
+                        "detail": "auto",
+                    },
+                    {
+                        "type": "input_file",
+                        "filename": "a.pdf",
+                        "file_data": f"data:application/pdf;base64,{encoded}",
+                    },
+                ],
+            }
+        ],
+    )
+    assert response.output_text.startswith(
+        "Echo: read [image https://example.com/b.jpg] [file a.pdf application/pdf 13 bytes"
+    )
+
+
+def test_bad_image_data_is_refused(client: openai.OpenAI) -> None:
+    """Image data that is not base64 is a 400 naming the part."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="default",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}
+                    ],
+                }
+            ],
+        )
+    assert caught.value.param == "messages.0.content.0"
+
+
+def test_every_run_here_replays_without_divergence(server: ServerProcess, data_dir: Path) -> None:
+    """The runs of this module (client calls, limits, media, Responses) re-execute from the log
+    exactly as recorded: `cuelog replay --check` finds no divergence."""
+    result = subprocess.run(
+        [CUELOG, "replay", str(data_dir), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run(s) re-executed" in result.stdout
