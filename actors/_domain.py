@@ -636,16 +636,17 @@ class Domain:
                 break
         return self.registry.stopped
 
-    async def emergency_stop(self, *, by: str | None = None) -> int:
-        """Refuse new runs and cancel every active one; return how many were cancelled."""
-        self.registry.stopped = True
+    async def emergency_stop(self, *, by: str | None = None, hold: bool = True) -> int:
+        """Cancel every active run; with `hold`, also refuse new runs until released. Return
+        how many were cancelled."""
+        self.registry.stopped = hold or self.registry.stopped
         active = list(self.registry.active)
         async with trio.open_nursery() as nursery:
             for run_id in active:
                 nursery.start_soon(self._cancel_quietly, run_id)
         await self.log.append(
             SYSTEM_STREAM,
-            [EmergencyStopChanged(stopped=True, cancelled_runs=len(active))],
+            [EmergencyStopChanged(stopped=self.registry.stopped, cancelled_runs=len(active))],
             actor=by,
         )
         return len(active)

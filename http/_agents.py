@@ -22,7 +22,7 @@ from cuelog.http._schemas import (
     WakeResult,
 )
 from cuelog.http._services import Services, check_id, page_json, run_headers
-from cuelog.http._wire import json_response, to_json
+from cuelog.http._wire import ApiError, json_response, to_json
 
 AGENTS_LIMIT = limit(50, 500)
 
@@ -35,6 +35,34 @@ def agent_json(view: AgentView) -> Agent:
 
 def model_json(view: AgentView, created: int) -> Model:
     return Model(id=view.id, object="model", created=created, owned_by="cuelog")
+
+
+def check_spec(services: Services, spec: AgentSpec) -> None:
+    """Refuse an agent this server could not run: a provider it has not configured, or a tool
+    it does not know (an unknown name would only fail at the agent's first call)."""
+    settings = services.domain.settings
+    if spec.provider not in settings.providers:
+        known = ", ".join(sorted(settings.providers))
+        raise ApiError(
+            400,
+            f"model provider {spec.provider!r} is not configured on this server ({known})",
+            code="invalid_value",
+            param="provider",
+        )
+    known_tools = set(settings.tools.names())
+    for index, name in enumerate(spec.tools):
+        if name not in known_tools:
+            raise ApiError(
+                400,
+                f"no tool named {name!r} (known: {', '.join(sorted(known_tools))})",
+                code="invalid_value",
+                param=f"tools.{index}",
+            )
+    for name in spec.tool_approval:
+        if name not in known_tools:
+            raise ApiError(
+                400, f"no tool named {name!r}", code="invalid_value", param="tool_approval"
+            )
 
 
 def register_agent_routes(routes: Routes, services: Services) -> None:
@@ -82,6 +110,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             k: v for k, v in msgspec.structs.asdict(body).items() if v is not None and k != "id"
         }
         spec = msgspec.convert({"name": agent_id, **fields}, AgentSpec)
+        check_spec(services, spec)
         view = await domain.create_agent(agent_id, spec)
         return json_response(to_json(agent_json(view)), 201)
 
@@ -97,6 +126,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         current = await domain.get_agent(agent_id)
         changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
         spec = msgspec.structs.replace(current.spec, **changes)
+        check_spec(services, spec)
         return json_response(to_json(agent_json(await domain.update_agent(agent_id, spec))))
 
     @routes.add("/v1/agents/<agent_id>", ["DELETE"], "admin", answers={200: Deleted})

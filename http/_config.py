@@ -45,6 +45,8 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: int = 1024  # open connections; beyond it 503 (lowered to fit the fd limit)
     max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
     passivate_after: float = 300.0  # seconds an idle actor stays in memory
+    # Browser origins allowed to call the API (CORS, with preflight); "*" allows any.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
