@@ -480,6 +480,7 @@ class Domain:
         after: str | None = None,
         limit: int = 50,
         scan: int | None = None,
+        user_id: str | None = None,
     ) -> tuple[list[SessionView], str | None]:
         """A page of sessions the caller may see, and the cursor of the next page (or None).
 
@@ -495,6 +496,8 @@ class Domain:
             if not caller.admin and state.owner != caller.owner:
                 return None
             if agent_id is not None and state.agent_id != agent_id:
+                return None
+            if user_id is not None and state.metadata.get("user_id") != user_id:
                 return None
             # Built from the fold just read: listing spawns no actor per session.
             return session_view(key, state, self.log.stream_version(session_stream(key)))

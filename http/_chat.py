@@ -22,7 +22,7 @@ from cuelog.http._openai import (
     new_messages,
     with_request,
 )
-from cuelog.http._params import IDEMPOTENCY_KEY, SESSION_KEY
+from cuelog.http._params import END_USER, IDEMPOTENCY_KEY, SESSION_KEY
 from cuelog.http._responses import (
     ResponseEcho,
     ResponsesRequest,
@@ -52,7 +52,7 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         "chat",
         body=ChatCompletionRequest,
         answers={200: None},
-        params=[IDEMPOTENCY_KEY, SESSION_KEY],
+        params=[IDEMPOTENCY_KEY, SESSION_KEY, END_USER],
         streams=True,
         runs=True,
     )
@@ -74,8 +74,9 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             max_tokens=body.max_completion_tokens or body.max_tokens,
             temperature=body.temperature,
         )
+        metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
         sent = await services.start_run(
-            "chat", raw, body.model, messages, session_key, body.metadata, tune=tune
+            "chat", raw, body.model, messages, session_key, metadata, tune=tune
         )
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -111,7 +112,7 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         "chat",
         body=ResponsesRequest,
         answers={200: None},
-        params=[IDEMPOTENCY_KEY],
+        params=[IDEMPOTENCY_KEY, END_USER],
         streams=True,
         runs=True,
     )
@@ -140,8 +141,9 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             max_tokens=body.max_output_tokens,
             temperature=body.temperature,
         )
+        metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
         sent = await services.start_run(
-            "responses", raw, model, messages, session_key, body.metadata, tune=tune
+            "responses", raw, model, messages, session_key, metadata, tune=tune
         )
         created = int(time.time())
         echo = response_echo(body)
@@ -170,6 +172,16 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         run_id = run_id_of(run_id)
         await services.domain.cancel_run(run_id, reason="cancelled by client", caller=caller())
         return json_response(to_json(await stored_response(services, run_id)))
+
+
+def with_end_user(metadata: dict[str, str] | None, end_user: str | None) -> dict[str, str]:
+    """The message's metadata with who the request acts for (`user_id`, as wake records it):
+    the body's `safety_identifier` or `user`, else the `X-End-User` header."""
+    user = end_user or END_USER.get()
+    out = dict(metadata or {})
+    if user:
+        out["user_id"] = user
+    return out
 
 
 def conversation_key(body: ResponsesRequest) -> str | None:

@@ -55,3 +55,26 @@ def test_an_alias_must_name_an_agent_id() -> None:
     """An alias whose target cannot be an agent id is refused at start, naming the key."""
     with pytest.raises(ConfigError, match=r"models\.aliases\.bad"):
         load_settings(None, environ={}, flags={"models": {"aliases": {"bad": "no spaces"}}})
+
+
+async def test_end_users_are_recorded_and_sessions_list_by_them(tmp_path: Path) -> None:
+    """`safety_identifier`, `user` or the X-End-User header name the end user under one key:
+    the session records it as user_id and `GET /v1/sessions?user_id=` lists by it."""
+    async with live_server(tmp_path / "data") as live:
+        chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+        first = await live.client.post(
+            "/v1/chat/completions", json={**chat, "safety_identifier": "hash-alice"}
+        )
+        second = await live.client.post(
+            "/v1/responses", json={"model": "default", "input": "hi", "user": "bob"}
+        )
+        third = await live.client.post(
+            "/v1/chat/completions", json=chat, headers={"X-End-User": "hash-alice"}
+        )
+        for answer in (first, second, third):
+            assert answer.status_code == 200, answer.text
+        listed = await live.client.get("/v1/sessions", params={"user_id": "hash-alice"})
+        keys = {s["key"] for s in listed.json()["data"]}
+        assert keys == {first.headers["x-session-key"], third.headers["x-session-key"]}
+        session = (await live.client.get(f"/v1/sessions/{second.headers['x-session-key']}")).json()
+        assert session["metadata"] == {"user_id": "bob"}
