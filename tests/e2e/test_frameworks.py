@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from agents import (
@@ -42,7 +43,7 @@ def lookup(q: str) -> str:
     return f"found {q}"
 
 
-async def _run_agent(server: ServerProcess, kind: str, prompt: str, **settings: int) -> str:
+async def _run_agent(server: ServerProcess, kind: str, prompt: Any, **settings: int) -> str:
     client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     async with client:
         model = (
@@ -124,3 +125,35 @@ def test_langchain_streams_and_respects_max_tokens(server: ServerProcess) -> Non
     assert str(reply.content).split() == ["Echo:", "one"]
     streamed = "".join(str(chunk.content) for chunk in _chat_model(server).stream("hi there"))
     assert streamed == "Echo: hi there"
+
+
+PNG_URL = "data:image/png;base64,iVBORw=="  # 4 bytes
+IMAGE_REPLY = "Echo: see [image image/png 4 bytes sha256 "
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+def test_agents_sdk_sends_an_image(server: ServerProcess, kind: str) -> None:
+    """An input_image item reaches the agent, which sees it."""
+    prompt: Any = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "see"},
+                {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
+            ],
+        }
+    ]
+    final = asyncio.run(_run_agent(server, kind, prompt))
+    assert final.startswith(IMAGE_REPLY)
+
+
+def test_langchain_sends_an_image(server: ServerProcess) -> None:
+    """An image_url content block reaches the agent, which sees it."""
+    message = HumanMessage(
+        content=[
+            {"type": "text", "text": "see"},
+            {"type": "image_url", "image_url": {"url": PNG_URL}},
+        ]
+    )
+    reply = _chat_model(server).invoke([message])
+    assert str(reply.content).startswith(IMAGE_REPLY)

@@ -19,7 +19,7 @@ from tests.support import running_server
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 API_KEY = "node-clients-key-0123456789abcdef"
-CHECKS = 12
+CHECKS = 14
 
 
 def _installed() -> None:

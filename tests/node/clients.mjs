@@ -127,6 +127,22 @@ for (const [label, model] of [
     assert.equal(kinds.at(-1), "finish");
   });
 
+  await check(`ai image ${label}`, async () => {
+    const result = await generateText({
+      model,
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "see" },
+            { type: "image", image: new Uint8Array([137, 80, 78, 71]), mediaType: "image/png" },
+          ],
+        },
+      ],
+    });
+    assert.match(result.text, /^Echo: see \[image image\/png 4 bytes sha256 [0-9a-f]{16}\]$/);
+  });
+
   await check(`ai maxOutputTokens ${label}`, async () => {
     const result = await generateText({ model, prompt: "a b c d e f", maxOutputTokens: 2 });
     assert.equal(result.text.trim(), "Echo: a");
