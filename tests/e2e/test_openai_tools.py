@@ -364,6 +364,24 @@ def test_responses_retrieve_and_cancel(client: openai.OpenAI) -> None:
         client.responses.retrieve("resp_run_nope")
 
 
+def test_responses_background_then_cancel(client: openai.OpenAI, server: ServerProcess) -> None:
+    """background answers at once in progress; GET shows it still in progress while its run
+    waits for an approval; cancel ends it as cancelled."""
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        made = http.post(
+            "/v1/agents", json={"id": "careful", "tools": ["calculator"], "approval": "ask"}
+        )
+        assert made.status_code == 201, made.text
+    started = client.responses.create(
+        model="careful", input='/tool calculator {"expr": "1+1"}', background=True
+    )
+    assert started.status == "in_progress" and started.background is True
+    assert client.responses.retrieve(started.id).status == "in_progress"
+    cancelled = client.responses.cancel(started.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(started.id).status == "cancelled"
+
+
 def test_responses_hosted_tools_are_refused_clearly(client: openai.OpenAI) -> None:
     """A tool cuelog cannot serve (web_search) is a 400 naming it, not silently ignored."""
     with pytest.raises(openai.BadRequestError) as caught:
