@@ -157,3 +157,25 @@ def test_langchain_sends_an_image(server: ServerProcess) -> None:
     )
     reply = _chat_model(server).invoke([message])
     assert str(reply.content).startswith(IMAGE_REPLY)
+
+
+async def _run_agent_streamed(server: ServerProcess, kind: str, prompt: str) -> tuple[str, int]:
+    client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    async with client:
+        model = (
+            OpenAIResponsesModel(model="default", openai_client=client)
+            if kind == "responses"
+            else OpenAIChatCompletionsModel(model="default", openai_client=client)
+        )
+        agent = Agent(name="helper", instructions="Be brief.", model=model, tools=[lookup])
+        result = Runner.run_streamed(agent, prompt)
+        events = [event async for event in result.stream_events()]
+        return str(result.final_output), len(events)
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+def test_agents_sdk_streamed_tool_loop(server: ServerProcess, kind: str) -> None:
+    """Runner.run_streamed goes through the tool call and the answer on streamed responses."""
+    final, events = asyncio.run(_run_agent_streamed(server, kind, '/tool lookup {"q": "s"}'))
+    assert final == "Tool lookup returned: found s"
+    assert events > 3
