@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8088
 DATA ?= ./data
+NODE_CLIENTS := tests/node/node_modules/.package-lock.json
 
 .PHONY: run test check install lint typecheck layers pytest bench soak clean
 
@@ -13,8 +14,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstalled on every `make test`: a strict editable install only sees files present at install time.
-install: $(BIN)/python
+install: $(BIN)/python $(NODE_CLIENTS)
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+
+# The Node clients the tests run (OpenAI Node SDK, Vercel AI SDK), as pinned by the lock file.
+$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the Node client tests will be skipped"; fi
 
 # Serving needs only the runtime dependencies; a default editable install sees new files too.
 run: $(BIN)/python

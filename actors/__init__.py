@@ -30,6 +30,7 @@ from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
 from cuelog.actors._events import ModelRequested as ModelRequested
+from cuelog.actors._events import RequestOptions as RequestOptions
 from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
 from cuelog.actors._events import RunFailed as RunFailed
@@ -44,6 +45,7 @@ from cuelog.actors._keys import KeyStore as KeyStore
 from cuelog.actors._keys import Scope as Scope
 from cuelog.actors._keys import key_digest as key_digest
 from cuelog.actors._messages import ChatMessage as ChatMessage
+from cuelog.actors._messages import MediaPart as MediaPart
 from cuelog.actors._messages import Role as Role
 from cuelog.actors._messages import ToolCall as ToolCall
 from cuelog.actors._messages import ToolSpec as ToolSpec
@@ -128,6 +130,7 @@ __all__ = [
     "KeyCreated",
     "KeyInfo",
     "KeyStore",
+    "MediaPart",
     "ModelChunk",
     "ModelError",
     "ModelProvider",
@@ -136,6 +139,7 @@ __all__ = [
     "NotFound",
     "OpenAIConfig",
     "OpenAIModel",
+    "RequestOptions",
     "Role",
     "RunActor",
     "RunCancelled",

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from cuelog.actors._events import AgentSpec
-from cuelog.actors._messages import ChatMessage, Usage
+from cuelog.actors._messages import ChatMessage, ToolCall, Usage
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -79,6 +79,9 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
     pending_approvals: list[str]
     messages: list[ChatMessage]
     version: int
+    finish_reason: str = "stop"
+    # Calls of client functions the run ended with: the client runs them and sends the results.
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
 
 
 # -- to a session ------------------------------------------------------------------------------

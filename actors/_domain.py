@@ -26,7 +26,7 @@ from cuelog.actors._agent import (
     UpdateAgent,
 )
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
-from cuelog.actors._content import resolve_messages
+from cuelog.actors._content import resolve_messages, store_media
 from cuelog.actors._errors import InputTooLarge, Invalid, NotFound, Unavailable
 from cuelog.actors._events import (
     APPROVAL_REQUESTED,
@@ -51,6 +51,7 @@ from cuelog.actors._names import (
     RUN,
     SESSION,
     SYSTEM_STREAM,
+    agent_stream,
     run_stream,
     session_stream,
     stream_id,
@@ -155,6 +156,11 @@ class Domain:
         view: AgentView = await self.system.ref(AGENT, agent_id).ask(GetAgent())
         return view
 
+    def agent_created(self, agent_id: str) -> int:
+        """When the agent was created, in seconds since the epoch (0 if it never was)."""
+        first = self.log.read_stream(agent_stream(agent_id), 1, limit=1)
+        return first[0].ts // 1_000_000 if first else 0
+
     async def list_agents(
         self, *, after: str | None = None, limit: int = 100, scan: int | None = None
     ) -> tuple[list[AgentView], str | None]:
@@ -200,6 +206,7 @@ class Domain:
             spec = (await self.get_agent(agent_id)).spec
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
+        messages = await store_media(messages, self.log.content)
         self._check_fits(agent_id, spec, messages, metadata or {}, key, run, caller)
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)
@@ -473,6 +480,7 @@ class Domain:
         after: str | None = None,
         limit: int = 50,
         scan: int | None = None,
+        user_id: str | None = None,
     ) -> tuple[list[SessionView], str | None]:
         """A page of sessions the caller may see, and the cursor of the next page (or None).
 
@@ -488,6 +496,8 @@ class Domain:
             if not caller.admin and state.owner != caller.owner:
                 return None
             if agent_id is not None and state.agent_id != agent_id:
+                return None
+            if user_id is not None and state.metadata.get("user_id") != user_id:
                 return None
             # Built from the fold just read: listing spawns no actor per session.
             return session_view(key, state, self.log.stream_version(session_stream(key)))
@@ -629,16 +639,17 @@ class Domain:
                 break
         return self.registry.stopped
 
-    async def emergency_stop(self, *, by: str | None = None) -> int:
-        """Refuse new runs and cancel every active one; return how many were cancelled."""
-        self.registry.stopped = True
+    async def emergency_stop(self, *, by: str | None = None, hold: bool = True) -> int:
+        """Cancel every active run; with `hold`, also refuse new runs until released. Return
+        how many were cancelled."""
+        self.registry.stopped = hold or self.registry.stopped
         active = list(self.registry.active)
         async with trio.open_nursery() as nursery:
             for run_id in active:
                 nursery.start_soon(self._cancel_quietly, run_id)
         await self.log.append(
             SYSTEM_STREAM,
-            [EmergencyStopChanged(stopped=True, cancelled_runs=len(active))],
+            [EmergencyStopChanged(stopped=self.registry.stopped, cancelled_runs=len(active))],
             actor=by,
         )
         return len(active)

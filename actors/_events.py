@@ -10,15 +10,34 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors._messages import ChatMessage, ToolCall, ToolSpec, Usage
 from cuelog.runtime import Event, EventCodec, event_type
 
 ApprovalPolicy = Literal["auto", "ask", "reject"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
 
 
+class RequestOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What one chat request asked for beyond its agent's definition.
+
+    `client_tools` are functions the client runs itself: offered to the model beside the agent's
+    tools (shadowing one of the same name), a call to one ends the run with `tool_calls`.
+    `upstream` holds the request's other model fields (seed, stop, response_format...), passed
+    as sent to an OpenAI-compatible upstream; `end_user` is who the client acts for.
+    """
+
+    client_tools: list[ToolSpec] = msgspec.field(default_factory=list)
+    tool_choice: Any = None
+    upstream: dict[str, Any] = msgspec.field(default_factory=dict)
+    end_user: str | None = None
+
+    def is_client_tool(self, name: str) -> bool:
+        return any(tool.name == name for tool in self.client_tools)
+
+
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What an agent is: its model, prompt, tools and limits."""
+    """What an agent is: its model, prompt, tools and limits. A run's spec also carries what
+    the request that started it asked for (`request`); an agent's own spec never does."""
 
     name: str = ""
     provider: str = "echo"
@@ -30,6 +49,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_steps: int = 8
     max_tokens: int = 1024
     temperature: float | None = None
+    request: RequestOptions | None = None
 
 
 # -- agents ------------------------------------------------------------------------------------
@@ -184,8 +204,14 @@ class AssistantMessage(Event, tag="AssistantMessage", frozen=True):
 
 
 class RunCompleted(Event, tag="RunCompleted", frozen=True):
+    """The run's answer. `finish_reason` is its last model step's (`length` when the token limit
+    cut it); with `tool_calls` it ended calling client functions (`tool_calls`), whose results
+    the client sends in its next request."""
+
     usage: Usage
     content: str
+    finish_reason: str = "stop"
+    tool_calls: list[ToolCall] | None = None
 
 
 class RunFailed(Event, tag="RunFailed", frozen=True):

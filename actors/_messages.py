@@ -21,6 +21,23 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     arguments: str = "{}"
 
 
+class MediaPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An image, audio clip or file that came with a message: a link (`url`), or bytes.
+
+    Bytes sent inline are kept in the log's content store under their sha256 `digest` (the
+    event records only the digest and `size`); `data` holds them where the log has no content
+    store, and in a model request once read back."""
+
+    kind: Literal["image", "audio", "file"]
+    url: str | None = None
+    media_type: str | None = None
+    digest: str | None = None
+    size: int | None = None
+    data: bytes | None = None
+    filename: str | None = None
+    detail: str | None = None
+
+
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One message of a conversation.
 
@@ -36,6 +53,8 @@ class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     # Set on a tool message whose whole content is in the log's content store under this
     # digest (`content` is then a preview); readers resolve it before use. Never from clients.
     content_digest: str | None = None
+    # Images, audio and files that came with the message, after its text `content`.
+    parts: list[MediaPart] | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ wrap it in `contextlib.aclosing` so the upstream connection closes at once, not 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -25,6 +25,10 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     max_tokens: int | None = None
     temperature: float | None = None
+    # The request's `tool_choice` as the client sent it (None: the provider's default).
+    tool_choice: Any = None
+    # Further request fields for an OpenAI-compatible upstream, sent as they are.
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class TextDelta(msgspec.Struct, frozen=True, tag="text"):

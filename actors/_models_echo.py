@@ -10,7 +10,7 @@ from typing import Any, Final, final
 import msgspec
 import trio
 
-from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors._messages import ChatMessage, MediaPart, ToolCall, Usage
 from cuelog.actors._models import (
     Finished,
     ModelChunk,
@@ -115,12 +115,15 @@ class EchoModel:
                 for m in trailing_results
             )
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+        if last_user is not None and last_user.content is None and last_user.parts:
+            last_user = msgspec.structs.replace(last_user, content="")
         if last_user is None or last_user.content is None:
             return "Echo: (no user message)"
         text = last_user.content.strip()
         if text == "/tool" or text.startswith(("/tool ", "/tool\n", "/tool\t")):
             return self._tool_call(request, text)
-        return f"Echo: {last_user.content}"
+        media = "".join(f" [{describe_part(part)}]" for part in last_user.parts or [])
+        return f"Echo: {last_user.content}{media}"
 
     def _tool_call(self, request: ModelRequest, line: str) -> str | ToolCall:
         match = _TOOL_LINE.fullmatch(line)
@@ -134,7 +137,7 @@ class EchoModel:
             return _syntax_help(f"the arguments are not valid JSON ({exc})")
         if not isinstance(args, dict):
             return _syntax_help("the arguments must be a JSON object")
-        offered = [tool.name for tool in request.tools]
+        offered = [] if request.tool_choice == "none" else [tool.name for tool in request.tools]
         if name not in offered:
             available = ", ".join(offered) if offered else "none"
             return (
@@ -153,6 +156,23 @@ class EchoModel:
         else:
             # A checkpoint per chunk: a cancelled caller stops here, within one chunk.
             await trio.lowlevel.checkpoint()
+
+
+def describe_part(part: MediaPart) -> str:
+    """How echo tells it saw an image, audio clip or file: its kind, type, size and digest,
+    or its link."""
+    words: list[str] = [part.kind]
+    if part.filename:
+        words.append(part.filename)
+    if part.media_type:
+        words.append(part.media_type)
+    if part.url is not None:
+        words.append(part.url)
+    else:
+        size = part.size if part.size is not None else len(part.data or b"")
+        digest = part.digest or hashlib.sha256(part.data or b"").hexdigest()
+        words.append(f"{size} bytes sha256 {digest[:16]}")
+    return " ".join(words)
 
 
 def _syntax_help(reason: str) -> str:

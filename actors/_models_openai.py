@@ -7,6 +7,7 @@ environment on each call, sent only in the Authorization header, and scrubbed fr
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import structlog
 import trio
 
 from cuelog.actors._errors import ModelError
-from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors._messages import ChatMessage, MediaPart, ToolCall, Usage
 from cuelog.actors._models import (
     Finished,
     FinishReason,
@@ -293,6 +294,7 @@ class OpenAIModel:
 
 def _request_body(request: ModelRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
+        **request.options,
         "model": request.model,
         "messages": [_wire_message(m) for m in request.messages],
         "stream": True,
@@ -310,6 +312,10 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
             }
             for t in request.tools
         ]
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+    else:
+        body.pop("parallel_tool_calls", None)  # upstreams refuse it without tools
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
@@ -317,8 +323,33 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
     return body
 
 
+def _wire_part(part: MediaPart) -> dict[str, Any]:
+    """A media part in the chat completions content-part shape (bytes as base64)."""
+    media_type = part.media_type or "application/octet-stream"
+    encoded = base64.b64encode(part.data or b"").decode()
+    if part.kind == "audio":
+        return {
+            "type": "input_audio",
+            "input_audio": {"data": encoded, "format": media_type.rsplit("/", 1)[-1]},
+        }
+    link = part.url if part.url is not None else f"data:{media_type};base64,{encoded}"
+    if part.kind == "image":
+        image: dict[str, Any] = {"url": link}
+        if part.detail is not None:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    file: dict[str, Any] = {"file_data": link}
+    if part.filename is not None:
+        file["filename"] = part.filename
+    return {"type": "file", "file": file}
+
+
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    content: Any = message.content
+    if message.parts:
+        text = [{"type": "text", "text": message.content}] if message.content else []
+        content = text + [_wire_part(part) for part in message.parts]
+    wire: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls:
         wire["tool_calls"] = [
             {

@@ -50,10 +50,10 @@ from cuelog.actors._events import (
     ToolCallFailed,
     ToolCallRequested,
 )
-from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.actors._messages import ChatMessage, ToolCall, ToolSpec, Usage
 from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._names import SESSION, TERMINAL, agent_stream
-from cuelog.actors._session_fold import history_at
+from cuelog.actors._session_fold import answered_only, history_at
 from cuelog.actors._tools import parse_tool_arguments
 from cuelog.actors._tools_registry import ToolRegistry
 from cuelog.runtime import (
@@ -161,6 +161,10 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     history_stream: str | None = None  # the session whose history the run continues
     history_version: int = 0  # ... as of this version of its stream
+    # Calls of the client's own functions from the last model step: the run ends with them
+    # once its server tools are done.
+    client_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    finish_reason: str = "stop"
 
 
 def fold_run(state: RunState, event: Event) -> RunState:
@@ -189,6 +193,7 @@ def fold_run(state: RunState, event: Event) -> RunState:
                 produced=[*state.produced, message],
                 text="",
                 usage=state.usage + usage,
+                client_calls=client_calls(state.spec, message.tool_calls or []),
             )
         case ToolCallRequested(call=call):
             return replace(state, pending_calls=[*state.pending_calls, call])
@@ -203,13 +208,31 @@ def fold_run(state: RunState, event: Event) -> RunState:
             return _tool_answered(state, call_id, name, output, digest)
         case ToolCallFailed(call_id=call_id, name=name, error=error):
             return _tool_answered(state, call_id, name, f"error: {error}")
-        case RunCompleted(content=content):
-            return replace(state, status="completed", content=content)
+        case RunCompleted(content=content, finish_reason=finish_reason):
+            return replace(state, status="completed", content=content, finish_reason=finish_reason)
         case RunFailed(reason=reason):
             return replace(state, status="failed", error=reason)
         case RunCancelled(reason=reason):
             return replace(state, status="cancelled", error=reason)
     return state
+
+
+def client_calls(spec: AgentSpec | None, calls: list[ToolCall]) -> list[ToolCall]:
+    """The calls that name one of the request's client functions (the client runs those)."""
+    request = spec.request if spec is not None else None
+    if request is None or not request.client_tools:
+        return []
+    return [call for call in calls if request.is_client_tool(call.name)]
+
+
+def offered_tools(settings_tools: ToolRegistry, spec: AgentSpec) -> list[ToolSpec]:
+    """The agent's server tools and the request's client functions; a client function shadows
+    a server tool of the same name for this request."""
+    request = spec.request
+    client = request.client_tools if request is not None else []
+    names = {tool.name for tool in client}
+    server = [tool for tool in settings_tools.specs(spec.tools) if tool.name not in names]
+    return [*server, *client]
 
 
 def _pending(state: RunState, approval_id: str) -> bool:
@@ -374,6 +397,8 @@ class RunActor(EventSourcedActor[RunState]):
             pending_approvals=[k for k, a in state.approvals.items() if a.status == "pending"],
             messages=state.produced,
             version=self.version,
+            finish_reason=state.finish_reason,
+            tool_calls=state.client_calls if state.status == "completed" else [],
         )
 
     def after_commit(
@@ -435,7 +460,9 @@ class RunActor(EventSourcedActor[RunState]):
             stream = state.history_stream
             log = self.settings.history_log or self.ctx.log
             self._history = history_at(log, stream, state.history_version) if stream else []
-        return _with_system_prompt(spec, [*self._history, *state.messages])
+        # Client function calls the client never answered would make an upstream refuse the
+        # whole conversation; they are left out (answered ones stay, whenever the answer came).
+        return _with_system_prompt(spec, answered_only([*self._history, *state.messages]))
 
     async def _drive(self) -> None:
         try:
@@ -449,6 +476,10 @@ class RunActor(EventSourcedActor[RunState]):
                     await self._await_decision(*pending[0])
                 elif state.pending_calls:
                     await self._run_tool(state, spec, state.pending_calls[0])
+                elif state.client_calls:
+                    await self._record(
+                        self._completed_run(state, Usage(), "", "tool_calls", state.client_calls)
+                    )
                 elif state.step >= spec.max_steps:
                     await self._record(
                         RunFailed(
@@ -550,12 +581,15 @@ class RunActor(EventSourcedActor[RunState]):
         except ModelError as exc:
             await self._record(RunFailed(reason=str(exc), usage=state.usage))
             return
+        options = spec.request
         request = ModelRequest(
             model=spec.model,
             messages=messages,
-            tools=self.settings.tools.specs(spec.tools),
+            tools=offered_tools(self.settings.tools, spec),
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
+            tool_choice=options.tool_choice if options is not None else None,
+            options=options.upstream if options is not None else {},
         )
         text: list[str] = []
         buffered: list[str] = []
@@ -609,14 +643,34 @@ class RunActor(EventSourcedActor[RunState]):
                 usage=finished.usage,
             )
         )
-        events.extend(ToolCallRequested(step=step, call=call) for call in calls)
-        if not calls:
-            # The run's answer is all its assistant text, so a streamed read joins to the same.
-            earlier = "".join(m.content or "" for m in self.state.produced if m.role == "assistant")
+        for_client = client_calls(self.state.spec, calls)
+        server_calls = [call for call in calls if call not in for_client]
+        events.extend(ToolCallRequested(step=step, call=call) for call in server_calls)
+        if not server_calls:
+            reason = "tool_calls" if for_client else finished.finish_reason
             events.append(
-                RunCompleted(usage=self.state.usage + finished.usage, content=earlier + content)
+                self._completed_run(self.state, finished.usage, content, reason, for_client)
             )
         await self._record(*events)
+
+    def _completed_run(
+        self,
+        state: RunState,
+        usage: Usage,
+        content: str,
+        finish_reason: str,
+        calls: list[ToolCall],
+    ) -> RunCompleted:
+        """The run's end after its last step (`usage` and `content`: that step's, when it is not
+        recorded yet). The answer is all the assistant text, so a streamed read joins to the
+        same; `calls` are the client functions the run ends calling."""
+        earlier = "".join(m.content or "" for m in state.produced if m.role == "assistant")
+        return RunCompleted(
+            usage=state.usage + usage,
+            content=earlier + content,
+            finish_reason=finish_reason,
+            tool_calls=calls or None,
+        )
 
 
 def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[ChatMessage]:

@@ -171,9 +171,9 @@ class SessionActor(EventSourcedActor[SessionState]):
             case RunDone(run_id=run_id, status=status, messages=messages):
                 if state.current_run != run_id:
                     return []  # already settled (a repeat after recovery)
-                events: list[Event] = [
-                    RunSettled(run_id=run_id, status=status, messages=answered_only(messages))
-                ]
+                # A completed run's unanswered calls are the client's: its next request answers.
+                settled = messages if status == "completed" else answered_only(messages)
+                events: list[Event] = [RunSettled(run_id=run_id, status=status, messages=settled)]
                 if state.inbox and not state.deleted:
                     events.append(RunAssigned(run_id=state.inbox[0].run_id))
                 return events

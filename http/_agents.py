@@ -22,19 +22,47 @@ from cuelog.http._schemas import (
     WakeResult,
 )
 from cuelog.http._services import Services, check_id, page_json, run_headers
-from cuelog.http._wire import json_response, to_json
+from cuelog.http._wire import ApiError, json_response, to_json
 
 AGENTS_LIMIT = limit(50, 500)
 
 
 def agent_json(view: AgentView) -> Agent:
-    return Agent(
-        id=view.id, object="agent", version=view.version, **msgspec.structs.asdict(view.spec)
-    )
+    fields = msgspec.structs.asdict(view.spec)
+    del fields["request"]  # only a run's spec carries its request's options
+    return Agent(id=view.id, object="agent", version=view.version, **fields)
 
 
-def model_json(view: AgentView) -> Model:
-    return Model(id=view.id, object="model", created=0, owned_by="cuelog")
+def model_json(view: AgentView, created: int) -> Model:
+    return Model(id=view.id, object="model", created=created, owned_by="cuelog")
+
+
+def check_spec(services: Services, spec: AgentSpec) -> None:
+    """Refuse an agent this server could not run: a provider it has not configured, or a tool
+    it does not know (an unknown name would only fail at the agent's first call)."""
+    settings = services.domain.settings
+    if spec.provider not in settings.providers:
+        known = ", ".join(sorted(settings.providers))
+        raise ApiError(
+            400,
+            f"model provider {spec.provider!r} is not configured on this server ({known})",
+            code="invalid_value",
+            param="provider",
+        )
+    known_tools = set(settings.tools.names())
+    for index, name in enumerate(spec.tools):
+        if name not in known_tools:
+            raise ApiError(
+                400,
+                f"no tool named {name!r} (known: {', '.join(sorted(known_tools))})",
+                code="invalid_value",
+                param=f"tools.{index}",
+            )
+    for name in spec.tool_approval:
+        if name not in known_tools:
+            raise ApiError(
+                400, f"no tool named {name!r}", code="invalid_value", param="tool_approval"
+            )
 
 
 def register_agent_routes(routes: Routes, services: Services) -> None:
@@ -51,13 +79,19 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             if cursor is None:
                 break
         return json_response(
-            to_json(ModelList(object="list", data=[model_json(a) for a in agents]))
+            to_json(
+                ModelList(
+                    object="list",
+                    data=[model_json(a, domain.agent_created(a.id)) for a in agents],
+                )
+            )
         )
 
     @routes.add("/v1/models/<model_id>", ["GET"], "read", answers={200: Model})
     async def get_model(model_id: str) -> Response:
-        """One agent as a model."""
-        return json_response(to_json(model_json(await domain.get_agent(model_id))))
+        """One agent as a model (by its id, an alias, or `agent:ID`)."""
+        view = await domain.get_agent(services.agent_for_model(model_id))
+        return json_response(to_json(model_json(view, domain.agent_created(view.id))))
 
     @routes.add(
         "/v1/agents", ["GET"], "read", answers={200: AgentList}, params=[AGENTS_LIMIT, CURSOR]
@@ -76,6 +110,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             k: v for k, v in msgspec.structs.asdict(body).items() if v is not None and k != "id"
         }
         spec = msgspec.convert({"name": agent_id, **fields}, AgentSpec)
+        check_spec(services, spec)
         view = await domain.create_agent(agent_id, spec)
         return json_response(to_json(agent_json(view)), 201)
 
@@ -91,6 +126,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         current = await domain.get_agent(agent_id)
         changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
         spec = msgspec.structs.replace(current.spec, **changes)
+        check_spec(services, spec)
         return json_response(to_json(agent_json(await domain.update_agent(agent_id, spec))))
 
     @routes.add("/v1/agents/<agent_id>", ["DELETE"], "admin", answers={200: Deleted})

@@ -29,6 +29,7 @@ from cuelog.http._audit import register_audit_routes
 from cuelog.http._auth import PUBLIC, Principal, Routes, principal
 from cuelog.http._chat import register_chat_routes
 from cuelog.http._console import register_console_routes
+from cuelog.http._cors import install_cors
 from cuelog.http._errors import error_body
 from cuelog.http._limits import retry_after
 from cuelog.http._openapi import register_docs_routes
@@ -52,7 +53,10 @@ from cuelog.runtime import (
 
 logger = structlog.get_logger("cuelog.http")
 
-_HEALTH_OK = to_json({"status": "ok"})
+# Whether a key is needed is no secret (a client learns it from any 401) and tells a client
+# what to send before it tries.
+_HEALTH_OK = to_json({"status": "ok", "auth_required": True})
+_HEALTH_OPEN = to_json({"status": "ok", "auth_required": False})
 
 # Domain and log errors as HTTP answers: status and, where clients tell them apart, a code.
 _ERRORS: list[tuple[type[Exception], int, str | None]] = [
@@ -146,6 +150,7 @@ def create_app(services: Services) -> QuartTrio:
     async def domain_error(exc: CuelogError) -> Response:
         return error_answer(exc).response()
 
+    install_cors(app, services.settings.server.cors_origins)
     auth = services.auth
     routes = Routes(app, auth, limit=_Limits(services))
     app.extensions["cuelog.routes"] = routes
@@ -163,7 +168,7 @@ def create_app(services: Services) -> QuartTrio:
         """Liveness; with a valid key also version, log head, live actors and uptime."""
         who = principal()
         if who is None or not auth.enabled:
-            return json_response(_HEALTH_OK)
+            return json_response(_HEALTH_OK if auth.enabled else _HEALTH_OPEN)
         stats = services.domain.system.statistics()
         return json_response(
             to_json(
@@ -174,6 +179,7 @@ def create_app(services: Services) -> QuartTrio:
                     live_actors=stats.live_actors,
                     uptime_seconds=round(time.monotonic() - services.started, 3),
                     emergency_stop=services.domain.emergency_stopped,
+                    auth_required=True,
                 )
             )
         )

@@ -91,3 +91,7 @@ class InvokeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     def __post_init__(self) -> None:
         check_free_json(self.args, "args")
+
+
+class EmergencyStopBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    hold: bool = False  # also refuse new runs until `POST /v1/emergency-stop/release`

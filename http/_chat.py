@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Response
 
-from cuelog.actors import AssistantDelta, RunCompleted, RunEvent, RunStarted, RunView
-from cuelog.http._auth import Routes
+from cuelog.actors import RunEvent, RunStarted, RunView
+from cuelog.http._auth import Routes, caller
 from cuelog.http._openai import (
     DONE_FRAME,
     ChatCompletionRequest,
-    ResponsesRequest,
     chat_chunk_frames,
     chat_completion,
     chat_messages,
-    new_user_messages,
+    chat_request_options,
+    check_last_message,
+    new_messages,
+    with_request,
+)
+from cuelog.http._params import END_USER, IDEMPOTENCY_KEY, SESSION_KEY
+from cuelog.http._responses import (
+    ResponseEcho,
+    ResponsesRequest,
+    continued_messages,
+    outcome_of,
+    response_echo,
+    response_events,
     response_object,
     responses_messages,
+    responses_options,
+    run_id_of,
 )
-from cuelog.http._params import IDEMPOTENCY_KEY, SESSION_KEY
 from cuelog.http._services import (
     Services,
     cancel_on_disconnect,
+    check_id,
     event_frame,
     run_headers,
 )
-from cuelog.http._wire import ApiError, json_response, sse_frame, to_json
+from cuelog.http._wire import ApiError, json_response, to_json
 
 
 def register_chat_routes(routes: Routes, services: Services) -> None:
@@ -38,22 +52,32 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         "chat",
         body=ChatCompletionRequest,
         answers={200: None},
-        params=[IDEMPOTENCY_KEY, SESSION_KEY],
+        params=[IDEMPOTENCY_KEY, SESSION_KEY, END_USER],
         streams=True,
         runs=True,
     )
     async def chat_completions() -> Response:
-        """OpenAI chat completions, streaming or not; `model` names the agent."""
+        """OpenAI chat completions, streaming or not; `model` names the agent. Client `tools`
+        end the run with `finish_reason: "tool_calls"`; the next request brings the results."""
         body, raw = await services.read(ChatCompletionRequest)
         if body.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported", param="n")
         messages = chat_messages(body.messages)
         session_key = SESSION_KEY.get()
         if session_key is not None:
-            messages = new_user_messages(messages)
-        elif messages[-1].role != "user":
-            raise ApiError(400, "the last message must be from the user", param="messages")
-        sent = await services.start_run("chat", raw, body.model, messages, session_key)
+            messages = new_messages(messages)
+        else:
+            check_last_message(messages, "messages")
+        tune = functools.partial(
+            with_request,
+            options=chat_request_options(body),
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature,
+        )
+        metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
+        sent = await services.start_run(
+            "chat", raw, body.model, messages, session_key, metadata, tune=tune
+        )
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             frames = run_frames(
@@ -70,7 +94,15 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         raise_for_run(view)
         created = int(time.time())
         return json_response(
-            chat_completion(view.id, body.model, created, view.content, view.usage),
+            chat_completion(
+                view.id,
+                body.model,
+                created,
+                view.content,
+                view.usage,
+                view.finish_reason,
+                view.tool_calls,
+            ),
             headers=run_headers(sent),
         )
 
@@ -80,29 +112,103 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         "chat",
         body=ResponsesRequest,
         answers={200: None},
-        params=[IDEMPOTENCY_KEY],
+        params=[IDEMPOTENCY_KEY, END_USER],
         streams=True,
         runs=True,
     )
     async def responses() -> Response:
-        """The OpenAI Responses API subset: text in, text out, streaming or not."""
+        """The OpenAI Responses API: text, client function calls and their outputs;
+        `previous_response_id` (or `conversation`) continues that session."""
         body, raw = await services.read(ResponsesRequest)
+        options = responses_options(body)
         messages = responses_messages(body)
-        sent = await services.start_run("responses", raw, body.model, messages, None)
+        model, session_key = body.model, conversation_key(body)
+        if body.previous_response_id is not None:
+            previous = await services.domain.get_run(
+                run_id_of(body.previous_response_id), caller=caller()
+            )
+            model, session_key = model or previous.agent_id, previous.session_key
+        if model is None:
+            raise ApiError(400, "model is required", param="model")
+        if session_key is not None:
+            # The session holds the instructions and the turns before; only what is new goes in.
+            messages = continued_messages([m for m in messages if m.role != "system"])
+            if not messages:
+                raise ApiError(400, "input has nothing new for the session", param="input")
+        tune = functools.partial(
+            with_request,
+            options=options,
+            max_tokens=body.max_output_tokens,
+            temperature=body.temperature,
+        )
+        metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
+        sent = await services.start_run(
+            "responses", raw, model, messages, session_key, metadata, tune=tune
+        )
         created = int(time.time())
+        echo = response_echo(body)
         if body.stream:
             events = await services.domain.follow_run(sent.run_id)
             return services.stream(
-                response_events(events, sent.run_id, body.model, created), run_headers(sent)
+                response_events(events, sent.run_id, model, created, echo), run_headers(sent)
             )
-        view = await services.wait_for(sent.run_id)
-        raise_for_run(view)
+        if body.background:
+            view = await services.domain.get_run(sent.run_id, caller=caller())
+        else:
+            view = await services.wait_for(sent.run_id)
         return json_response(
-            to_json(
-                response_object(view.id, body.model, created, "completed", view.content, view.usage)
-            ),
+            to_json(response_object(view.id, model, created, outcome_of(view), echo)),
             headers=run_headers(sent),
         )
+
+    @routes.add("/v1/responses/<run_id>", ["GET"], "read", answers={200: None})
+    async def get_response(run_id: str) -> Response:
+        """A response by id (`resp_<run id>`, or the run id): in progress, or its output."""
+        return json_response(to_json(await stored_response(services, run_id)))
+
+    @routes.add("/v1/responses/<run_id>/cancel", ["POST"], "chat", answers={200: None})
+    async def cancel_response(run_id: str) -> Response:
+        """Cancel a response's run; answers the response as it then stands."""
+        run_id = run_id_of(run_id)
+        await services.domain.cancel_run(run_id, reason="cancelled by client", caller=caller())
+        return json_response(to_json(await stored_response(services, run_id)))
+
+
+def with_end_user(metadata: dict[str, str] | None, end_user: str | None) -> dict[str, str]:
+    """The message's metadata with who the request acts for (`user_id`, as wake records it):
+    the body's `safety_identifier` or `user`, else the `X-End-User` header."""
+    user = end_user or END_USER.get()
+    out = dict(metadata or {})
+    if user:
+        out["user_id"] = user
+    return out
+
+
+def conversation_key(body: ResponsesRequest) -> str | None:
+    """The session a `conversation` names (its id, or `{"id": ...}`)."""
+    conversation = body.conversation
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+        if not isinstance(conversation, str):
+            raise ApiError(400, "conversation.id must be a string", param="conversation")
+    return None if conversation is None else check_id("conversation", conversation)
+
+
+async def stored_response(services: Services, response_id: str) -> dict[str, Any]:
+    """A response object rebuilt from its run: the model is its agent, `created_at` its start."""
+    run_id = run_id_of(response_id)
+    view = await services.domain.get_run(run_id, caller=caller())
+    created = 0
+    events = await services.domain.follow_run(run_id)
+    try:
+        async for item in events:
+            created = item.record.ts // 1_000_000
+            break
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return response_object(view.id, view.agent_id, created, outcome_of(view), ResponseEcho())
 
 
 def raise_for_run(view: RunView) -> None:
@@ -148,75 +254,3 @@ async def run_frames(
     finally:
         if cancel_on_close and not finished:
             await services.cancel_quietly(run_id)
-
-
-async def response_events(
-    events: AsyncIterator[RunEvent], run_id: str, model: str, created: int
-) -> AsyncIterator[bytes]:
-    """Responses API stream events for a run."""
-
-    sequence = 0
-    item_id = f"msg_{run_id}"
-    text: list[str] = []
-
-    def frame(kind: str, payload: dict[str, Any], seq: int | None) -> bytes:
-        nonlocal sequence
-        sequence += 1
-        return sse_frame(
-            to_json({"type": kind, "sequence_number": sequence, **payload}), event=kind, id=seq
-        )
-
-    yield frame(
-        "response.created",
-        {"response": response_object(run_id, model, created, "in_progress", None, None)},
-        None,
-    )
-    item = {
-        "type": "message",
-        "id": item_id,
-        "status": "in_progress",
-        "role": "assistant",
-        "content": [],
-    }
-    yield frame("response.output_item.added", {"output_index": 0, "item": item}, None)
-    part = {"type": "output_text", "text": "", "annotations": []}
-    yield frame(
-        "response.content_part.added",
-        {"item_id": item_id, "output_index": 0, "content_index": 0, "part": part},
-        None,
-    )
-    async for run_event in events:
-        event, seq = run_event.event, run_event.record.seq
-        if isinstance(event, AssistantDelta):
-            text.append(event.text)
-            yield frame(
-                "response.output_text.delta",
-                {
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "delta": event.text,
-                    "logprobs": [],
-                },
-                seq,
-            )
-        elif isinstance(event, RunCompleted):
-            full = "".join(text)
-            yield frame(
-                "response.output_text.done",
-                {
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "text": full,
-                    "logprobs": [],
-                },
-                None,
-            )
-            final = response_object(run_id, model, created, "completed", full, event.usage)
-            yield frame("response.completed", {"response": final}, seq)
-            return
-        elif run_event.terminal:
-            failed = response_object(run_id, model, created, "failed", None, None)
-            yield frame("response.failed", {"response": failed}, seq)
-            return

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuelog.actors import AgentSpec, ApprovalPolicy
+from cuelog.actors import ID_RULE, AgentSpec, ApprovalPolicy, is_valid_id
 from cuelog.runtime import CuelogError
 
 T = TypeVar("T")
@@ -45,6 +45,8 @@ class ServerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: int = 1024  # open connections; beyond it 503 (lowered to fit the fd limit)
     max_live_actors: int = 10_000  # actors in memory; the least recently used idle one goes
     passivate_after: float = 300.0  # seconds an idle actor stays in memory
+    # Browser origins allowed to call the API (CORS, with preflight); "*" allows any.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -74,12 +76,18 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
 
 
+class ModelsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Other names a request's `model` may use for an agent, e.g. {"dotcraft" = "default"}.
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
+    models: ModelsSection = msgspec.field(default_factory=ModelsSection)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -182,6 +190,9 @@ def load_settings(
     if not isinstance(agents, dict):
         raise ConfigError("agents: must be a table of [agents.<id>] tables")
     settings = _convert(raw, Settings)
+    for agent_id, spec in agents.items():
+        if isinstance(spec, dict) and "request" in spec:
+            raise ConfigError(f"agents.{agent_id}: unknown field `request`")
     settings.agents = {
         agent_id: _convert(spec, AgentSpec, f"agents.{agent_id}")
         for agent_id, spec in agents.items()
@@ -191,6 +202,9 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
+    for alias, agent_id in settings.models.aliases.items():
+        if not is_valid_id(agent_id):
+            raise ConfigError(f"models.aliases.{alias}: must name an agent id ({ID_RULE})")
     server = settings.server
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port (0-65535)")

@@ -3,31 +3,56 @@ answer them, built from a run's recorded events so a resumed stream is byte-for-
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from cuelog.actors import (
+    AgentSpec,
     AssistantDelta,
     ChatMessage,
+    MediaPart,
+    RequestOptions,
+    Role,
     RunCancelled,
     RunCompleted,
     RunEvent,
     RunFailed,
     RunStarted,
     ToolCall,
+    ToolSpec,
     Usage,
 )
 from cuelog.http._bodies import MaxTokens, Temperature
-from cuelog.http._wire import ApiError, sse_frame, to_json
+from cuelog.http._wire import ApiError, check_free_json, sse_frame, to_json
+
+MediaKind = Literal["image", "audio", "file"]
 
 # -- requests ------------------------------------------------------------------------------------
 
+# Fields cuelog does not act on itself are typed loosely (`Any`): they are checked as bounded JSON,
+# recorded with the run and passed to an OpenAI-compatible upstream as they came.
+Json = Any
 
-class ContentPart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+
+class ContentPart(msgspec.Struct, frozen=True):
+    """A part of a message's content: text, or an image, audio clip or file (chat and
+    Responses spellings). Inline bytes go to the log's content store; the model gets them."""
+
     type: str
     text: str | None = None
-    image_url: Any = None
+    image_url: Json = None  # chat: {"url", "detail"}; Responses: the URL itself
+    input_audio: Json = None  # {"data": base64, "format"}
+    file: Json = None  # chat: {"file_data", "filename", "file_id"}
+    refusal: str | None = None
+    detail: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
 
 
 class FunctionCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -42,12 +67,14 @@ class WireToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WireMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[WireToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    audio: Json = None
+    function_call: FunctionCall | None = None
 
 
 class StreamOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,86 +82,252 @@ class StreamOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     include_obfuscation: bool | None = None
 
 
+class FunctionDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Json] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A tool the client offers: a function it runs itself (`custom` tools are refused)."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+Sampling = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Seed = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+EndUser = Annotated[str, msgspec.Meta(max_length=512)]
+
+# Request fields cuelog passes to an OpenAI-compatible upstream as they came (the rest it acts on
+# itself, or records and ignores).
+CHAT_UPSTREAM_FIELDS = (
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "reasoning_effort",
+    "verbosity",
+    "parallel_tool_calls",
+    "prediction",
+    "service_tier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "web_search_options",
+)
+
+
 class ChatCompletionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The OpenAI chat completion body. Sampling fields the agent does not use are accepted."""
+    """The OpenAI chat completion body: every field of the API is accepted (docs/api.md says
+    what cuelog does with each); a field the API does not have is a 400."""
 
     model: str
     messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1)]
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: TopP | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     stop: str | list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Sampling | None = None
+    frequency_penalty: Sampling | None = None
+    logit_bias: dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
-    seed: Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)] | None = None
-    user: str | None = None
+    seed: Seed | None = None
+    user: EndUser | None = None
+    safety_identifier: EndUser | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     parallel_tool_calls: bool | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: Any = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Json = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: Json = None
+    response_format: Json = None
     service_tier: str | None = None
     reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: Json = None
+    prediction: Json = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: Json = None
+    web_search_options: Json = None
+    moderation: Json = None
+
+    def __post_init__(self) -> None:
+        for name in ("tool_choice", "function_call", "response_format", "audio", "prediction"):
+            check_free_json(getattr(self, name), name)
+        for name in ("prompt_cache_options", "web_search_options", "moderation"):
+            check_free_json(getattr(self, name), name)
+        for index, tool in enumerate(self.tools or []):
+            check_free_json(tool.function.parameters, f"tools.{index}.function.parameters")
 
 
-class ResponsesInputMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
-    type: Literal["message"] = "message"
+def tool_spec_of(function: FunctionDefinition) -> ToolSpec:
+    parameters = function.parameters or {"type": "object", "properties": {}}
+    return ToolSpec(
+        name=function.name, description=function.description or "", parameters=parameters
+    )
 
 
-class ResponsesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The subset of the Responses API cuelog serves."""
+def chat_request_options(body: ChatCompletionRequest) -> RequestOptions:
+    """What a chat completion request asks of its run beyond the agent's definition."""
+    functions = [tool.function for tool in body.tools or []] + list(body.functions or [])
+    tool_choice = body.tool_choice
+    if tool_choice is None and body.function_call is not None:  # the deprecated spelling
+        call = body.function_call
+        tool_choice = (
+            {"type": "function", "function": {"name": call.get("name")}}
+            if isinstance(call, dict)
+            else call
+        )
+    upstream = {
+        name: value for name in CHAT_UPSTREAM_FIELDS if (value := getattr(body, name)) is not None
+    }
+    return RequestOptions(
+        client_tools=[tool_spec_of(f) for f in functions],
+        tool_choice=tool_choice,
+        upstream=upstream,
+        end_user=body.safety_identifier or body.user,
+    )
 
-    model: str
-    input: str | list[ResponsesInputMessage]
-    instructions: str | None = None
-    stream: bool = False
-    max_output_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    metadata: dict[str, str] | None = None
-    user: str | None = None
-    store: bool | None = None
+
+def with_request(
+    spec: AgentSpec,
+    options: RequestOptions,
+    max_tokens: int | None,
+    temperature: float | None,
+) -> AgentSpec:
+    """The agent's definition as one request runs it: its limit and temperature when it sets
+    them, its client functions and upstream fields."""
+    changes: dict[str, Any] = {"request": options}
+    if max_tokens is not None:
+        changes["max_tokens"] = max_tokens
+    if temperature is not None:
+        changes["temperature"] = temperature
+    return msgspec.structs.replace(spec, **changes)
 
 
-def _text_of(content: str | list[ContentPart] | None, where: str) -> str | None:
+_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)", re.S)
+
+
+def _bytes(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where}: the data is not valid base64", param=where) from None
+
+
+def _linked(link: Any, kind: MediaKind, where: str, **fields: Any) -> MediaPart:
+    """A part given as a URL: a `data:` URL's bytes are kept, any other link as it is."""
+    if not isinstance(link, str) or not link:
+        raise ApiError(400, f"{where}: a {kind} part needs a URL or data", param=where)
+    match = _DATA_URL.fullmatch(link)
+    if match is None:
+        if not link.startswith(("http://", "https://")):
+            raise ApiError(400, f"{where}: only http(s) and data: URLs are accepted", param=where)
+        return MediaPart(kind=kind, url=link, **fields)
+    data = _bytes(match["data"], where)
+    return MediaPart(kind=kind, media_type=match["type"], data=data, **fields)
+
+
+def media_part(part: ContentPart, where: str) -> MediaPart:
+    """An image, audio or file part as cuelog records it; 400 for a part it cannot take."""
+    kind = part.type
+    if kind in {"image_url", "input_image"}:
+        link: Any = part.image_url
+        detail = part.detail
+        if isinstance(part.image_url, dict):
+            link, detail = part.image_url.get("url"), part.image_url.get("detail", detail)
+        if link is None and part.file_id is not None:
+            raise ApiError(400, f"{where}: file ids are not served; send the image", param=where)
+        return _linked(link, "image", where, detail=detail)
+    if kind == "input_audio" and isinstance(part.input_audio, dict):
+        data, audio_format = part.input_audio.get("data"), part.input_audio.get("format")
+        if not isinstance(data, str) or not isinstance(audio_format, str):
+            raise ApiError(400, f"{where}: input_audio needs data and format", param=where)
+        return MediaPart(kind="audio", media_type=f"audio/{audio_format}", data=_bytes(data, where))
+    if kind in {"file", "input_file"}:
+        spec = part.file if isinstance(part.file, dict) else {}
+        data = spec.get("file_data", part.file_data)
+        name = spec.get("filename", part.filename)
+        link = data if data is not None else part.file_url
+        if link is None:
+            raise ApiError(400, f"{where}: file ids are not served; send file_data", param=where)
+        if data is not None and not str(data).startswith("data:"):
+            return MediaPart(kind="file", data=_bytes(str(data), where), filename=name)
+        return _linked(link, "file", where, filename=name)
+    raise ApiError(400, f"{where}: content parts of type {kind!r} are not supported", param=where)
+
+
+def content_of(
+    content: str | list[ContentPart] | None, where: str
+) -> tuple[str | None, list[MediaPart]]:
+    """A message's text and its media parts."""
     if content is None or isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        if part.type not in {"text", "input_text", "output_text"} or part.text is None:
-            raise ApiError(400, f"{where}: only text content parts are supported", param=where)
-        texts.append(part.text)
-    return "".join(texts)
+        return content, []
+    texts: list[str] = []
+    media: list[MediaPart] = []
+    for index, part in enumerate(content):
+        if part.type in {"text", "input_text", "output_text"}:
+            if part.text is None:
+                raise ApiError(400, f"{where}.{index}: a text part needs text", param=where)
+            texts.append(part.text)
+        elif part.type == "refusal":
+            texts.append(part.refusal or "")
+        else:
+            media.append(media_part(part, f"{where}.{index}"))
+    return "".join(texts), media
+
+
+def text_of(content: str | list[ContentPart] | None, where: str) -> str | None:
+    """A content's text alone (where media cannot go, such as a function's output)."""
+    text, media = content_of(content, where)
+    if media:
+        raise ApiError(400, f"{where}: only text is accepted here", param=where)
+    return text
 
 
 def chat_messages(messages: list[WireMessage]) -> list[ChatMessage]:
     out = []
     for index, message in enumerate(messages):
-        role = "system" if message.role == "developer" else message.role
-        calls = (
-            [
-                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
-                for c in message.tool_calls
-            ]
-            if message.tool_calls
-            else None
-        )
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in message.tool_calls or []
+        ]
+        if message.function_call is not None:  # the deprecated single call
+            fc = message.function_call
+            calls.append(ToolCall(id=f"call_{fc.name}", name=fc.name, arguments=fc.arguments))
+        role: Role
+        if message.role == "developer":
+            role = "system"
+        elif message.role == "function":
+            role = "tool"
+        else:
+            role = message.role
+        tool_call_id = message.tool_call_id
+        if message.role == "function" and message.name:
+            tool_call_id = f"call_{message.name}"
+        text, media = content_of(message.content, f"messages.{index}.content")
         out.append(
             ChatMessage(
                 role=role,
-                content=_text_of(message.content, f"messages.{index}.content"),
-                tool_calls=calls,
-                tool_call_id=message.tool_call_id,
+                content=text,
+                parts=media or None,
+                tool_calls=calls or None,
+                tool_call_id=tool_call_id,
                 name=message.name,
             )
         )
@@ -143,33 +336,24 @@ def chat_messages(messages: list[WireMessage]) -> list[ChatMessage]:
     return out
 
 
-def new_user_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """With a session, only the trailing user messages are new; the session has the rest."""
+def new_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """With a session, only the trailing user and tool messages are new (the results of the
+    client functions the last run called, then what the user says); the session has the rest."""
     tail: list[ChatMessage] = []
     for message in reversed(messages):
-        if message.role != "user":
+        if message.role not in {"user", "tool"}:
             break
         tail.append(message)
     if not tail:
-        raise ApiError(400, "the last message must be from the user", param="messages")
+        raise ApiError(
+            400, "the last message must be from the user or a tool result", param="messages"
+        )
     return list(reversed(tail))
 
 
-def responses_messages(body: ResponsesRequest) -> list[ChatMessage]:
-    out: list[ChatMessage] = []
-    if body.instructions:
-        out.append(ChatMessage(role="system", content=body.instructions))
-    if isinstance(body.input, str):
-        out.append(ChatMessage(role="user", content=body.input))
-    else:
-        for index, item in enumerate(body.input):
-            role = "system" if item.role == "developer" else item.role
-            out.append(
-                ChatMessage(role=role, content=_text_of(item.content, f"input.{index}.content"))
-            )
-    if not out or out[-1].role != "user":
-        raise ApiError(400, "input must end with a user message", param="input")
-    return out
+def check_last_message(messages: list[ChatMessage], param: str) -> None:
+    if messages[-1].role not in {"user", "tool"}:
+        raise ApiError(400, "the last message must be from the user or a tool result", param=param)
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -187,7 +371,36 @@ def completion_id(run_id: str) -> str:
     return f"chatcmpl-{run_id}"
 
 
-def chat_completion(run_id: str, model: str, created: int, content: str, usage: Usage) -> bytes:
+def wire_tool_calls(calls: list[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
+    """Tool calls in the chat completions shape (stream deltas number them with `index`)."""
+    out: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        wire: dict[str, Any] = {"index": index} if indexed else {}
+        wire |= {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        out.append(wire)
+    return out
+
+
+def chat_completion(
+    run_id: str,
+    model: str,
+    created: int,
+    content: str,
+    usage: Usage,
+    finish_reason: str = "stop",
+    tool_calls: list[ToolCall] | None = None,
+) -> bytes:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content if content or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = wire_tool_calls(tool_calls)
     return to_json(
         {
             "id": completion_id(run_id),
@@ -197,9 +410,9 @@ def chat_completion(run_id: str, model: str, created: int, content: str, usage: 
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": _usage(usage),
@@ -234,7 +447,10 @@ def chat_chunk_frames(
         frames.append(_chunk(run_id, model, created, {"content": event.text}, None))
     elif isinstance(event, RunCompleted):
         done = event
-        frames.append(_chunk(run_id, model, created, {}, "stop"))
+        if event.tool_calls:
+            calls = {"tool_calls": wire_tool_calls(event.tool_calls, indexed=True)}
+            frames.append(_chunk(run_id, model, created, calls, None))
+        frames.append(_chunk(run_id, model, created, {}, event.finish_reason))
         if include_usage:
             usage_chunk = {
                 "id": completion_id(run_id),
@@ -262,44 +478,3 @@ def chat_chunk_frames(
 
 
 DONE_FRAME = b"data: [DONE]\n\n"
-
-
-# -- the Responses API ---------------------------------------------------------------------------
-
-
-def response_object(
-    run_id: str, model: str, created: int, status: str, text: str | None, usage: Usage | None
-) -> dict[str, Any]:
-    output: list[dict[str, Any]] = []
-    if text is not None:
-        output.append(
-            {
-                "type": "message",
-                "id": f"msg_{run_id}",
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        )
-    return {
-        "id": f"resp_{run_id}",
-        "object": "response",
-        "created_at": created,
-        "status": status,
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": False,
-        "tool_choice": "auto",
-        "tools": [],
-        "error": None,
-        "incomplete_details": None,
-        "usage": None
-        if usage is None
-        else {
-            "input_tokens": usage.prompt_tokens,
-            "output_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        },
-    }

@@ -6,11 +6,11 @@ import time
 from typing import cast
 
 import msgspec
-from quart import Response
+from quart import Response, request
 
 from cuelog.actors import Caller, KeyInfo
 from cuelog.http._auth import Routes, caller, principal
-from cuelog.http._bodies import ApprovalBody, InvokeBody, KeyBody
+from cuelog.http._bodies import ApprovalBody, EmergencyStopBody, InvokeBody, KeyBody
 from cuelog.http._params import ChoiceParam
 from cuelog.http._schemas import (
     Approval,
@@ -178,14 +178,24 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
 
     # -- emergency stop ------------------------------------------------------------------------
 
-    @routes.add("/v1/emergency-stop", ["POST"], "admin", answers={200: EmergencyStop})
+    @routes.add(
+        "/v1/emergency-stop",
+        ["POST"],
+        "admin",
+        body=EmergencyStopBody,
+        answers={200: EmergencyStop},
+    )
     async def emergency_stop() -> Response:
-        """Cancel every run and refuse new ones until released."""
+        """Cancel every active run; with `{"hold": true}` also refuse new ones until released.
+        The body may be left out (no hold)."""
+        raw = await request.get_data(cache=True, as_text=False)
+        body = (await read_body(EmergencyStopBody))[0] if raw.strip() else EmergencyStopBody()
         started = time.monotonic()
-        cancelled = await domain.emergency_stop(by=actor())
+        cancelled = await domain.emergency_stop(by=actor(), hold=body.hold)
         seconds = round(time.monotonic() - started, 3)
+        stopped = domain.emergency_stopped
         return json_response(
-            to_json(EmergencyStop(stopped=True, cancelled_runs=cancelled, seconds=seconds))
+            to_json(EmergencyStop(stopped=stopped, cancelled_runs=cancelled, seconds=seconds))
         )
 
     @routes.add("/v1/emergency-stop/release", ["POST"], "admin", answers={200: EmergencyStop})

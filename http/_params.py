@@ -149,6 +149,12 @@ IDEMPOTENCY_KEY: Final = HeaderParam(
     description="The same key returns the original result; with another body it is 409.",
     max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
 )
+END_USER: Final = HeaderParam(
+    name="X-End-User",
+    description="Who the client acts for (one API key, many end users); recorded as user_id. "
+    "The body's safety_identifier or user wins over it.",
+    max_length=512,
+)
 SESSION_KEY: Final = HeaderParam(
     name="X-Session-Key",
     description="Keep the conversation in this session; send only the new messages.",

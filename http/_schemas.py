@@ -43,6 +43,7 @@ class Health(msgspec.Struct, kw_only=True):
     live_actors: int | None = None
     uptime_seconds: float | None = None
     emergency_stop: bool | None = None
+    auth_required: bool | None = None
 
 
 class Model(msgspec.Struct, kw_only=True):

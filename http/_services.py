@@ -14,6 +14,7 @@ from quart import Response, current_app, request
 from cuelog.actors import (
     ID_RULE,
     TERMINAL,
+    AgentSpec,
     ChatMessage,
     Domain,
     IdempotencyKey,
@@ -86,12 +87,16 @@ class Services:
         messages: list[ChatMessage],
         session_key: str | None,
         metadata: dict[str, Any] | None = None,
+        tune: Callable[[AgentSpec], AgentSpec] | None = None,
     ) -> Sent:
         """Send the messages to the agent's session; an `Idempotency-Key` header makes a repeat
-        attach to the first request's run."""
+        attach to the first request's run. `tune` makes the agent's definition the one this
+        request runs with (its limits, client functions, upstream fields)."""
         who = principal()
+        agent_id = self.agent_for_model(agent_id)
         if not is_valid_id(agent_id):
             raise ApiError(404, f"no agent {agent_id!r}", param="model")
+        spec = tune((await self.domain.get_agent(agent_id)).spec) if tune is not None else None
         idem = IDEMPOTENCY_KEY.get()
         idempotency = None
         if idem is not None:
@@ -108,7 +113,16 @@ class Services:
             caller=who.caller(),
             metadata=metadata,
             idempotency=idempotency,
+            spec=spec,
         )
+
+    def agent_for_model(self, model: str) -> str:
+        """The agent a request's `model` names: a configured alias (`models.aliases`), an
+        `agent:NAME`, or the agent id itself."""
+        aliased = self.settings.models.aliases.get(model)
+        if aliased is not None:
+            return aliased
+        return model.removeprefix("agent:")
 
     async def wait_for(self, run_id: str) -> RunView:
         """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`

@@ -32,6 +32,9 @@ from cuelog.http._wire import ApiError, json_response, to_json
 
 SESSIONS_LIMIT = limit(50, 500)
 AGENT_FILTER = TextParam(name="agent_id", description="Only this agent's sessions.")
+USER_FILTER = TextParam(
+    name="user_id", description="Only the sessions begun for this end user (metadata user_id)."
+)
 AT_SEQ = IntParam(name="at_seq", default=0, description="A log seq; 0 or absent: now.")
 
 
@@ -61,13 +64,14 @@ def register_session_routes(routes: Routes, services: Services) -> None:
         ["GET"],
         "read",
         answers={200: SessionList},
-        params=[SESSIONS_LIMIT, CURSOR, AGENT_FILTER],
+        params=[SESSIONS_LIMIT, CURSOR, AGENT_FILTER, USER_FILTER],
     )
     async def list_sessions() -> Response:
         """Sessions the key may see, filtered by agent, with cursor pagination."""
         views, next_cursor = await domain.list_sessions(
             caller=caller(),
             agent_id=AGENT_FILTER.get(),
+            user_id=USER_FILTER.get(),
             after=CURSOR.get(),
             limit=SESSIONS_LIMIT.get(),
         )

@@ -16,6 +16,7 @@ from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
 from cuelog.runtime._content import ContentMissing as ContentMissing
 from cuelog.runtime._content import ContentStore as ContentStore
+from cuelog.runtime._content import LocalContentStore as LocalContentStore
 from cuelog.runtime._copy import copy_log as copy_log
 from cuelog.runtime._envelope import NO_STREAM as NO_STREAM
 from cuelog.runtime._envelope import RawEvent as RawEvent
@@ -70,6 +71,7 @@ __all__ = [
     "EventSourcedActor",
     "Head",
     "IdempotencyConflict",
+    "LocalContentStore",
     "LogClosed",
     "LogError",
     "LogFormatError",

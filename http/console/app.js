@@ -205,6 +205,7 @@ async function sessionsPage(page, _arg, signal) {
   const more = h("button", { type: "button", hidden: true }, "More");
   let cursor = null;
   let shown = [];
+  let waiting = new Set(); // runs with an approval pending
 
   function paint() {
     const needle = search.value.trim().toLowerCase();
@@ -223,7 +224,9 @@ async function sessionsPage(page, _arg, signal) {
               "td",
               {},
               s.current_run
-                ? h("a", { href: "#/run/" + enc(s.current_run), class: "badge running" }, "running")
+                ? waiting.has(s.current_run)
+                  ? h("a", { href: "#/run/" + enc(s.current_run), class: "badge waiting_approval" }, "waiting for approval")
+                  : h("a", { href: "#/run/" + enc(s.current_run), class: "badge running" }, "running")
                 : "",
             ),
           ),
@@ -240,6 +243,13 @@ async function sessionsPage(page, _arg, signal) {
     if (agentSelect.value) query.set("agent_id", agentSelect.value);
     if (cursor) query.set("cursor", cursor);
     const answer = await api("/v1/sessions?" + query, { signal });
+    try {
+      const approvals = await api("/v1/approvals", { signal });
+      waiting = new Set(approvals.data.map((a) => a.run_id));
+    } catch (error) {
+      if (error.name === "AbortError" || error instanceof AuthNeeded) throw error;
+      waiting = new Set(); // a key that may not list approvals still sees its sessions
+    }
     shown = shown.concat(answer.data);
     cursor = answer.next_cursor;
     more.hidden = !cursor;
@@ -316,7 +326,7 @@ async function sessionPage(page, key, signal) {
 
   function showCurrent(runId) {
     current.replaceChildren(
-      runId ? ["A run is in progress: ", h("a", { href: "#/run/" + enc(runId) }, runId)] : [],
+      ...(runId ? ["A run is in progress: ", h("a", { href: "#/run/" + enc(runId) }, runId)] : []),
     );
   }
   showCurrent(session.current_run);

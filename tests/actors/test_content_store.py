@@ -19,10 +19,18 @@ from cuelog.actors import (
     check_runs,
     open_domain,
 )
+from cuelog.actors._content import resolve_messages, store_media
 from cuelog.actors._events import ToolCallCompleted
+from cuelog.actors._messages import MediaPart
 from cuelog.actors._replay import _same_event
 from cuelog.actors._run import RunSettings
-from cuelog.runtime import RecordedEvent, event_type, open_event_log
+from cuelog.runtime import (
+    ContentMissing,
+    LocalContentStore,
+    RecordedEvent,
+    event_type,
+    open_event_log,
+)
 from tests.actors.domain_support import decoded, runtime_at, tool_line, user
 from tests.postgres import fresh_database
 
@@ -199,3 +207,23 @@ async def test_a_caller_cannot_name_a_content_digest(tmp_path: Path) -> None:
             await rt.send("big", [forged])
         assert refused.value.param == "messages.0.content_digest"
         assert rt.log.head().seq == head
+
+
+async def test_media_bytes_are_stored_once_and_read_back_for_the_model(tmp_path: Path) -> None:
+    """Inline media bytes go to the store (the message keeps digest and size); resolving the
+    messages for a model reads the bytes back; a lost blob fails the resolve."""
+    store = LocalContentStore(tmp_path / "content")
+    picture = bytes(range(256)) * 8
+    message = ChatMessage(
+        role="user",
+        content="look",
+        parts=[MediaPart(kind="image", media_type="image/png", data=picture)],
+    )
+    [stored] = await store_media([message], store)
+    [part] = stored.parts or []
+    assert part.data is None and part.size == len(picture)
+    assert part.digest == hashlib.sha256(picture).hexdigest()
+    [resolved] = await resolve_messages([stored], [store])
+    assert (resolved.parts or [])[0].data == picture
+    with pytest.raises(ContentMissing):
+        await resolve_messages([stored], [LocalContentStore(tmp_path / "other")])

@@ -15,7 +15,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from cuelog.actors._errors import ModelError
-from cuelog.actors._messages import ChatMessage, ToolCall, ToolSpec, Usage
+from cuelog.actors._messages import ChatMessage, MediaPart, ToolCall, ToolSpec, Usage
 from cuelog.actors._models import (
     Finished,
     ModelChunk,
@@ -241,6 +241,63 @@ async def test_request_is_streaming_openai_shape_with_bearer_key(upstream: FakeU
         "tool_call_id": "c1",
         "name": "clock",
     }
+
+
+async def test_request_fields_and_tool_choice_reach_the_upstream(upstream: FakeUpstream) -> None:
+    """A request's tool_choice and upstream fields are sent as they came; they cannot replace
+    the model, the messages or streaming."""
+    upstream.replies.append(text_stream("ok"))
+    tool = ToolSpec(name="lookup", description="look up", parameters={"type": "object"})
+    request = ModelRequest(
+        model="gpt-test",
+        messages=[ChatMessage(role="user", content="hi")],
+        tools=[tool],
+        max_tokens=5,
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+        options={
+            "seed": 7,
+            "stop": ["END"],
+            "response_format": {"type": "json_object"},
+            "model": "other",
+            "stream": False,
+        },
+    )
+    await collect(model(upstream.url), request)
+    [seen] = upstream.requests
+    assert seen.body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
+    assert seen.body["seed"] == 7 and seen.body["stop"] == ["END"]
+    assert seen.body["response_format"] == {"type": "json_object"}
+    assert seen.body["max_tokens"] == 5
+    assert seen.body["model"] == "gpt-test" and seen.body["stream"] is True
+
+
+async def test_media_parts_reach_the_upstream_as_content_parts(upstream: FakeUpstream) -> None:
+    """A message's image, audio and file parts go upstream after its text, bytes as base64."""
+    upstream.replies.append(text_stream("ok"))
+    parts = [
+        MediaPart(kind="image", media_type="image/png", data=b"\x89PNG", detail="low"),
+        MediaPart(kind="image", url="https://example.com/a.png"),
+        MediaPart(kind="audio", media_type="audio/wav", data=b"RIFF"),
+        MediaPart(kind="file", media_type="application/pdf", data=b"%PDF", filename="a.pdf"),
+    ]
+    request = ModelRequest(
+        model="gpt-test", messages=[ChatMessage(role="user", content="see", parts=parts)]
+    )
+    await collect(model(upstream.url), request)
+    [seen] = upstream.requests
+    assert seen.body["messages"][0]["content"] == [
+        {"type": "text", "text": "see"},
+        {
+            "type": "image_url",
+            "image_url": {"url": "data:image/png;base64,iVBORw==", "detail": "low"},
+        },
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {
+            "type": "file",
+            "file": {"file_data": "data:application/pdf;base64,JVBERg==", "filename": "a.pdf"},
+        },
+    ]
 
 
 async def test_tool_call_deltas_split_across_chunks_are_assembled(upstream: FakeUpstream) -> None:

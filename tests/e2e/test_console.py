@@ -253,6 +253,25 @@ def test_sessions_and_session_page_link_messages_to_runs(console: Console) -> No
     page.close()
 
 
+def test_a_waiting_run_is_labelled_and_linked(console: Console) -> None:
+    """In the sessions list a run waiting for approval is labelled so; its session page links
+    the run in progress (a link, not a printed array)."""
+    woke = console.wake("careful", '/tool calculator {"expr": "3*3"}')
+    _wait_pending(console, woke["run_id"])
+    page = console.page()
+    console.login(page)
+    row = page.locator("#sessions tbody tr").filter(has_text=woke["session_key"])
+    badge = row.locator("a.badge")
+    expect(badge).to_have_text("waiting for approval")
+    expect(badge).to_have_attribute("href", f"#/run/{woke['run_id']}")
+    row.locator("a").first.click()
+    current = page.locator("p.current")
+    expect(current).to_have_text(f"A run is in progress: {woke['run_id']}")
+    expect(current.locator("a")).to_have_attribute("href", f"#/run/{woke['run_id']}")
+    page.close()
+    assert console.api.post(f"/v1/runs/{woke['run_id']}/cancel").is_success
+
+
 def test_audit_page_verifies_and_filters_activity(console: Console) -> None:
     """The audit page shows the head, verifies the chain with progress to a report, filters the
     activity view, and the live panel shows numbers from /metrics."""

@@ -14,7 +14,7 @@ def test_serve_answers_health_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     with running_server(tmp_path / "data") as server:
         response = httpx.get(f"{server.url}/health", timeout=10)
         assert response.status_code == 200
-        assert response.json() == {"status": "ok"}
+        assert response.json() == {"status": "ok", "auth_required": False}
         assert server.terminate() == 0
 
 

@@ -320,7 +320,7 @@ async def test_missing_or_bad_key_is_401(
             )
             assert _assert_error(response, 401)["type"] == "authentication_error"
         health = await anonymous.get("/v1/health")
-        assert health.json() == {"status": "ok"}
+        assert health.json() == {"status": "ok", "auth_required": True}
 
 
 @on_every_backend

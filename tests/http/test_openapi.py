@@ -29,7 +29,11 @@ API_KEY = "schemathesis-admin-key-0123456789"
 # Bodies with rules JSON Schema cannot state (the last message must be the user's; content
 # parts must be text; a key's expiry must be in the future): a schema-valid body may still be
 # refused with 400 there.
-SEMANTIC_BODIES = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/keys"})
+# Bodies the schema cannot fully describe: a valid-looking one may still be refused (an agent's
+# tools and provider must be ones this server has).
+SEMANTIC_BODIES = frozenset(
+    {"/v1/chat/completions", "/v1/responses", "/v1/keys", "/v1/agents", "/v1/agents/{agent_id}"}
+)
 EXAMPLES = int(os.environ.get("CUELOG_SCHEMATHESIS_EXAMPLES", "5"))
 
 

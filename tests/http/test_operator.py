@@ -42,9 +42,9 @@ async def test_emergency_stop_cancels_twenty_runs_in_flight_and_release_allows_n
         await _wait_status(served, run_ids, "waiting_approval")
 
         started = time.monotonic()
-        stopped = await served.admin.post("/v1/emergency-stop")
+        stopped = await served.admin.post("/v1/emergency-stop", json={"hold": True})
         assert stopped.status_code == 200, stopped.text
-        assert stopped.json()["cancelled_runs"] == 20
+        assert stopped.json()["cancelled_runs"] == 20 and stopped.json()["stopped"] is True
         await _wait_status(served, run_ids, "cancelled")
         assert time.monotonic() - started < 1.0
 
@@ -60,6 +60,26 @@ async def test_emergency_stop_cancels_twenty_runs_in_flight_and_release_allows_n
         changes = [event["data"] for event in page.json()["data"]]
         assert [c["stopped"] for c in changes] == [True, False]
         assert changes[0]["cancelled_runs"] == 20
+
+
+async def test_emergency_stop_without_hold_cancels_runs_and_takes_new_ones(
+    tmp_path: Path,
+) -> None:
+    """Without `hold` the stop cancels what runs and new runs start at once (nothing to
+    release); the event records the cancellations and that nothing is held."""
+    async with serving(tmp_path / "data") as served:
+        await served.create_agent("careful", tools=["calculator"], approval="ask")
+        run_ids = [await _wake_async(served, "careful", CALC) for _ in range(3)]
+        await _wait_status(served, run_ids, "waiting_approval")
+        stopped = await served.admin.post("/v1/emergency-stop")
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["cancelled_runs"] == 3 and stopped.json()["stopped"] is False
+        await _wait_status(served, run_ids, "cancelled")
+        again = await served.admin.post("/v1/agents/default/wake", json={"message": "hi"})
+        assert again.status_code == 200 and again.json()["status"] == "completed"
+        page = await served.admin.get("/v1/audit/events", params={"type": "EmergencyStopChanged"})
+        [change] = [event["data"] for event in page.json()["data"]]
+        assert (change["stopped"], change["cancelled_runs"]) == (False, 3)
 
 
 async def test_rate_limit_answers_429_with_retry_after_then_recovers(tmp_path: Path) -> None:
