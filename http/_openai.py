@@ -170,6 +170,9 @@ def chat_request_options(body: ChatCompletionRequest) -> RequestOptions:
     upstream = {
         name: value for name in CHAT_UPSTREAM_FIELDS if (value := getattr(body, name)) is not None
     }
+    if body.max_completion_tokens is not None:
+        upstream["max_completion_tokens"] = body.max_completion_tokens  # the name to send
+
     return RequestOptions(
         client_tools=[tool_spec_of(f) for f in functions],
         tool_choice=tool_choice,
