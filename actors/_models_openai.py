@@ -317,7 +317,10 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
     else:
         body.pop("parallel_tool_calls", None)  # upstreams refuse it without tools
     if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
+        # The limit goes under the name the client used: max_completion_tokens (what newer
+        # OpenAI models require) when it sent that, else max_tokens (what every server knows).
+        name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        body[name] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
     return body

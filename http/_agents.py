@@ -78,20 +78,22 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             agents.extend(page)
             if cursor is None:
                 break
-        return json_response(
-            to_json(
-                ModelList(
-                    object="list",
-                    data=[model_json(a, domain.agent_created(a.id)) for a in agents],
+        models = [model_json(a, domain.agent_created(a.id)) for a in agents]
+        # Aliases are listed too, for clients that check a model name against the list.
+        created = {m.id: m.created for m in models}
+        for alias, agent_id in services.settings.models.aliases.items():
+            if agent_id in created and alias not in created:
+                models.append(
+                    Model(id=alias, object="model", created=created[agent_id], owned_by="cuelog")
                 )
-            )
-        )
+        return json_response(to_json(ModelList(object="list", data=models)))
 
     @routes.add("/v1/models/<model_id>", ["GET"], "read", answers={200: Model})
     async def get_model(model_id: str) -> Response:
-        """One agent as a model (by its id, an alias, or `agent:ID`)."""
+        """One agent as a model (by its id, an alias, or `agent:ID`, each answered as asked)."""
         view = await domain.get_agent(services.agent_for_model(model_id))
-        return json_response(to_json(model_json(view, domain.agent_created(view.id))))
+        model = model_json(view, domain.agent_created(view.id))
+        return json_response(to_json(msgspec.structs.replace(model, id=model_id)))
 
     @routes.add(
         "/v1/agents", ["GET"], "read", answers={200: AgentList}, params=[AGENTS_LIMIT, CURSOR]

@@ -22,7 +22,8 @@ from cuelog.actors import (
     Usage,
 )
 from cuelog.http._bodies import MaxTokens, Temperature
-from cuelog.http._openai import ContentPart, EndUser, Json, TopP, content_of, text_of
+from cuelog.http._content_parts import ContentPart, Json, content_of, text_of
+from cuelog.http._openai import EndUser, TopP
 from cuelog.http._wire import ApiError, check_free_json, sse_frame, to_json
 
 RESPONSE_PREFIX: Final = "resp_"

@@ -35,7 +35,11 @@ async def test_aliases_and_agent_prefix_name_the_agent(tmp_path: Path) -> None:
         assert responses.json()["output"][0]["content"][0]["text"] == "Echo: hi"
         missing = await live.client.post("/v1/chat/completions", json=_chat("agent:nobody"))
         assert missing.status_code == 404
-        assert (await live.client.get("/v1/models/dotcraft")).json()["id"] == "default"
+        default = (await live.client.get("/v1/models/default")).json()
+        aliased = (await live.client.get("/v1/models/dotcraft")).json()
+        assert aliased == {**default, "id": "dotcraft"}
+        listed = (await live.client.get("/v1/models")).json()["data"]
+        assert {"default", "dotcraft", "gpt-4o"} <= {m["id"] for m in listed}
 
 
 async def test_models_carry_their_creation_time(tmp_path: Path) -> None:

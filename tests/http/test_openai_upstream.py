@@ -67,7 +67,8 @@ async def test_request_fields_reach_the_upstream_and_client_calls_come_back(
             }
         ]
         sent = upstream.requests[0].body
-        assert sent["max_tokens"] == 33 and sent["seed"] == 5
+        assert sent["max_completion_tokens"] == 33 and "max_tokens" not in sent
+        assert sent["seed"] == 5
         assert sent["tool_choice"] == "required"
         assert sent["response_format"] == {"type": "json_object"}
         assert {t["function"]["name"] for t in sent["tools"]} == {"clock", "calculator", "lookup"}
