@@ -29,6 +29,7 @@ from cuelog.actors._events import AssistantDelta as AssistantDelta
 from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
+from cuelog.actors._events import McpServerConfig as McpServerConfig
 from cuelog.actors._events import ModelRequested as ModelRequested
 from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
@@ -88,6 +89,8 @@ from cuelog.actors._tools import Tool as Tool
 from cuelog.actors._tools import invoke_tool as invoke_tool
 from cuelog.actors._tools import parse_tool_arguments as parse_tool_arguments
 from cuelog.actors._tools import tool_spec as tool_spec
+from cuelog.actors._tools_mcp import McpServers as McpServers
+from cuelog.actors._tools_mcp import McpServerState as McpServerState
 from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 
@@ -128,6 +131,9 @@ __all__ = [
     "KeyCreated",
     "KeyInfo",
     "KeyStore",
+    "McpServerConfig",
+    "McpServerState",
+    "McpServers",
     "ModelChunk",
     "ModelError",
     "ModelProvider",

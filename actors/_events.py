@@ -236,6 +236,33 @@ class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
     cancelled_runs: int = 0
 
 
+# -- MCP servers -------------------------------------------------------------------------------
+
+
+class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach one MCP server: a command on stdio, or a streamable HTTP URL."""
+
+    transport: Literal["stdio", "http"]
+    command: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    timeout: float = 60.0  # seconds one tool call may take
+
+
+class McpServerSaved(Event, tag="McpServerSaved", frozen=True):
+    """An MCP server was added or changed (stream `mcp`); the whole config, as it now is."""
+
+    server_id: str
+    config: McpServerConfig
+
+
+class McpServerDeleted(Event, tag="McpServerDeleted", frozen=True):
+    server_id: str
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -264,6 +291,8 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     KeyCreated,
     KeyRevoked,
     EmergencyStopChanged,
+    McpServerSaved,
+    McpServerDeleted,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

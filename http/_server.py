@@ -22,6 +22,7 @@ from hypercorn.utils import wrap_app
 from cuelog.actors import (
     AgentSpec,
     EchoModel,
+    McpServers,
     ModelProvider,
     OpenAIConfig,
     OpenAIModel,
@@ -213,12 +214,15 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
+        McpServers(event_log).running() as mcp,
         trio.open_nursery() as nursery,
     ):
+        tools.attach(mcp)
         keys = domain.keys
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
+        services.mcp = mcp
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
