@@ -138,7 +138,7 @@ class OpenAIModel:
         key = self._api_key()
         try:
             async with self._open(request, key) as response:
-                async for chunk in self._chunks(response):
+                async for chunk in self._chunks(response, _wire_names(request)):
                     # Buffered SSE lines parse without awaiting: check here so a cancelled
                     # caller stops within one chunk.
                     await trio.lowlevel.checkpoint_if_cancelled()
@@ -229,7 +229,10 @@ class OpenAIModel:
                 await trio.sleep(min(delay, cfg.backoff_max))
                 attempt += 1
 
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[ModelChunk]:
+    async def _chunks(
+        self, response: httpx.Response, names: dict[str, str]
+    ) -> AsyncIterator[ModelChunk]:
+        """`names` maps the wire names of the offered tools back to their names."""
         partial: dict[int, _PartialCall] = {}
         finish: str | None = None
         usage: Usage | None = None
@@ -277,7 +280,7 @@ class OpenAIModel:
             yield ToolCallChunk(
                 ToolCall(
                     id=call.id or f"call_{index}",
-                    name=call.name,
+                    name=names.get(call.name, call.name),
                     arguments="".join(call.arguments) or "{}",
                 )
             )
@@ -289,6 +292,16 @@ class OpenAIModel:
         else:
             reason = "stop"
         yield Finished(reason, usage or Usage())
+
+
+def wire_name(name: str) -> str:
+    """A tool's name as OpenAI accepts it (letters, digits, _ and -): an MCP tool's
+    `server.tool` is sent as `server__tool`."""
+    return name.replace(".", "__")
+
+
+def _wire_names(request: ModelRequest) -> dict[str, str]:
+    return {wire_name(t.name): t.name for t in request.tools if "." in t.name}
 
 
 def _request_body(request: ModelRequest) -> dict[str, Any]:
@@ -303,7 +316,7 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
             {
                 "type": "function",
                 "function": {
-                    "name": t.name,
+                    "name": wire_name(t.name),
                     "description": t.description,
                     "parameters": t.parameters,
                 },
@@ -324,7 +337,7 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
+                "function": {"name": wire_name(call.name), "arguments": call.arguments},
             }
             for call in message.tool_calls
         ]

@@ -282,6 +282,46 @@ async def test_tool_call_deltas_split_across_chunks_are_assembled(upstream: Fake
     ]
 
 
+async def test_mcp_tool_names_go_as_openai_function_names_and_come_back(
+    upstream: FakeUpstream,
+) -> None:
+    """An MCP tool `docs.search` is offered (and shown in history) as `docs__search`, which
+    OpenAI accepts, and a call to `docs__search` comes back named `docs.search`."""
+    frames = [
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "docs__search", "arguments": "{}"},
+                    }
+                ]
+            }
+        ),
+        chunk({}, "tool_calls"),
+        DONE,
+    ]
+    upstream.replies.append(Stream(frames))
+    tool = ToolSpec(name="docs.search", description="search", parameters={"type": "object"})
+    earlier = ToolCall(id="c0", name="docs.search", arguments="{}")
+    request = ModelRequest(
+        model="gpt-test",
+        messages=[
+            ChatMessage(role="user", content="find"),
+            ChatMessage(role="assistant", tool_calls=[earlier]),
+            ChatMessage(role="tool", content="none", tool_call_id="c0"),
+        ],
+        tools=[tool],
+    )
+    chunks = await collect(model(upstream.url), request)
+    [seen] = upstream.requests
+    assert seen.body["tools"][0]["function"]["name"] == "docs__search"
+    assert seen.body["messages"][1]["tool_calls"][0]["function"]["name"] == "docs__search"
+    assert chunks[0] == ToolCallChunk(ToolCall(id="call_a", name="docs.search", arguments="{}"))
+
+
 async def test_429_with_retry_after_waits_that_long_then_succeeds(
     upstream: FakeUpstream, autojump_clock: trio.testing.MockClock
 ) -> None:
