@@ -64,6 +64,12 @@ from cuelog.actors._names import ID_RULE as ID_RULE
 from cuelog.actors._names import TERMINAL as TERMINAL
 from cuelog.actors._names import RunStatus as RunStatus
 from cuelog.actors._names import is_valid_id as is_valid_id
+from cuelog.actors._providers import KeyFile as KeyFile
+from cuelog.actors._providers import ProviderConfig as ProviderConfig
+from cuelog.actors._providers import Providers as Providers
+from cuelog.actors._providers import ProviderSecrets as ProviderSecrets
+from cuelog.actors._providers import ProviderState as ProviderState
+from cuelog.actors._providers import VerifyResult as VerifyResult
 from cuelog.actors._readers import RunEvent as RunEvent
 from cuelog.actors._readers import TimelineRow as TimelineRow
 from cuelog.actors._readers import run_recorded as run_recorded
@@ -129,6 +135,7 @@ __all__ = [
     "InputTooLarge",
     "Invalid",
     "KeyCreated",
+    "KeyFile",
     "KeyInfo",
     "KeyStore",
     "McpServerConfig",
@@ -142,6 +149,10 @@ __all__ = [
     "NotFound",
     "OpenAIConfig",
     "OpenAIModel",
+    "ProviderConfig",
+    "ProviderSecrets",
+    "ProviderState",
+    "Providers",
     "Role",
     "RunActor",
     "RunCancelled",
@@ -169,6 +180,7 @@ __all__ = [
     "ToolsConfig",
     "Unavailable",
     "Usage",
+    "VerifyResult",
     "check_runs",
     "event_data",
     "fold_run",

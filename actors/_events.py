@@ -263,6 +263,29 @@ class McpServerDeleted(Event, tag="McpServerDeleted", frozen=True):
     server_id: str
 
 
+# -- model providers ---------------------------------------------------------------------------
+
+
+class ProviderSaved(Event, tag="ProviderSaved", frozen=True):
+    """An OpenAI-compatible upstream was added or changed (stream `providers`). The API key and
+    header values are only in `sealed`: AES-GCM under key `key_id` of the key file, which is
+    kept outside the log."""
+
+    provider_id: str
+    base_url: str
+    default_model: str
+    connect_timeout: float
+    read_timeout: float
+    max_retries: int
+    header_names: list[str]
+    key_id: str
+    sealed: str  # base64 of nonce + ciphertext
+
+
+class ProviderDeleted(Event, tag="ProviderDeleted", frozen=True):
+    provider_id: str
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -293,6 +316,8 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     EmergencyStopChanged,
     McpServerSaved,
     McpServerDeleted,
+    ProviderSaved,
+    ProviderDeleted,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

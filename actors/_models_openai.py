@@ -49,6 +49,7 @@ class OpenAIConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_retries: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # sent with every request
 
 
 # -- the upstream's streamed chunk shape (only the fields cuelog reads) --------------------------
@@ -175,7 +176,11 @@ class OpenAIModel:
         """The first successful response, after retries; its body is not read yet."""
         cfg = self.config
         url = cfg.base_url.rstrip("/") + "/chat/completions"
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {
+            **cfg.headers,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         if key:
             headers["Authorization"] = f"Bearer {key}"
         body = _encoder.encode(_request_body(request))

@@ -34,6 +34,7 @@ from cuelog.http._limits import retry_after
 from cuelog.http._mcp import register_mcp_routes
 from cuelog.http._openapi import register_docs_routes
 from cuelog.http._operator import register_operator_routes
+from cuelog.http._providers import register_provider_routes
 from cuelog.http._runs import register_run_routes
 from cuelog.http._schemas import Health
 from cuelog.http._services import Services
@@ -186,6 +187,7 @@ def create_app(services: Services) -> QuartTrio:
     register_operator_routes(routes, services)
     register_audit_routes(routes, services)
     register_mcp_routes(routes, services)
+    register_provider_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

@@ -74,11 +74,17 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
 
 
+class ProvidersSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The data keys that seal provider API keys; never in the log. Default: in the data dir.
+    key_file: Path | None = None
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
 
 
@@ -87,6 +93,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogSection,
     "model": ModelSection,
     "tools": ToolsSection,
+    "providers": ProvidersSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,10 +23,13 @@ from hypercorn.utils import wrap_app
 from cuelog.actors import (
     AgentSpec,
     EchoModel,
+    Invalid,
+    KeyFile,
     McpServers,
     ModelProvider,
     OpenAIConfig,
     OpenAIModel,
+    Providers,
     RunSettings,
     ToolRegistry,
     ToolsConfig,
@@ -136,6 +140,12 @@ def seeded_agents(settings: Settings) -> dict[str, AgentSpec]:
     return {"default": default, **settings.agents}
 
 
+def provider_key_file(settings: Settings) -> Path:
+    """Where the provider registry's data keys are kept: `providers.key_file`, else a file in
+    the data dir (never in the log, so neither exports nor copies of the log carry it)."""
+    return settings.providers.key_file or settings.log.data_dir / "provider-keys.json"
+
+
 def tools_config(settings: Settings) -> ToolsConfig:
     """The built-in tools as `[server] enabled_tools` and `[tools]` set them; the files
     sandbox is made if missing."""
@@ -191,6 +201,10 @@ async def _serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     stop = trio.Event() if shutdown is None else shutdown
+    try:
+        key_file = KeyFile(provider_key_file(settings))
+    except Invalid as exc:
+        raise ConfigError(f"providers.key_file: {exc}") from None
     tools = ToolRegistry.builtins(tools_config(settings))
     run_settings = RunSettings(
         providers=model_providers(settings),
@@ -223,6 +237,7 @@ async def _serve(
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
         services.mcp = mcp
+        services.providers = Providers(event_log, key_file, run_settings.providers)
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

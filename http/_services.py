@@ -18,6 +18,7 @@ from cuelog.actors import (
     Domain,
     IdempotencyKey,
     McpServers,
+    Providers,
     RunView,
     Sent,
     event_data,
@@ -73,6 +74,7 @@ class Services:
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
         self.mcp: McpServers | None = None  # set by `serve` once the log is open
+        self.providers: Providers | None = None  # likewise
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""

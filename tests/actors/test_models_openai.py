@@ -26,6 +26,7 @@ from cuelog.actors._models import (
 from cuelog.actors._models_openai import OpenAIConfig, OpenAIModel
 
 KEY = "sk-test-0123456789abcdef"
+MODELS = ["gpt-test", "gpt-test-mini"]  # what GET /models lists
 ENV = {"UPSTREAM_KEY": KEY}
 
 Scope = dict[str, Any]
@@ -72,10 +73,14 @@ class FakeUpstream:
             if not message.get("more_body"):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(Recorded(headers, msgspec.json.decode(body)))
+        self.requests.append(Recorded(headers, msgspec.json.decode(body or b"{}")))
         if headers.get("authorization") != f"Bearer {KEY}":
             given = headers.get("authorization", "")
             await self._status(send, Status(401, _error(f"Incorrect API key provided: {given}")))
+            return
+        if scope["method"] == "GET" and scope["path"].endswith("/models"):
+            listed = {"object": "list", "data": [{"id": m, "object": "model"} for m in MODELS]}
+            await self._status(send, Status(200, msgspec.json.encode(listed)))
             return
         reply = self.replies.pop(0)
         if isinstance(reply, Status):

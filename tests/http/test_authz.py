@@ -24,9 +24,13 @@ MISSING: dict[tuple[str, str], int] = {
     ("POST", "/v1/approvals/<approval_id>"): 404,
     ("POST", "/v1/audit/anchor"): 409,  # no anchor key configured
     ("DELETE", "/v1/mcp/servers/<server_id>"): 404,
+    ("DELETE", "/v1/providers/<provider_id>"): 404,
+    ("GET", "/v1/providers/<provider_id>/models"): 502,  # nothing listens at its URL
 }
 # A disabled MCP server (nothing is started) that the sweep reads, patches and toggles.
 MCP_SERVER = {"id": "authz-mcp", "transport": "stdio", "command": "true", "enabled": False}
+# A provider whose URL refuses connections (the discard port): verify answers ok=false.
+PROVIDER = {"id": "authz-up", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
 CHAT = {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]}
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/agents"): {"id": "made-by-sweep"},
@@ -39,6 +43,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/approvals/<approval_id>"): {"decision": "approve", "args_digest": "0" * 64},
     ("POST", "/v1/tools/invoke"): {"name": "calculator", "args": {"expr": "1+1"}, "dry_run": True},
     ("PATCH", "/v1/mcp/servers/<server_id>"): {"timeout": 30},
+    ("PATCH", "/v1/providers/<provider_id>"): {"read_timeout": 30},
+    ("POST", "/v1/providers/<provider_id>/verify"): {"model": "m"},
 }
 
 
@@ -83,6 +89,7 @@ def _url(method: str, rule: str, values: dict[str, Any]) -> str:
         "model_id": AGENT,
         "key_id": "key_missing",
         "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["id"],
+        "provider_id": "authz-gone" if method == "DELETE" else PROVIDER["id"],
         "approval_id": "run_missing.1",
         "key": values.get("key", "sess-none"),
         "run_id": values.get("run_id", "run_none"),
@@ -99,6 +106,7 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
     async with serving(tmp_path / "data", auth_failure_rate=0) as served:
         await served.create_agent(AGENT)
         assert (await served.admin.post("/v1/mcp/servers", json=MCP_SERVER)).status_code == 201
+        assert (await served.admin.post("/v1/providers", json=PROVIDER)).status_code == 201
         callers = [
             Caller("no key", {}, frozenset()),
             Caller("bad key", bearer("cue_not-a-key-at-all-0000000000"), frozenset()),
@@ -135,6 +143,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
                             body = {"id": f"made-by-sweep-{index}-{number}"}
                         elif (method, route.rule) == ("POST", "/v1/mcp/servers"):
                             body = {**MCP_SERVER, "id": f"sweep-{index}-{number}"}
+                        elif (method, route.rule) == ("POST", "/v1/providers"):
+                            body = {**PROVIDER, "id": f"sweep-{index}-{number}"}
                         url = _url(method, route.rule, values)
                         response = await clients[caller.name].request(method, url, json=body)
                         checked += 1

@@ -30,9 +30,10 @@ API_KEY = "schemathesis-admin-key-0123456789"
 # parts must be text; a key's expiry must be in the future): a schema-valid body may still be
 # refused with 400 there.
 SEMANTIC_BODIES = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/keys"})
-# A valid MCP server body would start a generated command or connect to a generated URL: only
-# invalid ones are generated here; tests/http/test_mcp.py covers valid ones against a real server.
-NEGATIVE_ONLY = frozenset({("POST", "/v1/mcp/servers")})
+# A valid MCP server or provider body would start a generated command or reach a generated URL:
+# only invalid ones are generated here; tests/http/test_mcp.py and test_providers.py cover valid
+# ones against real servers on 127.0.0.1.
+NEGATIVE_ONLY = frozenset({("POST", "/v1/mcp/servers"), ("POST", "/v1/providers")})
 EXAMPLES = int(os.environ.get("CUELOG_SCHEMATHESIS_EXAMPLES", "5"))
 
 
