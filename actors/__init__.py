@@ -35,6 +35,7 @@ from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
 from cuelog.actors._events import RunFailed as RunFailed
 from cuelog.actors._events import RunStarted as RunStarted
+from cuelog.actors._events import ToolSettings as ToolSettings
 from cuelog.actors._idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY_LENGTH
 from cuelog.actors._idempotency import Claim as Claim
 from cuelog.actors._idempotency import request_digest as request_digest
@@ -97,8 +98,11 @@ from cuelog.actors._tools import parse_tool_arguments as parse_tool_arguments
 from cuelog.actors._tools import tool_spec as tool_spec
 from cuelog.actors._tools_mcp import McpServers as McpServers
 from cuelog.actors._tools_mcp import McpServerState as McpServerState
+from cuelog.actors._tools_net import HttpFetchConfig as HttpFetchConfig
 from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
+from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
+from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
 
 __all__ = [
     "ADMIN",
@@ -120,6 +124,7 @@ __all__ = [
     "ApprovalPolicy",
     "AssistantDelta",
     "AssistantMessage",
+    "BuiltinTools",
     "BusyPolicy",
     "Caller",
     "ChatMessage",
@@ -130,6 +135,7 @@ __all__ = [
     "EchoModel",
     "FinishReason",
     "Finished",
+    "HttpFetchConfig",
     "IdempotencyKey",
     "IdempotencyKeyReused",
     "InputTooLarge",
@@ -176,6 +182,8 @@ __all__ = [
     "ToolCallChunk",
     "ToolError",
     "ToolRegistry",
+    "ToolSettings",
+    "ToolSettingsView",
     "ToolSpec",
     "ToolsConfig",
     "Unavailable",

@@ -286,6 +286,24 @@ class ProviderDeleted(Event, tag="ProviderDeleted", frozen=True):
     provider_id: str
 
 
+# -- built-in tool settings ----------------------------------------------------------------------
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A built-in tool's settings changed at run time; None leaves a setting as configured."""
+
+    enabled: bool | None = None
+    files_root: str | None = None  # the `files` tool's sandbox
+    allow_hosts: list[str] | None = None  # the `http_fetch` tool's allow-list
+
+
+class ToolSettingsChanged(Event, tag="ToolSettingsChanged", frozen=True):
+    """Stream `tools`: the settings of built-in `name` as they now are."""
+
+    name: str
+    settings: ToolSettings
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -318,6 +336,7 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     McpServerDeleted,
     ProviderSaved,
     ProviderDeleted,
+    ToolSettingsChanged,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

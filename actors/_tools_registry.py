@@ -116,6 +116,23 @@ class ToolRegistry:
             raise ToolError("the files tool needs a sandbox dir: set tools.files_root")
         return cls(tools, enabled=config.enabled, timeout=config.timeout, timeouts=config.timeouts)
 
+    def builtin(self, name: str) -> Tool | None:
+        """A built-in tool, enabled or not (None for unknown names and MCP tools)."""
+        return self._tools.get(name)
+
+    def put(self, tool: Tool) -> None:
+        """Add a built-in or replace it with a newly configured one (runs already calling the
+        old one finish with it)."""
+        self._tools[tool.name] = tool
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self._tools:
+            raise ToolError(f"no tool named {name!r}")
+        if enabled and name not in self._enabled:
+            self._enabled.append(name)
+        elif not enabled and name in self._enabled:
+            self._enabled.remove(name)
+
     def names(self) -> list[str]:
         """Every known tool, enabled or not."""
         return [*self._tools, *(t.name for s in self._sources for t in s.offered())]

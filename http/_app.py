@@ -39,6 +39,7 @@ from cuelog.http._runs import register_run_routes
 from cuelog.http._schemas import Health
 from cuelog.http._services import Services
 from cuelog.http._sessions import register_session_routes
+from cuelog.http._tool_settings import register_tool_settings_routes
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import (
     ActorStopped,
@@ -188,6 +189,7 @@ def create_app(services: Services) -> QuartTrio:
     register_audit_routes(routes, services)
     register_mcp_routes(routes, services)
     register_provider_routes(routes, services)
+    register_tool_settings_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

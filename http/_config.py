@@ -72,6 +72,8 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_root: Path | None = None  # the `files` tool's sandbox dir (created if missing)
     files_max_bytes: int = 1 << 20  # largest file the `files` tool reads or writes
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
+    # Hosts `http_fetch` may fetch from (`example.com`, `*.example.com`); empty: any public host.
+    http_fetch_allow_hosts: list[str] = msgspec.field(default_factory=list)
 
 
 class ProvidersSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -22,7 +22,9 @@ from hypercorn.utils import wrap_app
 
 from cuelog.actors import (
     AgentSpec,
+    BuiltinTools,
     EchoModel,
+    HttpFetchConfig,
     Invalid,
     KeyFile,
     McpServers,
@@ -166,6 +168,7 @@ def tools_config(settings: Settings) -> ToolsConfig:
         files_root=files_root,
         files_max_bytes=section.files_max_bytes,
         files_quota_bytes=section.files_quota_bytes,
+        http_fetch=HttpFetchConfig(allow_hosts=list(section.http_fetch_allow_hosts)),
     )
 
 
@@ -205,7 +208,8 @@ async def _serve(
         key_file = KeyFile(provider_key_file(settings))
     except Invalid as exc:
         raise ConfigError(f"providers.key_file: {exc}") from None
-    tools = ToolRegistry.builtins(tools_config(settings))
+    tools_settings = tools_config(settings)
+    tools = ToolRegistry.builtins(tools_settings)
     run_settings = RunSettings(
         providers=model_providers(settings),
         tools=tools,
@@ -232,11 +236,13 @@ async def _serve(
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
+        builtin_tools = BuiltinTools(event_log, tools, tools_settings)
         keys = domain.keys
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
         services.mcp = mcp
+        services.builtin_tools = builtin_tools
         services.providers = Providers(event_log, key_file, run_settings.providers)
         app = create_app(services)
         if handle_signals:

@@ -14,6 +14,7 @@ from quart import Response, current_app, request
 from cuelog.actors import (
     ID_RULE,
     TERMINAL,
+    BuiltinTools,
     ChatMessage,
     Domain,
     IdempotencyKey,
@@ -75,6 +76,7 @@ class Services:
         self.metrics = Metrics(self)
         self.mcp: McpServers | None = None  # set by `serve` once the log is open
         self.providers: Providers | None = None  # likewise
+        self.builtin_tools: BuiltinTools | None = None  # likewise
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""

@@ -45,6 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/mcp/servers/<server_id>"): {"timeout": 30},
     ("PATCH", "/v1/providers/<provider_id>"): {"read_timeout": 30},
     ("POST", "/v1/providers/<provider_id>/verify"): {"model": "m"},
+    ("PATCH", "/v1/tools/<name>"): {"enabled": True},
 }
 
 
@@ -90,6 +91,7 @@ def _url(method: str, rule: str, values: dict[str, Any]) -> str:
         "key_id": "key_missing",
         "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["id"],
         "provider_id": "authz-gone" if method == "DELETE" else PROVIDER["id"],
+        "name": "clock",
         "approval_id": "run_missing.1",
         "key": values.get("key", "sess-none"),
         "run_id": values.get("run_id", "run_none"),
