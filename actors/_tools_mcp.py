@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, final
@@ -33,15 +32,12 @@ from cuelog.runtime import EventLog
 
 log = structlog.get_logger("cuelog.mcp")
 
-# Connections use the initialize handshake (mode="legacy"), under which ping is part of the
-# protocol; the SDK warns about it for newer protocol versions only.
-warnings.filterwarnings("ignore", message="ping is removed", module="cuelog")
-
 SERVER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SERVER_ID_RULE: Final = "1-32 letters, digits, _ or - (no dots: a tool is named server.tool)"
 STDERR_BYTES: Final = 64 * 1024
 MAX_SERVERS: Final = 64
 MAX_TOOLS_PER_SERVER: Final = 256
+MAX_OUTPUT_CHARS: Final = 4 * 1024 * 1024  # a tool answer past this is cut, and says so
 
 McpStatus = Literal["disabled", "connecting", "connected", "failed"]
 
@@ -124,6 +120,8 @@ class _Server:
             self.poke()
             raise ToolError(f"{self.id}.{name}: MCP server {self.id!r} failed: {exc}") from None
         text = _result_text(result.content)
+        if len(text) > MAX_OUTPUT_CHARS:
+            text = text[:MAX_OUTPUT_CHARS] + f"\n[cut at {MAX_OUTPUT_CHARS} characters]"
         if result.is_error:
             raise ToolError(f"{self.id}.{name}: {text or 'the MCP server reported an error'}")
         if not text and result.structured_content is not None:
@@ -160,6 +158,7 @@ class _Server:
             if getattr(message, "method", None) == "notifications/tools/list_changed":
                 self.poke(relist=True)
 
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             transport, errlog, pid_of = self._transport(nursery)
             deadline = trio.current_time() + self._servers.connect_timeout
@@ -181,13 +180,18 @@ class _Server:
                         self.last_error = None
                         log.info("mcp_server_connected", server=self.id, tools=len(self.tools))
                         await self._watch(client)
+            except Exception as exc:  # kept until stderr is read, then raised
+                failure = exc
             finally:
                 self.connected = None
                 if errlog is not None:
                     errlog.close()
+                # Let the stderr reader take what the process wrote last (it ends at EOF).
+                nursery.cancel_scope.deadline = trio.current_time() + 1
             if connecting.cancelled_caught:
                 self.last_error = "the server did not answer in time"
-            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _watch(self, client: Any) -> None:
         settings = self._servers
@@ -200,7 +204,9 @@ class _Server:
                     self._relist = False
                     await self._list_tools(client)
                 else:
-                    await client.send_ping()
+                    # The session's ping: connections use the initialize handshake
+                    # (mode="legacy"), where ping is part of the protocol.
+                    await client.session.send_ping()
 
     async def _list_tools(self, client: Any) -> None:
         tools: dict[str, McpTool] = {}

@@ -209,15 +209,19 @@ async def test_server_killed_mid_call_fails_the_call_and_is_restarted(tmp_path: 
 
 
 async def test_server_down_fails_its_tools_at_once(tmp_path: Path) -> None:
-    """While a server cannot start, it reports `failed` with the reason, and restarting it
-    keeps trying."""
+    """While a server cannot start, it reports `failed` with the reason, its stderr keeps the
+    traceback it died with, and restarting it keeps trying."""
     async with live_server(tmp_path / "data") as live:
         bad = stdio_server("bad", args=[SERVER, "no-such-mode"])
         assert (await live.client.post("/v1/mcp/servers", json=bad)).status_code == 201
         body = await until(live, "bad", lambda b: b["status"] == "failed")
         assert body["last_error"] and body["tools"] == []
-        stderr = (await live.client.get("/v1/mcp/servers/bad/stderr")).json()["stderr"]
-        assert "cuelog-test mcp server started" in stderr
+
+        async def traceback_kept() -> bool:
+            stderr = (await live.client.get("/v1/mcp/servers/bad/stderr")).json()["stderr"]
+            return "cuelog-test mcp server started" in stderr and "IndexError" in stderr
+
+        await eventually(traceback_kept)  # what the process wrote before it died
         restarted = await live.client.post("/v1/mcp/servers/bad/restart")
         assert restarted.status_code == 200 and restarted.json()["status"] == "connecting"
 
