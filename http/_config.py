@@ -5,6 +5,7 @@ Every key is listed in docs/configuration.md. An invalid value is one clear line
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -76,6 +77,11 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_fetch_allow_hosts: list[str] = msgspec.field(default_factory=list)
 
 
+class McpSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    ping_interval: float = 15.0  # seconds between health pings of a connected MCP server
+    ping_timeout: float = 10.0  # a ping (or a connect) unanswered this long restarts the server
+
+
 class ProvidersSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The data keys that seal provider API keys; never in the log. Default: in the data dir.
     key_file: Path | None = None
@@ -87,6 +93,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
+    mcp: McpSection = msgspec.field(default_factory=McpSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
 
 
@@ -96,6 +103,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "model": ModelSection,
     "tools": ToolsSection,
     "providers": ProvidersSection,
+    "mcp": McpSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -238,6 +246,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("tools.files_max_bytes: must be at least 1")
     if tools.files_quota_bytes < tools.files_max_bytes:
         raise ConfigError("tools.files_quota_bytes: must be at least tools.files_max_bytes")
+    for name in ("ping_interval", "ping_timeout"):
+        value = getattr(settings.mcp, name)
+        if not (math.isfinite(value) and 0 < value <= 3600):
+            raise ConfigError(f"mcp.{name}: must be more than 0 and at most 3600 seconds")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

@@ -232,7 +232,11 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
-        McpServers(event_log).running() as mcp,
+        McpServers(
+            event_log,
+            ping_interval=settings.mcp.ping_interval,
+            ping_timeout=settings.mcp.ping_timeout,
+        ).running() as mcp,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)

@@ -3,6 +3,7 @@ over stdio and over streamable HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -206,6 +207,30 @@ async def test_server_killed_mid_call_fails_the_call_and_is_restarted(tmp_path: 
         body = await until(live, "t", lambda b: connected(b) and b["pid"] != pid)
         assert body["restarts"] == 1
         assert "echo: back" in (await wake(live, "all", '/tool t.echo {"text": "back"}'))["content"]
+
+
+async def test_hung_server_is_restarted_and_its_calls_fail_meanwhile(tmp_path: Path) -> None:
+    """A server that stops answering (SIGSTOP) misses its ping and is replaced by a new
+    process; a call made while it hangs fails (dropped with the connection, or at the server's
+    timeout) instead of hanging."""
+    quick = {"mcp": {"ping_interval": 0.5, "ping_timeout": 1.0}}
+    async with live_server(tmp_path / "data", sections=quick) as live:
+        created = await live.client.post("/v1/mcp/servers", json=stdio_server(timeout=2))
+        assert created.status_code == 201, created.text
+        pid = (await until(live, "t", connected))["pid"]
+        await add_agent(live, "all", ["t.*"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answer = await wake(live, "all", '/tool t.echo {"text": "anyone?"}')
+            [failed] = await tool_events(live, answer["run_id"])
+            assert failed["type"] == "ToolCallFailed"
+            body = await until(live, "t", lambda b: connected(b) and b["pid"] != pid)
+            assert body["restarts"] == 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        answer = await wake(live, "all", '/tool t.echo {"text": "fresh"}')
+        assert "echo: fresh" in answer["content"]
 
 
 async def test_server_down_fails_its_tools_at_once(tmp_path: Path) -> None:
