@@ -65,7 +65,6 @@ from cuelog.actors._names import ID_RULE as ID_RULE
 from cuelog.actors._names import TERMINAL as TERMINAL
 from cuelog.actors._names import RunStatus as RunStatus
 from cuelog.actors._names import is_valid_id as is_valid_id
-from cuelog.actors._providers import KeyFile as KeyFile
 from cuelog.actors._providers import ProviderConfig as ProviderConfig
 from cuelog.actors._providers import Providers as Providers
 from cuelog.actors._providers import ProviderSecrets as ProviderSecrets
@@ -82,6 +81,7 @@ from cuelog.actors._run import RunRegistry as RunRegistry
 from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
+from cuelog.actors._sealed import KeyFile as KeyFile
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionView as SessionView
 from cuelog.actors._session_fold import SessionState as SessionState

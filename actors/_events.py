@@ -253,10 +253,14 @@ class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class McpServerSaved(Event, tag="McpServerSaved", frozen=True):
-    """An MCP server was added or changed (stream `mcp`); the whole config, as it now is."""
+    """An MCP server was added or changed (stream `mcp`); the whole config, as it now is. The
+    values of `env` and `headers` are blank here: they are only in `sealed` (AES-GCM under key
+    `key_id` of the key file kept outside the log)."""
 
     server_id: str
     config: McpServerConfig
+    key_id: str = ""
+    sealed: str = ""  # base64 of nonce + ciphertext of {"env": ..., "headers": ...}
 
 
 class McpServerDeleted(Event, tag="McpServerDeleted", frozen=True):

@@ -8,22 +8,17 @@ Providers go into the run settings' provider map, so an agent naming one uses it
 
 from __future__ import annotations
 
-import base64
 import math
-import os
 import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, Mapping, MutableMapping
 from contextlib import aclosing
-from pathlib import Path
 from typing import Final, final
 
 import httpx
 import msgspec
 import trio
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound
 from cuelog.actors._events import DOMAIN_CODEC, ProviderDeleted, ProviderSaved
@@ -31,6 +26,7 @@ from cuelog.actors._messages import ChatMessage
 from cuelog.actors._models import Finished, ModelChunk, ModelProvider, ModelRequest
 from cuelog.actors._models_openai import OpenAIConfig, OpenAIModel
 from cuelog.actors._names import PROVIDERS_STREAM
+from cuelog.actors._sealed import KeyFile, open_sealed, seal
 from cuelog.runtime import EventLog
 
 PROVIDER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -71,71 +67,7 @@ class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-_secrets_encoder = msgspec.json.Encoder()
 _secrets_decoder = msgspec.json.Decoder(ProviderSecrets)
-_keys_decoder = msgspec.json.Decoder(dict[str, str])
-
-
-@final
-class KeyFile:
-    """Data keys by id, in a JSON file (mode 0600) that every change rewrites atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._keys: dict[str, bytes] = {}
-        if path.exists():
-            try:
-                stored = _keys_decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise Invalid(f"provider key file {path} is unreadable: {exc}") from None
-            self._keys = {key_id: base64.b64decode(key) for key_id, key in stored.items()}
-
-    def get(self, key_id: str) -> bytes | None:
-        return self._keys.get(key_id)
-
-    def add(self) -> tuple[str, bytes]:
-        key_id = "pk_" + secrets.token_hex(8)
-        key = AESGCM.generate_key(bit_length=256)
-        self._keys[key_id] = key
-        self._write()
-        return key_id, key
-
-    def destroy(self, key_id: str) -> None:
-        if self._keys.pop(key_id, None) is not None:
-            self._write()
-
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        stored = {key_id: base64.b64encode(key).decode() for key_id, key in self._keys.items()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, msgspec.json.encode(stored))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _aad(provider_id: str, key_id: str) -> bytes:
-    return f"cuelog-provider:{provider_id}:{key_id}".encode()
-
-
-def seal(key: bytes, provider_id: str, key_id: str, value: ProviderSecrets) -> str:
-    nonce = secrets.token_bytes(12)
-    sealed = AESGCM(key).encrypt(nonce, _secrets_encoder.encode(value), _aad(provider_id, key_id))
-    return base64.b64encode(nonce + sealed).decode()
-
-
-def unseal(key: bytes, provider_id: str, key_id: str, sealed: str) -> ProviderSecrets:
-    raw = base64.b64decode(sealed)
-    plain = AESGCM(key).decrypt(raw[:12], raw[12:], _aad(provider_id, key_id))
-    return _secrets_decoder.decode(plain)
 
 
 class _Provider(msgspec.Struct):
@@ -255,7 +187,9 @@ class Providers:
             error = "its key is not in the provider key file; set the API key again"
         else:
             try:
-                opened = unseal(key, event.provider_id, event.key_id, event.sealed)
+                opened = _secrets_decoder.decode(
+                    open_sealed(key, f"provider:{event.provider_id}", event.key_id, event.sealed)
+                )
             except (InvalidTag, ValueError, msgspec.DecodeError):
                 error = "its secrets cannot be opened with the provider key file"
         provider = _Provider(
@@ -326,7 +260,9 @@ class Providers:
             max_retries=config.max_retries,
             header_names=sorted(provider_secrets.headers),
             key_id=key_id,
-            sealed=seal(key, provider_id, key_id, provider_secrets),
+            sealed=seal(
+                key, f"provider:{provider_id}", key_id, msgspec.json.encode(provider_secrets)
+            ),
         )
         recorded = False
         try:

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, final
 import msgspec
 import structlog
 import trio
+from cryptography.exceptions import InvalidTag
 
 from cuelog.actors._errors import Conflict, Invalid, NotFound, ToolError
 from cuelog.actors._events import (
@@ -28,6 +29,7 @@ from cuelog.actors._events import (
     McpServerSaved,
 )
 from cuelog.actors._names import MCP_STREAM
+from cuelog.actors._sealed import KeyFile, open_sealed, seal
 from cuelog.runtime import EventLog
 
 log = structlog.get_logger("cuelog.mcp")
@@ -40,6 +42,14 @@ MAX_TOOLS_PER_SERVER: Final = 256
 MAX_OUTPUT_CHARS: Final = 4 * 1024 * 1024  # a tool answer past this is cut, and says so
 
 McpStatus = Literal["disabled", "connecting", "connected", "failed"]
+
+
+class _McpSecrets(msgspec.Struct, frozen=True):
+    env: dict[str, str]
+    headers: dict[str, str]
+
+
+_secrets_decoder = msgspec.json.Decoder(_McpSecrets)
 
 
 class McpServerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +101,7 @@ class _Server:
         self.scope: trio.CancelScope | None = None
         self._poke = trio.Event()
         self._relist = False
+        self.locked: str | None = None  # why its secrets cannot be opened; it is not started
 
     def state(self) -> McpServerState:
         return McpServerState(
@@ -300,6 +311,7 @@ class McpServers:
     def __init__(
         self,
         event_log: EventLog,
+        key_file: KeyFile,
         *,
         ping_interval: float = 15.0,
         ping_timeout: float = 10.0,
@@ -308,6 +320,8 @@ class McpServers:
         backoff_max: float = 30.0,
     ) -> None:
         self._log = event_log
+        self._keys = key_file
+        self._key_ids: dict[str, str] = {}  # server id -> the data key sealing its secrets
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.connect_timeout = connect_timeout
@@ -318,9 +332,56 @@ class McpServers:
         for record in event_log.read_stream(MCP_STREAM):
             event = DOMAIN_CODEC.decode(record.type, record.data)
             if isinstance(event, McpServerSaved):
-                self._servers[event.server_id] = _Server(event.server_id, event.config, self)
+                self._servers[event.server_id] = self._opened(event)
             elif isinstance(event, McpServerDeleted):
                 self._servers.pop(event.server_id, None)
+                self._key_ids.pop(event.server_id, None)
+
+    def _opened(self, event: McpServerSaved) -> _Server:
+        """The server of a recorded config, its secrets unsealed with the key file."""
+        config, locked = event.config, None
+        if event.key_id:
+            self._key_ids[event.server_id] = event.key_id
+            key = self._keys.get(event.key_id)
+            try:
+                if key is None:
+                    raise ValueError("missing")
+                plain = open_sealed(key, f"mcp:{event.server_id}", event.key_id, event.sealed)
+                opened = _secrets_decoder.decode(plain)
+                config = msgspec.structs.replace(config, env=opened.env, headers=opened.headers)
+            except (InvalidTag, ValueError, msgspec.DecodeError):
+                locked = (
+                    "its env and header values cannot be opened with the key file; "
+                    "set them again with PATCH"
+                )
+        server = _Server(event.server_id, config, self)
+        server.locked = locked
+        return server
+
+    async def _record(self, server_id: str, config: McpServerConfig, actor: str | None) -> None:
+        """Append the config with its env and header values sealed under a new data key; the
+        server's previous key is destroyed once the new config is in the log."""
+        key_id, sealed = "", ""
+        if config.env or config.headers:
+            key_id, key = self._keys.add()
+            secrets = _McpSecrets(env=config.env, headers=config.headers)
+            sealed = seal(key, f"mcp:{server_id}", key_id, msgspec.json.encode(secrets))
+        blank = msgspec.structs.replace(
+            config, env=dict.fromkeys(config.env, ""), headers=dict.fromkeys(config.headers, "")
+        )
+        event = McpServerSaved(server_id=server_id, config=blank, key_id=key_id, sealed=sealed)
+        recorded = False
+        try:
+            await self._log.append(MCP_STREAM, [event], actor=actor)
+            recorded = True
+        finally:
+            if not recorded and key_id:
+                self._keys.destroy(key_id)
+        old_key = self._key_ids.pop(server_id, None)
+        if old_key:
+            self._keys.destroy(old_key)
+        if key_id:
+            self._key_ids[server_id] = key_id
 
     # -- the tool source -----------------------------------------------------------------------
 
@@ -364,15 +425,13 @@ class McpServers:
         self, server_id: str, config: McpServerConfig, *, actor: str | None = None
     ) -> McpServerState:
         if not SERVER_ID_RE.fullmatch(server_id):
-            raise Invalid(f"id must be {SERVER_ID_RULE}", param="id")
+            raise Invalid(f"name must be {SERVER_ID_RULE}", param="name")
         if server_id in self._servers:
             raise Conflict(f"MCP server {server_id!r} exists")
         if len(self._servers) >= MAX_SERVERS:
             raise Conflict(f"at most {MAX_SERVERS} MCP servers")
         check_server_config(config)
-        await self._log.append(
-            MCP_STREAM, [McpServerSaved(server_id=server_id, config=config)], actor=actor
-        )
+        await self._record(server_id, config, actor)
         server = self._servers[server_id] = _Server(server_id, config, self)
         self._start(server)
         return server.state()
@@ -383,9 +442,7 @@ class McpServers:
         """Replace a server's config and reconnect it under the new one."""
         old = self._server(server_id)
         check_server_config(config)
-        await self._log.append(
-            MCP_STREAM, [McpServerSaved(server_id=server_id, config=config)], actor=actor
-        )
+        await self._record(server_id, config, actor)
         self._stop(old)
         server = self._servers[server_id] = _Server(server_id, config, self)
         server.stderr = old.stderr
@@ -397,6 +454,9 @@ class McpServers:
         await self._log.append(MCP_STREAM, [McpServerDeleted(server_id=server_id)], actor=actor)
         self._stop(server)
         del self._servers[server_id]
+        key_id = self._key_ids.pop(server_id, None)
+        if key_id:
+            self._keys.destroy(key_id)  # what the log keeps of its secrets can't be opened now
 
     async def restart(self, server_id: str) -> McpServerState:
         """Drop the connection (a stdio server's process ends) and connect again now."""
@@ -406,6 +466,10 @@ class McpServers:
         return server.state()
 
     def _start(self, server: _Server) -> None:
+        if server.locked is not None:
+            server.status = "failed"
+            server.last_error = server.locked
+            return
         if not server.config.enabled:
             server.status = "disabled"
             server.tools = {}

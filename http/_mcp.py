@@ -1,6 +1,6 @@
 """MCP servers: `/v1/mcp/servers` to add, change, toggle, restart and remove them while the
-server runs. Values of `env` and `headers` are secrets: every answer shows them masked, and a
-patch that sends the mask back keeps the stored value."""
+server runs. Values of `env` and `headers` are secrets: sealed in the log, masked in every
+answer, and a patch that sends the mask back keeps the stored value."""
 
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ Transport = Literal["stdio", "http"]
 
 
 class McpServerBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A new MCP server: `command` (+ `args`, `env`) for stdio, `url` (+ `headers`) for http."""
+    """A new MCP server: `command` (+ `args`, `env`) runs it on stdio, `url` (+ `headers`)
+    reaches it over streamable HTTP; `transport` may say which, or is inferred."""
 
-    id: ServerId
-    transport: Transport
+    name: ServerId
+    transport: Transport | None = None
     command: Text | None = None
     args: Args = msgspec.field(default_factory=list)
     env: Secrets = msgspec.field(default_factory=dict)
@@ -61,6 +62,7 @@ class McpServerPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class McpServer(msgspec.Struct, kw_only=True):
     id: str
+    name: str  # the same as id
     object: Literal["mcp_server"]
     transport: Transport
     command: str | None
@@ -97,6 +99,7 @@ def server_json(state: McpServerState) -> McpServer:
     config = state.config
     return McpServer(
         id=state.id,
+        name=state.id,
         object="mcp_server",
         transport=config.transport,
         command=config.command,
@@ -159,7 +162,13 @@ def register_mcp_routes(routes: Routes, services: Services) -> None:
         """Add an MCP server; an enabled one connects at once."""
         body, _ = await services.read(McpServerBody)
         fields = msgspec.structs.asdict(body)
-        server_id = fields.pop("id")
+        server_id = fields.pop("name")
+        if body.transport is None:
+            if (body.command is None) == (body.url is None):
+                raise ApiError(
+                    400, "give command (a stdio server) or url (streamable HTTP)", param="command"
+                )
+            fields["transport"] = "stdio" if body.command is not None else "http"
         config = McpServerConfig(**fields)
         state = await servers().create(server_id, config, actor=principal().key_id)
         return answer(state, 201)

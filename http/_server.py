@@ -234,6 +234,7 @@ async def _serve(
         ) as domain,
         McpServers(
             event_log,
+            key_file,
             ping_interval=settings.mcp.ping_interval,
             ping_timeout=settings.mcp.ping_timeout,
         ).running() as mcp,

@@ -285,13 +285,9 @@ def test_tools_page_lists_mcp_servers_and_providers_with_status(console: Console
     """The tools page lists an MCP server with its status and tool count (and restarts it),
     and a registry provider with its key shown only as set."""
     server = Path(__file__).resolve().parent.parent / "fixtures" / "mcp_server.py"
-    mcp = {
-        "id": "t",
-        "transport": "stdio",
-        "command": sys.executable,
-        "args": [str(server), "stdio"],
-    }
-    assert console.api.post("/v1/mcp/servers", json=mcp).status_code == 201
+    mcp = {"name": "t", "command": sys.executable, "args": [str(server), "stdio"]}
+    created = console.api.post("/v1/mcp/servers", json=mcp)
+    assert created.status_code == 201, created.text
     secret = "sk-console-" + secrets.token_hex(8)
     provider = {"id": "up", "base_url": "http://127.0.0.1:9/v1", "api_key": secret}
     assert console.api.post("/v1/providers", json=provider).status_code == 201

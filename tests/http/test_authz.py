@@ -28,7 +28,7 @@ MISSING: dict[tuple[str, str], int] = {
     ("GET", "/v1/providers/<provider_id>/models"): 502,  # nothing listens at its URL
 }
 # A disabled MCP server (nothing is started) that the sweep reads, patches and toggles.
-MCP_SERVER = {"id": "authz-mcp", "transport": "stdio", "command": "true", "enabled": False}
+MCP_SERVER = {"name": "authz-mcp", "command": "true", "enabled": False}
 # A provider whose URL refuses connections (the discard port): verify answers ok=false.
 PROVIDER = {"id": "authz-up", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
 CHAT = {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]}
@@ -89,7 +89,7 @@ def _url(method: str, rule: str, values: dict[str, Any]) -> str:
         "agent_id": "authz-gone" if (method, rule) in MISSING else AGENT,
         "model_id": AGENT,
         "key_id": "key_missing",
-        "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["id"],
+        "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["name"],
         "provider_id": "authz-gone" if method == "DELETE" else PROVIDER["id"],
         "name": "clock",
         "approval_id": "run_missing.1",
@@ -144,7 +144,7 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
                         elif (method, route.rule) == ("POST", "/v1/agents"):
                             body = {"id": f"made-by-sweep-{index}-{number}"}
                         elif (method, route.rule) == ("POST", "/v1/mcp/servers"):
-                            body = {**MCP_SERVER, "id": f"sweep-{index}-{number}"}
+                            body = {**MCP_SERVER, "name": f"sweep-{index}-{number}"}
                         elif (method, route.rule) == ("POST", "/v1/providers"):
                             body = {**PROVIDER, "id": f"sweep-{index}-{number}"}
                         url = _url(method, route.rule, values)

@@ -4,6 +4,7 @@ over stdio and over streamable HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,8 +27,7 @@ CUELOG = shutil.which("cuelog", path=str(Path(sys.executable).parent)) or "cuelo
 
 def stdio_server(server_id: str = "t", **extra: Any) -> dict[str, Any]:
     return {
-        "id": server_id,
-        "transport": "stdio",
+        "name": server_id,
         "command": sys.executable,
         "args": [SERVER, "stdio"],
         "env": {"CUELOG_TEST_SECRET": SECRET},
@@ -115,6 +115,12 @@ async def test_stdio_server_tools_discovered_granted_called_and_secrets_masked(
         for path in ("/v1/mcp/servers", "/v1/mcp/servers/t"):
             response = await live.client.get(path)
             assert response.status_code == 200 and SECRET not in response.text
+        # The log holds the env value sealed only (the tool's answer above aside).
+        params: dict[str, str | int] = {"prefix": "mcp", "limit": 1000}
+        config_events = (await live.client.get("/v1/events", params=params)).json()["data"]
+        assert [e["type"] for e in config_events] == ["McpServerSaved"]
+        assert config_events[0]["data"]["config"]["env"] == {"CUELOG_TEST_SECRET": ""}
+        assert config_events[0]["data"]["sealed"] and SECRET not in str(config_events)
 
         await add_agent(live, "narrow", ["t.echo"])
         answer = await wake(live, "narrow", '/tool t.add {"a": 1, "b": 1}')
@@ -275,7 +281,7 @@ async def test_http_server_toggle_patch_and_delete(tmp_path: Path) -> None:
     with http_mcp_server() as url:
         async with live_server(tmp_path / "data") as live:
             config = {
-                "id": "web",
+                "name": "web",
                 "transport": "http",
                 "url": url,
                 "headers": {"X-Api-Key": SECRET},
@@ -309,15 +315,17 @@ async def test_http_server_toggle_patch_and_delete(tmp_path: Path) -> None:
 
 
 async def test_bad_server_configs_are_refused_and_write_nothing(tmp_path: Path) -> None:
-    """A stdio server without a command, an http one without a URL, a dotted id and a
-    duplicate are 400/409 naming the problem; nothing reaches the log."""
+    """A stdio server without a command, an http one without a URL, neither or both, a dotted
+    name and an unknown field are 400 naming the problem; nothing reaches the log."""
     async with live_server(tmp_path / "data") as live:
         head = await live.head_seq()
         cases = [
-            ({"id": "x", "transport": "stdio"}, 400, "command"),
-            ({"id": "x", "transport": "http"}, 400, "url"),
-            ({"id": "a.b", "transport": "stdio", "command": "true"}, 400, "id"),
-            ({"id": "x", "transport": "stdio", "command": "true", "bogus": 1}, 400, "bogus"),
+            ({"name": "x", "transport": "stdio"}, 400, "command"),
+            ({"name": "x", "transport": "http"}, 400, "url"),
+            ({"name": "x"}, 400, "command"),
+            ({"name": "x", "command": "true", "url": "http://127.0.0.1:9/"}, 400, "command"),
+            ({"name": "a.b", "command": "true"}, 400, "name"),
+            ({"name": "x", "command": "true", "bogus": 1}, 400, "bogus"),
         ]
         for body, status, word in cases:
             response = await live.client.post("/v1/mcp/servers", json=body)
@@ -327,8 +335,9 @@ async def test_bad_server_configs_are_refused_and_write_nothing(tmp_path: Path) 
 
 
 def test_recorded_mcp_run_reruns_offline_after_restart(tmp_path: Path) -> None:
-    """The server config survives a restart of cuelog; a run that used an MCP tool is
-    re-executed by `cuelog rerun` with no MCP server anywhere, from the recorded outputs."""
+    """The server config survives a restart of cuelog (its env unsealed with the key file, whose
+    key is destroyed on delete); a run that used an MCP tool is re-executed by `cuelog rerun`
+    with no MCP server anywhere, from the recorded outputs."""
     data = tmp_path / "data"
 
     async def record() -> None:
@@ -340,10 +349,16 @@ def test_recorded_mcp_run_reruns_offline_after_restart(tmp_path: Path) -> None:
             await add_agent(live, "all", ["t.*"])
             answer = await wake(live, "all", '/tool t.echo {"text": "recorded"}')
             assert "echo: recorded" in answer["content"]
+        key_file = data / "provider-keys.json"
+        assert len(json.loads(key_file.read_text())) == 1  # the env's data key
         async with live_server(data) as live:
             body = await until(live, "t", connected)  # the config came back from the log
             assert body["env"] == {"CUELOG_TEST_SECRET": "********"}
+            # The env was unsealed: the restarted server still got the secret.
+            answer = await wake(live, "all", '/tool t.secret_env {"name": "CUELOG_TEST_SECRET"}')
+            assert SECRET in answer["content"]
             assert (await live.client.delete("/v1/mcp/servers/t")).status_code == 200
+        assert json.loads(key_file.read_text()) == {}  # deleting it destroyed its key
 
     trio.run(record)
     result = subprocess.run(
