@@ -29,12 +29,14 @@ from cuelog.actors._events import AssistantDelta as AssistantDelta
 from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
+from cuelog.actors._events import McpServerConfig as McpServerConfig
 from cuelog.actors._events import ModelRequested as ModelRequested
 from cuelog.actors._events import RequestOptions as RequestOptions
 from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
 from cuelog.actors._events import RunFailed as RunFailed
 from cuelog.actors._events import RunStarted as RunStarted
+from cuelog.actors._events import ToolSettings as ToolSettings
 from cuelog.actors._idempotency import MAX_KEY_LENGTH as MAX_IDEMPOTENCY_KEY_LENGTH
 from cuelog.actors._idempotency import Claim as Claim
 from cuelog.actors._idempotency import request_digest as request_digest
@@ -65,6 +67,11 @@ from cuelog.actors._names import ID_RULE as ID_RULE
 from cuelog.actors._names import TERMINAL as TERMINAL
 from cuelog.actors._names import RunStatus as RunStatus
 from cuelog.actors._names import is_valid_id as is_valid_id
+from cuelog.actors._providers import ProviderConfig as ProviderConfig
+from cuelog.actors._providers import Providers as Providers
+from cuelog.actors._providers import ProviderSecrets as ProviderSecrets
+from cuelog.actors._providers import ProviderState as ProviderState
+from cuelog.actors._providers import VerifyResult as VerifyResult
 from cuelog.actors._readers import RunEvent as RunEvent
 from cuelog.actors._readers import TimelineRow as TimelineRow
 from cuelog.actors._readers import run_recorded as run_recorded
@@ -76,6 +83,7 @@ from cuelog.actors._run import RunRegistry as RunRegistry
 from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
+from cuelog.actors._sealed import KeyFile as KeyFile
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionView as SessionView
 from cuelog.actors._session_fold import SessionState as SessionState
@@ -90,8 +98,13 @@ from cuelog.actors._tools import Tool as Tool
 from cuelog.actors._tools import invoke_tool as invoke_tool
 from cuelog.actors._tools import parse_tool_arguments as parse_tool_arguments
 from cuelog.actors._tools import tool_spec as tool_spec
+from cuelog.actors._tools_mcp import McpServers as McpServers
+from cuelog.actors._tools_mcp import McpServerState as McpServerState
+from cuelog.actors._tools_net import HttpFetchConfig as HttpFetchConfig
 from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
+from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
+from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
 
 __all__ = [
     "ADMIN",
@@ -113,6 +126,7 @@ __all__ = [
     "ApprovalPolicy",
     "AssistantDelta",
     "AssistantMessage",
+    "BuiltinTools",
     "BusyPolicy",
     "Caller",
     "ChatMessage",
@@ -123,13 +137,18 @@ __all__ = [
     "EchoModel",
     "FinishReason",
     "Finished",
+    "HttpFetchConfig",
     "IdempotencyKey",
     "IdempotencyKeyReused",
     "InputTooLarge",
     "Invalid",
     "KeyCreated",
+    "KeyFile",
     "KeyInfo",
     "KeyStore",
+    "McpServerConfig",
+    "McpServerState",
+    "McpServers",
     "MediaPart",
     "ModelChunk",
     "ModelError",
@@ -139,6 +158,10 @@ __all__ = [
     "NotFound",
     "OpenAIConfig",
     "OpenAIModel",
+    "ProviderConfig",
+    "ProviderSecrets",
+    "ProviderState",
+    "Providers",
     "RequestOptions",
     "Role",
     "RunActor",
@@ -163,10 +186,13 @@ __all__ = [
     "ToolCallChunk",
     "ToolError",
     "ToolRegistry",
+    "ToolSettings",
+    "ToolSettingsView",
     "ToolSpec",
     "ToolsConfig",
     "Unavailable",
     "Usage",
+    "VerifyResult",
     "check_runs",
     "event_data",
     "fold_run",

@@ -262,6 +262,78 @@ class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
     cancelled_runs: int = 0
 
 
+# -- MCP servers -------------------------------------------------------------------------------
+
+
+class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach one MCP server: a command on stdio, or a streamable HTTP URL."""
+
+    transport: Literal["stdio", "http"]
+    command: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    timeout: float = 60.0  # seconds one tool call may take
+
+
+class McpServerSaved(Event, tag="McpServerSaved", frozen=True):
+    """An MCP server was added or changed (stream `mcp`); the whole config, as it now is. The
+    values of `env` and `headers` are blank here: they are only in `sealed` (AES-GCM under key
+    `key_id` of the key file kept outside the log)."""
+
+    server_id: str
+    config: McpServerConfig
+    key_id: str = ""
+    sealed: str = ""  # base64 of nonce + ciphertext of {"env": ..., "headers": ...}
+
+
+class McpServerDeleted(Event, tag="McpServerDeleted", frozen=True):
+    server_id: str
+
+
+# -- model providers ---------------------------------------------------------------------------
+
+
+class ProviderSaved(Event, tag="ProviderSaved", frozen=True):
+    """An OpenAI-compatible upstream was added or changed (stream `providers`). The API key and
+    header values are only in `sealed`: AES-GCM under key `key_id` of the key file, which is
+    kept outside the log."""
+
+    provider_id: str
+    base_url: str
+    default_model: str
+    connect_timeout: float
+    read_timeout: float
+    max_retries: int
+    header_names: list[str]
+    key_id: str
+    sealed: str  # base64 of nonce + ciphertext
+
+
+class ProviderDeleted(Event, tag="ProviderDeleted", frozen=True):
+    provider_id: str
+
+
+# -- built-in tool settings ----------------------------------------------------------------------
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A built-in tool's settings changed at run time; None leaves a setting as configured."""
+
+    enabled: bool | None = None
+    files_root: str | None = None  # the `files` tool's sandbox
+    allow_hosts: list[str] | None = None  # the `http_fetch` tool's allow-list
+
+
+class ToolSettingsChanged(Event, tag="ToolSettingsChanged", frozen=True):
+    """Stream `tools`: the settings of built-in `name` as they now are."""
+
+    name: str
+    settings: ToolSettings
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -290,6 +362,11 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     KeyCreated,
     KeyRevoked,
     EmergencyStopChanged,
+    McpServerSaved,
+    McpServerDeleted,
+    ProviderSaved,
+    ProviderDeleted,
+    ToolSettingsChanged,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

@@ -23,7 +23,7 @@ TOOL_SYNTAX: Final = '/tool NAME {"arg": "value"}'
 
 _WORD = re.compile(r"\S+\s*|\s+")
 _TOOL_LINE = re.compile(r"/tool(?:\s+(?P<name>\S+))?(?:\s+(?P<args>.*))?", re.DOTALL)
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -129,7 +129,7 @@ class EchoModel:
         match = _TOOL_LINE.fullmatch(line)
         name = match["name"] if match else None
         if not name or not _TOOL_NAME.fullmatch(name):
-            return _syntax_help("a tool name of letters, digits, _ or - is missing")
+            return _syntax_help("a tool name of letters, digits, _, . or - is missing")
         raw_args = (match["args"] if match else None) or "{}"
         try:
             args: Any = msgspec.json.decode(raw_args.strip())

@@ -50,6 +50,7 @@ class OpenAIConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_retries: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # sent with every request
 
 
 # -- the upstream's streamed chunk shape (only the fields cuelog reads) --------------------------
@@ -139,7 +140,7 @@ class OpenAIModel:
         key = self._api_key()
         try:
             async with self._open(request, key) as response:
-                async for chunk in self._chunks(response):
+                async for chunk in self._chunks(response, _wire_names(request)):
                     # Buffered SSE lines parse without awaiting: check here so a cancelled
                     # caller stops within one chunk.
                     await trio.lowlevel.checkpoint_if_cancelled()
@@ -176,7 +177,11 @@ class OpenAIModel:
         """The first successful response, after retries; its body is not read yet."""
         cfg = self.config
         url = cfg.base_url.rstrip("/") + "/chat/completions"
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {
+            **cfg.headers,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         if key:
             headers["Authorization"] = f"Bearer {key}"
         body = _encoder.encode(_request_body(request))
@@ -230,7 +235,10 @@ class OpenAIModel:
                 await trio.sleep(min(delay, cfg.backoff_max))
                 attempt += 1
 
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[ModelChunk]:
+    async def _chunks(
+        self, response: httpx.Response, names: dict[str, str]
+    ) -> AsyncIterator[ModelChunk]:
+        """`names` maps the wire names of the offered tools back to their names."""
         partial: dict[int, _PartialCall] = {}
         finish: str | None = None
         usage: Usage | None = None
@@ -278,7 +286,7 @@ class OpenAIModel:
             yield ToolCallChunk(
                 ToolCall(
                     id=call.id or f"call_{index}",
-                    name=call.name,
+                    name=names.get(call.name, call.name),
                     arguments="".join(call.arguments) or "{}",
                 )
             )
@@ -290,6 +298,16 @@ class OpenAIModel:
         else:
             reason = "stop"
         yield Finished(reason, usage or Usage())
+
+
+def wire_name(name: str) -> str:
+    """A tool's name as OpenAI accepts it (letters, digits, _ and -): an MCP tool's
+    `server.tool` is sent as `server__tool`."""
+    return name.replace(".", "__")
+
+
+def _wire_names(request: ModelRequest) -> dict[str, str]:
+    return {wire_name(t.name): t.name for t in request.tools if "." in t.name}
 
 
 def _request_body(request: ModelRequest) -> dict[str, Any]:
@@ -305,7 +323,7 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
             {
                 "type": "function",
                 "function": {
-                    "name": t.name,
+                    "name": wire_name(t.name),
                     "description": t.description,
                     "parameters": t.parameters,
                 },
@@ -358,7 +376,7 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
+                "function": {"name": wire_name(call.name), "arguments": call.arguments},
             }
             for call in message.tool_calls
         ]

@@ -15,6 +15,9 @@ SESSION: Final = "session"
 RUN: Final = "run"
 
 KEYS_STREAM: Final = "keys"
+MCP_STREAM: Final = "mcp"
+PROVIDERS_STREAM: Final = "providers"
+TOOLS_STREAM: Final = "tools"
 SYSTEM_STREAM: Final = "system"
 
 # Agent, session, run, key and approval ids: what a client may choose and a URL path may carry.

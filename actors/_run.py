@@ -55,7 +55,7 @@ from cuelog.actors._models import Finished, ModelProvider, ModelRequest, TextDel
 from cuelog.actors._names import SESSION, TERMINAL, agent_stream
 from cuelog.actors._session_fold import answered_only, history_at
 from cuelog.actors._tools import parse_tool_arguments
-from cuelog.actors._tools_registry import ToolRegistry
+from cuelog.actors._tools_registry import ToolRegistry, granted
 from cuelog.runtime import (
     ActorContext,
     ActorError,
@@ -507,7 +507,7 @@ class RunActor(EventSourcedActor[RunState]):
             (a for a in state.approvals.values() if a.call.id == call.id and a.status != "pending"),
             None,
         )
-        if call.name not in spec.tools or not tools.is_enabled(call.name):
+        if not granted(call.name, spec.tools) or not tools.is_enabled(call.name):
             await self._record(
                 ToolCallFailed(
                     call_id=call.id,

@@ -84,6 +84,23 @@ class HttpFetchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_redirects: int = 5
     timeout: float = 20.0
     connect_timeout: float = 5.0
+    # Hosts it may fetch from: `example.com` (that name) or `*.example.com` (its subdomains);
+    # empty: any public host. Checked on every hop, before the address policy.
+    allow_hosts: list[str] = msgspec.field(default_factory=list)
+
+
+def host_allowed(host: str, allow_hosts: list[str]) -> bool:
+    """Whether `host` matches the allow-list (an empty list allows every host)."""
+    if not allow_hosts:
+        return True
+    host = host.lower().rstrip(".")
+    for entry in allow_hosts:
+        pattern = entry.lower().rstrip(".")
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if host == pattern:
+            return True
+    return False
 
 
 class HttpFetchArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +169,11 @@ class HttpFetchTool:
 
     async def _checked_address(self, url: httpx.URL) -> IPAddress:
         host = url.raw_host.decode("ascii")
+        if not host_allowed(host, self.config.allow_hosts):
+            raise ToolError(
+                f"http_fetch: refused {url.scheme}://{url.netloc.decode()}: "
+                "the host is not in tools.http_fetch_allow_hosts"
+            )
         port = url.port or (443 if url.scheme == "https" else 80)
         addresses = await _resolve(host, port)
         for address in addresses:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -21,6 +21,29 @@ from cuelog.actors._tools_net import (
 )
 
 DEFAULT_ENABLED: Final = ("clock", "calculator")
+
+
+class ToolSource(Protocol):
+    """Tools that come and go while the server runs (MCP servers): the registry asks it by name."""
+
+    def find(self, name: str) -> Tool | None:
+        """The tool of that name if it is offered now, else None."""
+        ...
+
+    def offered(self) -> Sequence[Tool]:
+        """Every tool offered now."""
+        ...
+
+    def timeout_of(self, name: str) -> float | None: ...
+
+
+def granted(name: str, allowed: Iterable[str]) -> bool:
+    """Whether an agent's `tools` list grants `name`: by name, or `server.*` for every tool of
+    an MCP server."""
+    for entry in allowed:
+        if entry == name or (entry.endswith(".*") and name.startswith(entry[:-1])):
+            return True
+    return False
 
 
 class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +76,18 @@ class ToolRegistry:
             raise ToolError(f"unknown tools enabled: {', '.join(unknown)}")
         self._timeout = timeout
         self._timeouts = dict(timeouts or {})
+        self._sources: list[ToolSource] = []
+
+    def attach(self, source: ToolSource) -> None:
+        """Offer the tools of `source` (an MCP server set) besides the built-ins."""
+        self._sources.append(source)
+
+    def _found(self, name: str) -> Tool | None:
+        for source in self._sources:
+            tool = source.find(name)
+            if tool is not None:
+                return tool
+        return None
 
     @classmethod
     def builtins(
@@ -81,20 +116,40 @@ class ToolRegistry:
             raise ToolError("the files tool needs a sandbox dir: set tools.files_root")
         return cls(tools, enabled=config.enabled, timeout=config.timeout, timeouts=config.timeouts)
 
+    def builtin(self, name: str) -> Tool | None:
+        """A built-in tool, enabled or not (None for unknown names and MCP tools)."""
+        return self._tools.get(name)
+
+    def put(self, tool: Tool) -> None:
+        """Add a built-in or replace it with a newly configured one (runs already calling the
+        old one finish with it)."""
+        self._tools[tool.name] = tool
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self._tools:
+            raise ToolError(f"no tool named {name!r}")
+        if enabled and name not in self._enabled:
+            self._enabled.append(name)
+        elif not enabled and name in self._enabled:
+            self._enabled.remove(name)
+
     def names(self) -> list[str]:
         """Every known tool, enabled or not."""
-        return list(self._tools)
+        return [*self._tools, *(t.name for s in self._sources for t in s.offered())]
 
     def enabled(self) -> list[str]:
         return list(self._enabled)
 
     def is_enabled(self, name: str) -> bool:
-        return name in self._enabled
+        return name in self._enabled or self._found(name) is not None
 
     def get(self, name: str) -> Tool:
         """An enabled tool; unknown or disabled names raise ToolError."""
         if name not in self._tools:
-            raise ToolError(f"no tool named {name!r}")
+            found = self._found(name)
+            if found is None:
+                raise ToolError(f"no tool named {name!r}")
+            return found
         if name not in self._enabled:
             raise ToolError(f"tool {name!r} is disabled on this server")
         return self._tools[name]
@@ -102,7 +157,7 @@ class ToolRegistry:
     def spec_of(self, name: str) -> ToolSpec:
         """The spec of any known tool, enabled or not."""
         if name not in self._tools:
-            raise ToolError(f"no tool named {name!r}")
+            return tool_spec(self.get(name))
         return tool_spec(self._tools[name])
 
     def check_args(self, name: str, args: dict[str, Any]) -> str | None:
@@ -123,12 +178,24 @@ class ToolRegistry:
         return None
 
     def timeout_of(self, name: str) -> float:
+        for source in self._sources:
+            timeout = source.timeout_of(name)
+            if timeout is not None:
+                return timeout
         return self._timeouts.get(name, self._timeout)
 
     def specs(self, allowed: Iterable[str] | None = None) -> list[ToolSpec]:
         """Specs of enabled tools, limited to `allowed` (an agent's list) when given."""
         wanted = self._enabled if allowed is None else [n for n in allowed if n in self._enabled]
-        return [tool_spec(self._tools[name]) for name in wanted]
+        specs = [tool_spec(self._tools[name]) for name in wanted]
+        grants = None if allowed is None else list(allowed)
+        for source in self._sources:
+            specs.extend(
+                tool_spec(tool)
+                for tool in source.offered()
+                if grants is None or granted(tool.name, grants)
+            )
+        return specs
 
     async def invoke(self, name: str, args: dict[str, Any]) -> str:
         """Run an enabled tool with its timeout; every failure raises ToolError."""

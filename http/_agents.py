@@ -50,8 +50,16 @@ def check_spec(services: Services, spec: AgentSpec) -> None:
             param="provider",
         )
     known_tools = set(settings.tools.names())
+    servers = {state.id for state in services.mcp.all()} if services.mcp is not None else set()
+
+    def granted(name: str) -> bool:
+        # An MCP grant (`server.*` or `server.tool`) names a registered server; its tools are
+        # discovered when it connects, so a server that is down still takes grants.
+        server, dot, _ = name.partition(".")
+        return name in known_tools or (bool(dot) and server in servers)
+
     for index, name in enumerate(spec.tools):
-        if name not in known_tools:
+        if not granted(name):
             raise ApiError(
                 400,
                 f"no tool named {name!r} (known: {', '.join(sorted(known_tools))})",
@@ -59,7 +67,7 @@ def check_spec(services: Services, spec: AgentSpec) -> None:
                 param=f"tools.{index}",
             )
     for name in spec.tool_approval:
-        if name not in known_tools:
+        if not granted(name):
             raise ApiError(
                 400, f"no tool named {name!r}", code="invalid_value", param="tool_approval"
             )

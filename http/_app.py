@@ -32,12 +32,15 @@ from cuelog.http._console import register_console_routes
 from cuelog.http._cors import install_cors
 from cuelog.http._errors import error_body
 from cuelog.http._limits import retry_after
+from cuelog.http._mcp import register_mcp_routes
 from cuelog.http._openapi import register_docs_routes
 from cuelog.http._operator import register_operator_routes
+from cuelog.http._providers import register_provider_routes
 from cuelog.http._runs import register_run_routes
 from cuelog.http._schemas import Health
 from cuelog.http._services import Services
 from cuelog.http._sessions import register_session_routes
+from cuelog.http._tool_settings import register_tool_settings_routes
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import (
     ActorStopped,
@@ -190,6 +193,9 @@ def create_app(services: Services) -> QuartTrio:
     register_run_routes(routes, services)
     register_operator_routes(routes, services)
     register_audit_routes(routes, services)
+    register_mcp_routes(routes, services)
+    register_provider_routes(routes, services)
+    register_tool_settings_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

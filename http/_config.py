@@ -5,6 +5,7 @@ Every key is listed in docs/configuration.md. An invalid value is one clear line
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -74,6 +75,18 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_root: Path | None = None  # the `files` tool's sandbox dir (created if missing)
     files_max_bytes: int = 1 << 20  # largest file the `files` tool reads or writes
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
+    # Hosts `http_fetch` may fetch from (`example.com`, `*.example.com`); empty: any public host.
+    http_fetch_allow_hosts: list[str] = msgspec.field(default_factory=list)
+
+
+class McpSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    ping_interval: float = 15.0  # seconds between health pings of a connected MCP server
+    ping_timeout: float = 10.0  # a ping (or a connect) unanswered this long restarts the server
+
+
+class ProvidersSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The data keys that seal provider API keys; never in the log. Default: in the data dir.
+    key_file: Path | None = None
 
 
 class ModelsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -86,6 +99,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
+    mcp: McpSection = msgspec.field(default_factory=McpSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
     models: ModelsSection = msgspec.field(default_factory=ModelsSection)
 
@@ -95,6 +110,8 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogSection,
     "model": ModelSection,
     "tools": ToolsSection,
+    "providers": ProvidersSection,
+    "mcp": McpSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -243,6 +260,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("tools.files_max_bytes: must be at least 1")
     if tools.files_quota_bytes < tools.files_max_bytes:
         raise ConfigError("tools.files_quota_bytes: must be at least tools.files_max_bytes")
+    for name in ("ping_interval", "ping_timeout"):
+        value = getattr(settings.mcp, name)
+        if not (math.isfinite(value) and 0 < value <= 3600):
+            raise ConfigError(f"mcp.{name}: must be more than 0 and at most 3600 seconds")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

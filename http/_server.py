@@ -12,6 +12,7 @@ import ipaddress
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,10 +22,16 @@ from hypercorn.utils import wrap_app
 
 from cuelog.actors import (
     AgentSpec,
+    BuiltinTools,
     EchoModel,
+    HttpFetchConfig,
+    Invalid,
+    KeyFile,
+    McpServers,
     ModelProvider,
     OpenAIConfig,
     OpenAIModel,
+    Providers,
     RunSettings,
     ToolRegistry,
     ToolsConfig,
@@ -135,6 +142,12 @@ def seeded_agents(settings: Settings) -> dict[str, AgentSpec]:
     return {"default": default, **settings.agents}
 
 
+def provider_key_file(settings: Settings) -> Path:
+    """Where the provider registry's data keys are kept: `providers.key_file`, else a file in
+    the data dir (never in the log, so neither exports nor copies of the log carry it)."""
+    return settings.providers.key_file or settings.log.data_dir / "provider-keys.json"
+
+
 def tools_config(settings: Settings) -> ToolsConfig:
     """The built-in tools as `[server] enabled_tools` and `[tools]` set them; the files
     sandbox is made if missing."""
@@ -155,6 +168,7 @@ def tools_config(settings: Settings) -> ToolsConfig:
         files_root=files_root,
         files_max_bytes=section.files_max_bytes,
         files_quota_bytes=section.files_quota_bytes,
+        http_fetch=HttpFetchConfig(allow_hosts=list(section.http_fetch_allow_hosts)),
     )
 
 
@@ -190,7 +204,12 @@ async def _serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     stop = trio.Event() if shutdown is None else shutdown
-    tools = ToolRegistry.builtins(tools_config(settings))
+    try:
+        key_file = KeyFile(provider_key_file(settings))
+    except Invalid as exc:
+        raise ConfigError(f"providers.key_file: {exc}") from None
+    tools_settings = tools_config(settings)
+    tools = ToolRegistry.builtins(tools_settings)
     run_settings = RunSettings(
         providers=model_providers(settings),
         tools=tools,
@@ -213,12 +232,23 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
+        McpServers(
+            event_log,
+            key_file,
+            ping_interval=settings.mcp.ping_interval,
+            ping_timeout=settings.mcp.ping_timeout,
+        ).running() as mcp,
         trio.open_nursery() as nursery,
     ):
+        tools.attach(mcp)
+        builtin_tools = BuiltinTools(event_log, tools, tools_settings)
         keys = domain.keys
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
+        services.mcp = mcp
+        services.builtin_tools = builtin_tools
+        services.providers = Providers(event_log, key_file, run_settings.providers)
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

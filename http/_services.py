@@ -15,9 +15,12 @@ from cuelog.actors import (
     ID_RULE,
     TERMINAL,
     AgentSpec,
+    BuiltinTools,
     ChatMessage,
     Domain,
     IdempotencyKey,
+    McpServers,
+    Providers,
     RunView,
     Sent,
     event_data,
@@ -72,6 +75,9 @@ class Services:
         self.auth_failures = TokenBuckets(server.auth_failure_rate, server.auth_failure_burst)
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
+        self.mcp: McpServers | None = None  # set by `serve` once the log is open
+        self.providers: Providers | None = None  # likewise
+        self.builtin_tools: BuiltinTools | None = None  # likewise
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""

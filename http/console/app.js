@@ -182,7 +182,13 @@ function route() {
   }
   const page = document.getElementById("page");
   page.replaceChildren();
-  const pages = { sessions: sessionsPage, session: sessionPage, run: runPage, audit: auditPage };
+  const pages = {
+    sessions: sessionsPage,
+    session: sessionPage,
+    run: runPage,
+    tools: toolsPage,
+    audit: auditPage,
+  };
   const render = pages[name] || sessionsPage;
   render(page, arg, signal).catch((error) => {
     if (error instanceof AuthNeeded || signal.aborted) return;
@@ -556,6 +562,100 @@ async function runPage(page, runId, signal) {
 }
 
 // -- audit -------------------------------------------------------------------------------------
+
+// -- tools: MCP servers, model providers, built-ins ---------------------------------------------
+
+async function toolsPage(page, _arg, signal) {
+  const servers = h("tbody", { id: "mcp-servers" });
+  const providers = h("tbody", { id: "providers" });
+  const builtins = h("tbody", { id: "builtin-tools" });
+  const table = (columns, body) =>
+    h("table", {}, h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))), body);
+  page.append(
+    h("h1", {}, "Tools and models"),
+    h("h2", {}, "MCP servers"),
+    table(["id", "command or URL", "status", "tools", "restarts", "last error", ""], servers),
+    h("h2", {}, "Model providers"),
+    table(["id", "base URL", "default model", "API key", "status"], providers),
+    h("h2", {}, "Built-in tools"),
+    table(["name", "enabled", "approval"], builtins),
+  );
+
+  async function paint() {
+    const [mcp, registry, tools] = await Promise.all([
+      api("/v1/mcp/servers", { signal }),
+      api("/v1/providers", { signal }),
+      api("/v1/tools", { signal }),
+    ]);
+    servers.replaceChildren(
+      ...mcp.data.map((s) =>
+        h(
+          "tr",
+          { "data-id": s.id },
+          h("td", {}, s.id),
+          h("td", {}, s.transport === "stdio" ? s.command : s.url),
+          h("td", {}, h("span", { class: "badge mcp-" + s.status }, s.status)),
+          h("td", { class: "num", title: s.tools.join(", ") }, s.tool_count),
+          h("td", { class: "num" }, s.restarts),
+          h("td", { class: "error" }, s.last_error || ""),
+          h(
+            "td",
+            {},
+            h(
+              "button",
+              {
+                type: "button",
+                class: "restart",
+                disabled: !s.enabled,
+                onclick: async () => {
+                  await api("/v1/mcp/servers/" + enc(s.id) + "/restart", { method: "POST" });
+                  await paint();
+                },
+              },
+              "Restart",
+            ),
+          ),
+        ),
+      ),
+    );
+    if (!mcp.data.length) servers.append(h("tr", {}, h("td", { colspan: 7, class: "meta" }, "none")));
+    providers.replaceChildren(
+      ...registry.data.map((p) =>
+        h(
+          "tr",
+          { "data-id": p.id },
+          h("td", {}, p.id),
+          h("td", {}, h("code", {}, p.base_url)),
+          h("td", {}, p.default_model),
+          h("td", {}, p.has_api_key ? "set" : "none"),
+          h("td", { title: p.error || "" }, h("span", { class: "badge mcp-" + p.status }, p.status)),
+        ),
+      ),
+    );
+    if (!registry.data.length) providers.append(h("tr", {}, h("td", { colspan: 5, class: "meta" }, "none")));
+    builtins.replaceChildren(
+      ...tools.data
+        .filter((t) => !t.name.includes("."))
+        .map((t) =>
+          h(
+            "tr",
+            { "data-name": t.name },
+            h("td", {}, t.name),
+            h("td", {}, t.enabled ? "on" : "off"),
+            h("td", {}, t.approval_policy),
+          ),
+        ),
+    );
+  }
+
+  await paint();
+  // Connection status changes by itself (reconnects, crashes): refresh while the page is open.
+  while (!signal.aborted) {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    if (signal.aborted) return;
+    await paint();
+  }
+}
 
 async function auditPage(page, _arg, signal) {
   const head = await api("/v1/audit/head", { signal });

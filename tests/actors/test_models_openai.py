@@ -26,6 +26,7 @@ from cuelog.actors._models import (
 from cuelog.actors._models_openai import OpenAIConfig, OpenAIModel
 
 KEY = "sk-test-0123456789abcdef"
+MODELS = ["gpt-test", "gpt-test-mini"]  # what GET /models lists
 ENV = {"UPSTREAM_KEY": KEY}
 
 Scope = dict[str, Any]
@@ -72,10 +73,14 @@ class FakeUpstream:
             if not message.get("more_body"):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(Recorded(headers, msgspec.json.decode(body)))
+        self.requests.append(Recorded(headers, msgspec.json.decode(body or b"{}")))
         if headers.get("authorization") != f"Bearer {KEY}":
             given = headers.get("authorization", "")
             await self._status(send, Status(401, _error(f"Incorrect API key provided: {given}")))
+            return
+        if scope["method"] == "GET" and scope["path"].endswith("/models"):
+            listed = {"object": "list", "data": [{"id": m, "object": "model"} for m in MODELS]}
+            await self._status(send, Status(200, msgspec.json.encode(listed)))
             return
         reply = self.replies.pop(0)
         if isinstance(reply, Status):
@@ -337,6 +342,46 @@ async def test_tool_call_deltas_split_across_chunks_are_assembled(upstream: Fake
         ToolCallChunk(ToolCall(id="call_b", name="clock", arguments="{}")),
         Finished("tool_calls", Usage(prompt_tokens=9, completion_tokens=4, total_tokens=13)),
     ]
+
+
+async def test_mcp_tool_names_go_as_openai_function_names_and_come_back(
+    upstream: FakeUpstream,
+) -> None:
+    """An MCP tool `docs.search` is offered (and shown in history) as `docs__search`, which
+    OpenAI accepts, and a call to `docs__search` comes back named `docs.search`."""
+    frames = [
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "docs__search", "arguments": "{}"},
+                    }
+                ]
+            }
+        ),
+        chunk({}, "tool_calls"),
+        DONE,
+    ]
+    upstream.replies.append(Stream(frames))
+    tool = ToolSpec(name="docs.search", description="search", parameters={"type": "object"})
+    earlier = ToolCall(id="c0", name="docs.search", arguments="{}")
+    request = ModelRequest(
+        model="gpt-test",
+        messages=[
+            ChatMessage(role="user", content="find"),
+            ChatMessage(role="assistant", tool_calls=[earlier]),
+            ChatMessage(role="tool", content="none", tool_call_id="c0"),
+        ],
+        tools=[tool],
+    )
+    chunks = await collect(model(upstream.url), request)
+    [seen] = upstream.requests
+    assert seen.body["tools"][0]["function"]["name"] == "docs__search"
+    assert seen.body["messages"][1]["tool_calls"][0]["function"]["name"] == "docs__search"
+    assert chunks[0] == ToolCallChunk(ToolCall(id="call_a", name="docs.search", arguments="{}"))
 
 
 async def test_429_with_retry_after_waits_that_long_then_succeeds(

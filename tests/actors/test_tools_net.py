@@ -210,6 +210,27 @@ async def test_redirects_are_followed_up_to_the_limit(site: Site) -> None:
         await tool.run({"url": f"http://127.0.0.1:{site.port}/redirect/6"})
 
 
+async def test_allow_list_refuses_other_hosts_on_every_hop(
+    site: Site, sockets: CountingSockets
+) -> None:
+    """With `allow_hosts`, a listed name is fetched, `*.` matches subdomains, and an unlisted
+    host (also as a redirect target) is refused before any socket is opened."""
+    trio.socket.set_custom_hostname_resolver(
+        FakeDNS({"a.fetch.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    )
+    config = HttpFetchConfig(allow_hosts=["*.fetch.test"])
+    tool = HttpFetchTool(config, address_policy=only_site(site))
+    result = await tool.run({"url": f"http://a.fetch.test:{site.port}/page"})
+    assert result.startswith("HTTP 200 OK\n")
+    sockets.created = 0
+    with pytest.raises(ToolError, match=r"not in tools\.http_fetch_allow_hosts"):
+        await tool.run({"url": f"http://other.test:{site.port}/page"})
+    with pytest.raises(ToolError, match=r"not in tools\.http_fetch_allow_hosts"):
+        target = f"http://other.test:{site.port}/page"
+        await tool.run({"url": f"http://a.fetch.test:{site.port}/to?url={target}"})
+    assert sockets.created == 1  # the allowed first hop only
+
+
 async def test_body_is_capped(site: Site) -> None:
     """A body over max_bytes is cut there and the answer says so."""
     tool = HttpFetchTool(HttpFetchConfig(max_bytes=1000), address_policy=only_site(site))

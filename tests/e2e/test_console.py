@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,34 @@ def test_audit_page_verifies_and_filters_activity(console: Console) -> None:
     expect(page.locator("#live-appends")).not_to_have_text(NO_VALUE, timeout=WAIT_MS)
     page.screenshot(path=str(console.shots / "audit.png"), full_page=True)
     page.close()
+
+
+def test_tools_page_lists_mcp_servers_and_providers_with_status(console: Console) -> None:
+    """The tools page lists an MCP server with its status and tool count (and restarts it),
+    and a registry provider with its key shown only as set."""
+    server = Path(__file__).resolve().parent.parent / "fixtures" / "mcp_server.py"
+    mcp = {"name": "t", "command": sys.executable, "args": [str(server), "stdio"]}
+    created = console.api.post("/v1/mcp/servers", json=mcp)
+    assert created.status_code == 201, created.text
+    secret = "sk-console-" + secrets.token_hex(8)
+    provider = {"id": "up", "base_url": "http://127.0.0.1:9/v1", "api_key": secret}
+    assert console.api.post("/v1/providers", json=provider).status_code == 201
+    page = console.page()
+    console.login(page, "#/tools")
+    row = page.locator("#mcp-servers tr[data-id=t]")
+    expect(row).to_contain_text("connected")
+    tools = len(console.api.get("/v1/mcp/servers/t").json()["tools"])
+    expect(row.locator("td.num").first).to_have_text(str(tools))
+    expect(page.locator("#providers tr[data-id=up]")).to_contain_text("set")
+    expect(page.locator("#providers tr[data-id=up]")).to_contain_text("ready")
+    expect(page.locator("#builtin-tools tr[data-name=clock]")).to_contain_text("on")
+    row.locator("button.restart").click()
+    expect(row.locator("td.num").nth(1)).to_have_text("1", timeout=30_000)
+    expect(row).to_contain_text("connected")
+    assert secret not in page.content()
+    page.screenshot(path=str(console.shots / "tools.png"), full_page=True)
+    page.close()
+    assert console.api.delete("/v1/mcp/servers/t").status_code == 200
 
 
 def test_console_files_are_public_and_confined(console: Console) -> None:

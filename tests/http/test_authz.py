@@ -23,7 +23,14 @@ MISSING: dict[tuple[str, str], int] = {
     ("DELETE", "/v1/keys/<key_id>"): 404,
     ("POST", "/v1/approvals/<approval_id>"): 404,
     ("POST", "/v1/audit/anchor"): 409,  # no anchor key configured
+    ("DELETE", "/v1/mcp/servers/<server_id>"): 404,
+    ("DELETE", "/v1/providers/<provider_id>"): 404,
+    ("GET", "/v1/providers/<provider_id>/models"): 502,  # nothing listens at its URL
 }
+# A disabled MCP server (nothing is started) that the sweep reads, patches and toggles.
+MCP_SERVER = {"name": "authz-mcp", "command": "true", "enabled": False}
+# A provider whose URL refuses connections (the discard port): verify answers ok=false.
+PROVIDER = {"id": "authz-up", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
 CHAT = {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]}
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/agents"): {"id": "made-by-sweep"},
@@ -35,6 +42,10 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/keys"): {"name": "made-by-sweep", "scopes": ["read"]},
     ("POST", "/v1/approvals/<approval_id>"): {"decision": "approve", "args_digest": "0" * 64},
     ("POST", "/v1/tools/invoke"): {"name": "calculator", "args": {"expr": "1+1"}, "dry_run": True},
+    ("PATCH", "/v1/mcp/servers/<server_id>"): {"timeout": 30},
+    ("PATCH", "/v1/providers/<provider_id>"): {"read_timeout": 30},
+    ("POST", "/v1/providers/<provider_id>/verify"): {"model": "m"},
+    ("PATCH", "/v1/tools/<name>"): {"enabled": True},
 }
 
 
@@ -78,6 +89,9 @@ def _url(method: str, rule: str, values: dict[str, Any]) -> str:
         "agent_id": "authz-gone" if (method, rule) in MISSING else AGENT,
         "model_id": AGENT,
         "key_id": "key_missing",
+        "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["name"],
+        "provider_id": "authz-gone" if method == "DELETE" else PROVIDER["id"],
+        "name": "clock",
         "approval_id": "run_missing.1",
         "key": values.get("key", "sess-none"),
         "run_id": values.get("run_id", "run_none"),
@@ -93,6 +107,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
     # Hundreds of refusals from one address: the failed-authentication budget is off here.
     async with serving(tmp_path / "data", auth_failure_rate=0) as served:
         await served.create_agent(AGENT)
+        assert (await served.admin.post("/v1/mcp/servers", json=MCP_SERVER)).status_code == 201
+        assert (await served.admin.post("/v1/providers", json=PROVIDER)).status_code == 201
         callers = [
             Caller("no key", {}, frozenset()),
             Caller("bad key", bearer("cue_not-a-key-at-all-0000000000"), frozenset()),
@@ -127,6 +143,10 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
                             body = {"at_seq": values["at_seq"]}
                         elif (method, route.rule) == ("POST", "/v1/agents"):
                             body = {"id": f"made-by-sweep-{index}-{number}"}
+                        elif (method, route.rule) == ("POST", "/v1/mcp/servers"):
+                            body = {**MCP_SERVER, "name": f"sweep-{index}-{number}"}
+                        elif (method, route.rule) == ("POST", "/v1/providers"):
+                            body = {**PROVIDER, "id": f"sweep-{index}-{number}"}
                         url = _url(method, route.rule, values)
                         response = await clients[caller.name].request(method, url, json=body)
                         checked += 1
