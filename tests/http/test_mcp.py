@@ -104,6 +104,9 @@ async def test_stdio_server_tools_discovered_granted_called_and_secrets_masked(
         assert body["tool_count"] == len(body["tools"])
 
         await add_agent(live, "all", ["t.*"])
+        # A grant must name a registered server: `nosuch.*` is refused and writes nothing.
+        refused = await live.client.post("/v1/agents", json={"id": "x", "tools": ["nosuch.*"]})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools.0"
         answer = await wake(live, "all", '/tool t.add {"a": 2, "b": 40}')
         assert answer["status"] == "completed" and "42" in answer["content"]
         [event] = await tool_events(live, answer["run_id"])
