@@ -72,8 +72,11 @@ _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
 # How often an idle writer checks that data.mdb is still the file it locked.
 _WRITER_CHECK_INTERVAL = 1.0
-# A crowd of appends at least this large arriving while nothing commits is split in two groups.
+# A crowd of appends at least this large arriving while nothing commits may be split in two.
 _SPLIT_AT = 32
+# Weight of the newest sample in the moving averages that choose between the two ways of
+# grouping: overlapped (two groups alternate) or in step (one group, everyone waits).
+_EWMA = 0.2
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int]:
@@ -170,6 +173,11 @@ class LmdbEventLog(PullSubscriptions):
         self._versions: dict[str, int] = {}
         self._forming: _Plan | None = None  # the group appends join now
         self._inflight: _Plan | None = None  # the group being committed
+        # Moving averages, in seconds: how long a group commit takes, and how long the
+        # appenders of a group take to come back with their next appends once acknowledged.
+        self._commit_time = 0.0
+        self._return_time = 0.0
+        self._acked_at: float | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._subscribers = 0
         self._thread_readers = 0  # read txns held in worker threads (verify)
@@ -398,10 +406,20 @@ class LmdbEventLog(PullSubscriptions):
                 batch, self._pending = self._pending, []
                 other, self._other = self._other, []
                 self._forming.other += other
-                if self._inflight is None and not self._forming and len(batch) >= _SPLIT_AT:
-                    # Nothing commits and a crowd arrived at once: commit half of it now and
-                    # form the other half meanwhile, so from here on one group forms while
-                    # the other commits instead of every appender waiting in step.
+                if batch and self._acked_at is not None:
+                    returned = time.perf_counter() - self._acked_at
+                    self._return_time += _EWMA * (returned - self._return_time)
+                    self._acked_at = None
+                if (
+                    self._inflight is None
+                    and not self._forming
+                    and len(batch) >= _SPLIT_AT
+                    and self._return_time >= self._commit_time
+                ):
+                    # Nothing commits, a crowd arrived at once, and appenders take longer to
+                    # come back than a commit takes: commit half of the crowd now and form the
+                    # other half meanwhile, so that from here on one group forms while the
+                    # other commits, instead of every appender waiting in step.
                     half, batch = batch[: len(batch) // 2], batch[len(batch) // 2 :]
                     self._absorb(self._forming, half)
                     self._start_commit(commits)
@@ -441,7 +459,12 @@ class LmdbEventLog(PullSubscriptions):
                         request.error = None
                     self._absorb(self._forming, forming.requests)
                 self._answer(plan, error)
-                if self._forming:
+                if self._forming and 2 * self._return_time < self._commit_time:
+                    # The appenders just acknowledged come back sooner than a commit takes:
+                    # let them join the waiting group (one bigger commit) instead of
+                    # committing it without them. The writer starts it once they are in.
+                    self._inflight = None
+                elif self._forming:
                     self._inflight, self._forming = self._forming, self._next_plan(self._forming)
                 else:
                     self._inflight = None
@@ -476,7 +499,9 @@ class LmdbEventLog(PullSubscriptions):
             self._versions.update(plan.versions)
             self._batches += 1
             self._largest_batch = max(self._largest_batch, len(plan.requests))
-            self._commit_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self._commit_seconds += elapsed
+            self._commit_time += _EWMA * (elapsed - self._commit_time)
             self._events_appended += len(plan.events)
         return error
 
@@ -496,6 +521,7 @@ class LmdbEventLog(PullSubscriptions):
             write.done.set()
         committed, self._committed = self._committed, trio.Event()
         committed.set()
+        self._acked_at = time.perf_counter()
 
     async def _grow_map(self) -> bool:
         size = self._env.info()["map_size"]
@@ -807,6 +833,7 @@ class LmdbEventLog(PullSubscriptions):
         self._subscriptions_ended = True
         committed, self._committed = self._committed, trio.Event()
         committed.set()
+        self._acked_at = time.perf_counter()
 
     # -- anchoring and verification ------------------------------------------------------------
 
