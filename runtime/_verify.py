@@ -150,10 +150,10 @@ def _fast_walk(
             # Progress is reported between chunks, so the loop itself tests nothing for it.
             for key, value in islice(walk, _PROGRESS_EVERY):
                 seq += 1
-                if value[HASH_SIZE : 2 * HASH_SIZE] != prev:
+                if not value.startswith(prev, HASH_SIZE):  # compares in place, copies nothing
                     return None
                 digest = sha256(value[HASH_SIZE:]).digest()
-                if digest != value[:HASH_SIZE]:
+                if not value.startswith(digest):
                     return None
                 head = decode_head(value[2 * HASH_SIZE :])
                 if head.seq != seq:
@@ -165,8 +165,8 @@ def _fast_walk(
                 break
             if progress is not None:
                 progress(seq, total)
-    except (msgspec.DecodeError, ValueError, TypeError):
-        return None
+    except (msgspec.DecodeError, ValueError, TypeError, AttributeError):
+        return None  # the precise walk names what is wrong
     if seq and last_key != _U64.pack(seq):
         return None
     index_fp = 0
