@@ -178,6 +178,7 @@ class LmdbEventLog(PullSubscriptions):
         self._commit_time = 0.0
         self._return_time = 0.0
         self._acked_at: float | None = None
+        self._writer_stopped: LogError | None = None  # why the writer ended, once it has
         self._limiter = trio.CapacityLimiter(1)
         self._subscribers = 0
         self._thread_readers = 0  # read txns held in worker threads (verify)
@@ -393,45 +394,77 @@ class LmdbEventLog(PullSubscriptions):
         self._forming = _Plan(self._tail_seq, self._tail_hash)
         async with trio.open_nursery() as commits:
             task_status.started()
-            while True:
-                with trio.move_on_after(_WRITER_CHECK_INTERVAL):
-                    await self._wake_writer.wait()
-                # Raising here ends the log's nursery, and with it whatever serves on this log.
-                self._check_still_writer()
-                if not self._wake_writer.is_set():
-                    continue
-                # Let every appender that is already runnable join this group.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                self._wake_writer = trio.Event()
-                batch, self._pending = self._pending, []
-                other, self._other = self._other, []
-                self._forming.other += other
-                if batch and self._acked_at is not None:
-                    returned = time.perf_counter() - self._acked_at
-                    self._return_time += _EWMA * (returned - self._return_time)
-                    self._acked_at = None
-                if (
-                    self._inflight is None
-                    and not self._forming
-                    and len(batch) >= _SPLIT_AT
-                    and self._return_time >= self._commit_time
-                ):
-                    # Nothing commits, a crowd arrived at once, and appenders take longer to
-                    # come back than a commit takes: commit half of the crowd now and form the
-                    # other half meanwhile, so that from here on one group forms while the
-                    # other commits, instead of every appender waiting in step.
-                    half, batch = batch[: len(batch) // 2], batch[len(batch) // 2 :]
-                    self._absorb(self._forming, half)
-                    self._start_commit(commits)
-                self._absorb(self._forming, batch)
-                if self._inflight is None and self._forming:
-                    self._start_commit(commits)
-                if (
-                    self._closed
-                    and self._inflight is None
-                    and not (self._pending or self._other or self._forming)
-                ):
-                    return
+            try:
+                await self._form_groups(commits)
+            except LogLost as lost:
+                self._stop_forming(lost)
+                raise
+            finally:
+                self._stop_forming(LogClosed("the log closed before this append was written"))
+
+    async def _form_groups(self, commits: trio.Nursery) -> None:
+        assert self._forming is not None
+        while True:
+            with trio.move_on_after(_WRITER_CHECK_INTERVAL):
+                await self._wake_writer.wait()
+            # Raising here ends the log's nursery, and with it whatever serves on this log.
+            self._check_still_writer()
+            if not self._wake_writer.is_set():
+                continue
+            # Let every appender that is already runnable join this group.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._wake_writer = trio.Event()
+            batch, self._pending = self._pending, []
+            other, self._other = self._other, []
+            self._forming.other += other
+            if batch and self._acked_at is not None:
+                returned = time.perf_counter() - self._acked_at
+                self._return_time += _EWMA * (returned - self._return_time)
+                self._acked_at = None
+            if (
+                self._inflight is None
+                and not self._forming
+                and len(batch) >= _SPLIT_AT
+                and self._return_time >= self._commit_time
+            ):
+                # Nothing commits, a crowd arrived at once, and appenders take longer to
+                # come back than a commit takes: commit half of the crowd now and form the
+                # other half meanwhile, so that from here on one group forms while the
+                # other commits, instead of every appender waiting in step.
+                half, batch = batch[: len(batch) // 2], batch[len(batch) // 2 :]
+                self._absorb(self._forming, half)
+                self._start_commit(commits)
+            self._absorb(self._forming, batch)
+            if self._inflight is None and self._forming:
+                self._start_commit(commits)
+            if (
+                self._closed
+                and self._inflight is None
+                and not (self._pending or self._other or self._forming)
+            ):
+                return
+
+    def _stop_forming(self, error: LogError) -> None:
+        """The writer ended: nobody starts another group, so a group still forming fails."""
+        if self._writer_stopped is None:
+            self._writer_stopped = error
+        if self._inflight is None:
+            self._fail_forming()
+
+    def _fail_forming(self) -> None:
+        forming = self._forming
+        if not forming:
+            return
+        assert forming is not None and self._writer_stopped is not None
+        self._forming = self._next_plan(forming)
+        for request in forming.requests:
+            request.result = None
+            request.error = self._writer_stopped
+            assert request.task is not None
+            trio.lowlevel.reschedule(request.task)
+        for write in forming.other:
+            write.error = self._writer_stopped
+            write.done.set()
 
     def _start_commit(self, commits: trio.Nursery) -> None:
         assert self._inflight is None and self._forming is not None
@@ -459,7 +492,10 @@ class LmdbEventLog(PullSubscriptions):
                         request.error = None
                     self._absorb(self._forming, forming.requests)
                 self._answer(plan, error)
-                if self._forming and 2 * self._return_time < self._commit_time:
+                if self._writer_stopped is not None:
+                    self._fail_forming()
+                    self._inflight = None
+                elif self._forming and 2 * self._return_time < self._commit_time:
                     # The appenders just acknowledged come back sooner than a commit takes:
                     # let them join the waiting group (one bigger commit) instead of
                     # committing it without them. The writer starts it once they are in.

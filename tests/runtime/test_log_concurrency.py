@@ -11,6 +11,7 @@ import trio.testing
 from cuelog.runtime import (
     EventLog,
     IdempotencyConflict,
+    LogClosed,
     RecordedEvent,
     StorageFull,
     open_event_log,
@@ -227,3 +228,41 @@ async def test_a_failed_commit_makes_the_group_formed_on_top_of_it_start_again(
             assert log.read_event(record.seq) == record
         report = await log.verify()
         assert (report.ok, report.checked) == (True, head)
+
+
+async def test_cancelling_the_log_mid_append_never_leaves_an_appender_waiting(
+    tmp_path: Path,
+) -> None:
+    """The log's scope cancelled at random moments under 64 appenders: every appender ends (its
+    group committed, or refused with LogClosed, or cancelled), and what was acked is there."""
+    rng = random.Random(11)
+    for round_ in range(15):
+        await cancel_the_log_under_appenders(tmp_path / f"log{round_}", rng.uniform(0.0, 0.05))
+
+
+async def cancel_the_log_under_appenders(path: Path, delay: float) -> None:
+    acked: list[RecordedEvent] = []
+    ended = 0
+
+    async def appender(log: EventLog, me: int) -> None:
+        nonlocal ended
+        try:
+            while True:
+                acked.extend(await log.append(f"s{me}", [raw(me)]))
+        except LogClosed:
+            pass
+        finally:
+            ended += 1
+
+    with trio.fail_after(GUARD_SECONDS):
+        with trio.CancelScope() as scope:
+            async with open_event_log(path) as log, trio.open_nursery() as nursery:
+                for me in range(64):
+                    nursery.start_soon(appender, log, me)
+                await trio.sleep(delay)
+                scope.cancel()
+    assert ended == 64
+    async with open_event_log(path) as log:
+        for record in acked:
+            assert log.read_event(record.seq) == record
+        assert (await log.verify()).ok
