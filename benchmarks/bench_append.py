@@ -1,8 +1,14 @@
 """Append, verify and open throughput of the LMDB event log against baselines in the same run.
 
-Baselines: SQLite WAL with synchronous=FULL committing once per event; raw py-lmdb with 64 puts
-per fsynced transaction (no chain); a bare loop that cursor-reads the log file and SHA-256s each
-value. Events are 500 bytes. Set CUELOG_BENCH_SCALE=0.1 for a quick run.
+Cold open: the 1M-event log reopened for writing right after a writer appending to it was
+SIGKILLed.
+
+Baselines: SQLite WAL with synchronous=FULL committing once per event; raw py-lmdb putting, per
+fsynced transaction, as many events as the log's group commits held on average in the same run
+(no chain, no index); a bare loop that cursor-reads the log file and SHA-256s each value. Events are
+500 bytes. The log runs with 64 and with 256 concurrent appenders (enough to fill the commit
+pipeline); each line names the appender count and the mean group size. Set CUELOG_BENCH_SCALE=0.1
+for a quick run.
 
 PostgreSQL (when CUELOG_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432, answers):
 the PostgreSQL log's append with 64 and 256 appenders against a raw psycopg loop inserting the
@@ -15,10 +21,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lmdb
@@ -53,14 +63,15 @@ def bench_sqlite(workdir: Path, count: int) -> float:
     return count / elapsed
 
 
-def bench_raw_lmdb(workdir: Path, count: int, *, chain: bool) -> float:
-    env = lmdb.open(str(workdir / ("raw-chain" if chain else "raw")), map_size=1 << 32, sync=True)
+def bench_raw_lmdb(workdir: Path, count: int, *, chain: bool, per_txn: int = APPENDERS) -> float:
+    name = f"raw-{'chain-' if chain else ''}{per_txn}"
+    env = lmdb.open(str(workdir / name), map_size=1 << 32, sync=True)
     seq = 0
     prev = b"\x00" * 32
     started = time.perf_counter()
     while seq < count:
         items = []
-        for _ in range(APPENDERS):
+        for _ in range(per_txn):
             seq += 1
             value = PAYLOAD
             if chain:
@@ -74,9 +85,15 @@ def bench_raw_lmdb(workdir: Path, count: int, *, chain: bool) -> float:
     return seq / elapsed
 
 
+@dataclass(frozen=True)
+class AppendRun:
+    rate: float  # acknowledged events per second
+    mean_group: float  # events per group commit
+
+
 async def bench_event_log(
     path: Path | str, count: int, *, commit_in_thread: bool = True, appenders: int = APPENDERS
-) -> float:
+) -> AppendRun:
     per_task = count // appenders
     async with open_event_log(path, commit_in_thread=commit_in_thread) as log:
 
@@ -92,13 +109,13 @@ async def bench_event_log(
                 nursery.start_soon(appender, i)
         elapsed = time.perf_counter() - started
         stats = log.statistics()
+    mean_group = stats.events_appended / max(stats.batches, 1)
     print(
         f"    ({'thread' if commit_in_thread else 'inline'} commit, {appenders} appenders: "
-        f"{stats.batches} group "
-        f"commits, mean {stats.events_appended / max(stats.batches, 1):.1f} events, "
+        f"{stats.batches} group commits, mean {mean_group:.1f} events, "
         f"{1000 * stats.commit_seconds_total / max(stats.batches, 1):.2f} ms each)"
     )
-    return per_task * appenders / elapsed
+    return AppendRun(per_task * appenders / elapsed, mean_group)
 
 
 POSTGRES = os.environ.get("CUELOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -153,10 +170,10 @@ def bench_postgres(work: Path, count: int) -> None:
     print(f"  raw psycopg, 64 rows/txn          {raw:>10,.0f} ev/s", flush=True)
     for appenders in (64, 256):
         with postgres_database() as url:
-            pg = trio.run(lambda: bench_event_log(url, count, appenders=appenders))  # noqa: B023
+            pg = trio.run(lambda: bench_event_log(url, count, appenders=appenders)).rate  # noqa: B023
         lmdb_rate = trio.run(
             lambda: bench_event_log(work / f"pg-vs-{appenders}", count, appenders=appenders)  # noqa: B023
-        )
+        ).rate
         print(f"  PostgresEventLog.append, {appenders:>3}      {pg:>10,.0f} ev/s")
         print(f"  LMDB EventLog.append, {appenders:>3}         {lmdb_rate:>10,.0f} ev/s")
         print(f"  ratio vs raw psycopg ({appenders:>3})       {pg / raw:>10.2f}   (target >= 0.60)")
@@ -199,6 +216,45 @@ async def verify_rate(path: Path) -> tuple[float, float]:
     return report.checked / elapsed, opened
 
 
+KILLED_WRITER = """
+import sys, trio
+from cuelog.runtime import RawEvent, open_event_log
+
+async def main() -> None:
+    async with open_event_log(sys.argv[1]) as log:
+        async def appender(i: int) -> None:
+            while True:
+                await log.append(f"killed-{i}", [RawEvent("Bench", bytes.fromhex(sys.argv[2]))])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(64):
+                nursery.start_soon(appender, i)
+            await trio.sleep(0.3)
+            print("appending", flush=True)
+
+trio.run(main)
+"""
+
+
+def kill_a_writer(path: Path) -> None:
+    """Leave the log as a SIGKILLed writer leaves it: killed while 64 tasks append."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(path), PAYLOAD.hex()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # skip the log's own lines (a grown map)
+            if line == "appending\n":
+                break
+        else:
+            raise RuntimeError("the writer to kill ended before appending")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 async def cold_open(path: Path) -> float:
     started = time.perf_counter()
     async with open_event_log(path) as log:
@@ -206,30 +262,49 @@ async def cold_open(path: Path) -> float:
         return time.perf_counter() - started
 
 
+def bench_appends(work: Path) -> None:
+    n_sqlite = _n(4_000)
+    n_append = _n(64 * 1_000)
+    print(f"append: {EVENT_BYTES} B events", flush=True)
+    sqlite_rate = bench_sqlite(work, n_sqlite)
+    print(f"  SQLite WAL FULL, 1 commit/event   {sqlite_rate:>10,.0f} ev/s", flush=True)
+    raw_chain = bench_raw_lmdb(work, n_append, chain=True)
+    print(f"  raw LMDB + sha256 chain, 64/txn   {raw_chain:>10,.0f} ev/s", flush=True)
+    inline = trio.run(
+        lambda: bench_event_log(work / "log-inline", n_append, commit_in_thread=False)
+    )
+    print(f"  EventLog.append (inline, 64)      {inline.rate:>10,.0f} ev/s", flush=True)
+    best: tuple[float, int, AppendRun, float] | None = None
+    for appenders in (64, 256):
+        count = n_append * appenders // 64
+        run = trio.run(
+            partial(bench_event_log, work / f"log-{appenders}", count, appenders=appenders)
+        )
+        per_txn = max(round(run.mean_group), 1)
+        raw = bench_raw_lmdb(work, count, chain=False, per_txn=per_txn)
+        print(f"  raw LMDB, {per_txn:>3} puts/sync txn       {raw:>10,.0f} ev/s")
+        print(
+            f"  EventLog.append, {appenders:>3} appenders    {run.rate:>10,.0f} ev/s  "
+            f"(mean group {run.mean_group:.1f})",
+            flush=True,
+        )
+        print(f"  ratio vs raw LMDB, same group     {run.rate / raw:>10.2f}   (target >= 0.75)")
+        if best is None or run.rate > best[0]:
+            best = (run.rate, appenders, run, raw)
+    assert best is not None
+    rate, appenders, run, raw = best
+    print(
+        f"  best: {appenders} appenders, mean group {run.mean_group:.1f}: {rate:,.0f} ev/s, "
+        f"{rate / raw:.2f} of raw LMDB at {max(round(run.mean_group), 1)} puts/txn "
+        "(target >= 0.75)"
+    )
+    print(f"  ratio vs SQLite per-event commit  {rate / sqlite_rate:>10.1f}x  (target >= 15x)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cuelog-bench-", dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
-        n_sqlite = _n(4_000)
-        n_append = _n(64 * 1_000)
-        print(f"append: {EVENT_BYTES} B events, {APPENDERS} concurrent appenders", flush=True)
-        sqlite_rate = bench_sqlite(work, n_sqlite)
-        print(f"  SQLite WAL FULL, 1 commit/event   {sqlite_rate:>10,.0f} ev/s", flush=True)
-        raw = bench_raw_lmdb(work, n_append, chain=False)
-        print(f"  raw LMDB, 64 puts/sync txn        {raw:>10,.0f} ev/s", flush=True)
-        raw_chain = bench_raw_lmdb(work, n_append, chain=True)
-        print(f"  raw LMDB + sha256 chain           {raw_chain:>10,.0f} ev/s", flush=True)
-        inline = trio.run(
-            lambda: bench_event_log(work / "log-inline", n_append, commit_in_thread=False)
-        )
-        print(f"  EventLog.append (inline commit)   {inline:>10,.0f} ev/s", flush=True)
-        threaded = trio.run(
-            lambda: bench_event_log(work / "log-thread", n_append, commit_in_thread=True)
-        )
-        print(f"  EventLog.append (thread commit)   {threaded:>10,.0f} ev/s", flush=True)
-        best = max(inline, threaded)
-        print(f"  ratio vs SQLite per-event commit  {best / sqlite_rate:>10.1f}x  (target >= 15x)")
-        print(f"  ratio vs raw batched LMDB         {best / raw:>10.2f}   (target >= 0.75)")
-
+        bench_appends(work)
         bench_postgres(work, _n(256 * 100))
 
         n_big = _n(1_000_000)
@@ -241,8 +316,12 @@ def main() -> None:
         print(f"  bare cursor read + sha256         {bare:>10,.0f} ev/s")
         print(f"  verify (chain + index)            {rate:>10,.0f} ev/s")
         print(f"  ratio verify / bare loop          {rate / bare:>10.2f}   (target >= 0.80)")
+        kill_a_writer(big)
         opened = trio.run(cold_open, big)
-        print(f"  cold open of {n_big:,} events      {opened * 1000:>10.1f} ms  (target < 1000 ms)")
+        print(
+            f"  cold open of {n_big:,} events after a SIGKILL  {opened * 1000:>7.1f} ms  "
+            "(target < 1000 ms)"
+        )
 
 
 if __name__ == "__main__":

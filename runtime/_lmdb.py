@@ -72,6 +72,11 @@ _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
 # How often an idle writer checks that data.mdb is still the file it locked.
 _WRITER_CHECK_INTERVAL = 1.0
+# A crowd of appends at least this large arriving while nothing commits may be split in two.
+_SPLIT_AT = 32
+# Weight of the newest sample in the moving averages that choose between the two ways of
+# grouping: overlapped (two groups alternate) or in step (one group, everyone waits).
+_EWMA = 0.2
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int]:
@@ -96,18 +101,42 @@ class _OtherWrite:
 
 
 class _Plan:
-    """A group commit ready to write: every key and value, and who gets which records."""
+    """A group commit: every key and value to write, and the appends it answers.
 
-    __slots__ = ("events", "idem", "index", "other", "tail_hash", "tail_seq", "versions")
+    Appends join the forming group as they arrive (checked and encoded at once), while the
+    previous group commits; a plan is built on top of the one before it (its tail, its stream
+    versions, its idempotency keys), so when a commit fails the plan after it is built again.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "claimed",
+        "conflicts",
+        "events",
+        "idem",
+        "index",
+        "other",
+        "replays",
+        "requests",
+        "tail_hash",
+        "tail_seq",
+        "versions",
+    )
+
+    def __init__(self, tail_seq: int, tail_hash: bytes) -> None:
         self.events: list[tuple[bytes, bytes]] = []
         self.index: list[tuple[bytes, bytes]] = []
         self.idem: list[tuple[bytes, bytes]] = []
         self.other: list[_OtherWrite] = []
+        self.requests: list[PendingAppend] = []
+        self.claimed: dict[str, PendingAppend] = {}
         self.versions: dict[str, int] = {}
-        self.tail_seq = 0
-        self.tail_hash = b""
+        self.tail_seq = tail_seq
+        self.tail_hash = tail_hash
+        self.conflicts = 0
+        self.replays = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.requests or self.other)
 
 
 @final
@@ -142,6 +171,14 @@ class LmdbEventLog(PullSubscriptions):
         self._wake_writer = trio.Event()
         self._committed = trio.Event()
         self._versions: dict[str, int] = {}
+        self._forming: _Plan | None = None  # the group appends join now
+        self._inflight: _Plan | None = None  # the group being committed
+        # Moving averages, in seconds: how long a group commit takes, and how long the
+        # appenders of a group take to come back with their next appends once acknowledged.
+        self._commit_time = 0.0
+        self._return_time = 0.0
+        self._acked_at: float | None = None
+        self._writer_stopped: LogError | None = None  # why the writer ended, once it has
         self._limiter = trio.CapacityLimiter(1)
         self._subscribers = 0
         self._thread_readers = 0  # read txns held in worker threads (verify)
@@ -354,7 +391,19 @@ class LmdbEventLog(PullSubscriptions):
             raise write.error
 
     async def _writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        self._forming = _Plan(self._tail_seq, self._tail_hash)
+        async with trio.open_nursery() as commits:
+            task_status.started()
+            try:
+                await self._form_groups(commits)
+            except LogLost as lost:
+                self._stop_forming(lost)
+                raise
+            finally:
+                self._stop_forming(LogClosed("the log closed before this append was written"))
+
+    async def _form_groups(self, commits: trio.Nursery) -> None:
+        assert self._forming is not None
         while True:
             with trio.move_on_after(_WRITER_CHECK_INTERVAL):
                 await self._wake_writer.wait()
@@ -367,25 +416,101 @@ class LmdbEventLog(PullSubscriptions):
             self._wake_writer = trio.Event()
             batch, self._pending = self._pending, []
             other, self._other = self._other, []
-            for request in batch:
-                request.taken = True
-            with trio.CancelScope(shield=True):
-                await self._commit_group(batch, other)
-            if self._closed and not self._pending and not self._other:
+            self._forming.other += other
+            if batch and self._acked_at is not None:
+                returned = time.perf_counter() - self._acked_at
+                self._return_time += _EWMA * (returned - self._return_time)
+                self._acked_at = None
+            if (
+                self._inflight is None
+                and not self._forming
+                and len(batch) >= _SPLIT_AT
+                and self._return_time >= self._commit_time
+            ):
+                # Nothing commits, a crowd arrived at once, and appenders take longer to
+                # come back than a commit takes: commit half of the crowd now and form the
+                # other half meanwhile, so that from here on one group forms while the
+                # other commits, instead of every appender waiting in step.
+                half, batch = batch[: len(batch) // 2], batch[len(batch) // 2 :]
+                self._absorb(self._forming, half)
+                self._start_commit(commits)
+            self._absorb(self._forming, batch)
+            if self._inflight is None and self._forming:
+                self._start_commit(commits)
+            if (
+                self._closed
+                and self._inflight is None
+                and not (self._pending or self._other or self._forming)
+            ):
                 return
 
-    async def _commit_group(self, batch: list[PendingAppend], other: list[_OtherWrite]) -> None:
+    def _stop_forming(self, error: LogError) -> None:
+        """The writer ended: nobody starts another group, so a group still forming fails."""
+        if self._writer_stopped is None:
+            self._writer_stopped = error
+        if self._inflight is None:
+            self._fail_forming()
+
+    def _fail_forming(self) -> None:
+        forming = self._forming
+        if not forming:
+            return
+        assert forming is not None and self._writer_stopped is not None
+        self._forming = self._next_plan(forming)
+        for request in forming.requests:
+            request.result = None
+            request.error = self._writer_stopped
+            assert request.task is not None
+            trio.lowlevel.reschedule(request.task)
+        for write in forming.other:
+            write.error = self._writer_stopped
+            write.done.set()
+
+    def _start_commit(self, commits: trio.Nursery) -> None:
+        assert self._inflight is None and self._forming is not None
+        self._inflight, self._forming = self._forming, self._next_plan(self._forming)
+        commits.start_soon(self._commit_groups)
+
+    def _next_plan(self, after: _Plan) -> _Plan:
+        return _Plan(after.tail_seq, after.tail_hash)
+
+    async def _commit_groups(self) -> None:
+        """Commit the in-flight group; then, while it was committing, the next group formed:
+        commit that one at once, until no group is waiting. Acks follow their group's fsync."""
+        with trio.CancelScope(shield=True):
+            while self._inflight is not None:
+                plan = self._inflight
+                error = await self._commit(plan)
+                assert self._forming is not None
+                if error is not None:
+                    # The forming group was built on top of the failed one: build it again.
+                    forming = self._forming
+                    self._forming = _Plan(self._tail_seq, self._tail_hash)
+                    self._forming.other = forming.other
+                    for request in forming.requests:
+                        request.result = None
+                        request.error = None
+                    self._absorb(self._forming, forming.requests)
+                self._answer(plan, error)
+                if self._writer_stopped is not None:
+                    self._fail_forming()
+                    self._inflight = None
+                elif self._forming and 2 * self._return_time < self._commit_time:
+                    # The appenders just acknowledged come back sooner than a commit takes:
+                    # let them join the waiting group (one bigger commit) instead of
+                    # committing it without them. The writer starts it once they are in.
+                    self._inflight = None
+                elif self._forming:
+                    self._inflight, self._forming = self._forming, self._next_plan(self._forming)
+                else:
+                    self._inflight = None
+        self._wake_writer.set()  # a closing writer waits for the last commit
+
+    async def _commit(self, plan: _Plan) -> BaseException | None:
+        """Write the plan durably; on success move the committed tail. Return the error."""
         error: BaseException | None = None
-        try:
-            plan = self._plan(batch)
-        except Exception as exc:  # a bad index or idem record must not kill the writer
-            log.error("cannot plan group commit", error=repr(exc))
-            error = LogError(f"cannot append: {exc}")
-            plan = _Plan()
-            plan.tail_seq, plan.tail_hash = self._tail_seq, self._tail_hash
-        plan.other = other
         started = time.perf_counter()
-        while error is None:
+        while True:
             try:
                 if self._commit_in_thread and len(plan.events) > 1:
                     await trio.to_thread.run_sync(self._write, plan, limiter=self._limiter)
@@ -398,31 +523,41 @@ class LmdbEventLog(PullSubscriptions):
                         f"the log reached its maximum size of {self._max_map_size} bytes; "
                         "free space or raise log.max_size"
                     )
+                    break
             except lmdb.Error as exc:
                 log.error("commit failed", error=str(exc))
                 error = LogError(f"commit failed: {exc}")
-        elapsed = time.perf_counter() - started
+                break
         if error is None:
             self._tail_seq, self._tail_hash = plan.tail_seq, plan.tail_hash
             if len(self._versions) + len(plan.versions) > _VERSION_CACHE_LIMIT:
                 self._versions.clear()
             self._versions.update(plan.versions)
             self._batches += 1
-            self._largest_batch = max(self._largest_batch, len(batch))
+            self._largest_batch = max(self._largest_batch, len(plan.requests))
+            elapsed = time.perf_counter() - started
             self._commit_seconds += elapsed
+            self._commit_time += _EWMA * (elapsed - self._commit_time)
             self._events_appended += len(plan.events)
-        for request in batch:
-            self._appends += 1
+        return error
+
+    def _answer(self, plan: _Plan, error: BaseException | None) -> None:
+        """Wake every append and write of a group once its commit is durable (or failed)."""
+        self._conflicts += plan.conflicts
+        self._replays += plan.replays
+        self._appends += len(plan.requests)
+        for request in plan.requests:
             if error is not None and request.error is None:
                 request.error = error
                 request.result = None
             assert request.task is not None
             trio.lowlevel.reschedule(request.task)
-        for write in other:
+        for write in plan.other:
             write.error = error
             write.done.set()
         committed, self._committed = self._committed, trio.Event()
         committed.set()
+        self._acked_at = time.perf_counter()
 
     async def _grow_map(self) -> bool:
         size = self._env.info()["map_size"]
@@ -436,79 +571,89 @@ class LmdbEventLog(PullSubscriptions):
         log.info("log map grown", map_size=new_size)
         return True
 
-    def _plan(self, batch: list[PendingAppend]) -> _Plan:
-        plan = _Plan()
-        seq, prev = self._tail_seq, self._tail_hash
+    def _absorb(self, plan: _Plan, batch: list[PendingAppend]) -> None:
+        """Check and encode each append into `plan`, chained after what it already holds."""
+        if not batch:
+            return
         ts = self._clock()
-        claimed: dict[str, PendingAppend] = {}
-        repeats: list[tuple[PendingAppend, PendingAppend]] = []
+        inflight = self._inflight if self._inflight is not plan else None
         with self._env.begin() as txn:
             for request in batch:
-                stream = request.stream
-                if request.idem is not None:
-                    first = claimed.get(request.idem)
-                    if first is not None:
-                        repeats.append((request, first))
-                        continue
-                    stored = txn.get(request.idem.encode(), db=self._idem_db)
-                    if stored is not None:
-                        first_seq, count = _IDEM.unpack(stored[: _IDEM.size])
-                        if self._is_repeat(request, bytes(stored[_IDEM.size :])):
-                            request.result = self._read_range(txn, first_seq, count)
-                        continue
-                current = plan.versions.get(stream)
-                if current is None:
-                    current = self._version_in(txn, stream)
-                if request.expected is not None and request.expected != current:
-                    self._conflicts += 1
-                    request.error = WrongExpectedVersion(stream, request.expected, current)
-                    continue
-                records: list[RecordedEvent] = []
-                for type_name, data in request.events:
-                    seq += 1
-                    current += 1
-                    record, value = encode_record(
-                        seq,
-                        stream,
-                        current,
-                        type_name,
-                        ts,
-                        request.causation,
-                        request.correlation,
-                        request.actor,
-                        data,
-                        prev,
-                    )
-                    key = _U64.pack(seq)
-                    plan.events.append((key, value))
-                    plan.index.append((_stream_key(stream, current), key))
-                    records.append(record)
-                    prev = record.hash
-                plan.versions[stream] = current
-                request.result = records
-                if request.idem is not None:
-                    claimed[request.idem] = request
-                    plan.idem.append(
-                        (
-                            request.idem.encode(),
-                            _IDEM.pack(records[0].seq, len(records)) + request.digest,
-                        )
-                    )
-        # A repeat inside this batch takes the records of the request it repeats.
-        for request, first in repeats:
-            if self._is_repeat(request, first.digest):
-                request.result = first.result
-        plan.tail_seq, plan.tail_hash = seq, prev
-        return plan
+                request.taken = True
+                plan.requests.append(request)
+                try:
+                    self._absorb_one(plan, inflight, txn, request, ts)
+                except Exception as exc:  # a bad index or idem record must not kill the writer
+                    log.error("cannot plan an append", error=repr(exc))
+                    request.error = LogError(f"cannot append: {exc}")
 
-    def _is_repeat(self, request: PendingAppend, original_digest: bytes) -> bool:
+    def _absorb_one(
+        self, plan: _Plan, inflight: _Plan | None, txn: Any, request: PendingAppend, ts: int
+    ) -> None:
+        stream = request.stream
+        if request.idem is not None:
+            first = plan.claimed.get(request.idem)
+            if first is None and inflight is not None:
+                first = inflight.claimed.get(request.idem)
+            if first is not None:
+                # A repeat of an append in this group or the one committing takes its records.
+                if self._is_repeat(plan, request, first.digest):
+                    request.result = first.result
+                return
+            stored = txn.get(request.idem.encode(), db=self._idem_db)
+            if stored is not None:
+                first_seq, count = _IDEM.unpack(stored[: _IDEM.size])
+                if self._is_repeat(plan, request, bytes(stored[_IDEM.size :])):
+                    request.result = self._read_range(txn, first_seq, count)
+                return
+        current = plan.versions.get(stream)
+        if current is None and inflight is not None:
+            current = inflight.versions.get(stream)
+        if current is None:
+            current = self._version_in(txn, stream)
+        if request.expected is not None and request.expected != current:
+            plan.conflicts += 1
+            request.error = WrongExpectedVersion(stream, request.expected, current)
+            return
+        seq, prev = plan.tail_seq, plan.tail_hash
+        records: list[RecordedEvent] = []
+        for type_name, data in request.events:
+            seq += 1
+            current += 1
+            record, value = encode_record(
+                seq,
+                stream,
+                current,
+                type_name,
+                ts,
+                request.causation,
+                request.correlation,
+                request.actor,
+                data,
+                prev,
+            )
+            key = _U64.pack(seq)
+            plan.events.append((key, value))
+            plan.index.append((_stream_key(stream, current), key))
+            records.append(record)
+            prev = record.hash
+        plan.tail_seq, plan.tail_hash = seq, prev
+        plan.versions[stream] = current
+        request.result = records
+        if request.idem is not None:
+            plan.claimed[request.idem] = request
+            plan.idem.append(
+                (request.idem.encode(), _IDEM.pack(records[0].seq, len(records)) + request.digest)
+            )
+
+    def _is_repeat(self, plan: _Plan, request: PendingAppend, original_digest: bytes) -> bool:
         """A reused idempotency key: the same body is a repeat, another body a conflict."""
         assert request.idem is not None
         if original_digest != request.digest:
-            self._conflicts += 1
+            plan.conflicts += 1
             request.error = IdempotencyConflict(request.idem)
             return False
-        self._replays += 1
+        plan.replays += 1
         return True
 
     def _write(self, plan: _Plan) -> None:
@@ -724,6 +869,7 @@ class LmdbEventLog(PullSubscriptions):
         self._subscriptions_ended = True
         committed, self._committed = self._committed, trio.Event()
         committed.set()
+        self._acked_at = time.perf_counter()
 
     # -- anchoring and verification ------------------------------------------------------------
 

@@ -1,12 +1,17 @@
 """Appends from several tasks and prints each acknowledged event; test_log_crash kills it.
 
-Usage: python _crash_appender.py DIR ROUND. Prints `appending` once the log is open, then one line
-`SEQ STREAM VERSION` per event, after its append returned (that is, once it is durable).
+Usage: python _crash_appender.py DIR ROUND [COMMITS]. Prints `appending` once the log is open, then
+one line `SEQ STREAM VERSION` per event, after its append returned (that is, once it is durable).
+With COMMITS, the process SIGKILLs itself right after its COMMITS-th group commit is durable and
+before any append of that group is acknowledged.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from typing import Any
 
 import msgspec
 import trio
@@ -39,12 +44,30 @@ async def append_forever(log: EventLog, stream: str, task: int) -> None:
         sys.stdout.flush()
 
 
-async def main(path: str, round_: str) -> None:
+def kill_after_commits(log: EventLog, commits: int) -> None:
+    """Wrap the log's durable write so that the process dies between a commit and its acks."""
+    backend = type(log)
+    write = backend._write  # type: ignore[attr-defined]
+    done = 0
+
+    def write_then_maybe_die(self: Any, plan: Any) -> None:
+        nonlocal done
+        write(self, plan)
+        done += 1
+        if done >= commits:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    backend._write = write_then_maybe_die  # type: ignore[attr-defined]
+
+
+async def main(path: str, round_: str, commits: int | None) -> None:
     async with open_event_log(path) as log, trio.open_nursery() as nursery:
+        if commits is not None:
+            kill_after_commits(log, commits)
         print("appending", flush=True)
         for task in range(TASKS):
             nursery.start_soon(append_forever, log, f"round{round_}-task{task}", task)
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2])
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -25,10 +25,14 @@ ITERATIONS = int(os.environ.get("CUELOG_CRASH_ITERATIONS", "25"))
 POSTGRES_ITERATIONS = int(os.environ.get("CUELOG_CRASH_ITERATIONS", "5"))
 
 
-def run_and_kill(path: Path | str, round_: int, rng: random.Random) -> list[tuple[int, str, int]]:
-    """Start the appender, SIGKILL it 0.05-0.5 s into appending; return what it acknowledged."""
+def run_and_kill(
+    path: Path | str, round_: int, rng: random.Random, *, after_commits: int | None = None
+) -> list[tuple[int, str, int]]:
+    """Start the appender, SIGKILL it 0.05-0.5 s into appending (or let it kill itself between
+    its `after_commits`-th commit and that commit's acks); return what it acknowledged."""
+    extra = [] if after_commits is None else [str(after_commits)]
     proc = subprocess.Popen(
-        [sys.executable, str(APPENDER), str(path), str(round_)],
+        [sys.executable, str(APPENDER), str(path), str(round_), *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -38,9 +42,11 @@ def run_and_kill(path: Path | str, round_: int, rng: random.Random) -> list[tupl
         while started.startswith("20"):  # a log line (creating the tables), not output
             started = proc.stdout.readline()
         assert started == "appending\n", f"appender did not start: {started!r}"
-        time.sleep(rng.uniform(0.05, 0.5))  # a random crash moment, not a wait for a timeout
+        if after_commits is None:
+            time.sleep(rng.uniform(0.05, 0.5))  # a random crash moment, not a wait for a timeout
     finally:
-        proc.kill()
+        if after_commits is None:
+            proc.kill()
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == -9
     acked = []
@@ -51,7 +57,7 @@ def run_and_kill(path: Path | str, round_: int, rng: random.Random) -> list[tupl
     return acked
 
 
-async def check_log(path: Path | str, acked: list[tuple[int, str, int]]) -> None:
+async def check_log(path: Path | str, acked: list[tuple[int, str, int]]) -> int:
     """Reopen for writing (crash recovery) and check every acknowledged event; return the head."""
     async with open_event_log(path) as log:
         for seq, stream, version in acked:
@@ -74,6 +80,7 @@ async def check_log(path: Path | str, acked: list[tuple[int, str, int]]) -> None
         stream = f"recovered-{head.seq}"
         [after] = await log.append(stream, [RawEvent("Tick", payload(stream, 1))])
         assert (after.seq, after.prev) == (head.seq + 1, head.hash)
+        return head.seq
 
 
 def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
@@ -94,13 +101,22 @@ def test_acknowledged_events_survive_many_sigkills_on_postgresql() -> None:
         crash_loop(url, 25)
 
 
-def crash_loop(path: Path | str, iterations: int) -> None:
+def test_acknowledged_events_survive_a_kill_between_commit_and_ack(tmp_path: Path) -> None:
+    """Killed after a group's commit is durable but before any append of it is acknowledged,
+    the log reopens intact, holds that group whole, and goes on from its tail."""
+    crash_loop(tmp_path / "log", ITERATIONS, between_commit_and_ack=True)
+
+
+def crash_loop(path: Path | str, iterations: int, *, between_commit_and_ack: bool = False) -> None:
     rng = random.Random(os.environ.get("CUELOG_CRASH_SEED", "cuelog"))
     acked_total: list[tuple[int, str, int]] = []
     for round_ in range(iterations):
-        acked = run_and_kill(path, round_, rng)
+        after_commits = rng.randint(2, 60) if between_commit_and_ack else None
+        acked = run_and_kill(path, round_, rng, after_commits=after_commits)
         assert acked, f"round {round_}: nothing was acknowledged before the kill"
         acked_total += acked
-        trio.run(check_log, path, acked_total)
+        head = trio.run(check_log, path, acked_total)
+        if between_commit_and_ack:  # the group of the kill was durable, though nobody heard
+            assert head > max(seq for seq, _, _ in acked)
     assert len({seq for seq, _, _ in acked_total}) == len(acked_total)
     assert len({stream for _, stream, _ in acked_total}) == iterations * TASKS

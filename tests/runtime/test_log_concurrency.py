@@ -8,7 +8,14 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from cuelog.runtime import EventLog, RecordedEvent, open_event_log
+from cuelog.runtime import (
+    EventLog,
+    IdempotencyConflict,
+    LogClosed,
+    RecordedEvent,
+    StorageFull,
+    open_event_log,
+)
 from tests.runtime.log_contract import GUARD_SECONDS, raw, seqs
 
 APPENDERS = 48
@@ -151,4 +158,111 @@ async def test_cancelling_appenders_at_random_moments_never_breaks_the_writer(
         assert log.statistics().pending == 0
         [last] = await log.append("last", [raw(0)])
         assert last.seq == len(everything) + 1
+        assert (await log.verify()).ok
+
+
+async def test_appends_that_form_while_a_group_commits_see_its_versions_and_keys(
+    tmp_path: Path,
+) -> None:
+    """A crowd of appends is split into a committing group and a forming one: the forming group
+    numbers its stream versions after the committing group's, and a retry of an idempotent
+    append from the committing group gets that append's records (a changed body, a conflict)."""
+    crowd = 40
+    results: dict[int, list[RecordedEvent] | BaseException] = {}
+
+    async def append(log: EventLog, i: int) -> None:
+        key = "first-and-last" if i in (0, crowd - 1) else f"other-{i}"
+        body = [raw("retried")] if i in (0, crowd - 1) else [raw(i)]
+        if i in (1, crowd - 2):
+            key, body = "changed", [raw(i)]
+        try:
+            results[i] = await log.append("shared", body, idempotency_key=key)
+        except IdempotencyConflict as exc:
+            results[i] = exc
+
+    async with open_event_log(tmp_path / "log") as log:
+        with trio.fail_after(GUARD_SECONDS):
+            async with trio.open_nursery() as nursery:
+                for i in range(crowd):
+                    nursery.start_soon(append, log, i)
+        assert log.statistics().batches == 2  # one group committed while the other formed
+        assert results[0] == results[crowd - 1]
+        conflicts = [i for i in (1, crowd - 2) if isinstance(results[i], IdempotencyConflict)]
+        assert len(conflicts) == 1
+        stream = log.read_stream("shared")
+        assert [r.version for r in stream] == list(range(1, crowd - 1))
+        assert seqs(stream) == list(range(1, crowd - 1))
+        assert (await log.verify()).ok
+
+
+async def test_a_failed_commit_makes_the_group_formed_on_top_of_it_start_again(
+    tmp_path: Path,
+) -> None:
+    """When a group commit fails (the log is full), the group formed on top of it is built again
+    on the last durable event: what is acknowledged is contiguous, readable, and verifies."""
+    acked: list[RecordedEvent] = []
+    refused = 0
+    big, small = raw("x" * 150_000), raw("x" * 300)
+
+    async def appender(log: EventLog, me: int) -> None:
+        # Big appends stop fitting before small ones do: a group holding one fails, and the
+        # group after it, formed meanwhile, still fits.
+        nonlocal refused
+        for n in range(60):
+            try:
+                acked.extend(await log.append(f"a{me}", [big if me < 4 else small, raw(n)]))
+            except StorageFull:
+                refused += 1
+
+    async with open_event_log(
+        tmp_path / "log", initial_map_size=1 << 20, max_map_size=1 << 20
+    ) as log:
+        with trio.fail_after(GUARD_SECONDS * 3):
+            async with trio.open_nursery() as nursery:
+                for me in range(48):
+                    nursery.start_soon(appender, log, me)
+        assert refused and acked
+        head = log.head().seq
+        assert sorted(seqs(acked)) == list(range(1, head + 1))
+        for record in acked:
+            assert log.read_event(record.seq) == record
+        report = await log.verify()
+        assert (report.ok, report.checked) == (True, head)
+
+
+async def test_cancelling_the_log_mid_append_never_leaves_an_appender_waiting(
+    tmp_path: Path,
+) -> None:
+    """The log's scope cancelled at random moments under 64 appenders: every appender ends (its
+    group committed, or refused with LogClosed, or cancelled), and what was acked is there."""
+    rng = random.Random(11)
+    for round_ in range(15):
+        await cancel_the_log_under_appenders(tmp_path / f"log{round_}", rng.uniform(0.0, 0.05))
+
+
+async def cancel_the_log_under_appenders(path: Path, delay: float) -> None:
+    acked: list[RecordedEvent] = []
+    ended = 0
+
+    async def appender(log: EventLog, me: int) -> None:
+        nonlocal ended
+        try:
+            while True:
+                acked.extend(await log.append(f"s{me}", [raw(me)]))
+        except LogClosed:
+            pass
+        finally:
+            ended += 1
+
+    with trio.fail_after(GUARD_SECONDS):
+        with trio.CancelScope() as scope:
+            async with open_event_log(path) as log, trio.open_nursery() as nursery:
+                for me in range(64):
+                    nursery.start_soon(appender, log, me)
+                await trio.sleep(delay)
+                scope.cancel()
+    assert ended == 64
+    async with open_event_log(path) as log:
+        for record in acked:
+            assert log.read_event(record.seq) == record
         assert (await log.verify()).ok

@@ -283,3 +283,23 @@ async def test_a_garbled_stored_anchor_is_reported_forged(tmp_path: Path) -> Non
     report = await verify(tmp_path, anchor_key=KEY)
     assert not report.ok
     assert "forged" in (report.reason or "")
+
+
+async def test_a_record_moved_to_a_key_that_keeps_its_order_is_caught(tmp_path: Path) -> None:
+    """A record re-keyed so that the chain still links in key order (a 9-byte key just after
+    the one it left; the last seq skipped, its index entry changed to match) fails verify:
+    reads by seq would miss it."""
+    await write_log(tmp_path, anchored=False)
+    with tampered(tmp_path) as db:
+        value = bytes(db.txn.get(key(20), db=db.events))
+        db.txn.delete(key(20), db=db.events)
+        db.txn.put(key(19) + b"\x00", value, db=db.events)
+    assert_bad(await verify(tmp_path), 20)
+    await write_log(tmp_path / "tail", anchored=False)
+    with tampered(tmp_path / "tail") as db:
+        value = bytes(db.txn.get(key(EVENTS), db=db.events))
+        db.txn.delete(key(EVENTS), db=db.events)
+        db.txn.put(key(EVENTS + 1), value, db=db.events)
+        # and the index made to agree with the new key
+        db.txn.put(index_key("stream-1", 17), key(EVENTS + 1), db=db.streams)  # seq 50
+    assert_bad(await verify(tmp_path / "tail"), EVENTS, "missing")
