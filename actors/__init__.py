@@ -29,6 +29,8 @@ from cuelog.actors._events import AssistantDelta as AssistantDelta
 from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
+from cuelog.actors._events import LoopSpec as LoopSpec
+from cuelog.actors._events import LoopTrigger as LoopTrigger
 from cuelog.actors._events import ModelRequested as ModelRequested
 from cuelog.actors._events import RunCancelled as RunCancelled
 from cuelog.actors._events import RunCompleted as RunCompleted
@@ -43,6 +45,10 @@ from cuelog.actors._keys import KeyInfo as KeyInfo
 from cuelog.actors._keys import KeyStore as KeyStore
 from cuelog.actors._keys import Scope as Scope
 from cuelog.actors._keys import key_digest as key_digest
+from cuelog.actors._loops import FireView as FireView
+from cuelog.actors._loops import Loops as Loops
+from cuelog.actors._loops import LoopView as LoopView
+from cuelog.actors._loops import open_loops as open_loops
 from cuelog.actors._messages import ChatMessage as ChatMessage
 from cuelog.actors._messages import Role as Role
 from cuelog.actors._messages import ToolCall as ToolCall
@@ -121,6 +127,7 @@ __all__ = [
     "EchoModel",
     "FinishReason",
     "Finished",
+    "FireView",
     "IdempotencyKey",
     "IdempotencyKeyReused",
     "InputTooLarge",
@@ -128,6 +135,10 @@ __all__ = [
     "KeyCreated",
     "KeyInfo",
     "KeyStore",
+    "LoopSpec",
+    "LoopTrigger",
+    "LoopView",
+    "Loops",
     "ModelChunk",
     "ModelError",
     "ModelProvider",
@@ -172,6 +183,7 @@ __all__ = [
     "is_valid_id",
     "key_digest",
     "open_domain",
+    "open_loops",
     "parse_tool_arguments",
     "payload",
     "recorded_runs",

@@ -236,6 +236,79 @@ class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
     cancelled_runs: int = 0
 
 
+# -- loops (scheduled runs) --------------------------------------------------------------------
+
+LoopSessionPolicy = Literal["per_loop", "per_fire"]
+MissedPolicy = Literal["skip", "run_once"]
+
+
+class LoopTrigger(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a loop fires: exactly one of a cron expression (in time zone `tz`, UTC when None), a
+    fixed interval in seconds, or one time (seconds since the Unix epoch)."""
+
+    cron: str | None = None
+    tz: str | None = None
+    every: int | None = None
+    at: int | None = None
+
+
+class LoopSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a loop does: the message it sends to an agent, when, and into which session."""
+
+    agent_id: str
+    message: str
+    trigger: LoopTrigger
+    session: LoopSessionPolicy = "per_loop"
+    missed: MissedPolicy = "skip"
+    end_at: int | None = None  # no slot after this time (seconds since the Unix epoch)
+    max_fires: int | None = None  # scheduled fires in all; run-now fires do not count
+    callback_url: str | None = None
+
+
+class LoopCreated(Event, tag="LoopCreated", frozen=True):
+    """Stream `loop:<id>`. Slots are counted from `anchor` (seconds since the Unix epoch)."""
+
+    loop_id: str
+    spec: LoopSpec
+    enabled: bool
+    anchor: int
+
+
+class LoopUpdated(Event, tag="LoopUpdated", frozen=True):
+    spec: LoopSpec
+    anchor: int
+
+
+class LoopToggled(Event, tag="LoopToggled", frozen=True):
+    """Enabled or disabled; slots are counted from `anchor`, so a loop turned back on does not
+    make up for the slots it was off for."""
+
+    enabled: bool
+    anchor: int
+
+
+class LoopDeleted(Event, tag="LoopDeleted", frozen=True):
+    pass
+
+
+class LoopFired(Event, tag="LoopFired", frozen=True):
+    """A loop fired for its slot `scheduled_at` (seconds since the Unix epoch), recorded before
+    its run `run_id` starts: a slot that has a `LoopFired` never fires again. `manual` fires
+    come from `run` (fire now) and are not slots of the schedule."""
+
+    scheduled_at: int
+    run_id: str
+    session_key: str
+    manual: bool = False
+
+
+class LoopFireFailed(Event, tag="LoopFireFailed", frozen=True):
+    """A fired run could not start (its agent is gone, the emergency stop is on, ...)."""
+
+    run_id: str
+    reason: str
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -264,6 +337,12 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     KeyCreated,
     KeyRevoked,
     EmergencyStopChanged,
+    LoopCreated,
+    LoopUpdated,
+    LoopToggled,
+    LoopDeleted,
+    LoopFired,
+    LoopFireFailed,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

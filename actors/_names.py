@@ -13,6 +13,7 @@ from typing import Final, Literal
 AGENT: Final = "agent"
 SESSION: Final = "session"
 RUN: Final = "run"
+LOOP: Final = "loop"
 
 KEYS_STREAM: Final = "keys"
 SYSTEM_STREAM: Final = "system"
@@ -42,6 +43,10 @@ def session_stream(key: str) -> str:
 
 def run_stream(run_id: str) -> str:
     return f"{RUN}:{run_id}"
+
+
+def loop_stream(loop_id: str) -> str:
+    return f"{LOOP}:{loop_id}"
 
 
 def idempotency_stream(scope: str, key: str) -> str:
