@@ -31,6 +31,7 @@ from cuelog.http._chat import register_chat_routes
 from cuelog.http._console import register_console_routes
 from cuelog.http._errors import error_body
 from cuelog.http._limits import retry_after
+from cuelog.http._loops import register_loop_routes
 from cuelog.http._openapi import register_docs_routes
 from cuelog.http._operator import register_operator_routes
 from cuelog.http._runs import register_run_routes
@@ -184,6 +185,7 @@ def create_app(services: Services) -> QuartTrio:
     register_run_routes(routes, services)
     register_operator_routes(routes, services)
     register_audit_routes(routes, services)
+    register_loop_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

@@ -74,11 +74,19 @@ class ToolsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     files_quota_bytes: int = 64 << 20  # all files in the sandbox together, checked on write
 
 
+class LoopsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True  # run the scheduler; off, the loop routes answer 503
+    # A slot found due later than this many seconds (the server was down) is missed: the loop's
+    # `missed` policy says whether it still gets one run.
+    misfire_grace: float = 60.0
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     model: ModelSection = msgspec.field(default_factory=ModelSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    loops: LoopsSection = msgspec.field(default_factory=LoopsSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
 
 
@@ -87,6 +95,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogSection,
     "model": ModelSection,
     "tools": ToolsSection,
+    "loops": LoopsSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -229,6 +238,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("tools.files_max_bytes: must be at least 1")
     if tools.files_quota_bytes < tools.files_max_bytes:
         raise ConfigError("tools.files_quota_bytes: must be at least tools.files_max_bytes")
+    if settings.loops.misfire_grace < 0:
+        raise ConfigError("loops.misfire_grace: must be 0 seconds or more")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

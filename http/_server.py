@@ -29,6 +29,7 @@ from cuelog.actors import (
     ToolRegistry,
     ToolsConfig,
     open_domain,
+    open_loops,
 )
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
@@ -213,12 +214,18 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
+        open_loops(
+            domain,
+            misfire_grace=settings.loops.misfire_grace,
+            schedule=settings.loops.enabled,
+        ) as loops,
         trio.open_nursery() as nursery,
     ):
         keys = domain.keys
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
+        services.loops = loops if settings.loops.enabled else None
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

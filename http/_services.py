@@ -17,6 +17,7 @@ from cuelog.actors import (
     ChatMessage,
     Domain,
     IdempotencyKey,
+    Loops,
     RunView,
     Sent,
     event_data,
@@ -71,6 +72,7 @@ class Services:
         self.auth_failures = TokenBuckets(server.auth_failure_rate, server.auth_failure_burst)
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
+        self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""

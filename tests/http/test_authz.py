@@ -15,12 +15,14 @@ from cuelog.runtime import open_event_log
 from tests.http.operator_support import API_KEY, Served, bearer, serving
 
 AGENT = "authz-agent"
+LOOP = "authz-loop"
 # Owned resources: a non-admin key that did not make them gets 404, never 403.
 OWNED_PARAMS = {"key", "run_id"}
 # A request that passes auth and names a missing thing answers this instead of 2xx.
 MISSING: dict[tuple[str, str], int] = {
     ("DELETE", "/v1/agents/<agent_id>"): 404,
     ("DELETE", "/v1/keys/<key_id>"): 404,
+    ("DELETE", "/v1/loops/<loop_id>"): 404,
     ("POST", "/v1/approvals/<approval_id>"): 404,
     ("POST", "/v1/audit/anchor"): 409,  # no anchor key configured
 }
@@ -35,6 +37,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/keys"): {"name": "made-by-sweep", "scopes": ["read"]},
     ("POST", "/v1/approvals/<approval_id>"): {"decision": "approve", "args_digest": "0" * 64},
     ("POST", "/v1/tools/invoke"): {"name": "calculator", "args": {"expr": "1+1"}, "dry_run": True},
+    ("PATCH", "/v1/loops/<loop_id>"): {"message": "swept"},
 }
 
 
@@ -76,6 +79,7 @@ async def _owned_resources(served: Served, owner: httpx.AsyncClient, tag: str) -
 def _url(method: str, rule: str, values: dict[str, Any]) -> str:
     names = {
         "agent_id": "authz-gone" if (method, rule) in MISSING else AGENT,
+        "loop_id": "authz-loop-gone" if (method, rule) in MISSING else LOOP,
         "model_id": AGENT,
         "key_id": "key_missing",
         "approval_id": "run_missing.1",
@@ -93,6 +97,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
     # Hundreds of refusals from one address: the failed-authentication budget is off here.
     async with serving(tmp_path / "data", auth_failure_rate=0) as served:
         await served.create_agent(AGENT)
+        loop = {"id": LOOP, "agent": AGENT, "message": "hi", "trigger": {"every": 86400}}
+        assert (await served.admin.post("/v1/loops", json=loop)).status_code == 201
         callers = [
             Caller("no key", {}, frozenset()),
             Caller("bad key", bearer("cue_not-a-key-at-all-0000000000"), frozenset()),
@@ -127,6 +133,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
                             body = {"at_seq": values["at_seq"]}
                         elif (method, route.rule) == ("POST", "/v1/agents"):
                             body = {"id": f"made-by-sweep-{index}-{number}"}
+                        elif (method, route.rule) == ("POST", "/v1/loops"):
+                            body = {**loop, "id": f"sweep-{index}-{number}"}
                         url = _url(method, route.rule, values)
                         response = await clients[caller.name].request(method, url, json=body)
                         checked += 1
