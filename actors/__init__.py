@@ -96,6 +96,13 @@ from cuelog.actors._tools import parse_tool_arguments as parse_tool_arguments
 from cuelog.actors._tools import tool_spec as tool_spec
 from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
+from cuelog.actors._webhooks import Attempt as Attempt
+from cuelog.actors._webhooks import Delivery as Delivery
+from cuelog.actors._webhooks import DeliveryStatus as DeliveryStatus
+from cuelog.actors._webhooks import Webhooks as Webhooks
+from cuelog.actors._webhooks import WebhookSettings as WebhookSettings
+from cuelog.actors._webhooks import open_webhooks as open_webhooks
+from cuelog.actors._webhooks import signature as webhook_signature
 
 __all__ = [
     "ADMIN",
@@ -117,11 +124,14 @@ __all__ = [
     "ApprovalPolicy",
     "AssistantDelta",
     "AssistantMessage",
+    "Attempt",
     "BusyPolicy",
     "Caller",
     "ChatMessage",
     "Claim",
     "Conflict",
+    "Delivery",
+    "DeliveryStatus",
     "Divergence",
     "Domain",
     "EchoModel",
@@ -174,6 +184,8 @@ __all__ = [
     "ToolsConfig",
     "Unavailable",
     "Usage",
+    "WebhookSettings",
+    "Webhooks",
     "check_runs",
     "event_data",
     "fold_run",
@@ -184,6 +196,7 @@ __all__ = [
     "key_digest",
     "open_domain",
     "open_loops",
+    "open_webhooks",
     "parse_tool_arguments",
     "payload",
     "recorded_runs",
@@ -193,4 +206,5 @@ __all__ = [
     "summary",
     "timeline_events",
     "tool_spec",
+    "webhook_signature",
 ]

@@ -309,6 +309,47 @@ class LoopFireFailed(Event, tag="LoopFireFailed", frozen=True):
     reason: str
 
 
+# -- webhooks (the outbox) ---------------------------------------------------------------------
+
+WebhookOutcome = Literal["delivered", "retry", "failed"]
+
+
+class WebhookRequested(Event, tag="WebhookRequested", frozen=True):
+    """Stream `webhook:<run id>`: when the run settles, POST its outcome to `url`."""
+
+    run_id: str
+    url: str
+
+
+class WebhookQueued(Event, tag="WebhookQueued", frozen=True):
+    """Stream `delivery:<id>`, the outbox entry: `body` is sent as is on every attempt. The id
+    is the hash of the run's settling event, so a run's outcome is queued once."""
+
+    delivery_id: str
+    run_id: str
+    url: str
+    body: str
+    queued_at: float  # seconds since the Unix epoch; retries stop `webhooks.retry_window` after
+
+
+class WebhookAttempted(Event, tag="WebhookAttempted", frozen=True):
+    """One attempt: `delivered` (a 2xx), `retry` (a network error or a retryable status; the
+    next attempt is at `next_at`) or `failed` (given up: a dead letter until redelivered)."""
+
+    attempt: int
+    outcome: WebhookOutcome
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+    next_at: float | None = None
+
+
+class WebhookRequeued(Event, tag="WebhookRequeued", frozen=True):
+    """A dead letter sent again: attempts start over, with a new retry window from `at`."""
+
+    at: float
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -343,6 +384,10 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     LoopDeleted,
     LoopFired,
     LoopFireFailed,
+    WebhookRequested,
+    WebhookQueued,
+    WebhookAttempted,
+    WebhookRequeued,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

@@ -43,6 +43,7 @@ from cuelog.actors._events import (
 from cuelog.actors._idempotency import request_digest
 from cuelog.actors._messages import ChatMessage
 from cuelog.actors._names import LOOP, is_valid_id, loop_stream, run_stream, stream_prefix
+from cuelog.actors._webhooks import Webhooks
 from cuelog.runtime import NO_STREAM, CuelogError, EventLog, WrongExpectedVersion
 
 logger = structlog.get_logger("cuelog.loops")
@@ -224,8 +225,10 @@ class Loops:
         now: Callable[[], float] = time.time,
         misfire_grace: float = 60.0,
         ids: Callable[[str], str] | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.domain = domain
+        self.webhooks = webhooks
         self.log: EventLog = domain.log
         self._now = now
         self.misfire_grace = misfire_grace
@@ -288,6 +291,10 @@ class Loops:
             raise Invalid("trigger.at must be in the future", param="trigger.at")
         if spec.end_at is not None and spec.end_at <= now:
             raise Invalid("end_at must be in the future", param="end_at")
+        if spec.callback_url is not None:
+            if self.webhooks is None:
+                raise Invalid("webhooks are off on this server", param="callback_url")
+            await self.webhooks.check_target(spec.callback_url)
 
     async def create(
         self, loop_id: str | None, spec: LoopSpec, *, enabled: bool = True, actor: str | None = None
@@ -432,6 +439,10 @@ class Loops:
                     digest=request_digest(event.run_id.encode()),
                 ),
             )
+            if state.spec.callback_url is not None and self.webhooks is not None:
+                await self.webhooks.request(
+                    event.run_id, state.spec.callback_url, actor=f"loop:{state.id}"
+                )
         except CuelogError as exc:
             reason = str(exc) or type(exc).__name__
             logger.warning("loop fire failed", loop_id=state.id, run_id=event.run_id, reason=reason)
@@ -501,9 +512,10 @@ async def open_loops(
     now: Callable[[], float] = time.time,
     misfire_grace: float = 60.0,
     schedule: bool = True,
+    webhooks: Webhooks | None = None,
 ) -> AsyncIterator[Loops]:
     """Fold the loops and, with `schedule`, run their scheduler until the block ends."""
-    loops = Loops(domain, now=now, misfire_grace=misfire_grace)
+    loops = Loops(domain, now=now, misfire_grace=misfire_grace, webhooks=webhooks)
     async with trio.open_nursery() as nursery:
         if schedule:
             await nursery.start(lambda task_status: loops.run(task_status=task_status))

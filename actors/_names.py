@@ -14,6 +14,8 @@ AGENT: Final = "agent"
 SESSION: Final = "session"
 RUN: Final = "run"
 LOOP: Final = "loop"
+WEBHOOK: Final = "webhook"
+DELIVERY: Final = "delivery"
 
 KEYS_STREAM: Final = "keys"
 SYSTEM_STREAM: Final = "system"
@@ -47,6 +49,14 @@ def run_stream(run_id: str) -> str:
 
 def loop_stream(loop_id: str) -> str:
     return f"{LOOP}:{loop_id}"
+
+
+def webhook_stream(run_id: str) -> str:
+    return f"{WEBHOOK}:{run_id}"
+
+
+def delivery_stream(delivery_id: str) -> str:
+    return f"{DELIVERY}:{delivery_id}"
 
 
 def idempotency_stream(scope: str, key: str) -> str:

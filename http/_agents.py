@@ -8,7 +8,7 @@ import msgspec
 from quart import Response
 
 from cuelog.actors import AgentSpec, AgentView, ChatMessage
-from cuelog.http._auth import Routes, caller
+from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import AgentBody, AgentPatch, WakeBody
 from cuelog.http._params import CURSOR, IDEMPOTENCY_KEY, limit
 from cuelog.http._schemas import (
@@ -113,6 +113,9 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         body, raw = await services.read(WakeBody)
         if body.session_key is not None:
             check_id("session_key", body.session_key)
+        callback_url = None
+        if body.callback_url is not None:  # checked before anything is written
+            callback_url = await services.outbox().check_target(body.callback_url)
         metadata = dict(body.metadata or {})
         if body.user_id is not None:
             metadata["user_id"] = body.user_id
@@ -124,6 +127,10 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             body.session_key,
             metadata,
         )
+        if callback_url is not None:
+            await services.outbox().request(
+                sent.run_id, callback_url, actor=principal().key_id or "local"
+            )
         if body.mode == "async":
             view = await domain.get_run(sent.run_id, caller=caller())
             accepted = WakeAccepted(

@@ -38,6 +38,7 @@ from cuelog.http._runs import register_run_routes
 from cuelog.http._schemas import Health
 from cuelog.http._services import Services
 from cuelog.http._sessions import register_session_routes
+from cuelog.http._webhooks import register_webhook_routes
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import (
     ActorStopped,
@@ -186,6 +187,7 @@ def create_app(services: Services) -> QuartTrio:
     register_operator_routes(routes, services)
     register_audit_routes(routes, services)
     register_loop_routes(routes, services)
+    register_webhook_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

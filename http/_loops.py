@@ -14,7 +14,7 @@ from quart import Response
 
 from cuelog.actors import FireView, Loops, LoopSpec, LoopTrigger, LoopView
 from cuelog.http._auth import Routes, principal
-from cuelog.http._bodies import Id
+from cuelog.http._bodies import CallbackUrl, Id
 from cuelog.http._params import CURSOR, limit
 from cuelog.http._schemas import Deleted
 from cuelog.http._services import Services, page_json
@@ -51,6 +51,7 @@ class LoopPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     missed: Missed | None = None
     end_at: When | None = None
     max_fires: MaxFires | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class LoopBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -65,6 +66,7 @@ class LoopBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     enabled: bool = True
     end_at: When | None = None
     max_fires: MaxFires | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class TriggerOut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -95,6 +97,7 @@ class Loop(msgspec.Struct, kw_only=True):
     enabled: bool
     end_at: str | None
     max_fires: int | None
+    callback_url: str | None
     fires_count: int
     next_fire_at: int | None
     fires: list[Fire]
@@ -148,6 +151,7 @@ def loop_json(view: LoopView) -> Loop:
         enabled=view.enabled,
         end_at=_rfc3339(spec.end_at),
         max_fires=spec.max_fires,
+        callback_url=spec.callback_url,
         fires_count=view.fires_count,
         next_fire_at=view.next_fire_at,
         fires=[fire_json(f) for f in view.fires],
@@ -183,6 +187,7 @@ def register_loop_routes(routes: Routes, services: Services) -> None:
             missed=body.missed,
             end_at=_seconds(body.end_at),
             max_fires=body.max_fires,
+            callback_url=body.callback_url,
         )
         view = await loops().create(body.id, spec, enabled=body.enabled, actor=actor())
         return json_response(to_json(loop_json(view)), 201)
@@ -204,7 +209,7 @@ def register_loop_routes(routes: Routes, services: Services) -> None:
             changes["trigger"] = trigger_spec(body.trigger)
         if body.end_at is not None:
             changes["end_at"] = _seconds(body.end_at)
-        for name in ("message", "session", "missed", "max_fires"):
+        for name in ("message", "session", "missed", "max_fires", "callback_url"):
             value = getattr(body, name)
             if value is not None:
                 changes[name] = value

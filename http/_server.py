@@ -28,8 +28,10 @@ from cuelog.actors import (
     RunSettings,
     ToolRegistry,
     ToolsConfig,
+    WebhookSettings,
     open_domain,
     open_loops,
+    open_webhooks,
 )
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
@@ -159,6 +161,18 @@ def tools_config(settings: Settings) -> ToolsConfig:
     )
 
 
+def webhook_settings(settings: Settings) -> WebhookSettings:
+    section = settings.webhooks
+    return WebhookSettings(
+        secret=section.secret,
+        allow_private=section.allow_private,
+        retry_window=section.retry_window,
+        backoff_base=section.backoff_base,
+        backoff_max=section.backoff_max,
+        timeout=section.timeout,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -214,10 +228,12 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
+        open_webhooks(domain, webhook_settings(settings)) as webhooks,
         open_loops(
             domain,
             misfire_grace=settings.loops.misfire_grace,
             schedule=settings.loops.enabled,
+            webhooks=webhooks,
         ) as loops,
         trio.open_nursery() as nursery,
     ):
@@ -226,6 +242,7 @@ async def _serve(
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
         services.loops = loops if settings.loops.enabled else None
+        services.webhooks = webhooks
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

@@ -20,6 +20,7 @@ from cuelog.actors import (
     Loops,
     RunView,
     Sent,
+    Webhooks,
     event_data,
     is_valid_id,
     request_digest,
@@ -73,6 +74,7 @@ class Services:
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
         self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
+        self.webhooks: Webhooks | None = None  # the outbox of run outcomes
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""
@@ -195,6 +197,12 @@ class Services:
                 self.streams.release(slot)
 
         return sse_response(guarded(), headers)
+
+    def outbox(self) -> Webhooks:
+        """The webhook outbox (a 503 if this server runs without one)."""
+        if self.webhooks is None:
+            raise ApiError(503, "webhooks are off on this server", headers={"Retry-After": "60"})
+        return self.webhooks
 
     def key_usable(self, who: Principal) -> bool:
         """Whether the key a request came with may still be used (not revoked, not expired)."""

@@ -54,21 +54,22 @@ async def live_server(
     api_key: str | None = API_KEY,
     backend: str = "lmdb",
     log_settings: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
     **server: Any,
 ) -> AsyncIterator[Live]:
     """Serve on a fresh port until the block ends, then shut down and wait for it.
 
     `backend` is `lmdb` (the data dir), `memory` (the in-memory log: the same API on another
     `EventLog`) or `postgres` (a fresh database on the local PostgreSQL, dropped afterwards);
-    `log_settings` sets more `[log]` keys."""
+    `log_settings` sets more `[log]` keys, `sections` keys of other sections."""
     extra = log_settings or {}
     if backend == "postgres":
         with fresh_database() as database:
-            async with _serve(data_dir, database, api_key, server, extra) as live:
+            async with _serve(data_dir, database, api_key, server, extra, sections) as live:
                 yield live
         return
     url = "memory:" if backend == "memory" else None
-    async with _serve(data_dir, url, api_key, server, extra) as live:
+    async with _serve(data_dir, url, api_key, server, extra, sections) as live:
         yield live
 
 
@@ -79,13 +80,18 @@ async def _serve(
     api_key: str | None,
     server: dict[str, Any],
     log_settings: dict[str, Any],
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[Live]:
     stop = trio.Event()
     log = {"data_dir": data_dir, "url": url, **log_settings}
     settings = load_settings(
         None,
         environ={},
-        flags={"server": {"port": 0, "api_key": api_key, **server}, "log": log},
+        flags={
+            **(sections or {}),
+            "server": {"port": 0, "api_key": api_key, **server},
+            "log": log,
+        },
     )
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

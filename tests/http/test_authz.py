@@ -23,6 +23,8 @@ MISSING: dict[tuple[str, str], int] = {
     ("DELETE", "/v1/agents/<agent_id>"): 404,
     ("DELETE", "/v1/keys/<key_id>"): 404,
     ("DELETE", "/v1/loops/<loop_id>"): 404,
+    ("GET", "/v1/webhooks/deliveries/<delivery_id>"): 404,
+    ("POST", "/v1/webhooks/deliveries/<delivery_id>/redeliver"): 404,
     ("POST", "/v1/approvals/<approval_id>"): 404,
     ("POST", "/v1/audit/anchor"): 409,  # no anchor key configured
 }
@@ -83,6 +85,7 @@ def _url(method: str, rule: str, values: dict[str, Any]) -> str:
         "model_id": AGENT,
         "key_id": "key_missing",
         "approval_id": "run_missing.1",
+        "delivery_id": "0" * 64,
         "key": values.get("key", "sess-none"),
         "run_id": values.get("run_id", "run_none"),
     }
