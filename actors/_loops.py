@@ -51,6 +51,9 @@ logger = structlog.get_logger("cuelog.loops")
 RECENT_FIRES: Final = 20  # fires kept per loop for views and recovery
 MAX_NAP: Final = 60.0  # the scheduler looks again at least this often (wall clock may jump)
 MAX_LOOP_ID: Final = 64  # loop ids leave room for the slot in per-fire session keys
+# A loop's fold is snapshotted every this many events, so a start-up reads at most this many
+# events of a loop that has fired for years.
+SNAPSHOT_EVERY: Final = 100
 
 
 # -- triggers ------------------------------------------------------------------------------------
@@ -157,6 +160,23 @@ class _Fire(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class _Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A loop's fold as of a version (kept beside the log, not in the chain)."""
+
+    spec: LoopSpec | None
+    enabled: bool
+    deleted: bool
+    anchor: int
+    scheduled: int
+    last_slot: int
+    fires: list[LoopFired]
+    errors: list[str | None]
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
 class _Loop:
     """A loop folded from its stream, plus the scheduler's memory of slots it skipped."""
 
@@ -196,6 +216,30 @@ class _Loop:
     @property
     def exists(self) -> bool:
         return self.spec is not None and not self.deleted
+
+    def snapshot(self) -> bytes:
+        return _snapshot_encoder.encode(
+            _Snapshot(
+                spec=self.spec,
+                enabled=self.enabled,
+                deleted=self.deleted,
+                anchor=self.anchor,
+                scheduled=self.scheduled,
+                last_slot=self.last_slot,
+                fires=[f.event for f in self.fires],
+                errors=[f.error for f in self.fires],
+            )
+        )
+
+    def restore(self, version: int, data: bytes) -> None:
+        snap = _snapshot_decoder.decode(data)
+        self.spec, self.enabled, self.deleted = snap.spec, snap.enabled, snap.deleted
+        self.anchor, self.scheduled, self.last_slot = snap.anchor, snap.scheduled, snap.last_slot
+        self.fires.extend(
+            _Fire(event=event, error=error)
+            for event, error in zip(snap.fires, snap.errors, strict=True)
+        )
+        self.version = version
 
     def next_fire(self) -> int | None:
         """The next slot to fire, or None when the loop is off, done or deleted."""
@@ -246,11 +290,24 @@ class Loops:
         return int(self._now())
 
     def _reload(self, loop_id: str) -> _Loop:
+        stream = loop_stream(loop_id)
         state = _Loop(loop_id)
-        for record in self.log.read_stream(loop_stream(loop_id)):
+        snapshot = self.log.load_snapshot(stream)
+        if snapshot is not None and snapshot[0] <= self.log.stream_version(stream):
+            try:
+                state.restore(*snapshot)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                state = _Loop(loop_id)  # unreadable (an older shape): fold from the start
+        for record in self.log.read_stream(stream, state.version + 1):
             state.apply(DOMAIN_CODEC.decode(record.type, record.data))
         self._loops[loop_id] = state
         return state
+
+    async def _applied(self, state: _Loop, event: object) -> None:
+        """Apply an appended event to the fold, snapshotting it now and then."""
+        state.apply(event)
+        if state.version % SNAPSHOT_EVERY == 0:
+            await self.log.save_snapshot(loop_stream(state.id), state.version, state.snapshot())
 
     def _get(self, loop_id: str) -> _Loop:
         state = self._loops.get(loop_id)
@@ -274,7 +331,7 @@ class Loops:
         except WrongExpectedVersion:
             self._reload(state.id)
             raise Conflict(f"loop {state.id!r} changed meanwhile; try again") from None
-        state.apply(event)
+        await self._applied(state, event)
         self._changed.set()
 
     # -- writes ------------------------------------------------------------------------------
@@ -449,7 +506,7 @@ class Loops:
             async with self._lock:
                 failed = LoopFireFailed(run_id=event.run_id, reason=reason)
                 await self.log.append(loop_stream(state.id), [failed], actor=f"loop:{state.id}")
-                state.apply(failed)
+                await self._applied(state, failed)
 
     async def recover(self) -> int:
         """Start the runs of recorded fires that never started (a crash came between); return

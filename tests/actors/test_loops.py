@@ -15,7 +15,7 @@ import trio.testing
 
 from cuelog.actors import DOMAIN_CODEC, Domain, LoopSpec, LoopTrigger, open_domain, open_loops
 from cuelog.actors._events import LoopFired, RunStarted
-from cuelog.actors._loops import Loops, next_slot
+from cuelog.actors._loops import Loops, _Loop, next_slot
 from cuelog.runtime import EventLog, open_event_log
 from tests.actors.domain_support import make_settings
 
@@ -266,3 +266,31 @@ async def test_slots_missed_while_down_follow_the_loop_policy(
             assert (await loops.get("h")).next_fire_at == BASE + 4 * 3600
             await trio.sleep(3600)
             assert len(fires(log)) == expected + 1
+
+
+async def test_a_long_lived_loop_starts_from_its_snapshot_with_the_same_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After 250 fires the loop's fold is snapshotted; a restart reads only the events after
+    the snapshot and shows what a fold of the whole stream shows."""
+    async with open_event_log("memory:") as log:
+        async with loops_over(log) as loops:
+            await loops.create("fast", spec(LoopTrigger(every=1)))
+            await trio.sleep(250.5)
+            await loops.toggle("fast")
+            before = await loops.get("fast")
+        snapshot = log.load_snapshot("loop:fast")
+        assert snapshot is not None and snapshot[0] == 200
+        assert before.fires_count == 250
+        async with loops_over(log, schedule=False) as loops:
+            after = await loops.get("fast")
+            whole = _Loop("fast")
+            for record in log.read_stream("loop:fast"):
+                whole.apply(DOMAIN_CODEC.decode(record.type, record.data))
+        assert after == before
+        assert (whole.version, whole.scheduled, whole.last_slot) == (
+            after.version,
+            after.fires_count,
+            BASE + 250,
+        )
+        assert [f.event for f in whole.fires] == [f for f in fires(log)[-len(whole.fires) :]]
