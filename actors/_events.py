@@ -30,6 +30,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_steps: int = 8
     max_tokens: int = 1024
     temperature: float | None = None
+    callback_url: str | None = None  # where its runs' outcomes are delivered by default
 
 
 # -- agents ------------------------------------------------------------------------------------

@@ -483,6 +483,11 @@ class Loops:
         event = fire.event
         key = f"manual:{event.run_id}" if event.manual else f"slot:{event.scheduled_at}"
         try:
+            if state.spec.callback_url is not None and self.webhooks is not None:
+                # Before the run exists, so its outcome goes here, not to the agent's default.
+                await self.webhooks.request(
+                    event.run_id, state.spec.callback_url, actor=f"loop:{state.id}"
+                )
             await self.domain.send(
                 state.spec.agent_id,
                 [ChatMessage(role="user", content=state.spec.message)],
@@ -496,10 +501,6 @@ class Loops:
                     digest=request_digest(event.run_id.encode()),
                 ),
             )
-            if state.spec.callback_url is not None and self.webhooks is not None:
-                await self.webhooks.request(
-                    event.run_id, state.spec.callback_url, actor=f"loop:{state.id}"
-                )
         except CuelogError as exc:
             reason = str(exc) or type(exc).__name__
             logger.warning("loop fire failed", loop_id=state.id, run_id=event.run_id, reason=reason)
@@ -534,7 +535,11 @@ class Loops:
             self._changed = trio.Event()
             wake_at = self._now() + MAX_NAP
             for state in list(self._loops.values()):
-                due = await self._tick(state)
+                try:
+                    due = await self._tick(state)
+                except CuelogError as exc:  # one loop's trouble must not stop the others
+                    logger.warning("loop tick failed", loop_id=state.id, error=str(exc))
+                    due = int(self._now()) + 1
                 if due is not None:
                     wake_at = min(wake_at, due)
             with trio.move_on_after(max(0.0, wake_at - self._now())):

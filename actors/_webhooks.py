@@ -1,10 +1,13 @@
 """Webhooks: a run's outcome POSTed to a `callback_url`, through an outbox that is the log.
 
-A run with a callback has a `WebhookRequested` (stream `webhook:<run id>`). When the run settles,
-the outcome is queued once: a `WebhookQueued` on `delivery:<id>`, where the delivery id is the
-hash of the run's settling event (appended at version 0, so two queuers cannot both win). Every
+A run has a callback when it was asked for (`WebhookRequested`, stream `webhook:<run id>`) or when
+its agent had a default one as the run started (its `RunStarted` spec). The outbox follows the
+log from a checkpoint (a snapshot saved every second), so what happened while it was not
+running is taken up when it starts. When the run settles, the outcome is queued once: a
+`WebhookQueued` on `delivery:<id>`, where the delivery id is the hash of the run's settling
+event (appended at version 0, so two queuers cannot both win). Every
 attempt is a `WebhookAttempted` with its status; retries back off exponentially with jitter on
-network errors, 408, 429 and 5xx until `retry_window` has passed since queuing, then the
+network errors, 408, 425, 429 and 5xx until `retry_window` has passed since queuing, then the
 delivery is a dead letter until `redeliver`. After a restart, queued deliveries go on where their
 last attempt left them. Delivery is at least once: an attempt cut off by a crash before it was
 recorded is sent again, with the same delivery id, which receivers use to drop repeats.
@@ -23,7 +26,7 @@ import hmac
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final, Literal, final
 
 import httpx
@@ -36,6 +39,8 @@ from cuelog.actors._errors import Conflict, Invalid, NotFound, ToolError
 from cuelog.actors._events import (
     DOMAIN_CODEC,
     TERMINAL_EVENTS,
+    AgentSpec,
+    RunStarted,
     WebhookAttempted,
     WebhookOutcome,
     WebhookQueued,
@@ -45,7 +50,6 @@ from cuelog.actors._events import (
 from cuelog.actors._names import (
     DELIVERY,
     RUN,
-    WEBHOOK,
     delivery_stream,
     run_stream,
     stream_id,
@@ -58,7 +62,15 @@ from cuelog.actors._tools_net import (
     _resolve,
     public_addresses_only,
 )
-from cuelog.runtime import NO_STREAM, EventLog, RecordedEvent, WrongExpectedVersion
+from cuelog.runtime import (
+    NO_STREAM,
+    CuelogError,
+    EventLog,
+    LogClosed,
+    RecordedEvent,
+    WrongExpectedVersion,
+    event_type,
+)
 
 logger = structlog.get_logger("cuelog.webhooks")
 
@@ -67,6 +79,31 @@ _RETRYABLE: Final = frozenset({408, 425, 429})
 MAX_NAP: Final = 60.0
 MAX_ERROR_CHARS: Final = 300
 _body = msgspec.json.Encoder()
+CHECKPOINT: Final = "outbox"  # the snapshot key of the follower's checkpoint
+CHECKPOINT_EVERY: Final = 1.0  # seconds
+_RUN_PREFIX: Final = stream_prefix(RUN)
+_REQUESTED: Final = event_type(WebhookRequested)
+_RUN_STARTED: Final = event_type(RunStarted)
+_OUTBOX_CHANGES: Final = frozenset(
+    event_type(e) for e in (WebhookQueued, WebhookAttempted, WebhookRequeued)
+)
+
+
+class _Checkpoint(msgspec.Struct, frozen=True):
+    seq: int
+    requested: dict[str, str]
+    pending: list[str]
+
+
+class _StartedSpec(msgspec.Struct):
+    """The part of a RunStarted the outbox reads (the rest is skipped, not built)."""
+
+    spec: AgentSpec
+
+
+_checkpoint_encoder = msgspec.msgpack.Encoder()
+_checkpoint_decoder = msgspec.msgpack.Decoder(_Checkpoint)
+_spec_decoder = msgspec.msgpack.Decoder(_StartedSpec)
 
 
 class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,6 +232,7 @@ class Webhooks:
         self._requested: dict[str, str] = {}  # run id -> url, until its outcome is queued
         self._pending: dict[str, Delivery] = {}  # delivery id -> delivery not yet final
         self._sending: set[str] = set()
+        self._followed = 0  # the last seq the follower has taken in
         self._changed = trio.Event()
         self._limiter = trio.CapacityLimiter(max(1, settings.concurrency))
         self._random = random.Random()
@@ -351,15 +389,12 @@ class Webhooks:
     # -- sending -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Take up pending work from the log, then send what is due and queue what settles."""
-        head = self.log.head().seq
-        self._load()
-        for run_id in list(self._requested):
-            settled = self._settling_event(run_id)
-            if settled is not None:
-                await self._queue(run_id, settled)
+        """Follow the log from the last checkpoint (callbacks asked for, runs settling, the
+        outbox changing), and send what is due."""
+        after = self._restore()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_runs, head)
+            nursery.start_soon(self._follow, after)
+            nursery.start_soon(self._keep_checkpoint)
             task_status.started()
             while True:
                 self._changed = trio.Event()
@@ -376,37 +411,113 @@ class Webhooks:
                 with trio.move_on_after(max(0.0, wake_at - self._now())):
                     await self._changed.wait()
 
-    def _load(self) -> None:
-        after: str | None = None
-        while names := self.log.list_streams(stream_prefix(DELIVERY), after=after, limit=500):
-            after = names[-1]
-            for name in names:
-                delivery = fold_delivery(self.log, stream_id(name, DELIVERY))
-                if delivery is not None and delivery.status == "pending":
-                    self._pending[delivery.id] = delivery
-        after = None
-        while names := self.log.list_streams(stream_prefix(WEBHOOK), after=after, limit=500):
-            after = names[-1]
-            for name in names:
-                run_id = stream_id(name, WEBHOOK)
-                settled = self._settling_event(run_id)
-                if settled is not None and self.log.stream_version(
-                    delivery_stream(settled.hash.hex())
-                ):
-                    continue  # queued already
-                [record] = self.log.read_stream(name, 1, limit=1)
-                event = DOMAIN_CODEC.decode(record.type, record.data)
-                assert isinstance(event, WebhookRequested)
-                self._requested[run_id] = event.url
+    # -- following the log ---------------------------------------------------------------------
 
-    async def _watch_runs(self, after_seq: int) -> None:
-        async for record in self.log.subscribe(after_seq, stream_prefix(RUN)):
-            if record.type in TERMINAL_EVENTS:
-                run_id = stream_id(record.stream, RUN)
-                if run_id in self._requested:
-                    await self._queue(run_id, record)
+    def _restore(self) -> int:
+        """Take up the last checkpoint; return the seq to follow the log from. Without one
+        (a new or copied log) the whole log is read once: queuing is idempotent."""
+        saved = self.log.load_snapshot(CHECKPOINT)
+        if saved is None:
+            return 0
+        try:
+            checkpoint = _checkpoint_decoder.decode(saved[1])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return 0
+        self._requested.update(checkpoint.requested)
+        for delivery_id in checkpoint.pending:
+            delivery = fold_delivery(self.log, delivery_id)
+            if delivery is not None and delivery.status == "pending":
+                self._pending[delivery.id] = delivery
+        self._followed = checkpoint.seq
+        return checkpoint.seq
+
+    async def _follow(self, after_seq: int) -> None:
+        async for record in self.log.subscribe(after_seq):
+            try:
+                await self._see(record)
+            except CuelogError as exc:  # one event's trouble must not stop the outbox
+                logger.warning("webhook follower", seq=record.seq, error=str(exc))
+            self._followed = record.seq
+
+    async def _see(self, record: RecordedEvent) -> None:
+        """Bring the outbox up to an event (the same event may already have been handled when
+        this process wrote it: every step here is idempotent)."""
+        if record.type in TERMINAL_EVENTS and record.stream.startswith(_RUN_PREFIX):
+            run_id = stream_id(record.stream, RUN)
+            if run_id not in self._requested:
+                url = self._agent_callback(run_id)
+                if url is None or self._queued(record):
+                    return
+                self._requested[run_id] = url
+            await self._queue(run_id, record)
+        elif record.type == _REQUESTED:
+            event = DOMAIN_CODEC.decode(record.type, record.data)
+            assert isinstance(event, WebhookRequested)
+            settled = self._settling_event(event.run_id)
+            if settled is None:
+                self._requested[event.run_id] = event.url
+            elif not self._queued(settled):
+                self._requested[event.run_id] = event.url
+                await self._queue(event.run_id, settled)
+        elif record.type in _OUTBOX_CHANGES:
+            delivery = fold_delivery(self.log, stream_id(record.stream, DELIVERY))
+            if delivery is None or delivery.id in self._sending:
+                return
+            if delivery.status == "pending":
+                if delivery.id not in self._pending:
+                    self._pending[delivery.id] = delivery
+                    self._changed.set()
+            else:
+                self._pending.pop(delivery.id, None)
+
+    def _queued(self, settled: RecordedEvent) -> bool:
+        return bool(self.log.stream_version(delivery_stream(settled.hash.hex())))
+
+    def _agent_callback(self, run_id: str) -> str | None:
+        """The agent's default callback as the run started with it (its RunStarted), if any."""
+        records = self.log.read_stream(run_stream(run_id), 1, limit=1)
+        if not records or records[0].type != _RUN_STARTED:
+            return None
+        first = records[0]
+        try:
+            started = _spec_decoder.decode(first.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return started.spec.callback_url
+
+    async def _keep_checkpoint(self) -> None:
+        """Save where the follower is (and what is waiting) now and then, so a restart reads
+        only the log since."""
+        saved = -1
+        try:
+            while True:
+                await trio.sleep(CHECKPOINT_EVERY)
+                if self._followed != saved:
+                    saved = self._followed
+                    await self._save_checkpoint()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(LogClosed):
+                if self._followed != saved:
+                    await self._save_checkpoint()
+
+    async def _save_checkpoint(self) -> None:
+        checkpoint = _Checkpoint(
+            seq=self._followed,
+            requested=dict(self._requested),
+            pending=sorted(self._pending),
+        )
+        await self.log.save_snapshot(CHECKPOINT, 0, _checkpoint_encoder.encode(checkpoint))
 
     async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt_once(delivery)
+        except CuelogError as exc:  # the log is closing: the next start takes it up
+            logger.warning("webhook attempt not recorded", delivery_id=delivery.id, error=str(exc))
+        finally:
+            self._sending.discard(delivery.id)
+            self._changed.set()
+
+    async def _attempt_once(self, delivery: Delivery) -> None:
         try:
             async with self._limiter:
                 number = delivery.attempt_count + 1

@@ -40,6 +40,7 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_steps: MaxSteps | None = None
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -90,6 +90,8 @@ class Services:
         messages: list[ChatMessage],
         session_key: str | None,
         metadata: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
     ) -> Sent:
         """Send the messages to the agent's session; an `Idempotency-Key` header makes a repeat
         attach to the first request's run."""
@@ -112,6 +114,7 @@ class Services:
             caller=who.caller(),
             metadata=metadata,
             idempotency=idempotency,
+            run_id=run_id,
         )
 
     async def wait_for(self, run_id: str) -> RunView:

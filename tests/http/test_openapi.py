@@ -28,10 +28,20 @@ from tests.support import CUELOG
 API_KEY = "schemathesis-admin-key-0123456789"
 # Bodies with rules JSON Schema cannot state (the last message must be the user's; content
 # parts must be text; a key's expiry must be in the future; a loop's trigger is exactly one
-# kind, a valid cron expression in a known time zone, in the future): a schema-valid body may
-# still be refused with 400 there.
+# kind, a valid cron expression in a known time zone, in the future; a `callback_url` needs
+# webhooks.secret and a host the address policy allows): a schema-valid body may still be
+# refused with 400 there.
 SEMANTIC_BODIES = frozenset(
-    {"/v1/chat/completions", "/v1/responses", "/v1/keys", "/v1/loops", "/v1/loops/{loop_id}"}
+    {
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/keys",
+        "/v1/loops",
+        "/v1/loops/{loop_id}",
+        "/v1/agents",
+        "/v1/agents/{agent_id}",
+        "/v1/agents/{agent_id}/wake",
+    }
 )
 EXAMPLES = int(os.environ.get("CUELOG_SCHEMATHESIS_EXAMPLES", "5"))
 

@@ -214,3 +214,42 @@ async def test_deliveries_need_admin(tmp_path: Path) -> None:
             assert (
                 await other.post(f"/v1/webhooks/deliveries/{'0' * 64}/redeliver")
             ).status_code == 403
+
+
+async def test_an_agent_default_callback_delivers_its_chat_runs(tmp_path: Path) -> None:
+    """An agent created with a callback_url has the outcome of each of its runs delivered, a
+    chat completion's too; a wake's own callback_url wins over the agent's."""
+    with receiver() as hook, receiver() as other:
+        async with live_server(tmp_path / "data", sections=hooks()) as live:
+            agent = {"id": "hooked", "callback_url": hook.url}
+            created = await live.client.post("/v1/agents", json=agent)
+            assert created.status_code == 201, created.text
+            assert created.json()["callback_url"] == hook.url
+            chat = await live.client.post(
+                "/v1/chat/completions",
+                json={"model": "hooked", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert chat.status_code == 200, chat.text
+            run_id = chat.headers["X-Run-Id"]
+            delivery = await wait_for(live, "delivered", run_id)
+            assert [r.delivery for r in hook.successes()] == [delivery["id"]]
+
+            response = await live.client.post(
+                "/v1/agents/hooked/wake",
+                json={"message": "elsewhere", "mode": "async", "callback_url": other.url},
+            )
+            woken = response.json()["run_id"]
+            await wait_for(live, "delivered", woken)
+            assert len(other.successes()) == 1 and len(hook.successes()) == 1
+
+
+async def test_an_agent_callback_is_checked_like_any_other(tmp_path: Path) -> None:
+    """A loopback callback_url on an agent is refused without webhooks.allow_private."""
+    async with live_server(tmp_path / "data", sections={"webhooks": {"secret": SECRET}}) as live:
+        body = {"id": "hooked", "callback_url": "http://127.0.0.1:9/hook"}
+        response = await live.client.post("/v1/agents", json=body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "callback_url"
+        patched = await live.client.patch(
+            "/v1/agents/default", json={"callback_url": "http://10.1.2.3/hook"}
+        )
+        assert patched.status_code == 400 and patched.json()["error"]["param"] == "callback_url"
