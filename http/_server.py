@@ -228,7 +228,10 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
         ) as domain,
-        open_webhooks(domain, webhook_settings(settings)) as webhooks,
+        # Without a secret no callback can be set, so nothing follows the log for them.
+        open_webhooks(
+            domain, webhook_settings(settings), send=settings.webhooks.secret is not None
+        ) as webhooks,
         open_loops(
             domain,
             misfire_grace=settings.loops.misfire_grace,
