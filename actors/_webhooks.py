@@ -518,51 +518,44 @@ class Webhooks:
             self._changed.set()
 
     async def _attempt_once(self, delivery: Delivery) -> None:
-        try:
-            async with self._limiter:
-                number = delivery.attempt_count + 1
-                status_code, error, retry = await self._send(delivery)
-                now = self._now()
-                outcome: WebhookOutcome = "delivered"
-                next_at = None
-                if status_code is None or not 200 <= status_code < 300:
-                    outcome = "retry" if retry else "failed"
-                if outcome == "retry":
-                    delay = min(
-                        self.settings.backoff_max, self.settings.backoff_base * 2 ** (number - 1)
-                    )
-                    delay = delay / 2 + self._random.uniform(0, delay / 2)  # equal jitter
-                    next_at = now + delay
-                    if next_at > delivery.window_start + self.settings.retry_window:
-                        outcome, next_at = "failed", None
-                        error = (
-                            f"{error}; gave up after {number} attempts"
-                            if error
-                            else (f"gave up after {number} attempts")
-                        )
-                event = WebhookAttempted(
-                    attempt=number,
-                    outcome=outcome,
-                    at=now,
-                    status_code=status_code,
-                    error=error,
-                    next_at=next_at,
+        async with self._limiter:
+            number = delivery.attempt_count + 1
+            status_code, error, retry = await self._send(delivery)
+            now = self._now()
+            outcome: WebhookOutcome = "delivered"
+            next_at = None
+            if status_code is None or not 200 <= status_code < 300:
+                outcome = "retry" if retry else "failed"
+            if outcome == "retry":
+                delay = min(
+                    self.settings.backoff_max, self.settings.backoff_base * 2 ** (number - 1)
                 )
-                await self.log.append(delivery_stream(delivery.id), [event])
-                delivery.apply(event)
-                logger.info(
-                    "webhook attempt",
-                    delivery_id=delivery.id,
-                    run_id=delivery.run_id,
-                    attempt=number,
-                    outcome=outcome,
-                    status_code=status_code,
-                )
-                if outcome != "retry":
-                    self._pending.pop(delivery.id, None)
-        finally:
-            self._sending.discard(delivery.id)
-            self._changed.set()
+                delay = delay / 2 + self._random.uniform(0, delay / 2)  # equal jitter
+                next_at = now + delay
+                if next_at > delivery.window_start + self.settings.retry_window:
+                    outcome, next_at = "failed", None
+                    gave_up = f"gave up after {number} attempts"
+                    error = f"{error}; {gave_up}" if error else gave_up
+            event = WebhookAttempted(
+                attempt=number,
+                outcome=outcome,
+                at=now,
+                status_code=status_code,
+                error=error,
+                next_at=next_at,
+            )
+            await self.log.append(delivery_stream(delivery.id), [event])
+            delivery.apply(event)
+            logger.info(
+                "webhook attempt",
+                delivery_id=delivery.id,
+                run_id=delivery.run_id,
+                attempt=number,
+                outcome=outcome,
+                status_code=status_code,
+            )
+            if outcome != "retry":
+                self._pending.pop(delivery.id, None)
 
     async def _send(self, delivery: Delivery) -> tuple[int | None, str | None, bool]:
         """POST the body once: (status code, error, whether to retry)."""

@@ -659,7 +659,7 @@ async function loopPage(page, loopId, signal) {
       "agent ", h("b", {}, loop.agent), " · ", triggerText(loop.trigger),
       " · ", loop.enabled ? "on" : "off", " · next fire ",
       h("span", { id: "next-fire" }, when(loop.next_fire_at)), " ",
-      loopButtons(loop, load),
+      ...loopButtons(loop, load),
     );
     rows.replaceChildren(
       ...loop.fires.map((fire) =>
