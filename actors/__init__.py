@@ -29,6 +29,8 @@ from cuelog.actors._events import AssistantDelta as AssistantDelta
 from cuelog.actors._events import AssistantMessage as AssistantMessage
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
+from cuelog.actors._events import LoopSpec as LoopSpec
+from cuelog.actors._events import LoopTrigger as LoopTrigger
 from cuelog.actors._events import McpServerConfig as McpServerConfig
 from cuelog.actors._events import ModelRequested as ModelRequested
 from cuelog.actors._events import RequestOptions as RequestOptions
@@ -46,6 +48,10 @@ from cuelog.actors._keys import KeyInfo as KeyInfo
 from cuelog.actors._keys import KeyStore as KeyStore
 from cuelog.actors._keys import Scope as Scope
 from cuelog.actors._keys import key_digest as key_digest
+from cuelog.actors._loops import FireView as FireView
+from cuelog.actors._loops import Loops as Loops
+from cuelog.actors._loops import LoopView as LoopView
+from cuelog.actors._loops import open_loops as open_loops
 from cuelog.actors._messages import ChatMessage as ChatMessage
 from cuelog.actors._messages import MediaPart as MediaPart
 from cuelog.actors._messages import Role as Role
@@ -105,6 +111,13 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._webhooks import Attempt as Attempt
+from cuelog.actors._webhooks import Delivery as Delivery
+from cuelog.actors._webhooks import DeliveryStatus as DeliveryStatus
+from cuelog.actors._webhooks import Webhooks as Webhooks
+from cuelog.actors._webhooks import WebhookSettings as WebhookSettings
+from cuelog.actors._webhooks import open_webhooks as open_webhooks
+from cuelog.actors._webhooks import signature as webhook_signature
 
 __all__ = [
     "ADMIN",
@@ -126,17 +139,21 @@ __all__ = [
     "ApprovalPolicy",
     "AssistantDelta",
     "AssistantMessage",
+    "Attempt",
     "BuiltinTools",
     "BusyPolicy",
     "Caller",
     "ChatMessage",
     "Claim",
     "Conflict",
+    "Delivery",
+    "DeliveryStatus",
     "Divergence",
     "Domain",
     "EchoModel",
     "FinishReason",
     "Finished",
+    "FireView",
     "HttpFetchConfig",
     "IdempotencyKey",
     "IdempotencyKeyReused",
@@ -146,6 +163,10 @@ __all__ = [
     "KeyFile",
     "KeyInfo",
     "KeyStore",
+    "LoopSpec",
+    "LoopTrigger",
+    "LoopView",
+    "Loops",
     "McpServerConfig",
     "McpServerState",
     "McpServers",
@@ -193,6 +214,8 @@ __all__ = [
     "Unavailable",
     "Usage",
     "VerifyResult",
+    "WebhookSettings",
+    "Webhooks",
     "check_runs",
     "event_data",
     "fold_run",
@@ -202,6 +225,8 @@ __all__ = [
     "is_valid_id",
     "key_digest",
     "open_domain",
+    "open_loops",
+    "open_webhooks",
     "parse_tool_arguments",
     "payload",
     "recorded_runs",
@@ -211,4 +236,5 @@ __all__ = [
     "summary",
     "timeline_events",
     "tool_spec",
+    "webhook_signature",
 ]

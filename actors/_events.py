@@ -50,6 +50,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_tokens: int = 1024
     temperature: float | None = None
     request: RequestOptions | None = None
+    callback_url: str | None = None  # where its runs' outcomes are delivered by default
 
 
 # -- agents ------------------------------------------------------------------------------------
@@ -334,6 +335,120 @@ class ToolSettingsChanged(Event, tag="ToolSettingsChanged", frozen=True):
     settings: ToolSettings
 
 
+# -- loops (scheduled runs) --------------------------------------------------------------------
+
+LoopSessionPolicy = Literal["per_loop", "per_fire"]
+MissedPolicy = Literal["skip", "run_once"]
+
+
+class LoopTrigger(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a loop fires: exactly one of a cron expression (in time zone `tz`, UTC when None), a
+    fixed interval in seconds, or one time (seconds since the Unix epoch)."""
+
+    cron: str | None = None
+    tz: str | None = None
+    every: int | None = None
+    at: int | None = None
+
+
+class LoopSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a loop does: the message it sends to an agent, when, and into which session."""
+
+    agent_id: str
+    message: str
+    trigger: LoopTrigger
+    session: LoopSessionPolicy = "per_loop"
+    missed: MissedPolicy = "skip"
+    end_at: int | None = None  # no slot after this time (seconds since the Unix epoch)
+    max_fires: int | None = None  # scheduled fires in all; run-now fires do not count
+    callback_url: str | None = None
+
+
+class LoopCreated(Event, tag="LoopCreated", frozen=True):
+    """Stream `loop:<id>`. Slots are counted from `anchor` (seconds since the Unix epoch)."""
+
+    loop_id: str
+    spec: LoopSpec
+    enabled: bool
+    anchor: int
+
+
+class LoopUpdated(Event, tag="LoopUpdated", frozen=True):
+    spec: LoopSpec
+    anchor: int
+
+
+class LoopToggled(Event, tag="LoopToggled", frozen=True):
+    """Enabled or disabled; slots are counted from `anchor`, so a loop turned back on does not
+    make up for the slots it was off for."""
+
+    enabled: bool
+    anchor: int
+
+
+class LoopDeleted(Event, tag="LoopDeleted", frozen=True):
+    pass
+
+
+class LoopFired(Event, tag="LoopFired", frozen=True):
+    """A loop fired for its slot `scheduled_at` (seconds since the Unix epoch), recorded before
+    its run `run_id` starts: a slot that has a `LoopFired` never fires again. `manual` fires
+    come from `run` (fire now) and are not slots of the schedule."""
+
+    scheduled_at: int
+    run_id: str
+    session_key: str
+    manual: bool = False
+
+
+class LoopFireFailed(Event, tag="LoopFireFailed", frozen=True):
+    """A fired run could not start (its agent is gone, the emergency stop is on, ...)."""
+
+    run_id: str
+    reason: str
+
+
+# -- webhooks (the outbox) ---------------------------------------------------------------------
+
+WebhookOutcome = Literal["delivered", "retry", "failed"]
+
+
+class WebhookRequested(Event, tag="WebhookRequested", frozen=True):
+    """Stream `webhook:<run id>`: when the run settles, POST its outcome to `url`."""
+
+    run_id: str
+    url: str
+
+
+class WebhookQueued(Event, tag="WebhookQueued", frozen=True):
+    """Stream `delivery:<id>`, the outbox entry: `body` is sent as is on every attempt. The id
+    is the hash of the run's settling event, so a run's outcome is queued once."""
+
+    delivery_id: str
+    run_id: str
+    url: str
+    body: str
+    queued_at: float  # seconds since the Unix epoch; retries stop `webhooks.retry_window` after
+
+
+class WebhookAttempted(Event, tag="WebhookAttempted", frozen=True):
+    """One attempt: `delivered` (a 2xx), `retry` (a network error or a retryable status; the
+    next attempt is at `next_at`) or `failed` (given up: a dead letter until redelivered)."""
+
+    attempt: int
+    outcome: WebhookOutcome
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+    next_at: float | None = None
+
+
+class WebhookRequeued(Event, tag="WebhookRequeued", frozen=True):
+    """A dead letter sent again: attempts start over, with a new retry window from `at`."""
+
+    at: float
+
+
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
     AgentCreated,
     AgentUpdated,
@@ -367,6 +482,16 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     ProviderSaved,
     ProviderDeleted,
     ToolSettingsChanged,
+    LoopCreated,
+    LoopUpdated,
+    LoopToggled,
+    LoopDeleted,
+    LoopFired,
+    LoopFireFailed,
+    WebhookRequested,
+    WebhookQueued,
+    WebhookAttempted,
+    WebhookRequeued,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

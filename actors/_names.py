@@ -13,6 +13,9 @@ from typing import Final, Literal
 AGENT: Final = "agent"
 SESSION: Final = "session"
 RUN: Final = "run"
+LOOP: Final = "loop"
+WEBHOOK: Final = "webhook"
+DELIVERY: Final = "delivery"
 
 KEYS_STREAM: Final = "keys"
 MCP_STREAM: Final = "mcp"
@@ -45,6 +48,18 @@ def session_stream(key: str) -> str:
 
 def run_stream(run_id: str) -> str:
     return f"{RUN}:{run_id}"
+
+
+def loop_stream(loop_id: str) -> str:
+    return f"{LOOP}:{loop_id}"
+
+
+def webhook_stream(run_id: str) -> str:
+    return f"{WEBHOOK}:{run_id}"
+
+
+def delivery_stream(delivery_id: str) -> str:
+    return f"{DELIVERY}:{delivery_id}"
 
 
 def idempotency_stream(scope: str, key: str) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import cast
 
 import msgspec
 from quart import Response
 
-from cuelog.actors import AgentSpec, AgentView, ChatMessage
-from cuelog.http._auth import Routes, caller
+from cuelog.actors import AgentSpec, AgentView, ChatMessage, Unavailable
+from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import AgentBody, AgentPatch, WakeBody
 from cuelog.http._params import CURSOR, IDEMPOTENCY_KEY, limit
 from cuelog.http._schemas import (
@@ -116,6 +117,8 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         """Create an agent."""
         body, _ = await services.read(AgentBody)
         agent_id = check_id("id", body.id)
+        if body.callback_url is not None:
+            await services.outbox().check_target(body.callback_url)
         fields = {
             k: v for k, v in msgspec.structs.asdict(body).items() if v is not None and k != "id"
         }
@@ -133,6 +136,8 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     async def patch_agent(agent_id: str) -> Response:
         """Change some of an agent's fields."""
         body, _ = await services.read(AgentPatch)
+        if body.callback_url is not None:
+            await services.outbox().check_target(body.callback_url)
         current = await domain.get_agent(agent_id)
         changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
         spec = msgspec.structs.replace(current.spec, **changes)
@@ -159,6 +164,17 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         body, raw = await services.read(WakeBody)
         if body.session_key is not None:
             check_id("session_key", body.session_key)
+        callback_url = run_id = None
+        actor = principal().key_id or "local"
+        if body.callback_url is not None:
+            # Checked, then recorded before the run exists: the run's outcome goes there and
+            # not to the agent's default, however fast the run settles.
+            callback_url = await services.outbox().check_target(body.callback_url)
+            await domain.get_agent(agent_id)  # an unknown agent writes nothing
+            if domain.emergency_stopped:
+                raise Unavailable("emergency stop is on: new runs are refused until it is released")
+            run_id = f"run_{secrets.token_hex(12)}"
+            await services.outbox().request(run_id, callback_url, actor=actor)
         metadata = dict(body.metadata or {})
         if body.user_id is not None:
             metadata["user_id"] = body.user_id
@@ -169,7 +185,11 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             [ChatMessage(role="user", content=body.message)],
             body.session_key,
             metadata,
+            run_id=run_id,
         )
+        if callback_url is not None and sent.run_id != run_id:
+            # A repeat of an Idempotency-Key attached to the first request's run.
+            await services.outbox().request(sent.run_id, callback_url, actor=actor)
         if body.mode == "async":
             view = await domain.get_run(sent.run_id, caller=caller())
             accepted = WakeAccepted(

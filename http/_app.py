@@ -32,6 +32,7 @@ from cuelog.http._console import register_console_routes
 from cuelog.http._cors import install_cors
 from cuelog.http._errors import error_body
 from cuelog.http._limits import retry_after
+from cuelog.http._loops import register_loop_routes
 from cuelog.http._mcp import register_mcp_routes
 from cuelog.http._openapi import register_docs_routes
 from cuelog.http._operator import register_operator_routes
@@ -41,6 +42,7 @@ from cuelog.http._schemas import Health
 from cuelog.http._services import Services
 from cuelog.http._sessions import register_session_routes
 from cuelog.http._tool_settings import register_tool_settings_routes
+from cuelog.http._webhooks import register_webhook_routes
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import (
     ActorStopped,
@@ -196,6 +198,8 @@ def create_app(services: Services) -> QuartTrio:
     register_mcp_routes(routes, services)
     register_provider_routes(routes, services)
     register_tool_settings_routes(routes, services)
+    register_loop_routes(routes, services)
+    register_webhook_routes(routes, services)
 
     @routes.add("/metrics", ["GET"], "read")
     async def metrics() -> Response:

@@ -19,6 +19,7 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
+CallbackUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 # Free-form JSON (metadata, tool arguments), checked by `check_free_json` after decoding.
 FreeJson = Annotated[
     dict[str, Any],
@@ -39,6 +40,7 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_steps: MaxSteps | None = None
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +55,7 @@ class WakeBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     user_id: str | None = None
     metadata: FreeJson | None = None
     mode: Literal["sync", "async"] = "sync"
+    callback_url: CallbackUrl | None = None
 
     def __post_init__(self) -> None:
         check_free_json(self.metadata, "metadata")

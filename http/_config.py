@@ -94,6 +94,23 @@ class ModelsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class LoopsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True  # run the scheduler; off, the loop routes answer 503
+    # A slot found due later than this many seconds (the server was down) is missed: the loop's
+    # `missed` policy says whether it still gets one run.
+    misfire_grace: float = 60.0
+
+
+class WebhooksSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Signs every delivery (HMAC-SHA256); without it, a callback_url is refused.
+    secret: str | None = None
+    allow_private: bool = False  # let callbacks go to loopback and private addresses
+    retry_window: float = 86_400.0  # seconds after queuing that retries stop (a dead letter)
+    backoff_base: float = 2.0  # seconds before the first retry; doubled each time, with jitter
+    backoff_max: float = 3_600.0  # the longest wait between attempts
+    timeout: float = 10.0  # one attempt, connect to answer
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
@@ -101,6 +118,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
     mcp: McpSection = msgspec.field(default_factory=McpSection)
+    loops: LoopsSection = msgspec.field(default_factory=LoopsSection)
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
     models: ModelsSection = msgspec.field(default_factory=ModelsSection)
 
@@ -112,6 +131,8 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "tools": ToolsSection,
     "providers": ProvidersSection,
     "mcp": McpSection,
+    "loops": LoopsSection,
+    "webhooks": WebhooksSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -264,6 +285,14 @@ def _check(settings: Settings) -> None:
         value = getattr(settings.mcp, name)
         if not (math.isfinite(value) and 0 < value <= 3600):
             raise ConfigError(f"mcp.{name}: must be more than 0 and at most 3600 seconds")
+    if settings.loops.misfire_grace < 0:
+        raise ConfigError("loops.misfire_grace: must be 0 seconds or more")
+    hooks = settings.webhooks
+    if hooks.secret is not None and len(hooks.secret) < 16:
+        raise ConfigError("webhooks.secret: use at least 16 characters (128 random bits is best)")
+    for name in ("retry_window", "backoff_base", "backoff_max", "timeout"):
+        if getattr(hooks, name) <= 0:
+            raise ConfigError(f"webhooks.{name}: must be more than 0 seconds")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

@@ -72,6 +72,7 @@ class Agent(msgspec.Struct, kw_only=True):
     max_steps: int
     max_tokens: int
     temperature: float | None
+    callback_url: str | None = None
 
 
 class AgentList(msgspec.Struct, kw_only=True):

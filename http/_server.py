@@ -35,7 +35,10 @@ from cuelog.actors import (
     RunSettings,
     ToolRegistry,
     ToolsConfig,
+    WebhookSettings,
     open_domain,
+    open_loops,
+    open_webhooks,
 )
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
@@ -172,6 +175,18 @@ def tools_config(settings: Settings) -> ToolsConfig:
     )
 
 
+def webhook_settings(settings: Settings) -> WebhookSettings:
+    section = settings.webhooks
+    return WebhookSettings(
+        secret=section.secret,
+        allow_private=section.allow_private,
+        retry_window=section.retry_window,
+        backoff_base=section.backoff_base,
+        backoff_max=section.backoff_max,
+        timeout=section.timeout,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -238,6 +253,16 @@ async def _serve(
             ping_interval=settings.mcp.ping_interval,
             ping_timeout=settings.mcp.ping_timeout,
         ).running() as mcp,
+        # Without a secret no callback can be set, so nothing follows the log for them.
+        open_webhooks(
+            domain, webhook_settings(settings), send=settings.webhooks.secret is not None
+        ) as webhooks,
+        open_loops(
+            domain,
+            misfire_grace=settings.loops.misfire_grace,
+            schedule=settings.loops.enabled,
+            webhooks=webhooks,
+        ) as loops,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -249,6 +274,8 @@ async def _serve(
         services.mcp = mcp
         services.builtin_tools = builtin_tools
         services.providers = Providers(event_log, key_file, run_settings.providers)
+        services.loops = loops if settings.loops.enabled else None
+        services.webhooks = webhooks
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

@@ -19,10 +19,12 @@ from cuelog.actors import (
     ChatMessage,
     Domain,
     IdempotencyKey,
+    Loops,
     McpServers,
     Providers,
     RunView,
     Sent,
+    Webhooks,
     event_data,
     is_valid_id,
     request_digest,
@@ -78,6 +80,8 @@ class Services:
         self.mcp: McpServers | None = None  # set by `serve` once the log is open
         self.providers: Providers | None = None  # likewise
         self.builtin_tools: BuiltinTools | None = None  # likewise
+        self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
+        self.webhooks: Webhooks | None = None  # the outbox of run outcomes
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""
@@ -94,6 +98,8 @@ class Services:
         session_key: str | None,
         metadata: dict[str, Any] | None = None,
         tune: Callable[[AgentSpec], AgentSpec] | None = None,
+        *,
+        run_id: str | None = None,
     ) -> Sent:
         """Send the messages to the agent's session; an `Idempotency-Key` header makes a repeat
         attach to the first request's run. `tune` makes the agent's definition the one this
@@ -120,6 +126,7 @@ class Services:
             metadata=metadata,
             idempotency=idempotency,
             spec=spec,
+            run_id=run_id,
         )
 
     def agent_for_model(self, model: str) -> str:
@@ -213,6 +220,12 @@ class Services:
                 self.streams.release(slot)
 
         return sse_response(guarded(), headers)
+
+    def outbox(self) -> Webhooks:
+        """The webhook outbox (a 503 if this server runs without one)."""
+        if self.webhooks is None:
+            raise ApiError(503, "webhooks are off on this server", headers={"Retry-After": "60"})
+        return self.webhooks
 
     def key_usable(self, who: Principal) -> bool:
         """Whether the key a request came with may still be used (not revoked, not expired)."""

@@ -188,6 +188,8 @@ function route() {
     run: runPage,
     tools: toolsPage,
     audit: auditPage,
+    loops: loopsPage,
+    loop: loopPage,
   };
   const render = pages[name] || sessionsPage;
   render(page, arg, signal).catch((error) => {
@@ -425,6 +427,7 @@ async function runPage(page, runId, signal) {
   const answer = h("div", { id: "answer", class: "answer" });
   const approvals = h("div", { id: "approvals" });
   const rows = h("tbody", { id: "timeline" });
+  const deliveries = h("div", { id: "deliveries" });
   page.append(
     h("h1", {}, "Run ", h("code", {}, runId), " ", status),
     h(
@@ -442,6 +445,7 @@ async function runPage(page, runId, signal) {
     approvals,
     h("h2", {}, "Answer"),
     answer,
+    deliveries,
     h("h2", {}, "Timeline"),
     h(
       "table",
@@ -545,6 +549,7 @@ async function runPage(page, runId, signal) {
   });
 
   setStatus(run.status);
+  showDeliveries(deliveries, runId, signal);
   // Events shown before a reload come back from the cache; the stream resumes after the last.
   let last = 0;
   for (const event of loadCache(runId)) {
@@ -559,6 +564,137 @@ async function runPage(page, runId, signal) {
     isDone: () => finished,
     onState: (text) => (state.textContent = text),
   });
+}
+
+// -- loops -------------------------------------------------------------------------------------
+
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toISOString().replace(".000Z", "Z") : "–");
+
+function triggerText(trigger) {
+  if (trigger.cron) return `cron ${trigger.cron}` + (trigger.tz ? ` (${trigger.tz})` : " (UTC)");
+  if (trigger.every) return `every ${trigger.every} s`;
+  return `once at ${trigger.at}`;
+}
+
+function loopButtons(loop, onChange) {
+  async function act(path, button) {
+    button.disabled = true;
+    try {
+      await api("/v1/loops/" + enc(loop.id) + path, { method: "POST" });
+      await onChange();
+    } catch (error) {
+      if (!(error instanceof AuthNeeded)) alert(error.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+  const toggle = h("button", { type: "button", class: "toggle-loop" }, loop.enabled ? "Turn off" : "Turn on");
+  const run = h("button", { type: "button", class: "run-loop" }, "Run now");
+  toggle.addEventListener("click", () => act("/toggle", toggle));
+  run.addEventListener("click", () => act("/run", run));
+  return [toggle, " ", run];
+}
+
+// A run's webhook deliveries (admin keys only: others see no section).
+async function showDeliveries(box, runId, signal) {
+  let answer;
+  try {
+    answer = await api("/v1/webhooks/deliveries?run_id=" + enc(runId), { signal });
+  } catch {
+    return;
+  }
+  if (!answer.data.length) return;
+  box.replaceChildren(
+    h("h2", {}, "Webhook deliveries"),
+    ...answer.data.map((d) =>
+      h(
+        "div",
+        { class: "delivery" },
+        h("p", { class: "meta" }, h("span", { class: "badge " + (d.status === "delivered" ? "completed" : d.status) }, d.status), " ", d.url, " · id ", h("code", { title: d.id }, short(d.id, 16))),
+        h(
+          "table",
+          {},
+          h("thead", {}, h("tr", {}, ["attempt", "at", "outcome", "status", "error"].map((t) => h("th", {}, t)))),
+          h(
+            "tbody",
+            {},
+            d.attempts.map((a) =>
+              h("tr", {}, h("td", {}, a.attempt), h("td", {}, when(a.at)), h("td", {}, a.outcome), h("td", {}, a.status_code ?? "–"), h("td", {}, a.error || "")),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+async function loopsPage(page, _arg, signal) {
+  const rows = h("tbody", { id: "loops" });
+  async function load() {
+    const answer = await api("/v1/loops?limit=500", { signal });
+    rows.replaceChildren(
+      ...answer.data.map((loop) =>
+        h(
+          "tr",
+          { "data-loop": loop.id },
+          h("td", {}, h("a", { href: "#/loop/" + enc(loop.id) }, loop.id)),
+          h("td", {}, loop.agent),
+          h("td", {}, triggerText(loop.trigger)),
+          h("td", {}, h("span", { class: "badge " + (loop.enabled ? "completed" : "") }, loop.enabled ? "on" : "off")),
+          h("td", { class: "next-fire" }, when(loop.next_fire_at)),
+          h("td", {}, loop.fires[0] ? h("span", { class: "badge " + loop.fires[0].status }, loop.fires[0].status) : ""),
+          h("td", {}, loopButtons(loop, load)),
+        ),
+      ),
+    );
+  }
+  page.append(
+    h("h1", {}, "Loops"),
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, ["loop", "agent", "trigger", "", "next fire", "last run", ""].map((t) => h("th", {}, t)))),
+      rows,
+    ),
+  );
+  await load();
+}
+
+async function loopPage(page, loopId, signal) {
+  const title = h("h1", {}, "Loop ", h("code", {}, loopId));
+  const meta = h("p", { class: "meta" });
+  const rows = h("tbody", { id: "fires" });
+  async function load() {
+    const loop = await api("/v1/loops/" + enc(loopId), { signal });
+    meta.replaceChildren(
+      "agent ", h("b", {}, loop.agent), " · ", triggerText(loop.trigger),
+      " · ", loop.enabled ? "on" : "off", " · next fire ",
+      h("span", { id: "next-fire" }, when(loop.next_fire_at)), " ",
+      ...loopButtons(loop, load),
+    );
+    rows.replaceChildren(
+      ...loop.fires.map((fire) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, fire.manual ? "run now" : when(fire.scheduled_at)),
+          h("td", {}, h("a", { href: "#/run/" + enc(fire.run_id) }, fire.run_id)),
+          h("td", {}, h("span", { class: "badge " + fire.status }, fire.status)),
+          h("td", {}, fire.error || ""),
+        ),
+      ),
+    );
+    // Refresh while a fire's run is still going, until the page is left.
+    const going = loop.fires.some((f) => !["completed", "failed", "cancelled"].includes(f.status));
+    if (going && !signal.aborted) setTimeout(() => signal.aborted || load().catch(() => {}), 1000);
+  }
+  page.append(
+    title,
+    meta,
+    h("h2", {}, "Fires"),
+    h("table", {}, h("thead", {}, h("tr", {}, ["slot", "run", "status", ""].map((t) => h("th", {}, t)))), rows),
+  );
+  await load();
 }
 
 // -- audit -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,27 @@ def _wait_pending(console: Console, run_id: str) -> None:
 
 def _wait_finished(console: Console, run_id: str) -> None:
     console.run_seqs(run_id)  # the stream closes after the run's last event
+
+
+def test_loops_page_shows_next_fire_and_history_and_toggles_and_runs(console: Console) -> None:
+    """The loops page lists a loop with its next fire; Run now adds a fire whose run completes
+    and shows in the loop's history; Turn off clears the next fire, in the page and the API."""
+    body = {"id": "morning", "agent": "helper", "message": "hi", "trigger": {"every": 86400}}
+    created = console.api.post("/v1/loops", json=body)
+    assert created.status_code == 201, created.text
+    next_fire = created.json()["next_fire_at"]
+    page = console.page()
+    console.login(page, "#/loops")
+    row = page.locator("#loops tr[data-loop=morning]")
+    expect(row.locator(".next-fire")).to_contain_text(
+        datetime.fromtimestamp(next_fire, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    row.locator("button.run-loop").click()
+    row.locator("a").click()
+    expect(page.locator("#fires tr")).to_have_count(1)
+    expect(page.locator("#fires tr .badge")).to_have_text("completed")
+    page.screenshot(path=str(console.shots / "loop.png"), full_page=True)
+    page.locator("button.toggle-loop").click()
+    expect(page.locator("#next-fire")).to_have_text("\N{EN DASH}")
+    assert console.api.get("/v1/loops/morning").json()["enabled"] is False
+    page.close()

@@ -15,12 +15,16 @@ from cuelog.runtime import open_event_log
 from tests.http.operator_support import API_KEY, Served, bearer, serving
 
 AGENT = "authz-agent"
+LOOP = "authz-loop"
 # Owned resources: a non-admin key that did not make them gets 404, never 403.
 OWNED_PARAMS = {"key", "run_id"}
 # A request that passes auth and names a missing thing answers this instead of 2xx.
 MISSING: dict[tuple[str, str], int] = {
     ("DELETE", "/v1/agents/<agent_id>"): 404,
     ("DELETE", "/v1/keys/<key_id>"): 404,
+    ("DELETE", "/v1/loops/<loop_id>"): 404,
+    ("GET", "/v1/webhooks/deliveries/<delivery_id>"): 404,
+    ("POST", "/v1/webhooks/deliveries/<delivery_id>/redeliver"): 404,
     ("POST", "/v1/approvals/<approval_id>"): 404,
     ("POST", "/v1/audit/anchor"): 409,  # no anchor key configured
     ("DELETE", "/v1/mcp/servers/<server_id>"): 404,
@@ -46,6 +50,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/providers/<provider_id>"): {"read_timeout": 30},
     ("POST", "/v1/providers/<provider_id>/verify"): {"model": "m"},
     ("PATCH", "/v1/tools/<name>"): {"enabled": True},
+    ("PATCH", "/v1/loops/<loop_id>"): {"message": "swept"},
 }
 
 
@@ -87,12 +92,14 @@ async def _owned_resources(served: Served, owner: httpx.AsyncClient, tag: str) -
 def _url(method: str, rule: str, values: dict[str, Any]) -> str:
     names = {
         "agent_id": "authz-gone" if (method, rule) in MISSING else AGENT,
+        "loop_id": "authz-loop-gone" if (method, rule) in MISSING else LOOP,
         "model_id": AGENT,
         "key_id": "key_missing",
         "server_id": "authz-gone" if (method, rule) in MISSING else MCP_SERVER["name"],
         "provider_id": "authz-gone" if method == "DELETE" else PROVIDER["id"],
         "name": "clock",
         "approval_id": "run_missing.1",
+        "delivery_id": "0" * 64,
         "key": values.get("key", "sess-none"),
         "run_id": values.get("run_id", "run_none"),
     }
@@ -109,6 +116,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
         await served.create_agent(AGENT)
         assert (await served.admin.post("/v1/mcp/servers", json=MCP_SERVER)).status_code == 201
         assert (await served.admin.post("/v1/providers", json=PROVIDER)).status_code == 201
+        loop = {"id": LOOP, "agent": AGENT, "message": "hi", "trigger": {"every": 86400}}
+        assert (await served.admin.post("/v1/loops", json=loop)).status_code == 201
         callers = [
             Caller("no key", {}, frozenset()),
             Caller("bad key", bearer("cue_not-a-key-at-all-0000000000"), frozenset()),
@@ -147,6 +156,8 @@ async def test_every_route_for_every_kind_of_caller(tmp_path: Path) -> None:
                             body = {**MCP_SERVER, "name": f"sweep-{index}-{number}"}
                         elif (method, route.rule) == ("POST", "/v1/providers"):
                             body = {**PROVIDER, "id": f"sweep-{index}-{number}"}
+                        elif (method, route.rule) == ("POST", "/v1/loops"):
+                            body = {**loop, "id": f"sweep-{index}-{number}"}
                         url = _url(method, route.rule, values)
                         response = await clients[caller.name].request(method, url, json=body)
                         checked += 1
