@@ -1,9 +1,12 @@
-"""HTTP throughput: chat completions through the whole pipeline against a bare Quart-Trio endpoint.
+"""HTTP throughput and latency of the run pipeline against a bare Quart-Trio endpoint.
 
 Both servers are subprocesses on 127.0.0.1 with the same Hypercorn `Config` (from
-`hypercorn_config`), loaded by the same trio + httpx load generator: CONCURRENCY workers, each
-sending non-streaming chat completions back to back for DURATION seconds. The bare endpoint
-answers the same JSON body the pipeline does, with no auth, actors or log. Then SSE: events/s
+`hypercorn_config`). The load comes from `wrk` (a C load generator; `make bench` installs it),
+WRK_CONNECTIONS keep-alive connections for DURATION seconds, and each line prints wrk's CPU share
+beside the server's, so it shows when the generator is the limit. The bare endpoint answers the
+same JSON body the pipeline does, with no auth, actors or log: non-streaming chat completions and
+synchronous wakes are measured against it. Then one client alone: synchronous wake p50/p99 and
+the server's CPU per wake, and a streamed chat's time to its first frame. Then SSE: events/s
 delivered to 1 and to 32 clients following `GET /v1/events` while runs are being produced.
 Set CUELOG_BENCH_SCALE=0.25 for a quick run.
 """
@@ -23,16 +26,21 @@ from pathlib import Path
 import httpx
 import trio
 
+from benchmarks._wrk import INSTALL_HINT, WrkResult, process_cpu, run_wrk, wrk_path
+
 SCALE = float(os.environ.get("CUELOG_BENCH_SCALE", "1"))
 DURATION = max(8.0 * SCALE, 1.0)
+SINGLE_DURATION = max(10.0 * SCALE, 2.0)
 SSE_DURATION = max(5.0 * SCALE, 1.0)
-CONCURRENCY = 32
+WRK_CONNECTIONS = 32
 PRODUCERS = 8
 API_KEY = "bench-key-0123456789abcdef"
 TARGET = 0.60
 CHAT_BODY = {"model": "default", "messages": [{"role": "user", "content": "hello benchmark"}]}
+WAKE_BODY = {"message": "hello benchmark", "mode": "sync"}
+WAKE_PATH = "/v1/agents/default/wake"
 
-# The bare baseline: the same Hypercorn config, one route answering the pipeline's JSON body.
+# The bare baseline: the same Hypercorn config, routes answering the pipeline's JSON bodies.
 BARE_APP = """
 import json, sys, trio
 from hypercorn.trio import serve
@@ -44,14 +52,23 @@ from cuelog.actors import Usage
 BODY = chat_completion("run_0123456789abcdef01234567", "default", 1700000000,
                        "Echo: hello benchmark",
                        Usage(prompt_tokens=2, completion_tokens=3, total_tokens=5))
+WAKE = json.dumps({"content": "Echo: hello benchmark", "run_id": "run_0123456789abcdef01234567",
+                   "session_key": "sess_0123456789abcdef01234567", "status": "completed",
+                   "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+                   "error": None}).encode()
+HEADERS = {"X-Run-Id": "run_0123456789abcdef01234567",
+           "X-Session-Key": "sess_0123456789abcdef01234567"}
 app = QuartTrio("bare")
 
 @app.post("/v1/chat/completions")
 async def chat() -> Response:
     await request.get_data()  # the pipeline reads the body too (and keep-alive needs it read)
-    return Response(BODY, content_type="application/json",
-                    headers={"X-Run-Id": "run_0123456789abcdef01234567",
-                             "X-Session-Key": "sess_0123456789abcdef01234567"})
+    return Response(BODY, content_type="application/json", headers=HEADERS)
+
+@app.post("/v1/agents/default/wake")
+async def wake() -> Response:
+    await request.get_data()
+    return Response(WAKE, content_type="application/json", headers=HEADERS)
 
 async def main() -> None:
     from cuelog.http.api import hypercorn_config
@@ -110,38 +127,6 @@ def _pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(int(q * len(sorted_values)), len(sorted_values) - 1)]
-
-
-async def load(url: str, headers: dict[str, str], duration: float) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 latency (ms) of CONCURRENCY workers posting chat completions."""
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=30
-    ) as client:
-
-        async def worker(deadline: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=CHAT_BODY)
-                if response.status_code != 200:
-                    errors += 1
-                elif record:
-                    latencies.append(time.perf_counter() - started)
-
-        for record, seconds in ((False, min(1.0, duration / 4)), (True, duration)):
-            deadline = time.perf_counter() + seconds
-            started = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(worker, deadline, record)
-            elapsed = time.perf_counter() - started
-    if errors:
-        print(f"   {errors} requests failed", flush=True)
-    latencies.sort()
-    return len(latencies) / elapsed, _pct(latencies, 0.50) * 1e3, _pct(latencies, 0.99) * 1e3
 
 
 async def sse_fanout(url: str, clients: int, duration: float) -> tuple[float, float, int]:
@@ -206,38 +191,130 @@ async def sse_fanout(url: str, clients: int, duration: float) -> tuple[float, fl
     return total / elapsed, total / clients / elapsed, produced
 
 
+def _ratio(label: str, value: float, base: float, target: float) -> str:
+    ratio = value / base if base else float("nan")
+    verdict = "meets" if ratio >= target else "BELOW"
+    return f"   {label}: {ratio:.2f} of the bare endpoint ({verdict} the {target:.2f} target)"
+
+
+def wrk_pair(
+    bare: Server, full: Server, path: str, body: object, auth: dict[str, str], label: str
+) -> tuple[WrkResult, WrkResult]:
+    """The same wrk load on the bare endpoint and on cuelog."""
+    raw = json.dumps(body).encode()
+    base = run_wrk(
+        bare.url + path,
+        raw,
+        {},
+        duration=DURATION,
+        connections=WRK_CONNECTIONS,
+        server_pid=bare.proc.pid,
+    )
+    print(base.line(f"bare {label}"), flush=True)
+    mine = run_wrk(
+        full.url + path,
+        raw,
+        auth,
+        duration=DURATION,
+        connections=WRK_CONNECTIONS,
+        server_pid=full.proc.pid,
+    )
+    print(mine.line(f"cuelog {label}"), flush=True)
+    return base, mine
+
+
+def log_counters(client: httpx.Client) -> tuple[float, float]:
+    """The server's group commits (each one fsync) and events appended so far, from /metrics."""
+    values: dict[str, float] = {}
+    for line in client.get("/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("cuelog_log_group_commits_total", "cuelog_log_events_appended_total"):
+            values[name] = float(value)
+    return values["cuelog_log_group_commits_total"], values["cuelog_log_events_appended_total"]
+
+
+def single_client_wakes(url: str, auth: dict[str, str], pid: int) -> None:
+    """One client, one wake at a time: latency percentiles, the server's CPU per wake and the
+    commits (fsyncs) and events each wake costs."""
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as client:
+        for _ in range(20):  # warm up the connection and the server
+            client.post(WAKE_PATH, json=WAKE_BODY)
+        commits_before, events_before = log_counters(client)
+        cpu_before = process_cpu(pid)
+        deadline = time.perf_counter() + SINGLE_DURATION
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            response = client.post(WAKE_PATH, json=WAKE_BODY)
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+        cpu = process_cpu(pid) - cpu_before
+        commits, events = log_counters(client)
+    latencies.sort()
+    wakes = len(latencies)
+    p50, p99 = _pct(latencies, 0.50) * 1e3, _pct(latencies, 0.99) * 1e3
+    print(
+        f"   one client, sync wake   {len(latencies) / SINGLE_DURATION:6.0f} wakes/s   "
+        f"p50 {p50:5.2f} ms (target <= 2)   p99 {p99:5.2f} ms (target <= 10)   "
+        f"max {latencies[-1] * 1e3:6.1f} ms",
+        flush=True,
+    )
+    print(
+        f"   server CPU a wake at one client {cpu / wakes * 1e3:4.2f} ms (target <= 1)   "
+        f"{(commits - commits_before) / wakes:.1f} fsynced commits and "
+        f"{(events - events_before) / wakes:.1f} events a wake (target: 2 commits)",
+        flush=True,
+    )
+
+
+def streamed_ttft(url: str, auth: dict[str, str]) -> None:
+    """One client, streamed chats one at a time: time from the request to its first frame."""
+    firsts: list[float] = []
+    body = {**CHAT_BODY, "stream": True}
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as client:
+        deadline = time.perf_counter() + SINGLE_DURATION / 2
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            first: float | None = None
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if first is None and line.startswith("data: "):
+                        first = time.perf_counter() - started
+            assert first is not None
+            firsts.append(first)
+    firsts.sort()
+    print(
+        f"   one client, streamed chat: first frame p50 {_pct(firsts, 0.5) * 1e3:5.2f} ms "
+        f"(target <= 2)   p99 {_pct(firsts, 0.99) * 1e3:5.2f} ms   ({len(firsts)} chats)",
+        flush=True,
+    )
+
+
 def main() -> None:
     cuelog = str(Path(sys.executable).parent / "cuelog")
     auth = {"Authorization": f"Bearer {API_KEY}"}
+    if wrk_path() is None:
+        print(f"-- wrk is not installed, so the HTTP figures are skipped: {INSTALL_HINT}")
+        return
     print(
-        f"-- non-streaming chat completions: {CONCURRENCY} concurrent, {DURATION:g} s each",
+        f"-- wrk, {WRK_CONNECTIONS} connections, {DURATION:g} s each: "
+        "non-streaming chat and synchronous wake",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="cuelog-bench-http-") as workdir:
         bare = Server([sys.executable, "-c", BARE_APP])
-        try:
-            print("   bare Quart-Trio endpoint ...", flush=True)
-            bare_rps, bare_p50, bare_p99 = trio.run(load, bare.url, {}, DURATION)
-        finally:
-            bare.stop()
-        print(
-            f"   bare endpoint     {bare_rps:9.0f} req/s   p50 {bare_p50:6.1f} ms"
-            f"   p99 {bare_p99:6.1f} ms",
-            flush=True,
-        )
         full = Server(
             [cuelog, "serve", "--port", "0", "--data-dir", f"{workdir}/data", "--api-key", API_KEY]
         )
         try:
-            print("   cuelog pipeline (auth, actors, log, response) ...", flush=True)
-            rps, p50, p99 = trio.run(load, full.url, auth, DURATION)
-            print(
-                f"   cuelog pipeline   {rps:9.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms",
-                flush=True,
-            )
-            ratio = rps / bare_rps
-            verdict = "meets" if ratio >= TARGET else "BELOW"
-            print(f"   ratio {ratio:.2f} of the bare endpoint ({verdict} the {TARGET:.2f} target)")
+            chat_base, chat = wrk_pair(bare, full, "/v1/chat/completions", CHAT_BODY, auth, "chat")
+            wake_base, wake = wrk_pair(bare, full, WAKE_PATH, WAKE_BODY, auth, "sync wake")
+            print(_ratio("chat", chat.rate, chat_base.rate, TARGET))
+            print(_ratio("sync wake", wake.rate, wake_base.rate, TARGET), flush=True)
+            bare.stop()
+            print("-- one client at a time", flush=True)
+            single_client_wakes(full.url, auth, full.proc.pid)
+            streamed_ttft(full.url, auth)
             print(
                 f"-- SSE: GET /v1/events followed while {PRODUCERS} producers run chats "
                 f"for {SSE_DURATION:g} s",
@@ -251,8 +328,9 @@ def main() -> None:
                     flush=True,
                 )
         finally:
+            bare.stop()
             full.stop()
-        postgres_chat(cuelog, auth, rps)
+        postgres_chat(cuelog, auth, chat.rate)
 
 
 POSTGRES = os.environ.get("CUELOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -285,13 +363,16 @@ def postgres_chat(cuelog: str, auth: dict[str, str], lmdb_rps: float) -> None:
             )
             try:
                 print("-- the same chat load on the PostgreSQL log ...", flush=True)
-                rps, p50, p99 = trio.run(load, server.url, auth, DURATION)
+                result = run_wrk(
+                    server.url + "/v1/chat/completions",
+                    json.dumps(CHAT_BODY).encode(),
+                    auth,
+                    duration=DURATION,
+                    connections=WRK_CONNECTIONS,
+                    server_pid=server.proc.pid,
+                )
             finally:
                 server.stop()
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(
-        f"   PostgreSQL log    {rps:9.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms"
-        f"   ({rps / lmdb_rps:.2f} of the LMDB log)",
-        flush=True,
-    )
+    print(result.line("PostgreSQL chat") + f"   ({result.rate / lmdb_rps:.2f} of LMDB)")
