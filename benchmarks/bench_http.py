@@ -33,6 +33,8 @@ DURATION = max(8.0 * SCALE, 1.0)
 SINGLE_DURATION = max(10.0 * SCALE, 2.0)
 SSE_DURATION = max(5.0 * SCALE, 1.0)
 WRK_CONNECTIONS = 32
+STALL_CLIENTS = 16
+STALL_DURATION = max(60.0 * SCALE, 5.0)
 PRODUCERS = 8
 API_KEY = "bench-key-0123456789abcdef"
 TARGET = 0.60
@@ -267,6 +269,80 @@ def single_client_wakes(url: str, auth: dict[str, str], pid: int) -> None:
     )
 
 
+def gc_counters(client: httpx.Client) -> dict[str, float]:
+    """The server's garbage-collector figures from /metrics, by metric and generation."""
+    values: dict[str, float] = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("cuelog_gc_"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def stalls(url: str, auth: dict[str, str], duration: float) -> None:
+    """/health latency, probed every 5 ms from another thread, while wrk sends asynchronous
+    wakes (a new session each) from STALL_CLIENTS connections; and the collector's pauses."""
+    probes: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                client.get("/health")
+                probes.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as client:
+        before = gc_counters(client)
+        live_before = _metric(client, "cuelog_actors_live")
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        try:
+            result = run_wrk(
+                url + WAKE_PATH,
+                json.dumps({**WAKE_BODY, "mode": "async"}).encode(),
+                auth,
+                duration=duration,
+                connections=STALL_CLIENTS,
+            )
+        finally:
+            done.set()
+            thread.join()
+        after = gc_counters(client)
+        live = _metric(client, "cuelog_actors_live")
+    probes.sort()
+    print(result.line("async wake"), flush=True)
+    print(
+        f"   /health while loaded: p50 {_pct(probes, 0.5) * 1e3:5.2f} ms   "
+        f"p99 {_pct(probes, 0.99) * 1e3:6.2f} ms (target <= 10)   max {probes[-1] * 1e3:6.1f} ms"
+        f"   over 100 ms: {sum(1 for p in probes if p > 0.1)} of {len(probes)}",
+        flush=True,
+    )
+    for generation in range(3):
+        label = f'{{generation="{generation}"}}'
+        count = after.get(f"cuelog_gc_collections_total{label}", 0) - before.get(
+            f"cuelog_gc_collections_total{label}", 0
+        )
+        paused = after.get(f"cuelog_gc_pause_seconds_total{label}", 0) - before.get(
+            f"cuelog_gc_pause_seconds_total{label}", 0
+        )
+        longest = after.get(f"cuelog_gc_max_pause_seconds{label}", 0)
+        print(
+            f"   gc generation {generation}: {count:6.0f} collections, {paused * 1e3:7.1f} ms "
+            f"paused in all, longest {longest * 1e3:6.1f} ms (since start)",
+            flush=True,
+        )
+    print(f"   live actors {live_before:.0f} before, {live:.0f} after", flush=True)
+
+
+def _metric(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rpartition(" ")[2])
+    return float("nan")
+
+
 def streamed_ttft(url: str, auth: dict[str, str]) -> None:
     """One client, streamed chats one at a time: time from the request to its first frame."""
     firsts: list[float] = []
@@ -315,6 +391,12 @@ def main() -> None:
             print("-- one client at a time", flush=True)
             single_client_wakes(full.url, auth, full.proc.pid)
             streamed_ttft(full.url, auth)
+            print(
+                f"-- stalls: {STALL_CLIENTS} connections of asynchronous wakes for "
+                f"{STALL_DURATION:g} s",
+                flush=True,
+            )
+            stalls(full.url, auth, STALL_DURATION)
             print(
                 f"-- SSE: GET /v1/events followed while {PRODUCERS} producers run chats "
                 f"for {SSE_DURATION:g} s",

@@ -38,7 +38,7 @@ from cuelog.http._wire import (
     sse_response,
     to_json,
 )
-from cuelog.runtime import CuelogError, EventLog, RecordedEvent
+from cuelog.runtime import CuelogError, EventLog, RecordedEvent, gc_probe
 
 T = TypeVar("T")
 
@@ -71,6 +71,7 @@ class Services:
         self.auth_failures = TokenBuckets(server.auth_failure_rate, server.auth_failure_burst)
         self.streams = StreamSlots(server.max_streams_per_key)
         self.metrics = Metrics(self)
+        gc_probe()  # collections are counted from the start
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""

@@ -282,6 +282,9 @@ async def test_metrics_expose_requests_appends_actors_and_runs(tmp_path: Path) -
             "cuelog_log_events_appended",
             "cuelog_actors_live",
             "cuelog_runs_finished",
+            'cuelog_gc_collections_total{generation="2"}',
+            'cuelog_gc_max_pause_seconds{generation="0"}',
+            "cuelog_gc_slow_pauses_total",
         ):
             assert name in text, name
         assert 'cuelog_runs_finished_total{status="completed"} 1.0' in text
