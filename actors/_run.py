@@ -392,6 +392,8 @@ class RunActor(EventSourcedActor[RunState]):
             if any(r.type in TERMINAL_EVENTS for r in recorded):
                 self.registry.finished[state.status] += 1
                 self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
+            # An ended run only answers reads now: it leaves memory once its session is told.
+            self.ctx.passivate_when_idle()
             return
         if recorded[0].type == RUN_STARTED:
             self._start_driver()
@@ -417,6 +419,8 @@ class RunActor(EventSourcedActor[RunState]):
             self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
+        if state.status in TERMINAL:
+            self.ctx.passivate_when_idle()  # read once, e.g. by GET /v1/runs/{id}
         if state.status == "waiting_approval":
             # A restart lost the in-memory list of pending approvals; rebuild it from the log.
             self._track_approvals(state)
