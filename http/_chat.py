@@ -66,7 +66,7 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
                 cancel_on_close=cancel_on_disconnect(),
             )
             return services.stream(frames, run_headers(sent))
-        view = await services.wait_for(sent.run_id)
+        view = await services.wait_for(sent)
         raise_for_run(view)
         created = int(time.time())
         return json_response(
@@ -95,7 +95,7 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             return services.stream(
                 response_events(events, sent.run_id, body.model, created), run_headers(sent)
             )
-        view = await services.wait_for(sent.run_id)
+        view = await services.wait_for(sent)
         raise_for_run(view)
         return json_response(
             to_json(

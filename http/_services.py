@@ -23,7 +23,7 @@ from cuelog.actors import (
     is_valid_id,
     request_digest,
 )
-from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, caller, principal
+from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
 from cuelog.http._limits import StreamSlots, TokenBuckets
@@ -111,20 +111,21 @@ class Services:
             idempotency=idempotency,
         )
 
-    async def wait_for(self, run_id: str) -> RunView:
-        """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`
-        cancels the run."""
+    async def wait_for(self, sent: Sent) -> RunView:
+        """The final view of the run this request started; a client that leaves with
+        `X-Cuelog-On-Disconnect: cancel` cancels the run."""
         try:
-            return await self._wait_for(run_id)
+            return await self._wait_for(sent)
         except trio.Cancelled:  # the client went away
             if cancel_on_disconnect():
-                await self.cancel_quietly(run_id)
+                await self.cancel_quietly(sent.run_id)
             raise
 
-    async def _wait_for(self, run_id: str) -> RunView:
+    async def _wait_for(self, sent: Sent) -> RunView:
+        run_id = sent.run_id
         timeout = self.settings.server.request_timeout
         with trio.move_on_after(timeout):
-            view = await self.domain.wait_run(run_id, caller=caller())
+            view = await self.domain.wait_sent(sent)
             if view.status not in TERMINAL:
                 raise ApiError(
                     503,
