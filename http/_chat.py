@@ -53,19 +53,20 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             messages = new_user_messages(messages)
         elif messages[-1].role != "user":
             raise ApiError(400, "the last message must be from the user", param="messages")
-        sent = await services.start_run("chat", raw, body.model, messages, session_key)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            frames = run_frames(
-                services,
-                sent.run_id,
-                await services.domain.follow_run(sent.run_id),
-                0,
-                "openai",
-                include_usage=include_usage,
-                cancel_on_close=cancel_on_disconnect(),
-            )
-            return services.stream(frames, run_headers(sent))
+        with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
+            sent = await services.start_run("chat", raw, body.model, messages, session_key)
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                frames = run_frames(
+                    services,
+                    sent.run_id,
+                    await services.domain.follow_run(sent.run_id),
+                    0,
+                    "openai",
+                    include_usage=include_usage,
+                    cancel_on_close=cancel_on_disconnect(),
+                )
+                return services.stream(frames, run_headers(sent), slot=slot)
         view = await services.wait_for(sent)
         raise_for_run(view)
         created = int(time.time())
@@ -88,13 +89,16 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         """The OpenAI Responses API subset: text in, text out, streaming or not."""
         body, raw = await services.read(ResponsesRequest)
         messages = responses_messages(body)
-        sent = await services.start_run("responses", raw, body.model, messages, None)
-        created = int(time.time())
-        if body.stream:
-            events = await services.domain.follow_run(sent.run_id)
-            return services.stream(
-                response_events(events, sent.run_id, body.model, created), run_headers(sent)
-            )
+        with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
+            sent = await services.start_run("responses", raw, body.model, messages, None)
+            created = int(time.time())
+            if body.stream:
+                events = await services.domain.follow_run(sent.run_id)
+                return services.stream(
+                    response_events(events, sent.run_id, body.model, created),
+                    run_headers(sent),
+                    slot=slot,
+                )
         view = await services.wait_for(sent)
         raise_for_run(view)
         return json_response(

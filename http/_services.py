@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -147,24 +147,52 @@ class Services:
 
     # -- streams -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def stream_slot(self, wanted: bool = True) -> Iterator[StreamSlot | None]:
+        """One of the key's SSE stream slots, taken now (429 when the key has none free), so a
+        request that would start a run and stream it is refused before the run exists. The
+        slot goes back when the block exits, unless `stream` took it for its response. None
+        when not `wanted` (the request will not stream)."""
+        if not wanted:
+            yield None
+            return
+        slot = self._take_slot()
+        try:
+            yield slot
+        finally:
+            if not slot.taken:
+                self.streams.release(slot.key)
+
+    def _take_slot(self) -> StreamSlot:
+        key = principal().key_id or "local"
+        if not self.streams.acquire(key):
+            raise ApiError(
+                429,
+                f"this key already has {self.streams.per_key} streams open; close one",
+                headers={"Retry-After": "1"},
+            )
+        return StreamSlot(key)
+
     def stream(
-        self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None
+        self,
+        frames: AsyncIterator[bytes],
+        headers: dict[str, str] | None = None,
+        *,
+        slot: StreamSlot | None = None,
     ) -> Response:
-        """An SSE response counted against the key's stream cap while it is open, and ended
-        with an `error` frame within `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
+        """An SSE response counted against the key's stream cap while it is open (in `slot`,
+        taken earlier by `stream_slot`, or now), and ended with an `error` frame within
+        `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
 
         The frames are produced by a task in the app's nursery and handed over one at a time
         (no buffer), so the response can look at its key between frames and on a tick while
         the source waits for the next event.
         """
         who = principal()
-        slot = who.key_id or "local"
-        if not self.streams.acquire(slot):
-            raise ApiError(
-                429,
-                f"this key already has {self.streams.per_key} streams open; close one",
-                headers={"Retry-After": "1"},
-            )
+        if slot is None:
+            slot = self._take_slot()
+        slot.taken = True
+        slot_key = slot.key
         nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
 
         async def guarded() -> AsyncIterator[bytes]:
@@ -192,7 +220,7 @@ class Services:
                     yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:
                 producer.cancel()
-                self.streams.release(slot)
+                self.streams.release(slot_key)
 
         return sse_response(guarded(), headers)
 
@@ -202,6 +230,16 @@ class Services:
             return True
         info = self.domain.keys.get(who.key_id)
         return info is not None and info.usable(time.time())
+
+
+class StreamSlot:
+    """A key's SSE stream slot, held from before a run starts until its stream ends."""
+
+    __slots__ = ("key", "taken")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.taken = False  # handed to a response, which gives it back when it ends
 
 
 # How often an open stream checks that its key is still usable.
