@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmarks._wrk import INSTALL_HINT, WrkResult, process_cpu, run_wrk, wrk_path
+from benchmarks._wrk import INSTALL_HINT, WrkResult, run_wrk, wrk_path
 
 SCALE = float(os.environ.get("CUELOG_BENCH_SCALE", "1"))
 DURATION = max(8.0 * SCALE, 1.0)
@@ -235,35 +235,50 @@ def log_counters(client: httpx.Client) -> tuple[float, float]:
     return values["cuelog_log_group_commits_total"], values["cuelog_log_events_appended_total"]
 
 
+def fdatasync_ms(directory: str) -> tuple[float, float]:
+    """p50 and p99 of one 4 KiB write + fdatasync in `directory`: the floor under a commit."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    times: list[float] = []
+    try:
+        for _ in range(100):
+            os.write(fd, b"x" * 4096)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return _pct(times, 0.5) * 1e3, _pct(times, 0.99) * 1e3
+
+
 def single_client_wakes(url: str, auth: dict[str, str], pid: int) -> None:
-    """One client, one wake at a time: latency percentiles, the server's CPU per wake and the
-    commits (fsyncs) and events each wake costs."""
-    latencies: list[float] = []
+    """One wrk connection, one wake at a time: latency percentiles, the server's CPU per wake
+    and the commits (fsyncs) and events each wake costs."""
     with httpx.Client(base_url=url, headers=auth, timeout=30) as client:
-        for _ in range(20):  # warm up the connection and the server
+        for _ in range(20):  # warm up the server
             client.post(WAKE_PATH, json=WAKE_BODY)
         commits_before, events_before = log_counters(client)
-        cpu_before = process_cpu(pid)
-        deadline = time.perf_counter() + SINGLE_DURATION
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            response = client.post(WAKE_PATH, json=WAKE_BODY)
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 200, response.text
-        cpu = process_cpu(pid) - cpu_before
+        result = run_wrk(
+            url + WAKE_PATH,
+            json.dumps(WAKE_BODY).encode(),
+            auth,
+            duration=SINGLE_DURATION,
+            connections=1,
+            threads=1,
+            server_pid=pid,
+        )
         commits, events = log_counters(client)
-    latencies.sort()
-    wakes = len(latencies)
-    p50, p99 = _pct(latencies, 0.50) * 1e3, _pct(latencies, 0.99) * 1e3
+    wakes = max(result.rate * SINGLE_DURATION, 1.0)
     print(
-        f"   one client, sync wake   {len(latencies) / SINGLE_DURATION:6.0f} wakes/s   "
-        f"p50 {p50:5.2f} ms (target <= 2)   p99 {p99:5.2f} ms (target <= 10)   "
-        f"max {latencies[-1] * 1e3:6.1f} ms",
+        f"   one client, sync wake   {result.rate:6.0f} wakes/s   "
+        f"p50 {result.p50_ms:5.2f} ms (target <= 2)   p99 {result.p99_ms:5.2f} ms (target <= 10)",
         flush=True,
     )
     print(
-        f"   server CPU a wake at one client {cpu / wakes * 1e3:4.2f} ms (target <= 1)   "
-        f"{(commits - commits_before) / wakes:.1f} fsynced commits and "
+        f"   server CPU a wake at one client {result.server_cpu / result.rate * 1e3:4.2f} ms "
+        f"(target <= 1)   {(commits - commits_before) / wakes:.1f} fsynced commits and "
         f"{(events - events_before) / wakes:.1f} events a wake (target: 2 commits)",
         flush=True,
     )
@@ -389,6 +404,12 @@ def main() -> None:
             print(_ratio("sync wake", wake.rate, wake_base.rate, TARGET), flush=True)
             bare.stop()
             print("-- one client at a time", flush=True)
+            sync50, sync99 = fdatasync_ms(workdir)
+            print(
+                f"   this disk: fdatasync p50 {sync50:5.2f} ms, p99 {sync99:5.2f} ms "
+                "(each fsynced commit costs one)",
+                flush=True,
+            )
             single_client_wakes(full.url, auth, full.proc.pid)
             streamed_ttft(full.url, auth)
             print(
