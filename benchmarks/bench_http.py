@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -33,6 +34,9 @@ DURATION = max(8.0 * SCALE, 1.0)
 SINGLE_DURATION = max(10.0 * SCALE, 2.0)
 SSE_DURATION = max(5.0 * SCALE, 1.0)
 WRK_CONNECTIONS = 32
+SSE_CLIENTS = 32
+SSE_EVENTS = 20_000
+SSE_TARGET = 0.80
 STALL_CLIENTS = 16
 STALL_DURATION = max(60.0 * SCALE, 5.0)
 PRODUCERS = 8
@@ -71,6 +75,22 @@ async def chat() -> Response:
 async def wake() -> Response:
     await request.get_data()
     return Response(WAKE, content_type="application/json", headers=HEADERS)
+
+FRAMES: list[bytes] = []
+
+@app.get("/v1/events")
+async def events() -> Response:
+    # The frames a cuelog server sent for its log, sent back the same way: one frame a chunk.
+    if not FRAMES:
+        import os
+        raw = open(os.environ["BARE_FRAMES"], "rb").read()
+        FRAMES.extend(f + b"\\n\\n" for f in raw.split(b"\\n\\n") if f)
+    async def frames():
+        for frame in FRAMES:
+            yield frame
+    response = Response(frames(), content_type="text/event-stream")
+    response.timeout = None
+    return response
 
 async def main() -> None:
     from cuelog.http.api import hypercorn_config
@@ -191,6 +211,77 @@ async def sse_fanout(url: str, clients: int, duration: float) -> tuple[float, fl
             readers.cancel_scope.cancel()
     total = sum(received)
     return total / elapsed, total / clients / elapsed, produced
+
+
+async def _read_events(url: str, path: str, headers: dict[str, str], count: int) -> bytes:
+    """GET an SSE `path` and read until `count` frames with an `id:` have come; return them."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", "Accept: text/event-stream"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+    received = bytearray()
+    seen = 0
+    tail = b""  # the end of the last read, so a marker split between two reads is counted
+    try:
+        with trio.move_on_after(120):
+            while seen < count:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    break
+                seen += (tail + data).count(b"\nid: ")
+                tail = data[-4:]
+                received += data
+    finally:
+        stream.socket.close()
+    return bytes(received)
+
+
+def _frames_only(raw: bytes) -> bytes:
+    """The SSE frames of a chunked HTTP answer, without the HTTP head and chunk sizes."""
+    body = raw.partition(b"\r\n\r\n")[2]
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+async def fan_out(url: str, path: str, headers: dict[str, str], clients: int, count: int) -> float:
+    """Events a second delivered to `clients` readers of `path`, each reading `count` events."""
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(_read_events, url, path, headers, count)
+    return clients * count / (time.perf_counter() - started)
+
+
+def sse_against_bare(full: Server, auth: dict[str, str], workdir: str) -> None:
+    """SSE fan-out of a busy log (every event it holds) to SSE_CLIENTS followers of
+    `GET /v1/events`, against a bare Quart-Trio endpoint sending the same frames."""
+    with httpx.Client(base_url=full.url, headers=auth, timeout=30) as client:
+        head = client.get("/v1/health").json()["head_seq"]
+    count = min(head, SSE_EVENTS)
+    raw = trio.run(_read_events, full.url, "/v1/events?after=0", auth, count)
+    frames = Path(workdir) / "frames.sse"
+    kept = b"\n\n".join(_frames_only(raw).split(b"\n\n")[:count]) + b"\n\n"
+    frames.write_bytes(kept)
+    bare = Server([sys.executable, "-c", BARE_APP], env={"BARE_FRAMES": str(frames)})
+    try:
+        base = trio.run(fan_out, bare.url, "/v1/events", {}, SSE_CLIENTS, count)
+    finally:
+        bare.stop()
+    mine = trio.run(fan_out, full.url, "/v1/events?after=0", auth, SSE_CLIENTS, count)
+    print(
+        f"   {SSE_CLIENTS} followers of {count:,} events: bare {base:9.0f} events/s   "
+        f"cuelog {mine:9.0f} events/s",
+        flush=True,
+    )
+    print(_ratio("SSE fan-out", mine, base, SSE_TARGET), flush=True)
 
 
 def _ratio(label: str, value: float, base: float, target: float) -> str:
@@ -418,6 +509,11 @@ def main() -> None:
                 flush=True,
             )
             stalls(full.url, auth, STALL_DURATION)
+            print(
+                f"-- SSE fan-out: {SSE_CLIENTS} followers of GET /v1/events read the log",
+                flush=True,
+            )
+            sse_against_bare(full, auth, workdir)
             print(
                 f"-- SSE: GET /v1/events followed while {PRODUCERS} producers run chats "
                 f"for {SSE_DURATION:g} s",

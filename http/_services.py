@@ -184,9 +184,11 @@ class Services:
         taken earlier by `stream_slot`, or now), and ended with an `error` frame within
         `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
 
-        The frames are produced by a task in the app's nursery and handed over one at a time
-        (no buffer), so the response can look at its key between frames and on a tick while
-        the source waits for the next event.
+        The frames are produced by a task in the app's nursery, at most `STREAM_AHEAD` frames
+        ahead of the response, so the response can look at its key between writes and on a
+        tick while the source waits for the next event. Frames already produced go out
+        together in one write (up to `STREAM_WRITE_BYTES`): a follower catching up on a busy
+        log costs a write per batch, not per event.
         """
         who = principal()
         if slot is None:
@@ -196,7 +198,7 @@ class Services:
         nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
 
         async def guarded() -> AsyncIterator[bytes]:
-            send, receive = trio.open_memory_channel[bytes](0)
+            send, receive = trio.open_memory_channel[bytes](STREAM_AHEAD)
             producer = trio.CancelScope()
             failure: list[Exception] = []
             nursery.start_soon(_produce, frames, send, producer, failure)
@@ -213,7 +215,10 @@ class Services:
                         except trio.EndOfChannel:
                             break
                         if frame is not None:
-                            yield frame
+                            batch, ended = _take_ready(frame, receive)
+                            yield batch
+                            if ended:
+                                break
                 if failure:
                     raise failure[0]
                 if self.stopping:
@@ -242,6 +247,27 @@ class StreamSlot:
         self.taken = False  # handed to a response, which gives it back when it ends
 
 
+def _take_ready(first: bytes, receive: trio.MemoryReceiveChannel[bytes]) -> tuple[bytes, bool]:
+    """`first` and the frames already waiting after it, joined (up to `STREAM_WRITE_BYTES`);
+    and whether the source has ended."""
+    frames = [first]
+    size = len(first)
+    while size < STREAM_WRITE_BYTES:
+        try:
+            frame = receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+        except trio.EndOfChannel:
+            return b"".join(frames), True
+        frames.append(frame)
+        size += len(frame)
+    return (first if len(frames) == 1 else b"".join(frames)), False
+
+
+# How many frames a stream's source may produce ahead of its response, and how many bytes of
+# ready frames one write carries.
+STREAM_AHEAD = 32
+STREAM_WRITE_BYTES = 64 << 10
 # How often an open stream checks that its key is still usable.
 KEY_CHECK_INTERVAL = 0.25
 _KEY_ENDED = error_body(
