@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ SINGLE_DURATION = max(10.0 * SCALE, 2.0)
 SSE_DURATION = max(5.0 * SCALE, 1.0)
 WRK_CONNECTIONS = 32
 SSE_CLIENTS = 32
+IDLE_FOLLOWERS = 2_000 if SCALE >= 1 else 500
 SSE_EVENTS = 20_000
 SSE_TARGET = 0.80
 STALL_CLIENTS = 16
@@ -375,6 +377,102 @@ def single_client_wakes(url: str, auth: dict[str, str], pid: int) -> None:
     )
 
 
+async def _make_sessions(url: str, auth: dict[str, str], count: int) -> None:
+    """`count` sessions named idle-1 … idle-N, each with one chat."""
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    todo = list(range(1, count + 1))
+    async with httpx.AsyncClient(base_url=url, headers=auth, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            while todo:
+                key = f"idle-{todo.pop()}"
+                answer = await client.post(
+                    "/v1/chat/completions", json=CHAT_BODY, headers={"X-Session-Key": key}
+                )
+                assert answer.status_code == 200, answer.text
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(16):
+                nursery.start_soon(worker)
+
+
+async def _hold_followers(
+    url: str, auth: dict[str, str], count: int, opened: trio.Semaphore
+) -> None:
+    """Follow `GET /v1/sessions/idle-N/events` for N = 1 … count, and hold them open."""
+    parts = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in auth.items())
+
+    async def follow(n: int) -> None:
+        stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            await stream.send_all(
+                f"GET /v1/sessions/idle-{n}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Accept: text/event-stream\r\n{head}\r\n".encode()
+            )
+            first = await stream.receive_some(1 << 16)
+            assert b" 200 " in first.partition(b"\r\n")[0], first[:200]
+            opened.release()
+            while await stream.receive_some(1 << 16):
+                pass
+        finally:
+            stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(1, count + 1):
+            nursery.start_soon(follow, n)
+            if n % 100 == 0:
+                await trio.sleep(0.02)
+
+
+def idle_followers(url: str, auth: dict[str, str], pid: int) -> None:
+    """One client's chat latency (wrk, one connection) without and with IDLE_FOLLOWERS open
+    SSE streams following sessions that nothing writes to."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * IDLE_FOLLOWERS)), hard))
+    trio.run(_make_sessions, url, auth, IDLE_FOLLOWERS)
+    chat = json.dumps(CHAT_BODY).encode()
+    seconds = max(SINGLE_DURATION / 2, 2.0)
+    alone = run_wrk(
+        url + "/v1/chat/completions",
+        chat,
+        auth,
+        duration=seconds,
+        connections=1,
+        threads=1,
+        server_pid=pid,
+    )
+    print(alone.line("chat, no followers"), flush=True)
+
+    async def measure() -> WrkResult:
+        opened = trio.Semaphore(0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_hold_followers, url, auth, IDLE_FOLLOWERS, opened)
+            for _ in range(IDLE_FOLLOWERS):
+                await opened.acquire()
+            await trio.sleep(1)
+            result = await trio.to_thread.run_sync(
+                lambda: run_wrk(
+                    url + "/v1/chat/completions",
+                    chat,
+                    auth,
+                    duration=seconds,
+                    connections=1,
+                    threads=1,
+                    server_pid=pid,
+                )
+            )
+            nursery.cancel_scope.cancel()
+        return result
+
+    followed = trio.run(measure)
+    print(followed.line(f"chat, {IDLE_FOLLOWERS:,} idle"), flush=True)
+    print(
+        f"   p50 with the followers open: {followed.p50_ms / alone.p50_ms:.2f}x the p50 without",
+        flush=True,
+    )
+
+
 def gc_counters(client: httpx.Client) -> dict[str, float]:
     """The server's garbage-collector figures from /metrics, by metric and generation."""
     values: dict[str, float] = {}
@@ -486,7 +584,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cuelog-bench-http-") as workdir:
         bare = Server([sys.executable, "-c", BARE_APP])
         full = Server(
-            [cuelog, "serve", "--port", "0", "--data-dir", f"{workdir}/data", "--api-key", API_KEY]
+            [cuelog, "serve", "--port", "0", "--data-dir", f"{workdir}/data", "--api-key", API_KEY],
+            # room for the idle followers: an SSE stream each, a connection each
+            env={
+                "CUELOG_SERVER_MAX_STREAMS_PER_KEY": str(2 * IDLE_FOLLOWERS),
+                "CUELOG_SERVER_MAX_CONNECTIONS": str(2 * IDLE_FOLLOWERS),
+            },
         )
         try:
             chat_base, chat = wrk_pair(bare, full, "/v1/chat/completions", CHAT_BODY, auth, "chat")
@@ -503,6 +606,8 @@ def main() -> None:
             )
             single_client_wakes(full.url, auth, full.proc.pid)
             streamed_ttft(full.url, auth)
+            print(f"-- {IDLE_FOLLOWERS:,} idle session followers: one client's chat", flush=True)
+            idle_followers(full.url, auth, full.proc.pid)
             print(
                 f"-- stalls: {STALL_CLIENTS} connections of asynchronous wakes for "
                 f"{STALL_DURATION:g} s",

@@ -24,14 +24,13 @@ def test_the_probe_counts_each_collection_and_its_pause() -> None:
 
 
 def test_tuning_freezes_what_start_up_built_and_collects_young_objects_less_often() -> None:
-    """After tuning, objects alive at the time are out of the collector's walks, and the young
-    generation is collected far less often than CPython's default of every 700 allocations."""
+    """After tuning, objects alive at the time are out of the collector's walks, and a full
+    collection is considered far less often than CPython's default (after 10 gen1 ones)."""
     thresholds = gc.get_threshold()
     try:
         tune_gc_for_serving()
         assert gc.get_freeze_count() > 1000
-        assert gc.get_threshold()[0] >= 10_000
-        assert gc.get_threshold()[2] > thresholds[2]
+        assert gc.get_threshold()[2] >= 100 * thresholds[2]
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
