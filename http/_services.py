@@ -186,10 +186,10 @@ class Services:
         `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
 
         The frames are produced by a task in the app's nursery, at most `STREAM_AHEAD` frames
-        ahead of the response, so the response can look at its key between writes and on a
-        tick while the source waits for the next event. Frames already produced go out
-        together in one write (up to `STREAM_WRITE_BYTES`): a follower catching up on a busy
-        log costs a write per batch, not per event.
+        (and `STREAM_AHEAD_BYTES`) ahead of the response, so the response can look at its key
+        between writes and on a tick while the source waits for the next event. Frames already
+        produced go out together in one write (up to `STREAM_WRITE_BYTES`): a follower catching
+        up on a busy log costs a write per batch, not per event.
         """
         who = principal()
         if slot is None:
@@ -202,7 +202,8 @@ class Services:
             send, receive = trio.open_memory_channel[bytes](STREAM_AHEAD)
             producer = trio.CancelScope()
             failure: list[Exception] = []
-            nursery.start_soon(_produce, frames, send, producer, failure)
+            ahead = _Ahead()
+            nursery.start_soon(_produce, frames, send, producer, failure, ahead)
             # The static key (or none, on loopback) is never revoked: no tick to check it, so
             # thousands of idle streams cost nothing while nothing happens.
             tick = math.inf if key_is_permanent(who) else KEY_CHECK_INTERVAL
@@ -220,6 +221,7 @@ class Services:
                             break
                         if frame is not None:
                             batch, ended = _take_ready(frame, receive)
+                            ahead.took(len(batch))
                             yield batch
                             if ended:
                                 break
@@ -273,9 +275,10 @@ def key_is_permanent(who: Principal) -> bool:
     return who.key_id is None or who.key_id == STATIC_KEY_ID
 
 
-# How many frames a stream's source may produce ahead of its response, and how many bytes of
-# ready frames one write carries.
+# How many frames (and bytes of them: at least one frame goes) a stream's source may produce
+# ahead of its response, and how many bytes of ready frames one write carries.
 STREAM_AHEAD = 32
+STREAM_AHEAD_BYTES = 32 << 10
 STREAM_WRITE_BYTES = 64 << 10
 # How often an open stream checks that its key is still usable.
 KEY_CHECK_INTERVAL = 0.25
@@ -284,11 +287,34 @@ _KEY_ENDED = error_body(
 )
 
 
+class _Ahead:
+    """How many bytes of frames a stream's source has produced that its response has not taken
+    yet: the source waits once they reach `STREAM_AHEAD_BYTES`, so a client that stops reading
+    holds a bounded few frames, never a growing buffer."""
+
+    __slots__ = ("bytes", "drained")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.drained = trio.Event()
+
+    async def room(self, size: int) -> None:
+        while self.bytes >= STREAM_AHEAD_BYTES:
+            self.drained = trio.Event()
+            await self.drained.wait()
+        self.bytes += size
+
+    def took(self, size: int) -> None:
+        self.bytes -= size
+        self.drained.set()
+
+
 async def _produce(
     frames: AsyncIterator[bytes],
     send: trio.MemorySendChannel[bytes],
     scope: trio.CancelScope,
     failure: list[Exception],
+    ahead: _Ahead,
 ) -> None:
     """Feed a stream's frames to its response until they end, the response goes away or the
     scope is cancelled; a failure is handed to the response (never to the app's nursery)."""
@@ -296,6 +322,7 @@ async def _produce(
         async with send:
             try:
                 async for frame in frames:
+                    await ahead.room(len(frame))
                     await send.send(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the response has gone away
