@@ -159,7 +159,6 @@ class _Cell:
         "actor",
         "address",
         "closed",
-        "ctx",
         "current",
         "failures",
         "incarnation",
@@ -180,7 +179,6 @@ class _Cell:
     def __init__(self, system: ActorSystem, address: Address) -> None:
         self.address = address
         self.stream = f"{address[0]}:{address[1]}"
-        self.ctx = ActorContext(system, self)
         self.actor: Actor | EventSourcedActor[Any] | None = None
         self.queue: deque[_Envelope] = deque()
         self.waiter: trio.lowlevel.Task | None = None  # the actor task, parked for a message
@@ -577,7 +575,7 @@ class ActorSystem:
             self._retire(cell)
 
     async def _start(self, cell: _Cell) -> None:
-        actor = self._factories[cell.address[0]](cell.ctx)
+        actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
         if isinstance(actor, EventSourcedActor):
             await self._sourcing.rehydrate(cell, actor)
@@ -608,6 +606,9 @@ class ActorSystem:
     def _retire(self, cell: _Cell) -> None:
         """The incarnation is over: nobody waits on it any longer. Synchronous."""
         cell.closed = True
+        # The actor refers to its cell (through its context): let go of it here, so a retired
+        # actor is freed by reference counting, not left for a full collection to find.
+        cell.actor = None
         if self._live.get(cell.address) is cell:
             del self._live[cell.address]
         for handle in cell.tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,25 @@ async def test_an_actor_whose_work_is_done_leaves_memory_once_idle(
         await other.ask("release")
         await trio.testing.wait_all_tasks_blocked()
         assert not system.is_live("finisher", "b")
+
+
+async def test_a_passivated_actor_is_freed_without_the_cycle_collector(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Passivated actors leave no reference cycles behind: reference counting frees them at
+    once, so a server's full collections do not grow with every actor it ever passivated."""
+    async with running(tmp_path, CONFIG, counter=Counter) as (_, system):
+        await system.ref("counter", "warm").ask(Add(1))
+        await trio.sleep(IDLE * 2)
+        gc.collect()
+        gc.disable()
+        try:
+            count = 200
+            for n in range(count):
+                await system.ref("counter", str(n)).ask(Add(n + 1))
+            await trio.sleep(IDLE * 2)
+            assert system.statistics().live_actors == 0
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+    assert unreachable < count // 10, unreachable
