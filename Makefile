@@ -48,7 +48,10 @@ layers:
 pytest:
 	$(BIN)/pytest
 
+# The HTTP benchmark drives load with wrk (a C load generator): installed here when apt can.
 bench: install
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || sudo -n apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| echo "bench: wrk is not installed and could not be; install it (apt-get install wrk, brew install wrk) for the HTTP figures"
 	$(BIN)/python -m benchmarks
 
 soak: install

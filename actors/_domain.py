@@ -32,6 +32,7 @@ from cuelog.actors._events import (
     APPROVAL_REQUESTED,
     DOMAIN_CODEC,
     RUN_SETTLED,
+    SESSION_DELETED,
     TERMINAL_EVENTS,
     AgentSpec,
     ApprovalPolicy,
@@ -51,6 +52,7 @@ from cuelog.actors._names import (
     RUN,
     SESSION,
     SYSTEM_STREAM,
+    TERMINAL,
     agent_stream,
     run_stream,
     session_stream,
@@ -69,7 +71,10 @@ from cuelog.actors._run import (
     DecideApproval,
     RunRegistry,
     RunSettings,
+    RunState,
+    fold_run,
     run_factory,
+    run_view,
 )
 from cuelog.actors._session import (
     DeleteSession,
@@ -332,6 +337,27 @@ class Domain:
         await self._wait_settled(view.session_key, run_id)
         return view
 
+    async def wait_sent(self, sent: Sent) -> RunView:
+        """`wait_run` for a run the caller has just been given by `send`: the run's view is
+        folded from the events followed (which the wait reads anyway) and the session is read
+        from the version the message went in at, so no actor is asked anything.
+
+        Returns the view as far as the log got if subscriptions end first (a server stopping).
+        """
+        state = RunState()
+        version = 0
+        async for item in follow_run(self.log, sent.run_id):
+            if item.event is not None:
+                state = fold_run(state, item.event)
+            version = item.record.version
+        view = run_view(sent.run_id, state, version)
+        if view.status in TERMINAL:
+            if sent.session_version:
+                await self._wait_settled_after(sent.session_key, sent.run_id, sent.session_version)
+            else:  # a repeated request: the run may have settled long ago
+                await self._wait_settled(sent.session_key, sent.run_id)
+        return await self.resolved(view)
+
     async def _wait_settled(self, session_key: str, run_id: str) -> None:
         try:
             session = await self.get_session(session_key)
@@ -339,8 +365,14 @@ class Domain:
             return  # deleted: nobody will read its history
         if session.current_run != run_id:
             return
+        await self._wait_settled_after(session_key, run_id, session.version)
+
+    async def _wait_settled_after(self, session_key: str, run_id: str, version: int) -> None:
+        """Until the session records `RunSettled` for the run (or is deleted) after `version`."""
         stream = session_stream(session_key)
-        async for record in self.log.subscribe_stream(stream, session.version):
+        async for record in self.log.subscribe_stream(stream, version):
+            if record.type == SESSION_DELETED:
+                return
             if record.type == RUN_SETTLED:
                 event = DOMAIN_CODEC.decode(record.type, record.data)
                 if isinstance(event, RunSettled) and event.run_id == run_id:

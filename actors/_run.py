@@ -235,6 +235,26 @@ def offered_tools(settings_tools: ToolRegistry, spec: AgentSpec) -> list[ToolSpe
     return [*server, *client]
 
 
+def run_view(run_id: str, state: RunState, version: int) -> RunView:
+    """What callers see of a run's state at a version (of its actor, or of a fold)."""
+    return RunView(
+        id=run_id,
+        status=state.status,
+        session_key=state.session_key,
+        agent_id=state.agent_id,
+        owner=state.owner,
+        step=state.step,
+        content=state.content,
+        usage=state.usage,
+        error=state.error,
+        pending_approvals=[k for k, a in state.approvals.items() if a.status == "pending"],
+        messages=state.produced,
+        version=version,
+        finish_reason=state.finish_reason,
+        tool_calls=state.client_calls if state.status == "completed" else [],
+    )
+
+
 def _pending(state: RunState, approval_id: str) -> bool:
     approval = state.approvals.get(approval_id)
     return approval is not None and approval.status == "pending"
@@ -297,6 +317,8 @@ class RunActor(EventSourcedActor[RunState]):
         self._driver: TaskHandle | None = None
         self._wakeup = trio.Event()
         self._history: list[ChatMessage] | None = None  # the referenced history, once read
+        # Events that need not be durable on their own, recorded with the driver's next ones.
+        self._unrecorded: list[Event] = []
 
     def initial_state(self) -> RunState:
         return RunState()
@@ -384,22 +406,7 @@ class RunActor(EventSourcedActor[RunState]):
         return self.view(state)
 
     def view(self, state: RunState) -> RunView:
-        return RunView(
-            id=self.ctx.id,
-            status=state.status,
-            session_key=state.session_key,
-            agent_id=state.agent_id,
-            owner=state.owner,
-            step=state.step,
-            content=state.content,
-            usage=state.usage,
-            error=state.error,
-            pending_approvals=[k for k, a in state.approvals.items() if a.status == "pending"],
-            messages=state.produced,
-            version=self.version,
-            finish_reason=state.finish_reason,
-            tool_calls=state.client_calls if state.status == "completed" else [],
-        )
+        return run_view(self.ctx.id, state, self.version)
 
     def after_commit(
         self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
@@ -416,7 +423,13 @@ class RunActor(EventSourcedActor[RunState]):
                 self._driver.cancel()
             if any(r.type in TERMINAL_EVENTS for r in recorded):
                 self.registry.finished[state.status] += 1
-                self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
+                done = RunDone(run_id=self.ctx.id, status=state.status, messages=state.produced)
+                try:  # straight into the session's mailbox: no task, no waiting
+                    self.ctx.system.ref(SESSION, state.session_key).tell_nowait(done)
+                except ActorError:  # a full mailbox or shutting down: wait for room, or log
+                    self.ctx.start_task(_notify_session, self.ctx.system, self.ctx.id, state)
+            # An ended run only answers reads now: it leaves memory once its session is told.
+            self.ctx.passivate_when_idle()
             return
         if recorded[0].type == RUN_STARTED:
             self._start_driver()
@@ -442,6 +455,8 @@ class RunActor(EventSourcedActor[RunState]):
             self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
+        if state.status in TERMINAL:
+            self.ctx.passivate_when_idle()  # read once, e.g. by GET /v1/runs/{id}
         if state.status == "waiting_approval":
             # A restart lost the in-memory list of pending approvals; rebuild it from the log.
             self._track_approvals(state)
@@ -451,7 +466,8 @@ class RunActor(EventSourcedActor[RunState]):
     # -- the driver ----------------------------------------------------------------------------
 
     async def _record(self, *events: Event) -> None:
-        await self.ctx.ref.ask(Record(list(events)))
+        unrecorded, self._unrecorded = self._unrecorded, []
+        await self.ctx.ref.ask(Record([*unrecorded, *events]))
 
     def conversation(self, state: RunState) -> list[ChatMessage]:
         """What the model is sent: the prompt, the referenced history, then the run's messages."""
@@ -575,7 +591,12 @@ class RunActor(EventSourcedActor[RunState]):
         except ContentMissing as exc:
             await self._record(RunFailed(reason=str(exc), usage=state.usage))
             return
-        await self._record(ModelRequested(step=step, message_count=len(messages), model=spec.model))
+        # Recorded with the model's first output (its first coalesced delta, or its answer):
+        # a crash before that closes the run as interrupted either way, and an instant model's
+        # step costs one commit instead of two.
+        self._unrecorded.append(
+            ModelRequested(step=step, message_count=len(messages), model=spec.model)
+        )
         try:
             provider = self.settings.provider(spec)
         except ModelError as exc:

@@ -78,6 +78,9 @@ class Sent(msgspec.Struct, frozen=True):
     session_key: str
     run_id: str
     queued: bool
+    # The session's version once the message was in (0 for a repeat that recorded nothing):
+    # the run's settlement comes after it, so a waiter reads the session from there.
+    session_version: int = 0
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -259,7 +262,8 @@ class SessionActor(EventSourcedActor[SessionState]):
     def reply(self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
         match command:
             case Send(run_id=run_id):
-                return Sent(self.ctx.id, run_id, queued=state.current_run != run_id)
+                version = recorded[-1].version if recorded else 0
+                return Sent(self.ctx.id, run_id, state.current_run != run_id, version)
             case _:
                 return self.view(state)
 
@@ -286,7 +290,16 @@ class SessionActor(EventSourcedActor[SessionState]):
         elif current is None:
             return
         elif RUN_ASSIGNED in types:
-            self.ctx.start_task(start_run_for_session, self.ctx, state, current)
+            assigned = next(r.version for r in recorded if r.type == RUN_ASSIGNED)
+            start = start_command(self.ctx, state, current, assigned=assigned)
+            if start is None:  # a message from before definitions travelled: ask the agent
+                self.ctx.start_task(start_run_for_session, self.ctx, state, current)
+            else:
+                # Straight into the run's mailbox: no task, no waiting for its answer.
+                try:
+                    self.ctx.system.ref(RUN, current).tell_nowait(start)
+                except ActorError:  # a full mailbox, or shutting down (recovery starts it)
+                    self.ctx.start_task(start_run_for_session, self.ctx, state, current)
         elif isinstance(command, Send) and state.busy_policy == "interrupt" and recorded:
             self.ctx.start_task(cancel_run, self.ctx.system, current, "interrupted")
 
@@ -299,22 +312,30 @@ class SessionActor(EventSourcedActor[SessionState]):
 # -- effects on runs ---------------------------------------------------------------------------
 
 
-async def start_run_for_session(
-    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
-) -> None:
-    """Start the run a session assigned, with the agent definition its message came with; with
-    `error` the run is recorded as started and failed at once (its session can no longer run it).
+def start_command(
+    ctx: ActorContext,
+    state: SessionState,
+    run_id: str,
+    error: str | None = None,
+    *,
+    assigned: int | None = None,
+    spec: AgentSpec | None = None,
+) -> StartRun | None:
+    """The command that starts the run a session assigned, with the agent definition its message
+    came with, else `spec` (None when neither is known: the agent must be asked); with `error`
+    the run is recorded as started and failed at once (its session can no longer run it).
 
     The run records only the messages it brings and the session version its history counts up
-    to (the version just before its `RunAssigned`), so a turn costs the same bytes in the log
-    however long the conversation is."""
+    to (the version just before its `RunAssigned`, given as `assigned` when the caller has it),
+    so a turn costs the same bytes in the log however long the conversation is."""
     history_stream: str | None = None
     history_version = 0
     history: list[ChatMessage] | None = None
     if run_id == state.current_run:
-        spec = state.current_spec
+        spec = state.current_spec or spec
         messages = state.current_messages
-        assigned = assigned_version(ctx.log, ctx.stream, run_id)
+        if assigned is None:
+            assigned = assigned_version(ctx.log, ctx.stream, run_id)
         if assigned is not None:
             history_stream = ctx.stream
             # A state folded from an old snapshot may not know its run's messages: then the
@@ -326,28 +347,37 @@ async def start_run_for_session(
             messages = state.history
     else:
         queued = next((q for q in state.inbox if q.run_id == run_id), None)
-        spec = queued.spec if queued else None
+        spec = (queued.spec if queued else None) or spec
         messages = queued.messages if queued else []
-    if spec is None:
-        # A message recorded before the definition travelled with it: ask the agent.
+    if spec is None and error is None:
+        return None
+    return StartRun(
+        session_key=ctx.id,
+        agent_id=state.agent_id,
+        owner=state.owner,
+        spec=spec,
+        messages=messages,
+        error=error,
+        history_stream=history_stream,
+        history_version=history_version,
+        history=history,
+    )
+
+
+async def start_run_for_session(
+    ctx: ActorContext, state: SessionState, run_id: str, error: str | None = None
+) -> None:
+    """Start the run a session assigned and wait until it has started (see `start_command`); a
+    message recorded before the definition travelled with it asks the agent for it."""
+    start = start_command(ctx, state, run_id, error)
+    if start is None:
         try:
             agent: AgentView = await ctx.system.ref(AGENT, state.agent_id).ask(GetAgent())
-            spec = agent.spec
+            start = start_command(ctx, state, run_id, spec=agent.spec)
         except NotFound:
-            error = error or f"agent {state.agent_id!r} does not exist"
-    await ctx.system.ref(RUN, run_id).ask(
-        StartRun(
-            session_key=ctx.id,
-            agent_id=state.agent_id,
-            owner=state.owner,
-            spec=spec,
-            messages=messages,
-            error=error,
-            history_stream=history_stream,
-            history_version=history_version,
-            history=history,
-        )
-    )
+            start = start_command(ctx, state, run_id, f"agent {state.agent_id!r} does not exist")
+    assert start is not None
+    await ctx.system.ref(RUN, run_id).ask(start)
 
 
 def assigned_version(log: EventLog, stream: str, run_id: str) -> int | None:

@@ -1,11 +1,13 @@
 """`cuelog bench`: an async load generator for a cuelog server, and the report it prints.
 
-Workers are trio tasks sharing one `httpx.AsyncClient` whose pool holds one connection per
-worker, so the pool never queues a request. Each worker sends its workload's requests back to
-back: first for the warmup (not counted), then for the measured window, which ends at the
-duration or after the requested count; requests in flight then finish and are counted. The
-server's own durable work is read from its log head (`GET /v1/health` with the key) at the start
-and the end of the window, and the generator measures its own CPU so a saturated client shows.
+Workers are trio tasks sharing one lean keep-alive client (`cuelog.cli._lean_http`: h11 over
+trio streams) with a connection per request in flight, so no request waits for a connection and
+the client reaches the rate `wrk` gets from the same server. Each worker sends its workload's
+requests back to back: first for the warmup (not counted), then for the measured window, which
+ends at the duration or after the requested count; requests in flight then finish and are
+counted. The server's own durable work is read from its log head (`GET /v1/health` with the key)
+at the start and the end of the window, and the generator measures its own CPU so a saturated
+client shows.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import msgspec
 import trio
 
 from cuelog.actors import ASSISTANT_DELTA, RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from cuelog.cli._lean_http import ConnectFailed, LeanClient, TransportError
 
 WORKLOADS: Final = ("chat", "chat-stream", "wake-sync", "wake-async", "sessions", "mixed")
 # `mixed` cycles through this blend: mostly chat, as a chat front end would see it.
@@ -256,7 +259,7 @@ class Outcome:
 
 @dataclass
 class Context:
-    client: httpx.AsyncClient
+    client: LeanClient
     target: Target
     session_tag: str
     sessions: int | None
@@ -384,6 +387,10 @@ async def _attempt(work: Workload, ctx: Context, n: int) -> Outcome:
     with trio.move_on_after(REQUEST_DEADLINE):
         try:
             return await work(ctx, n)
+        except ConnectFailed:
+            return Outcome("connect")
+        except TransportError:
+            return Outcome("transport")
         except httpx.ConnectError:
             return Outcome("connect")
         except httpx.TimeoutException:
@@ -484,7 +491,9 @@ async def run_load(
     deadline = None if plan.duration is None else measure_at + plan.duration
     marks: dict[str, Any] = {}
 
-    async with _client(target, plan.concurrency) as client, _client(target, 1) as control:
+    headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
+    client = LeanClient(target.url, headers)
+    async with _client(target, 1) as control:
         ctx = Context(client, target, secrets.token_hex(4), plan.sessions)
 
         async def start_window() -> None:
@@ -531,6 +540,7 @@ async def run_load(
                 state.phase = "draining"
         ended = trio.current_time()
         cpu = time.process_time() - marks["cpu"]
+        await client.aclose()
         server_cpu_end = None if server_pid is None else process_cpu_seconds(server_pid)
         head_after = await read_head(control, target)
     state.phase = "done"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -72,7 +73,7 @@ def serve_command(
                 "log": {"data_dir": data_dir, "url": log_url},
             },
         )
-        trio.run(serve, settings)
+        trio.run(functools.partial(serve, settings, tune_gc=True))
     except CuelogError as exc:
         click.echo(f"cuelog: {exc}", err=True)
         sys.exit(2)

@@ -199,7 +199,7 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
                 events_url=f"/v1/runs/{sent.run_id}/events",
             )
             return json_response(to_json(accepted), 202, run_headers(sent))
-        view = await services.wait_for(sent.run_id)
+        view = await services.wait_for(sent)
         result = WakeResult(
             content=view.content,
             run_id=sent.run_id,

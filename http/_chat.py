@@ -75,22 +75,23 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             temperature=body.temperature,
         )
         metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
-        sent = await services.start_run(
-            "chat", raw, body.model, messages, session_key, metadata, tune=tune
-        )
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            frames = run_frames(
-                services,
-                sent.run_id,
-                await services.domain.follow_run(sent.run_id),
-                0,
-                "openai",
-                include_usage=include_usage,
-                cancel_on_close=cancel_on_disconnect(),
+        with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
+            sent = await services.start_run(
+                "chat", raw, body.model, messages, session_key, metadata, tune=tune
             )
-            return services.stream(frames, run_headers(sent))
-        view = await services.wait_for(sent.run_id)
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                frames = run_frames(
+                    services,
+                    sent.run_id,
+                    await services.domain.follow_run(sent.run_id),
+                    0,
+                    "openai",
+                    include_usage=include_usage,
+                    cancel_on_close=cancel_on_disconnect(),
+                )
+                return services.stream(frames, run_headers(sent), slot=slot)
+        view = await services.wait_for(sent)
         raise_for_run(view)
         created = int(time.time())
         return json_response(
@@ -142,20 +143,23 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
             temperature=body.temperature,
         )
         metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
-        sent = await services.start_run(
-            "responses", raw, model, messages, session_key, metadata, tune=tune
-        )
-        created = int(time.time())
         echo = response_echo(body)
-        if body.stream:
-            events = await services.domain.follow_run(sent.run_id)
-            return services.stream(
-                response_events(events, sent.run_id, model, created, echo), run_headers(sent)
+        with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
+            sent = await services.start_run(
+                "responses", raw, model, messages, session_key, metadata, tune=tune
             )
+            created = int(time.time())
+            if body.stream:
+                events = await services.domain.follow_run(sent.run_id)
+                return services.stream(
+                    response_events(events, sent.run_id, model, created, echo),
+                    run_headers(sent),
+                    slot=slot,
+                )
         if body.background:
             view = await services.domain.get_run(sent.run_id, caller=caller())
         else:
-            view = await services.wait_for(sent.run_id)
+            view = await services.wait_for(sent)
         return json_response(
             to_json(response_object(view.id, model, created, outcome_of(view), echo)),
             headers=run_headers(sent),

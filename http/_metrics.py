@@ -13,6 +13,8 @@ from prometheus_client.registry import Collector
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from cuelog.runtime import gc_probe
+
 if TYPE_CHECKING:
     from cuelog.http._services import Services
 
@@ -75,6 +77,37 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "cuelog_sse_clients", "Open SSE streams.", value=services.streams.total
         )
+        yield from _gc_metrics()
+
+
+def _gc_metrics() -> Iterator[Any]:
+    """The garbage collector's pauses: each one stops every request in the process."""
+    stats = gc_probe().statistics()
+    collections = CounterMetricFamily(
+        "cuelog_gc_collections", "Garbage collections, by generation.", labels=["generation"]
+    )
+    pauses = CounterMetricFamily(
+        "cuelog_gc_pause_seconds",
+        "Time the collector paused, by generation.",
+        labels=["generation"],
+    )
+    longest = GaugeMetricFamily(
+        "cuelog_gc_max_pause_seconds", "Longest pause, by generation.", labels=["generation"]
+    )
+    for generation in range(3):
+        label = [str(generation)]
+        collections.add_metric(label, stats.collections[generation])
+        pauses.add_metric(label, stats.pause_seconds[generation])
+        longest.add_metric(label, stats.max_pause_seconds[generation])
+    yield collections
+    yield pauses
+    yield longest
+    yield CounterMetricFamily(
+        "cuelog_gc_slow_pauses", "Collections that paused 100 ms or more.", value=stats.slow_pauses
+    )
+    yield GaugeMetricFamily(
+        "cuelog_gc_frozen_objects", "Objects frozen out of collection.", value=stats.frozen_objects
+    )
 
 
 class Metrics:

@@ -45,7 +45,7 @@ from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
 from cuelog.http._services import Services
-from cuelog.runtime import ActorConfig, open_event_log
+from cuelog.runtime import ActorConfig, open_event_log, tune_gc_for_serving
 
 log = structlog.get_logger("cuelog.server")
 
@@ -192,9 +192,14 @@ async def serve(
     *,
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
+    tune_gc: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set (or SIGTERM/SIGINT arrives); report the bound URLs."""
+    """Serve until `shutdown` is set (or SIGTERM/SIGINT arrives); report the bound URLs.
+
+    With `tune_gc` (a process that only serves, as `cuelog serve`), what start-up built is frozen
+    out of the garbage collector and young collections are made rarer, once the server listens.
+    """
     check_settings(settings)
     fd_limit = raise_fd_limit()
     max_connections = connection_cap(settings.server.max_connections, fd_limit)
@@ -202,7 +207,14 @@ async def serve(
     sockets = bind_sockets(settings, config)
     try:
         await _serve(
-            settings, config, sockets, max_connections, shutdown, handle_signals, task_status
+            settings,
+            config,
+            sockets,
+            max_connections,
+            shutdown,
+            handle_signals,
+            tune_gc,
+            task_status,
         )
     finally:
         for sock in sockets:
@@ -216,6 +228,7 @@ async def _serve(
     max_connections: int,
     shutdown: trio.Event | None,
     handle_signals: bool,
+    tune_gc: bool,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     stop = trio.Event() if shutdown is None else shutdown
@@ -299,6 +312,8 @@ async def _serve(
                 pid=os.getpid(),
                 max_connections=max_connections,
             )
+            if tune_gc:
+                tune_gc_for_serving()
             task_status.started(binds)
         # Hypercorn has drained its connections; only the signal watcher is left.
         nursery.cancel_scope.cancel()

@@ -4,8 +4,9 @@ request shares (start a run, wait for it, stream its events)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -29,7 +30,7 @@ from cuelog.actors import (
     is_valid_id,
     request_digest,
 )
-from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, caller, principal
+from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
 from cuelog.http._limits import StreamSlots, TokenBuckets
@@ -44,7 +45,7 @@ from cuelog.http._wire import (
     sse_response,
     to_json,
 )
-from cuelog.runtime import CuelogError, EventLog, RecordedEvent
+from cuelog.runtime import CuelogError, EventLog, RecordedEvent, gc_probe
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class Services:
         self.builtin_tools: BuiltinTools | None = None  # likewise
         self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
         self.webhooks: Webhooks | None = None  # the outbox of run outcomes
+        gc_probe()  # collections are counted from the start
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
         """The request body decoded as `cls`, and its raw bytes."""
@@ -137,20 +139,21 @@ class Services:
             return aliased
         return model.removeprefix("agent:")
 
-    async def wait_for(self, run_id: str) -> RunView:
-        """The run's final view; a client that leaves with `X-Cuelog-On-Disconnect: cancel`
-        cancels the run."""
+    async def wait_for(self, sent: Sent) -> RunView:
+        """The final view of the run this request started; a client that leaves with
+        `X-Cuelog-On-Disconnect: cancel` cancels the run."""
         try:
-            return await self._wait_for(run_id)
+            return await self._wait_for(sent)
         except trio.Cancelled:  # the client went away
             if cancel_on_disconnect():
-                await self.cancel_quietly(run_id)
+                await self.cancel_quietly(sent.run_id)
             raise
 
-    async def _wait_for(self, run_id: str) -> RunView:
+    async def _wait_for(self, sent: Sent) -> RunView:
+        run_id = sent.run_id
         timeout = self.settings.server.request_timeout
         with trio.move_on_after(timeout):
-            view = await self.domain.wait_run(run_id, caller=caller())
+            view = await self.domain.wait_sent(sent)
             if view.status not in TERMINAL:
                 raise ApiError(
                     503,
@@ -172,31 +175,65 @@ class Services:
 
     # -- streams -------------------------------------------------------------------------------
 
-    def stream(
-        self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None
-    ) -> Response:
-        """An SSE response counted against the key's stream cap while it is open, and ended
-        with an `error` frame within `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
+    @contextlib.contextmanager
+    def stream_slot(self, wanted: bool = True) -> Iterator[StreamSlot | None]:
+        """One of the key's SSE stream slots, taken now (429 when the key has none free), so a
+        request that would start a run and stream it is refused before the run exists. The
+        slot goes back when the block exits, unless `stream` took it for its response. None
+        when not `wanted` (the request will not stream)."""
+        if not wanted:
+            yield None
+            return
+        slot = self._take_slot()
+        try:
+            yield slot
+        finally:
+            if not slot.taken:
+                self.streams.release(slot.key)
 
-        The frames are produced by a task in the app's nursery and handed over one at a time
-        (no buffer), so the response can look at its key between frames and on a tick while
-        the source waits for the next event.
-        """
-        who = principal()
-        slot = who.key_id or "local"
-        if not self.streams.acquire(slot):
+    def _take_slot(self) -> StreamSlot:
+        key = principal().key_id or "local"
+        if not self.streams.acquire(key):
             raise ApiError(
                 429,
                 f"this key already has {self.streams.per_key} streams open; close one",
                 headers={"Retry-After": "1"},
             )
+        return StreamSlot(key)
+
+    def stream(
+        self,
+        frames: AsyncIterator[bytes],
+        headers: dict[str, str] | None = None,
+        *,
+        slot: StreamSlot | None = None,
+    ) -> Response:
+        """An SSE response counted against the key's stream cap while it is open (in `slot`,
+        taken earlier by `stream_slot`, or now), and ended with an `error` frame within
+        `KEY_CHECK_INTERVAL` of its key being revoked or expiring.
+
+        The frames are produced by a task in the app's nursery, at most `STREAM_AHEAD` frames
+        (and `STREAM_AHEAD_BYTES`) ahead of the response, so the response can look at its key
+        between writes and on a tick while the source waits for the next event. Frames already
+        produced go out together in one write (up to `STREAM_WRITE_BYTES`): a follower catching
+        up on a busy log costs a write per batch, not per event.
+        """
+        who = principal()
+        if slot is None:
+            slot = self._take_slot()
+        slot.taken = True
+        slot_key = slot.key
         nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
 
         async def guarded() -> AsyncIterator[bytes]:
-            send, receive = trio.open_memory_channel[bytes](0)
+            send, receive = trio.open_memory_channel[bytes](STREAM_AHEAD)
             producer = trio.CancelScope()
             failure: list[Exception] = []
-            nursery.start_soon(_produce, frames, send, producer, failure)
+            ahead = _Ahead()
+            nursery.start_soon(_produce, frames, send, producer, failure, ahead)
+            # The static key (or none, on loopback) is never revoked: no tick to check it, so
+            # thousands of idle streams cost nothing while nothing happens.
+            tick = math.inf if key_is_permanent(who) else KEY_CHECK_INTERVAL
             try:
                 async with receive:
                     while True:
@@ -205,19 +242,23 @@ class Services:
                             return
                         frame: bytes | None = None
                         try:
-                            with trio.move_on_after(KEY_CHECK_INTERVAL):
+                            with trio.move_on_after(tick):
                                 frame = await receive.receive()
                         except trio.EndOfChannel:
                             break
                         if frame is not None:
-                            yield frame
+                            batch, ended = _take_ready(frame, receive)
+                            ahead.took(len(batch))
+                            yield batch
+                            if ended:
+                                break
                 if failure:
                     raise failure[0]
                 if self.stopping:
                     yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:
                 producer.cancel()
-                self.streams.release(slot)
+                self.streams.release(slot_key)
 
         return sse_response(guarded(), headers)
 
@@ -229,12 +270,49 @@ class Services:
 
     def key_usable(self, who: Principal) -> bool:
         """Whether the key a request came with may still be used (not revoked, not expired)."""
-        if who.key_id is None or who.key_id == STATIC_KEY_ID:
+        if who.key_id is None or key_is_permanent(who):
             return True
         info = self.domain.keys.get(who.key_id)
         return info is not None and info.usable(time.time())
 
 
+class StreamSlot:
+    """A key's SSE stream slot, held from before a run starts until its stream ends."""
+
+    __slots__ = ("key", "taken")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.taken = False  # handed to a response, which gives it back when it ends
+
+
+def _take_ready(first: bytes, receive: trio.MemoryReceiveChannel[bytes]) -> tuple[bytes, bool]:
+    """`first` and the frames already waiting after it, joined (up to `STREAM_WRITE_BYTES`);
+    and whether the source has ended."""
+    frames = [first]
+    size = len(first)
+    while size < STREAM_WRITE_BYTES:
+        try:
+            frame = receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+        except trio.EndOfChannel:
+            return b"".join(frames), True
+        frames.append(frame)
+        size += len(frame)
+    return (first if len(frames) == 1 else b"".join(frames)), False
+
+
+def key_is_permanent(who: Principal) -> bool:
+    """The static key of the configuration, or no key: nothing can revoke or expire it."""
+    return who.key_id is None or who.key_id == STATIC_KEY_ID
+
+
+# How many frames (and bytes of them: at least one frame goes) a stream's source may produce
+# ahead of its response, and how many bytes of ready frames one write carries.
+STREAM_AHEAD = 32
+STREAM_AHEAD_BYTES = 32 << 10
+STREAM_WRITE_BYTES = 64 << 10
 # How often an open stream checks that its key is still usable.
 KEY_CHECK_INTERVAL = 0.25
 _KEY_ENDED = error_body(
@@ -242,11 +320,34 @@ _KEY_ENDED = error_body(
 )
 
 
+class _Ahead:
+    """How many bytes of frames a stream's source has produced that its response has not taken
+    yet: the source waits once they reach `STREAM_AHEAD_BYTES`, so a client that stops reading
+    holds a bounded few frames, never a growing buffer."""
+
+    __slots__ = ("bytes", "drained")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.drained = trio.Event()
+
+    async def room(self, size: int) -> None:
+        while self.bytes >= STREAM_AHEAD_BYTES:
+            self.drained = trio.Event()
+            await self.drained.wait()
+        self.bytes += size
+
+    def took(self, size: int) -> None:
+        self.bytes -= size
+        self.drained.set()
+
+
 async def _produce(
     frames: AsyncIterator[bytes],
     send: trio.MemorySendChannel[bytes],
     scope: trio.CancelScope,
     failure: list[Exception],
+    ahead: _Ahead,
 ) -> None:
     """Feed a stream's frames to its response until they end, the response goes away or the
     scope is cancelled; a failure is handed to the response (never to the app's nursery)."""
@@ -254,6 +355,7 @@ async def _produce(
         async with send:
             try:
                 async for frame in frames:
+                    await ahead.room(len(frame))
                     await send.send(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the response has gone away

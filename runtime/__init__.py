@@ -36,6 +36,10 @@ from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
 from cuelog.runtime._errors import StorageFull as StorageFull
 from cuelog.runtime._errors import WrongExpectedVersion as WrongExpectedVersion
+from cuelog.runtime._gc import GcPauses as GcPauses
+from cuelog.runtime._gc import GcStatistics as GcStatistics
+from cuelog.runtime._gc import gc_probe as gc_probe
+from cuelog.runtime._gc import tune_gc_for_serving as tune_gc_for_serving
 from cuelog.runtime._logging import configure_logging as configure_logging
 from cuelog.runtime._open import LogLocation as LogLocation
 from cuelog.runtime._open import open_event_log as open_event_log
@@ -69,6 +73,8 @@ __all__ = [
     "EventCodec",
     "EventLog",
     "EventSourcedActor",
+    "GcPauses",
+    "GcStatistics",
     "Head",
     "IdempotencyConflict",
     "LocalContentStore",
@@ -93,7 +99,9 @@ __all__ = [
     "copy_log",
     "decode_record",
     "event_type",
+    "gc_probe",
     "open_actor_system",
     "open_event_log",
     "parse_log_location",
+    "tune_gc_for_serving",
 ]

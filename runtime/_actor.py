@@ -159,12 +159,12 @@ class _Cell:
         "actor",
         "address",
         "closed",
-        "ctx",
         "current",
         "failures",
         "incarnation",
         "last_active",
         "queue",
+        "retire_when_idle",
         "room",
         "snapshot_version",
         "stop_reason",
@@ -179,7 +179,6 @@ class _Cell:
     def __init__(self, system: ActorSystem, address: Address) -> None:
         self.address = address
         self.stream = f"{address[0]}:{address[1]}"
-        self.ctx = ActorContext(system, self)
         self.actor: Actor | EventSourcedActor[Any] | None = None
         self.queue: deque[_Envelope] = deque()
         self.waiter: trio.lowlevel.Task | None = None  # the actor task, parked for a message
@@ -192,6 +191,7 @@ class _Cell:
         self.incarnation = 0
         self.snapshot_version = 0
         self.stop_requested = False
+        self.retire_when_idle = False  # passivate as soon as it is idle (its work is done)
         self.stop_reason = ""
         self.closed = False
         self.last_active = trio.current_time()
@@ -293,6 +293,15 @@ class ActorContext:
         cell.tasks.add(handle)
         self._system._start_task(cell, handle, fn, args)
         return handle
+
+    def passivate_when_idle(self) -> None:
+        """Forget the actor as soon as its mailbox is empty and its tasks are done, instead of
+        after `passivate_after` (for an actor whose work is over: a later message rehydrates
+        it from the log as usual). Memory and collector time go to actors still at work."""
+        cell = self._cell
+        cell.retire_when_idle = True
+        if cell.is_idle() and not cell.queue:
+            cell.wake()
 
 
 @final
@@ -566,7 +575,7 @@ class ActorSystem:
             self._retire(cell)
 
     async def _start(self, cell: _Cell) -> None:
-        actor = self._factories[cell.address[0]](cell.ctx)
+        actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
         if isinstance(actor, EventSourcedActor):
             await self._sourcing.rehydrate(cell, actor)
@@ -582,6 +591,10 @@ class ActorSystem:
             if not queue:
                 if cell.stop_requested:
                     return
+                if cell.retire_when_idle and not cell.tasks:
+                    # Synchronous from the idle check to `_retire`: nothing can be queued.
+                    self._passivated += 1
+                    return
                 self._went_idle(cell)
                 await cell.wait()
                 continue
@@ -593,6 +606,9 @@ class ActorSystem:
     def _retire(self, cell: _Cell) -> None:
         """The incarnation is over: nobody waits on it any longer. Synchronous."""
         cell.closed = True
+        # The actor refers to its cell (through its context): let go of it here, so a retired
+        # actor is freed by reference counting, not left for a full collection to find.
+        cell.actor = None
         if self._live.get(cell.address) is cell:
             del self._live[cell.address]
         for handle in cell.tasks:
@@ -696,6 +712,8 @@ class ActorSystem:
             cell.tasks.discard(handle)
             if not cell.tasks:
                 self._went_idle(cell)
+                if cell.retire_when_idle and not cell.queue:
+                    cell.wake()
 
     # -- shutdown -------------------------------------------------------------------------------
 

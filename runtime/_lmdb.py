@@ -50,7 +50,7 @@ from cuelog.runtime._errors import (
     StorageFull,
     WrongExpectedVersion,
 )
-from cuelog.runtime._follow import PullSubscriptions
+from cuelog.runtime._follow import CommitSignal, PullSubscriptions
 from cuelog.runtime._pending import PendingAppend
 from cuelog.runtime._records import (
     Anchor,
@@ -169,7 +169,7 @@ class LmdbEventLog(PullSubscriptions):
         self._pending: list[PendingAppend] = []
         self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
-        self._committed = trio.Event()
+        self._commits = CommitSignal()
         self._versions: dict[str, int] = {}
         self._forming: _Plan | None = None  # the group appends join now
         self._inflight: _Plan | None = None  # the group being committed
@@ -555,8 +555,7 @@ class LmdbEventLog(PullSubscriptions):
         for write in plan.other:
             write.error = error
             write.done.set()
-        committed, self._committed = self._committed, trio.Event()
-        committed.set()
+        self._wake_subscribers(request.stream for request in plan.requests if request.result)
         self._acked_at = time.perf_counter()
 
     async def _grow_map(self) -> bool:
@@ -841,15 +840,22 @@ class LmdbEventLog(PullSubscriptions):
         result: Head = self._read(run)
         return result
 
+    def _wake_subscribers(self, streams: Iterable[str] | None = None) -> None:
+        """After a commit that touched `streams` (None: wake every subscriber)."""
+        self._commits.notify(streams)
+
     async def _follow(
-        self, next_batch: Callable[[], list[RecordedEvent]]
+        self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
     ) -> AsyncIterator[RecordedEvent]:
         """Yield batches as `next_batch` finds them; between batches wait for the next commit
-        (or poll, when another process writes), until the log closes."""
+        (touching `stream`, when given), or poll when another process writes, until the log
+        closes."""
         self._subscribers += 1
+        if stream is not None:
+            self._commits.follow(stream)
         try:
             while True:
-                committed = self._committed
+                committed = self._commits.waiter(stream)
                 events = next_batch()
                 for event in events:
                     yield event
@@ -863,13 +869,13 @@ class LmdbEventLog(PullSubscriptions):
                     await committed.wait()
         finally:
             self._subscribers -= 1
+            if stream is not None:
+                self._commits.unfollow(stream)
 
     def end_subscriptions(self) -> None:
         """Make every subscriber return once it has caught up (a server shutting down)."""
         self._subscriptions_ended = True
-        committed, self._committed = self._committed, trio.Event()
-        committed.set()
-        self._acked_at = time.perf_counter()
+        self._wake_subscribers()
 
     # -- anchoring and verification ------------------------------------------------------------
 
@@ -995,8 +1001,7 @@ async def open_lmdb_event_log(
                 # The writer drains what is queued, then returns.
     finally:
         event_log._closed = True
-        committed = event_log._committed
-        committed.set()
+        event_log._wake_subscribers()
         with suppress(lmdb.Error):
             event_log._close()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import final
 
@@ -32,7 +32,7 @@ from cuelog.runtime._envelope import (
     request_digest,
 )
 from cuelog.runtime._errors import IdempotencyConflict, LogClosed, WrongExpectedVersion
-from cuelog.runtime._follow import PullSubscriptions
+from cuelog.runtime._follow import CommitSignal, PullSubscriptions
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
 from cuelog.runtime._records import (
     Anchor,
@@ -63,7 +63,7 @@ class MemoryEventLog(PullSubscriptions):
         self._genesis = genesis_hash(self._log_id)
         self._closed = False
         self._subscriptions_ended = False
-        self._committed = trio.Event()
+        self._commits = CommitSignal()
         # seq n is at index n - 1 of both lists.
         self._events: list[RecordedEvent] = []
         self._values: list[bytes] = []
@@ -138,7 +138,7 @@ class MemoryEventLog(PullSubscriptions):
         if idempotency_key is not None:
             self._idem[idempotency_key] = (records[0].seq, len(records), digest)
         self._batches += 1
-        self._wake_subscribers()
+        self._wake_subscribers((stream,))
         return records
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
@@ -159,9 +159,9 @@ class MemoryEventLog(PullSubscriptions):
         if self._closed:
             raise LogClosed("the log is closed")
 
-    def _wake_subscribers(self) -> None:
-        committed, self._committed = self._committed, trio.Event()
-        committed.set()
+    def _wake_subscribers(self, streams: Iterable[str] | None = None) -> None:
+        """After a commit that touched `streams` (None: wake every subscriber)."""
+        self._commits.notify(streams)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -244,12 +244,14 @@ class MemoryEventLog(PullSubscriptions):
     # -- following -----------------------------------------------------------------------------
 
     async def _follow(
-        self, next_batch: Callable[[], list[RecordedEvent]]
+        self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
     ) -> AsyncIterator[RecordedEvent]:
         self._subscribers += 1
+        if stream is not None:
+            self._commits.follow(stream)
         try:
             while True:
-                committed = self._committed
+                committed = self._commits.waiter(stream)
                 events = next_batch()
                 for event in events:
                     yield event
@@ -262,6 +264,8 @@ class MemoryEventLog(PullSubscriptions):
                 await committed.wait()
         finally:
             self._subscribers -= 1
+            if stream is not None:
+                self._commits.unfollow(stream)
 
     def end_subscriptions(self) -> None:
         """Make every subscriber return once it has caught up (a server shutting down)."""

@@ -55,7 +55,7 @@ from cuelog.runtime._errors import (
     LogUnavailable,
     WrongExpectedVersion,
 )
-from cuelog.runtime._follow import PullSubscriptions
+from cuelog.runtime._follow import CommitSignal, PullSubscriptions
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
 from cuelog.runtime._pending import PendingAppend
 from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
@@ -220,7 +220,7 @@ class PostgresEventLog(PullSubscriptions):
         self._pending: list[PendingAppend] = []
         self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
-        self._committed = trio.Event()
+        self._commits = CommitSignal()
         self._writer_limiter = trio.CapacityLimiter(1)
         self._reader_limiter = trio.CapacityLimiter(2)  # verify and copies
         self._writer_conn: psycopg.Connection[Any] | None = None
@@ -445,7 +445,7 @@ class PostgresEventLog(PullSubscriptions):
             write.error = error
             write.done.set()
         if done is not None and done.events:
-            self._wake_subscribers()
+            self._wake_subscribers(request.stream for request in batch if request.result)
 
     def _commit_sync(
         self, batch: list[PendingAppend], other: list[_OtherWrite], ts: int
@@ -757,15 +757,18 @@ class PostgresEventLog(PullSubscriptions):
     # -- following -----------------------------------------------------------------------------
 
     async def _follow(
-        self, next_batch: Callable[[], list[RecordedEvent]]
+        self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
     ) -> AsyncIterator[RecordedEvent]:
-        """Yield batches as `next_batch` finds them; between batches wait for a commit, a
-        notification or the next poll, until the log closes. A lost connection makes the
-        subscriber wait and retry, not fail."""
+        """Yield batches as `next_batch` finds them; between batches wait for a commit (touching
+        `stream`, when given: another process's commit wakes everyone), a notification or the
+        next poll, until the log closes. A lost connection makes the subscriber wait and retry,
+        not fail."""
         self._subscribers += 1
+        if stream is not None:
+            self._commits.follow(stream)
         try:
             while True:
-                committed = self._committed
+                committed = self._commits.waiter(stream)
                 try:
                     events = next_batch()
                 except LogUnavailable as exc:
@@ -785,10 +788,12 @@ class PostgresEventLog(PullSubscriptions):
                     await committed.wait()
         finally:
             self._subscribers -= 1
+            if stream is not None:
+                self._commits.unfollow(stream)
 
-    def _wake_subscribers(self) -> None:
-        committed, self._committed = self._committed, trio.Event()
-        committed.set()
+    def _wake_subscribers(self, streams: Iterable[str] | None = None) -> None:
+        """After a commit that touched `streams` (None: any, such as another process's)."""
+        self._commits.notify(streams)
 
     def end_subscriptions(self) -> None:
         """Make every subscriber return once it has caught up (a server shutting down)."""

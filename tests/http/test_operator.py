@@ -302,10 +302,47 @@ async def test_metrics_expose_requests_appends_actors_and_runs(tmp_path: Path) -
             "cuelog_log_events_appended",
             "cuelog_actors_live",
             "cuelog_runs_finished",
+            'cuelog_gc_collections_total{generation="2"}',
+            'cuelog_gc_max_pause_seconds{generation="0"}',
+            "cuelog_gc_slow_pauses_total",
         ):
             assert name in text, name
         assert 'cuelog_runs_finished_total{status="completed"} 1.0' in text
         assert 'route="/v1/agents/<agent_id>/wake"' in text
+
+
+async def test_a_streaming_chat_over_the_stream_cap_is_refused_before_its_run_starts(
+    tmp_path: Path,
+) -> None:
+    """A streaming chat or Responses call from a key at its cap of open SSE streams gets 429
+    before anything is written: no session, no message, no orphaned run. A non-streaming chat
+    still runs, and once the stream closes a streaming chat works again."""
+    async with serving(tmp_path / "data", max_streams_per_key=1) as served:
+        chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+        sse = {"Accept": "text/event-stream"}
+        async with served.admin.stream("GET", "/v1/events", headers=sse) as held:
+            assert held.status_code == 200
+            head = (await served.admin.get("/v1/health")).json()["head_seq"]
+            refused = await served.admin.post("/v1/chat/completions", json={**chat, "stream": True})
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"]
+            responses = await served.admin.post(
+                "/v1/responses", json={"model": "default", "input": "hi", "stream": True}
+            )
+            assert responses.status_code == 429, responses.text
+            assert (await served.admin.get("/v1/health")).json()["head_seq"] == head
+            plain = await served.admin.post("/v1/chat/completions", json=chat)
+            assert plain.status_code == 200, plain.text
+        with trio.fail_after(5):
+            while True:  # the server notices the closed stream on its next write or check
+                streamed = await served.admin.post(
+                    "/v1/chat/completions", json={**chat, "stream": True}
+                )
+                if streamed.status_code != 429:
+                    break
+                await trio.sleep(0.05)
+        assert streamed.status_code == 200
+        assert "data: [DONE]" in streamed.text
 
 
 async def test_stream_cap_per_key(tmp_path: Path) -> None:

@@ -463,6 +463,47 @@ class EventLogContract(abc.ABC):
             [next_event] = await copy.append("s", [raw(3)], expected_version=2)
             assert (next_event.seq, next_event.prev) == (4, head.hash)
 
+    async def test_a_stream_follower_sleeps_through_commits_to_other_streams(
+        self, tmp_path: Path
+    ) -> None:
+        """A follower of one stream is not woken by commits to other streams (so thousands of
+        idle followers cost nothing per unrelated commit); a commit to its stream wakes it."""
+        async with self.open_log(tmp_path / "log") as log:
+            got: list[RecordedEvent] = []
+            steps = 0
+            follower: list[trio.lowlevel.Task] = []
+
+            class CountSteps(trio.abc.Instrument):
+                def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                    nonlocal steps
+                    if follower and task is follower[0]:
+                        steps += 1
+
+            async def follow() -> None:
+                follower.append(trio.lowlevel.current_task())
+                async for event in log.subscribe_stream("mine"):
+                    got.append(event)
+
+            counter = CountSteps()
+            with trio.fail_after(GUARD_SECONDS):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow)
+                    await trio.testing.wait_all_tasks_blocked()
+                    trio.lowlevel.add_instrument(counter)
+                    try:
+                        for n in range(20):
+                            await log.append(f"other-{n % 3}", [raw(n)])
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert steps == 0
+                        await log.append("mine", [raw(99)])
+                        while not got:
+                            await trio.testing.wait_all_tasks_blocked()
+                        assert steps > 0
+                    finally:
+                        trio.lowlevel.remove_instrument(counter)
+                    nursery.cancel_scope.cancel()
+            assert [e.stream for e in got] == ["mine"]
+
     async def test_end_subscriptions_ends_waiting_subscribers(self, tmp_path: Path) -> None:
         """After end_subscriptions, subscribers deliver what is committed, then return."""
         async with self.open_log(tmp_path / "log") as log:

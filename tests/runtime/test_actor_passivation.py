@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cuelog.runtime import ActorConfig, ActorSystem, open_actor_system, open_event_log
+from cuelog.runtime import (
+    ActorConfig,
+    ActorContext,
+    ActorSystem,
+    open_actor_system,
+    open_event_log,
+)
 from tests.runtime.actor_models import (
     Add,
     Counter,
@@ -220,3 +227,70 @@ def test_passivation_and_rehydration_give_the_same_state(commands: list[Any]) ->
 
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(main, Path(tmp) / "log", clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _Finisher:
+    """A plain actor whose work ends with `"done"`; a background task may still be running."""
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+        self.handled = 0
+        self.release = trio.Event()
+
+    async def handle(self, msg: Any) -> Any:
+        self.handled += 1
+        if msg == "done with task":
+            self.ctx.start_task(self.release.wait)
+        if msg in ("done", "done with task"):
+            self.ctx.passivate_when_idle()
+        if msg == "release":
+            self.release.set()
+        return self.handled
+
+
+async def test_an_actor_whose_work_is_done_leaves_memory_once_idle(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`passivate_when_idle` forgets the actor as soon as its mailbox is empty and its tasks are
+    done, long before `passivate_after`; messages queued meanwhile are handled first, and a
+    later message starts a fresh incarnation."""
+    async with running(tmp_path, CONFIG, finisher=_Finisher) as (_, system):
+        ref = system.ref("finisher", "a")
+        assert await ref.ask("work") == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.ask, "done")
+            nursery.start_soon(ref.ask, "queued behind it")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not system.is_live("finisher", "a")
+        assert system.statistics().passivated == 1
+        assert await ref.ask("again") == 1  # a fresh incarnation
+
+        other = system.ref("finisher", "b")
+        await other.ask("done with task")
+        await trio.sleep(IDLE * 3)  # the task holds it, past passivate_after's sweep too
+        assert system.is_live("finisher", "b")
+        await other.ask("release")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not system.is_live("finisher", "b")
+
+
+async def test_a_passivated_actor_is_freed_without_the_cycle_collector(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Passivated actors leave no reference cycles behind: reference counting frees them at
+    once, so a server's full collections do not grow with every actor it ever passivated."""
+    async with running(tmp_path, CONFIG, counter=Counter) as (_, system):
+        await system.ref("counter", "warm").ask(Add(1))
+        await trio.sleep(IDLE * 2)
+        gc.collect()
+        gc.disable()
+        try:
+            count = 200
+            for n in range(count):
+                await system.ref("counter", str(n)).ask(Add(n + 1))
+            await trio.sleep(IDLE * 2)
+            assert system.statistics().live_actors == 0
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+    assert unreachable < count // 10, unreachable
