@@ -13,6 +13,7 @@ Set CUELOG_BENCH_SCALE=0.25 for a quick run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -433,7 +434,8 @@ def idle_followers(url: str, auth: dict[str, str], pid: int) -> None:
     trio.run(_make_sessions, url, auth, IDLE_FOLLOWERS)
     chat = json.dumps(CHAT_BODY).encode()
     seconds = max(SINGLE_DURATION / 2, 2.0)
-    alone = run_wrk(
+    one_client = functools.partial(
+        run_wrk,
         url + "/v1/chat/completions",
         chat,
         auth,
@@ -442,6 +444,7 @@ def idle_followers(url: str, auth: dict[str, str], pid: int) -> None:
         threads=1,
         server_pid=pid,
     )
+    alone = one_client()
     print(alone.line("chat, no followers"), flush=True)
 
     async def measure() -> WrkResult:
@@ -451,17 +454,7 @@ def idle_followers(url: str, auth: dict[str, str], pid: int) -> None:
             for _ in range(IDLE_FOLLOWERS):
                 await opened.acquire()
             await trio.sleep(1)
-            result = await trio.to_thread.run_sync(
-                lambda: run_wrk(
-                    url + "/v1/chat/completions",
-                    chat,
-                    auth,
-                    duration=seconds,
-                    connections=1,
-                    threads=1,
-                    server_pid=pid,
-                )
-            )
+            result = await trio.to_thread.run_sync(one_client)
             nursery.cancel_scope.cancel()
         return result
 
