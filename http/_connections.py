@@ -10,8 +10,9 @@ the socket stays open until the client goes away. `ConnectionServer` runs those 
 
 `serve_http` is `hypercorn.trio.worker_serve` (lifespan, listeners, graceful drain) with three
 changes: the server above, a cap on open connections (at the cap the longest-idle connection is
-closed to make room; when none is idle a client gets a JSON 503 with `Retry-After` and the
-connection is closed), and an accept loop that reports fd exhaustion
+closed to make room; when none becomes idle within `IDLE_WITHIN` a client gets a JSON 503 with
+`Retry-After` and the connection is closed, without holding up the accept loop), and an accept
+loop that reports fd exhaustion
 (EMFILE/ENFILE) as one structured line per interval instead of trio's traceback every 0.1 s.
 TLS and QUIC are not served: cuelog's config has neither.
 """
@@ -23,6 +24,7 @@ import os
 import resource
 import socket
 from collections.abc import Awaitable, Callable
+from typing import final
 
 import structlog
 import trio
@@ -42,6 +44,9 @@ log = structlog.get_logger("cuelog.server")
 # refused at once (beyond that the accept loop waits, and clients wait in the kernel's backlog).
 REFUSE_WITHIN = 1.0
 MAX_REFUSING = 16
+# How long a connection arriving at the cap waits for one to become idle (a connection whose
+# answer was just sent is marked idle a moment later) before it is refused.
+IDLE_WITHIN = 0.25
 # Accept errors that mean "out of fds or memory": wait and retry, report once per interval.
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY = 0.1
@@ -89,8 +94,8 @@ class ConnectionServer(TCPServer):
     stops: Hypercorn leaves it running, which holds the connection (and its fd) until the
     timer fires.
 
-    While no request is in progress the connection's stream is in `idle` (oldest first), where
-    the accept loop may close it to make room for a new connection."""
+    While no request is in progress the connection's stream is in `idle`, where the accept loop
+    may close it to make room for a new connection."""
 
     def __init__(
         self,
@@ -99,12 +104,12 @@ class ConnectionServer(TCPServer):
         context: WorkerContext,
         state: ConnectionState,
         stream: trio.SocketStream,
-        idle: dict[trio.SocketStream, None],
+        idle: IdleConnections,
     ) -> None:
         # Hypercorn types the stream as TLS; without TLS it takes the plain socket stream.
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self._idle = idle
-        idle[stream] = None  # no request yet
+        idle.add(stream)  # no request yet
 
     async def _read_data(self) -> None:
         try:
@@ -115,14 +120,41 @@ class ConnectionServer(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
-            self._idle.pop(self.stream, None)  # type: ignore[call-overload]
+            self._idle.discard(self.stream)  # type: ignore[arg-type]
             if event.idle:
-                self._idle[self.stream] = None  # type: ignore[index]
+                self._idle.add(self.stream)  # type: ignore[arg-type]
         if isinstance(event, Closed | Updated):
             with trio.CancelScope(shield=True):
                 await super().protocol_send(event)
         else:
             await super().protocol_send(event)
+
+
+@final
+class IdleConnections:
+    """The connections with no request in progress, oldest first."""
+
+    def __init__(self) -> None:
+        self._streams: dict[trio.SocketStream, None] = {}
+        self._added = trio.Event()
+
+    def add(self, stream: trio.SocketStream) -> None:
+        self._streams[stream] = None
+        self._added.set()
+
+    def discard(self, stream: trio.SocketStream) -> None:
+        self._streams.pop(stream, None)
+
+    async def take_oldest(self) -> trio.SocketStream:
+        """Remove and return the longest-idle connection, waiting for one if none is idle (a
+        connection whose answer was just sent becomes idle a moment later)."""
+        while not self._streams:
+            if self._added.is_set():
+                self._added = trio.Event()
+            await self._added.wait()
+        oldest = next(iter(self._streams))
+        del self._streams[oldest]
+        return oldest
 
 
 class _ExhaustionReport:
@@ -166,41 +198,50 @@ async def _refuse(stream: trio.SocketStream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     handler_nursery: trio.Nursery,
-    serve_one: Callable[[trio.SocketStream, dict[trio.SocketStream, None]], Awaitable[None]],
+    serve_one: Callable[[trio.SocketStream, IdleConnections], Awaitable[None]],
     cap: int,
 ) -> None:
     open_connections = trio.CapacityLimiter(cap)
     refusing = trio.CapacityLimiter(MAX_REFUSING)
-    idle: dict[trio.SocketStream, None] = {}
+    idle = IdleConnections()
     report = _ExhaustionReport()
 
     async def serve(stream: trio.SocketStream) -> None:
         try:
             await serve_one(stream, idle)
         finally:
-            idle.pop(stream, None)
+            idle.discard(stream)
             open_connections.release_on_behalf_of(stream)
             await trio.aclose_forcefully(stream)
 
     async def make_room(stream: trio.SocketStream) -> bool:
         """At the cap, close the longest-idle connection (HTTP lets a server close an idle
-        keep-alive connection at any time) and take its place; False if none is idle."""
-        if not idle:
+        keep-alive connection at any time) and take its place; False if none is idle within
+        `IDLE_WITHIN`."""
+        oldest = None
+        with trio.move_on_after(IDLE_WITHIN):
+            oldest = await idle.take_oldest()
+        if oldest is None:
             return False
-        oldest = next(iter(idle))
-        del idle[oldest]
         oldest.socket.close()  # its reader wakes with ClosedResourceError and the handler ends
         with trio.move_on_after(REFUSE_WITHIN):
             await open_connections.acquire_on_behalf_of(stream)
             return True
         return False
 
-    async def refuse(stream: trio.SocketStream) -> None:
+    async def place(stream: trio.SocketStream) -> None:
+        """A connection that arrived at the cap: served in an idle one's place, or refused."""
+        placed = False
         try:
-            await _refuse(stream)
+            placed = await make_room(stream)
+            if not placed:
+                await _refuse(stream)
         finally:
             refusing.release_on_behalf_of(stream)
-            await trio.aclose_forcefully(stream)
+            if not placed:
+                await trio.aclose_forcefully(stream)
+        if placed:
+            await serve(stream)
 
     async with listener:
         while True:
@@ -215,11 +256,9 @@ async def _accept_loop(
             try:
                 open_connections.acquire_on_behalf_of_nowait(stream)
             except trio.WouldBlock:
-                if await make_room(stream):
-                    handler_nursery.start_soon(serve, stream)
-                else:
-                    await refusing.acquire_on_behalf_of(stream)
-                    handler_nursery.start_soon(refuse, stream)
+                # Placing it may wait a moment; the accept loop goes on (up to MAX_REFUSING).
+                await refusing.acquire_on_behalf_of(stream)
+                handler_nursery.start_soon(place, stream)
             else:
                 handler_nursery.start_soon(serve, stream)
 
@@ -258,9 +297,7 @@ async def serve_http(
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             state = ConnectionState(lifespan_state.copy())
 
-            async def serve_one(
-                stream: trio.SocketStream, idle: dict[trio.SocketStream, None]
-            ) -> None:
+            async def serve_one(stream: trio.SocketStream, idle: IdleConnections) -> None:
                 await ConnectionServer(app, config, context, state, stream, idle).run()
 
             task_status.started(binds)

@@ -51,7 +51,9 @@ def read_answer(sock: socket.socket) -> bytes:
     """One whole response (head and its content-length body) from a keep-alive connection."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before answering: {data!r}"
+        data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
         int(line.split(b":", 1)[1])
