@@ -19,6 +19,7 @@ from cuelog.runtime._content import ContentStore as ContentStore
 from cuelog.runtime._content import LocalContentStore as LocalContentStore
 from cuelog.runtime._copy import copy_log as copy_log
 from cuelog.runtime._envelope import NO_STREAM as NO_STREAM
+from cuelog.runtime._envelope import AppendPart as AppendPart
 from cuelog.runtime._envelope import RawEvent as RawEvent
 from cuelog.runtime._envelope import decode_record as decode_record
 from cuelog.runtime._errors import ActorError as ActorError
@@ -65,6 +66,7 @@ __all__ = [
     "ActorSystem",
     "ActorSystemStatistics",
     "Anchor",
+    "AppendPart",
     "CommandRejected",
     "ContentMissing",
     "ContentStore",

@@ -38,6 +38,14 @@ class RawEvent(msgspec.Struct, frozen=True):
     data: bytes
 
 
+class AppendPart(msgspec.Struct, frozen=True):
+    """One stream's share of an atomic multi-stream append (`EventLog.append_many`)."""
+
+    stream: str
+    events: Sequence[Event | RawEvent]
+    expected_version: int | None = None
+
+
 class RecordBody(msgspec.Struct, array_like=True):
     """The hashed body of a record; `data` is inlined as the payload's own msgpack bytes."""
 

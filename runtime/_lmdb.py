@@ -34,6 +34,7 @@ from cuelog.runtime._content import CONTENT_DIR, LocalContentStore, with_content
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
+    AppendPart,
     RawEvent,
     decode_record,
     encode_record,
@@ -375,6 +376,27 @@ class LmdbEventLog(PullSubscriptions):
         )
         return await request.submit(self._pending, self._wake_writer)
 
+    async def append_many(
+        self,
+        parts: Sequence[AppendPart],
+        *,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams atomically (see `EventLog.append_many`)."""
+        if self._closed or self.readonly:
+            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
+        request = PendingAppend.of_parts(
+            parts,
+            max_event_bytes=self.max_event_bytes,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
+        )
+        await request.submit(self._pending, self._wake_writer)
+        return request.split()
+
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""
         await self._write_other("snapshots", stream.encode(), _U32.pack(version) + state)
@@ -555,7 +577,9 @@ class LmdbEventLog(PullSubscriptions):
         for write in plan.other:
             write.error = error
             write.done.set()
-        self._wake_subscribers(request.stream for request in plan.requests if request.result)
+        self._wake_subscribers(
+            part[0] for request in plan.requests if request.result for part in request.parts
+        )
         self._acked_at = time.perf_counter()
 
     async def _grow_map(self) -> bool:
@@ -589,7 +613,6 @@ class LmdbEventLog(PullSubscriptions):
     def _absorb_one(
         self, plan: _Plan, inflight: _Plan | None, txn: Any, request: PendingAppend, ts: int
     ) -> None:
-        stream = request.stream
         if request.idem is not None:
             first = plan.claimed.get(request.idem)
             if first is None and inflight is not None:
@@ -605,39 +628,46 @@ class LmdbEventLog(PullSubscriptions):
                 if self._is_repeat(plan, request, bytes(stored[_IDEM.size :])):
                     request.result = self._read_range(txn, first_seq, count)
                 return
-        current = plan.versions.get(stream)
-        if current is None and inflight is not None:
-            current = inflight.versions.get(stream)
-        if current is None:
-            current = self._version_in(txn, stream)
-        if request.expected is not None and request.expected != current:
-            plan.conflicts += 1
-            request.error = WrongExpectedVersion(stream, request.expected, current)
-            return
+        # Every part's expected version is checked before anything is planned: a conflict in
+        # any part fails the whole append and writes nothing.
+        currents: list[int] = []
+        for part_stream, _, expected in request.parts:
+            current = plan.versions.get(part_stream)
+            if current is None and inflight is not None:
+                current = inflight.versions.get(part_stream)
+            if current is None:
+                current = self._version_in(txn, part_stream)
+            if expected is not None and expected != current:
+                plan.conflicts += 1
+                request.error = WrongExpectedVersion(part_stream, expected, current)
+                return
+            currents.append(current)
         seq, prev = plan.tail_seq, plan.tail_hash
         records: list[RecordedEvent] = []
-        for type_name, data in request.events:
-            seq += 1
-            current += 1
-            record, value = encode_record(
-                seq,
-                stream,
-                current,
-                type_name,
-                ts,
-                request.causation,
-                request.correlation,
-                request.actor,
-                data,
-                prev,
-            )
-            key = _U64.pack(seq)
-            plan.events.append((key, value))
-            plan.index.append((_stream_key(stream, current), key))
-            records.append(record)
-            prev = record.hash
+        for (part_stream, events, _), base in zip(request.parts, currents, strict=True):
+            version = base
+            for type_name, data in events:
+                seq += 1
+                version += 1
+                record, value = encode_record(
+                    seq,
+                    part_stream,
+                    version,
+                    type_name,
+                    ts,
+                    request.causation,
+                    request.correlation,
+                    request.actor,
+                    data,
+                    prev,
+                )
+                key = _U64.pack(seq)
+                plan.events.append((key, value))
+                plan.index.append((_stream_key(part_stream, version), key))
+                records.append(record)
+                prev = record.hash
+            plan.versions[part_stream] = version
         plan.tail_seq, plan.tail_hash = seq, prev
-        plan.versions[stream] = current
         request.result = records
         if request.idem is not None:
             plan.claimed[request.idem] = request

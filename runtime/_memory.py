@@ -24,6 +24,7 @@ from cuelog.runtime._codec import Event
 from cuelog.runtime._content import LocalContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
+    AppendPart,
     RawEvent,
     check_name,
     encode_events,
@@ -112,34 +113,78 @@ class MemoryEventLog(PullSubscriptions):
                     raise IdempotencyConflict(idempotency_key)
                 self._replays += 1
                 return self._events[first_seq - 1 : first_seq - 1 + count]
-        seqs = self._streams.get(stream)
-        current = len(seqs) if seqs is not None else 0
-        if expected_version is not None and expected_version != current:
-            self._conflicts += 1
-            raise WrongExpectedVersion(stream, expected_version, current)
-        if seqs is None:
-            seqs = self._streams[stream] = []
-            bisect.insort(self._names, stream.encode())
+        records = self._write([(stream, encoded, expected_version)], causation, correlation, actor)[
+            0
+        ]
+        if idempotency_key is not None:
+            self._idem[idempotency_key] = (records[0].seq, len(records), digest)
+        return records
+
+    async def append_many(
+        self,
+        parts: Sequence[AppendPart],
+        *,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams atomically (see `EventLog.append_many`)."""
+        self._check_open()
+        if not parts:
+            raise ValueError("append_many needs at least one part")
+        if len({part.stream for part in parts}) != len(parts):
+            raise ValueError("append_many takes each stream once")
+        planned: list[tuple[str, list[tuple[str, bytes]], int | None]] = []
+        for part in parts:
+            check_name("stream", part.stream)
+            encoded = encode_events(part.events, self.max_event_bytes)
+            planned.append((part.stream, encoded, part.expected_version))
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._appends += 1
+        return self._write(planned, causation, correlation, actor)
+
+    def _write(
+        self,
+        parts: list[tuple[str, list[tuple[str, bytes]], int | None]],
+        causation: str | None,
+        correlation: str | None,
+        actor: str | None,
+    ) -> list[list[RecordedEvent]]:
+        """Write every part, or none when any part's expected version is wrong."""
+        currents: list[int] = []
+        for stream, _, expected in parts:
+            current = len(self._streams.get(stream, ()))
+            if expected is not None and expected != current:
+                self._conflicts += 1
+                raise WrongExpectedVersion(stream, expected, current)
+            currents.append(current)
         ts = self._clock()
         seq = len(self._events)
         prev = self._events[-1].hash if self._events else self._genesis
-        records: list[RecordedEvent] = []
-        for type_name, data in encoded:
-            seq += 1
-            current += 1
-            record, value = encode_record(
-                seq, stream, current, type_name, ts, causation, correlation, actor, data, prev
-            )
-            self._events.append(record)
-            self._values.append(value)
-            seqs.append(seq)
-            records.append(record)
-            prev = record.hash
-        if idempotency_key is not None:
-            self._idem[idempotency_key] = (records[0].seq, len(records), digest)
+        out: list[list[RecordedEvent]] = []
+        for (stream, encoded, _), base in zip(parts, currents, strict=True):
+            version = base
+            seqs = self._streams.get(stream)
+            if seqs is None:
+                seqs = self._streams[stream] = []
+                bisect.insort(self._names, stream.encode())
+            records: list[RecordedEvent] = []
+            for type_name, data in encoded:
+                seq += 1
+                version += 1
+                record, value = encode_record(
+                    seq, stream, version, type_name, ts, causation, correlation, actor, data, prev
+                )
+                self._events.append(record)
+                self._values.append(value)
+                seqs.append(seq)
+                records.append(record)
+                prev = record.hash
+            out.append(records)
         self._batches += 1
-        self._wake_subscribers((stream,))
-        return records
+        self._wake_subscribers(stream for stream, _, _ in parts)
+        return out
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""

@@ -9,7 +9,7 @@ from typing import Any, final
 import trio
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._envelope import RawEvent, check_name, encode_events, request_digest
+from cuelog.runtime._envelope import AppendPart, RawEvent, check_name, encode_events, request_digest
 from cuelog.runtime._records import RecordedEvent
 
 
@@ -26,6 +26,7 @@ class PendingAppend:
         "events",
         "expected",
         "idem",
+        "parts",
         "result",
         "stream",
         "taken",
@@ -57,10 +58,58 @@ class PendingAppend:
         self.causation = causation
         self.correlation = correlation
         self.actor = actor
+        # Every stream this append writes, in order, with its events and expected version:
+        # one part for `append`, several for `append_many`, all or none committed.
+        self.parts: list[tuple[str, list[tuple[str, bytes]], int | None]] = [
+            (stream, self.events, expected)
+        ]
         self.result: list[RecordedEvent] | None = None
         self.error: BaseException | None = None
         self.taken = False  # the writer has it: too late to withdraw
         self.task: trio.lowlevel.Task | None = None
+
+    @classmethod
+    def of_parts(
+        cls,
+        parts: Sequence[AppendPart],
+        *,
+        max_event_bytes: int,
+        causation: str | None,
+        correlation: str | None,
+        actor: str | None,
+    ) -> PendingAppend:
+        """An atomic append to several streams (no idempotency key: claim one with `append`)."""
+        if not parts:
+            raise ValueError("append_many needs at least one part")
+        if len({part.stream for part in parts}) != len(parts):
+            raise ValueError("append_many takes each stream once")
+        first = parts[0]
+        request = cls(
+            first.stream,
+            first.events,
+            max_event_bytes=max_event_bytes,
+            expected=first.expected_version,
+            idem=None,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
+        )
+        for part in parts[1:]:
+            check_name("stream", part.stream)
+            request.parts.append(
+                (part.stream, encode_events(part.events, max_event_bytes), part.expected_version)
+            )
+        return request
+
+    def split(self) -> list[list[RecordedEvent]]:
+        """The records of a committed append, one list per part."""
+        assert self.result is not None
+        out: list[list[RecordedEvent]] = []
+        start = 0
+        for _, events, _ in self.parts:
+            out.append(self.result[start : start + len(events)])
+            start += len(events)
+        return out
 
     async def submit(self, queue: list[PendingAppend], wake: trio.Event) -> list[RecordedEvent]:
         """Queue this append for the writer and park until its commit answers it. Cancelled

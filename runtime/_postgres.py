@@ -41,6 +41,7 @@ from cuelog.runtime._content import with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
+    AppendPart,
     RawEvent,
     decode_record,
     encode_record,
@@ -366,6 +367,27 @@ class PostgresEventLog(PullSubscriptions):
         )
         return await request.submit(self._pending, self._wake_writer)
 
+    async def append_many(
+        self,
+        parts: Sequence[AppendPart],
+        *,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams in one transaction (see `EventLog.append_many`)."""
+        if self._closed or self.readonly:
+            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
+        request = PendingAppend.of_parts(
+            parts,
+            max_event_bytes=self.max_event_bytes,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
+        )
+        await request.submit(self._pending, self._wake_writer)
+        return request.split()
+
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""
         await self._write_other(
@@ -445,7 +467,9 @@ class PostgresEventLog(PullSubscriptions):
             write.error = error
             write.done.set()
         if done is not None and done.events:
-            self._wake_subscribers(request.stream for request in batch if request.result)
+            self._wake_subscribers(
+                part[0] for request in batch if request.result for part in request.parts
+            )
 
     def _commit_sync(
         self, batch: list[PendingAppend], other: list[_OtherWrite], ts: int
@@ -509,7 +533,7 @@ class PostgresEventLog(PullSubscriptions):
         versions: dict[str, int] = {}
         stored_idem: dict[str, tuple[int, int, bytes]] = {}
         if batch:
-            names = list({request.stream for request in batch})
+            names = list({part[0] for request in batch for part in request.parts})
             cur.execute(
                 "SELECT stream, version FROM cuelog_streams WHERE stream = ANY(%s)", [names]
             )
@@ -530,7 +554,6 @@ class PostgresEventLog(PullSubscriptions):
         claimed: dict[str, PendingAppend] = {}
         repeats: list[tuple[PendingAppend, PendingAppend]] = []
         for request in batch:
-            stream = request.stream
             if request.idem is not None:
                 first = claimed.get(request.idem)
                 if first is not None:
@@ -542,34 +565,42 @@ class PostgresEventLog(PullSubscriptions):
                     if self._is_repeat(request, original, done):
                         request.result = self._read_range(cur, first_seq, count)
                     continue
-            current = versions.get(stream, 0)
-            if request.expected is not None and request.expected != current:
-                done.conflicts += 1
-                request.error = WrongExpectedVersion(stream, request.expected, current)
+            # A conflict in any part fails the whole append and writes nothing.
+            currents: list[int] = []
+            for part_stream, _, expected in request.parts:
+                current = versions.get(part_stream, 0)
+                if expected is not None and expected != current:
+                    done.conflicts += 1
+                    request.error = WrongExpectedVersion(part_stream, expected, current)
+                    break
+                currents.append(current)
+            if request.error is not None:
                 continue
             records: list[RecordedEvent] = []
-            for type_name, data in request.events:
-                seq += 1
-                current += 1
-                record, value = encode_record(
-                    seq,
-                    stream,
-                    current,
-                    type_name,
-                    ts,
-                    request.causation,
-                    request.correlation,
-                    request.actor,
-                    data,
-                    prev,
-                )
-                rows_seq.append(seq)
-                rows_stream.append(stream)
-                rows_version.append(current)
-                rows_record.append(value)
-                records.append(record)
-                prev = record.hash
-            versions[stream] = touched[stream] = current
+            for (part_stream, events, _), base in zip(request.parts, currents, strict=True):
+                version = base
+                for type_name, data in events:
+                    seq += 1
+                    version += 1
+                    record, value = encode_record(
+                        seq,
+                        part_stream,
+                        version,
+                        type_name,
+                        ts,
+                        request.causation,
+                        request.correlation,
+                        request.actor,
+                        data,
+                        prev,
+                    )
+                    rows_seq.append(seq)
+                    rows_stream.append(part_stream)
+                    rows_version.append(version)
+                    rows_record.append(value)
+                    records.append(record)
+                    prev = record.hash
+                versions[part_stream] = touched[part_stream] = version
             request.result = records
             if request.idem is not None:
                 claimed[request.idem] = request

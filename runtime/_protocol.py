@@ -12,7 +12,7 @@ from typing import Final, Protocol
 
 from cuelog.runtime._codec import Event
 from cuelog.runtime._content import ContentStore
-from cuelog.runtime._envelope import RawEvent
+from cuelog.runtime._envelope import AppendPart, RawEvent
 from cuelog.runtime._records import (
     Anchor,
     Head,
@@ -53,6 +53,21 @@ class EventLog(Protocol):
         correlation: str | None = None,
         actor: str | None = None,
     ) -> list[RecordedEvent]: ...
+
+    async def append_many(
+        self,
+        parts: Sequence[AppendPart],
+        *,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams in one commit: every part, each checked against its own
+        `expected_version`, is written, or none is (a conflict in any part raises
+        `WrongExpectedVersion` for it and writes nothing). The parts' events follow one another
+        in the global order, part by part; one list of records is returned per part. Each
+        stream appears once; there is no idempotency key (claim one with `append` first)."""
+        ...
 
     def stream_version(self, stream: str) -> int: ...
 

@@ -2,6 +2,8 @@
 
 Usage: python _crash_appender.py DIR ROUND [COMMITS]. Prints `appending` once the log is open, then
 one line `SEQ STREAM VERSION` per event, after its append returned (that is, once it is durable).
+Besides the single-stream tasks, one task appends to a pair of streams (`...-pair-a`, `...-pair-b`)
+atomically, so after any crash both streams of the pair have the same version.
 With COMMITS, the process SIGKILLs itself right after its COMMITS-th group commit is durable and
 before any append of that group is acknowledged.
 """
@@ -16,7 +18,7 @@ from typing import Any
 import msgspec
 import trio
 
-from cuelog.runtime import EventLog, RawEvent, open_event_log
+from cuelog.runtime import AppendPart, EventLog, RawEvent, open_event_log
 
 TASKS = 6
 
@@ -44,6 +46,25 @@ async def append_forever(log: EventLog, stream: str, task: int) -> None:
         sys.stdout.flush()
 
 
+async def append_pairs_forever(log: EventLog, prefix: str) -> None:
+    version = 0
+    while True:
+        versions = range(version + 1, version + 2 + version % 2)
+        parts = [
+            AppendPart(
+                f"{prefix}-{side}",
+                [RawEvent("Tick", payload(f"{prefix}-{side}", v)) for v in versions],
+                expected_version=version,
+            )
+            for side in "ab"
+        ]
+        recorded = await log.append_many(parts)
+        version = recorded[0][-1].version
+        lines = (f"{r.seq} {r.stream} {r.version}\n" for part in recorded for r in part)
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+
+
 def kill_after_commits(log: EventLog, commits: int) -> None:
     """Wrap the log's durable write so that the process dies between a commit and its acks."""
     backend = type(log)
@@ -67,6 +88,7 @@ async def main(path: str, round_: str, commits: int | None) -> None:
         print("appending", flush=True)
         for task in range(TASKS):
             nursery.start_soon(append_forever, log, f"round{round_}-task{task}", task)
+        nursery.start_soon(append_pairs_forever, log, f"round{round_}-pair")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ async def check_log(path: Path | str, acked: list[tuple[int, str, int]]) -> int:
             streams[event.stream] = streams.get(event.stream, 0) + 1
             assert event.version == streams[event.stream]
             assert event.data == payload(event.stream, event.version)
+        for stream, version in streams.items():  # a multi-stream append lands whole or not at all
+            if stream.endswith("-pair-a"):
+                assert streams.get(stream[:-1] + "b", 0) == version, f"{stream} is half written"
         # The recovered writer goes on from the tail.
         stream = f"recovered-{head.seq}"
         [after] = await log.append(stream, [RawEvent("Tick", payload(stream, 1))])
@@ -119,4 +122,6 @@ def crash_loop(path: Path | str, iterations: int, *, between_commit_and_ack: boo
         if between_commit_and_ack:  # the group of the kill was durable, though nobody heard
             assert head > max(seq for seq, _, _ in acked)
     assert len({seq for seq, _, _ in acked_total}) == len(acked_total)
-    assert len({stream for _, stream, _ in acked_total}) == iterations * TASKS
+    assert {stream for _, stream, _ in acked_total if "-task" in stream} == {
+        f"round{r}-task{t}" for r in range(iterations) for t in range(TASKS)
+    }

@@ -19,6 +19,7 @@ import trio.testing
 
 from cuelog.runtime import (
     NO_STREAM,
+    AppendPart,
     Event,
     EventCodec,
     EventLog,
@@ -198,6 +199,106 @@ class EventLogContract(abc.ABC):
             assert [r.data for r in log.read_stream("contested")] == [
                 msgspec.msgpack.encode(winners[0])
             ]
+
+    async def test_a_multi_stream_append_lands_whole_in_one_commit(self, tmp_path: Path) -> None:
+        """The parts of `append_many` get consecutive seqs, part by part, each stream its next
+        versions, in one commit; followers of each stream see their part; the chain verifies."""
+        async with self.open_log(tmp_path / "log") as log:
+            await log.append("a", [raw(0)])
+            batches = log.statistics().batches
+            got: list[RecordedEvent] = []
+
+            async def follow() -> None:
+                async for event in log.subscribe_stream("b"):
+                    got.append(event)
+                    return
+
+            with trio.fail_after(GUARD_SECONDS):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow)
+                    await trio.testing.wait_all_tasks_blocked()
+                    first, second = await log.append_many(
+                        [
+                            AppendPart("a", [raw(1), raw(2)], expected_version=1),
+                            AppendPart("b", [raw(3)], expected_version=NO_STREAM),
+                        ],
+                        correlation="c-1",
+                    )
+            assert [(r.stream, r.version, r.seq) for r in first] == [("a", 2, 2), ("a", 3, 3)]
+            assert [(r.stream, r.version, r.seq) for r in second] == [("b", 1, 4)]
+            assert {r.correlation for r in first + second} == {"c-1"}
+            assert log.statistics().batches == batches + 1
+            assert got == second
+            assert (log.stream_version("a"), log.stream_version("b")) == (3, 1)
+            assert (await log.verify()).ok
+
+    async def test_a_conflict_in_one_part_writes_no_part(self, tmp_path: Path) -> None:
+        """A wrong expected version in any part fails the whole append: no stream moves, the
+        head stays, and the error names the part that conflicted."""
+        async with self.open_log(tmp_path / "log") as log:
+            await log.append("a", [raw(0)])
+            await log.append("b", [raw(0)])
+            with pytest.raises(WrongExpectedVersion) as caught:
+                await log.append_many(
+                    [
+                        AppendPart("a", [raw(1)], expected_version=1),
+                        AppendPart("b", [raw(1)], expected_version=NO_STREAM),
+                        AppendPart("c", [raw(1)]),
+                    ]
+                )
+            assert (caught.value.stream, caught.value.expected, caught.value.actual) == ("b", 0, 1)
+            assert log.head().seq == 2
+            assert [log.stream_version(s) for s in ("a", "b", "c")] == [1, 1, 0]
+            assert log.list_streams("c") == []
+
+    async def test_concurrent_multi_stream_appends_to_one_stream_let_one_win(
+        self, tmp_path: Path
+    ) -> None:
+        """Of multi-stream appends racing for one stream's next version, exactly one lands
+        with all its parts, while appends to other streams all land."""
+        wins: list[int] = []
+        lost = 0
+
+        async def contend(i: int) -> None:
+            nonlocal lost
+            try:
+                await log.append_many(
+                    [
+                        AppendPart(f"own-{i}", [raw(i)], expected_version=NO_STREAM),
+                        AppendPart("shared", [raw(i)], expected_version=NO_STREAM),
+                    ]
+                )
+                wins.append(i)
+            except WrongExpectedVersion:
+                lost += 1
+
+        async with self.open_log(tmp_path / "log") as log:
+            with trio.fail_after(GUARD_SECONDS):
+                async with trio.open_nursery() as nursery:
+                    for i in range(8):
+                        nursery.start_soon(contend, i)
+                        nursery.start_soon(log.append, f"other-{i}", [raw(i)])
+            assert len(wins) == 1 and lost == 7
+            assert log.list_streams("own-") == [f"own-{wins[0]}"]
+            assert log.head().seq == 8 + 2
+            assert [r.data for r in log.read_stream("shared")] == [msgspec.msgpack.encode(wins[0])]
+            assert (await log.verify()).ok
+
+    async def test_a_multi_stream_append_refuses_bad_parts_before_writing(
+        self, tmp_path: Path
+    ) -> None:
+        """No parts, a stream named twice, an empty part or a bad stream name raise at once and
+        write nothing."""
+        async with self.open_log(tmp_path / "log") as log:
+            for parts in (
+                [],
+                [AppendPart("a", [raw(1)]), AppendPart("a", [raw(2)])],
+                [AppendPart("a", [raw(1)]), AppendPart("b", [])],
+                [AppendPart("a", [raw(1)]), AppendPart("", [raw(2)])],
+            ):
+                with pytest.raises((ValueError, LogError)):
+                    await log.append_many(parts)
+            assert log.head().seq == 0
 
     async def test_an_idempotent_repeat_returns_the_original_records(self, tmp_path: Path) -> None:
         """Repeating an append with its idempotency key returns the first records, writing none."""
