@@ -168,7 +168,9 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         }
         spec = msgspec.structs.replace(current.spec, **changes)
         check_spec(services, spec)
-        view = await domain.update_agent(agent_id, spec) if changes else current
+        # A patch of the secret alone leaves the agent's definition (and version) as it is.
+        only_secret = secret is not None and not changes
+        view = current if only_secret else await domain.update_agent(agent_id, spec)
         if secret:
             await services.outbox().set_secret(agent_signer(agent_id), secret, actor=actor())
         elif secret == "":
