@@ -111,6 +111,10 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._webhook_secrets import MAX_SECRET_CHARS as MAX_WEBHOOK_SECRET_CHARS
+from cuelog.actors._webhook_secrets import MIN_SECRET_CHARS as MIN_WEBHOOK_SECRET_CHARS
+from cuelog.actors._webhook_secrets import agent_signer as agent_signer
+from cuelog.actors._webhook_secrets import key_signer as key_signer
 from cuelog.actors._webhooks import Attempt as Attempt
 from cuelog.actors._webhooks import Delivery as Delivery
 from cuelog.actors._webhooks import DeliveryStatus as DeliveryStatus
@@ -128,6 +132,8 @@ __all__ = [
     "ID_RULE",
     "KEY_PREFIX",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "MAX_WEBHOOK_SECRET_CHARS",
+    "MIN_WEBHOOK_SECRET_CHARS",
     "RUN_CANCELLED",
     "RUN_COMPLETED",
     "RUN_FAILED",
@@ -216,6 +222,7 @@ __all__ = [
     "VerifyResult",
     "WebhookSettings",
     "Webhooks",
+    "agent_signer",
     "check_runs",
     "event_data",
     "fold_run",
@@ -224,6 +231,7 @@ __all__ = [
     "is_run_event",
     "is_valid_id",
     "key_digest",
+    "key_signer",
     "open_domain",
     "open_loops",
     "open_webhooks",

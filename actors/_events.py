@@ -429,6 +429,10 @@ class WebhookQueued(Event, tag="WebhookQueued", frozen=True):
     url: str
     body: str
     queued_at: float  # seconds since the Unix epoch; retries stop `webhooks.retry_window` after
+    # Whose secrets may sign it (the most specific one set at each attempt): the run's agent
+    # and the API key the run belongs to. Entries queued before they existed take the server's.
+    agent_id: str = ""
+    key_id: str | None = None
 
 
 class WebhookAttempted(Event, tag="WebhookAttempted", frozen=True):
@@ -447,6 +451,21 @@ class WebhookRequeued(Event, tag="WebhookRequeued", frozen=True):
     """A dead letter sent again: attempts start over, with a new retry window from `at`."""
 
     at: float
+
+
+class WebhookSecretSet(Event, tag="WebhookSecretSet", frozen=True):
+    """Stream `webhook_secrets`: deliveries for `owner` (`agent:<id>` or `key:<id>`) are signed
+    with the secret in `sealed`, AES-GCM under key `key_id` of the key file (outside the log)."""
+
+    owner: str
+    key_id: str
+    sealed: str  # base64 of nonce + ciphertext
+
+
+class WebhookSecretCleared(Event, tag="WebhookSecretCleared", frozen=True):
+    """`owner`'s secret is gone (its key destroyed); a wider secret signs again."""
+
+    owner: str
 
 
 DOMAIN_EVENTS: tuple[type[Event], ...] = (
@@ -492,6 +511,8 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     WebhookQueued,
     WebhookAttempted,
     WebhookRequeued,
+    WebhookSecretSet,
+    WebhookSecretCleared,
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)

@@ -351,7 +351,7 @@ class Loops:
         if spec.callback_url is not None:
             if self.webhooks is None:
                 raise Invalid("webhooks are off on this server", param="callback_url")
-            await self.webhooks.check_target(spec.callback_url)
+            await self.webhooks.check_target(spec.callback_url, agent_id=spec.agent_id)
 
     async def create(
         self, loop_id: str | None, spec: LoopSpec, *, enabled: bool = True, actor: str | None = None

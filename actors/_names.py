@@ -21,6 +21,7 @@ KEYS_STREAM: Final = "keys"
 MCP_STREAM: Final = "mcp"
 PROVIDERS_STREAM: Final = "providers"
 TOOLS_STREAM: Final = "tools"
+WEBHOOK_SECRETS_STREAM: Final = "webhook_secrets"
 SYSTEM_STREAM: Final = "system"
 
 # Agent, session, run, key and approval ids: what a client may choose and a URL path may carry.

@@ -12,8 +12,10 @@ delivery is a dead letter until `redeliver`. After a restart, queued deliveries 
 last attempt left them. Delivery is at least once: an attempt cut off by a crash before it was
 recorded is sent again, with the same delivery id, which receivers use to drop repeats.
 
-Each request carries `Cuelog-Delivery` (the id), `Cuelog-Timestamp` (unix seconds) and
-`Cuelog-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`. The target passes the same
+Each request carries `Cuelog-Delivery` (the id), `Cuelog-Timestamp` (unix seconds),
+`Cuelog-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">` and `Cuelog-Signer`, whose
+secret signed it: the run's agent's (`agent:<id>`), else its API key's (`key:<id>`), else the
+server's (`server`), as set when the attempt is made. The target passes the same
 address policy as `http_fetch` (no loopback, private or link-local address unless
 `allow_private`) both when the callback is given and at every attempt, and the connection goes
 to the address that was checked.
@@ -56,11 +58,18 @@ from cuelog.actors._names import (
     stream_prefix,
     webhook_stream,
 )
+from cuelog.actors._sealed import KeyFile
 from cuelog.actors._tools_net import (
     MAX_URL_CHARS,
     IPAddress,
     _resolve,
     public_addresses_only,
+)
+from cuelog.actors._webhook_secrets import (
+    SERVER_SIGNER,
+    WebhookSecrets,
+    agent_signer,
+    key_signer,
 )
 from cuelog.runtime import (
     NO_STREAM,
@@ -142,6 +151,8 @@ class Delivery(msgspec.Struct, kw_only=True):
     body: str
     queued_at: float
     status: DeliveryStatus = "pending"
+    agent_id: str = ""
+    key_id: str | None = None
     window_start: float = 0.0
     next_at: float = 0.0
     attempts: list[Attempt] = msgspec.field(default_factory=list)
@@ -188,6 +199,8 @@ def fold_delivery(log: EventLog, delivery_id: str) -> Delivery | None:
                 url=event.url,
                 body=event.body,
                 queued_at=event.queued_at,
+                agent_id=event.agent_id,
+                key_id=event.key_id,
                 window_start=event.queued_at,
                 next_at=event.queued_at,
                 version=1,
@@ -223,8 +236,13 @@ class Webhooks:
         *,
         now: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        key_file: KeyFile | None = None,
     ) -> None:
         self.domain = domain
+        self.secrets = WebhookSecrets(domain.log, key_file)
+        self._signing = trio.Event()  # set once some secret can sign: the sender starts then
+        if settings.secret or self.secrets.any():
+            self._signing.set()
         self.log: EventLog = domain.log
         self.settings = settings
         self._now = now
@@ -239,16 +257,49 @@ class Webhooks:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def check_target(self, text: str) -> str:
+    async def check_target(
+        self,
+        text: str,
+        *,
+        agent_id: str | None = None,
+        key_id: str | None = None,
+        secret_given: bool = False,
+    ) -> str:
         """Refuse a callback URL that is malformed or whose host the address policy refuses
-        (resolved now; every attempt checks again). Also refuses when no secret is set."""
-        if not self.settings.secret:
+        (resolved now; every attempt checks again). Also refuses when no secret could sign its
+        deliveries: the server's, the agent's, the API key's, or one given with it."""
+        if not (
+            secret_given
+            or self.settings.secret
+            or (agent_id is not None and self.secrets.has(agent_signer(agent_id)))
+            or (key_id is not None and self.secrets.has(key_signer(key_id)))
+        ):
             raise Invalid(
-                "callback_url needs webhooks.secret to be set on the server", "callback_url"
+                "callback_url needs a webhook secret: webhooks.secret on the server, or a "
+                "webhook_secret on the agent or the API key",
+                "callback_url",
             )
         url = check_url(text)
         await self._checked_address(url, param=True)
         return str(url)
+
+    async def set_secret(self, owner: str, secret: str, *, actor: str | None = None) -> None:
+        """Sign `owner`'s deliveries (`agent:<id>`, `key:<id>`) with `secret` from now on."""
+        await self.secrets.set(owner, secret, actor=actor)
+        self._signing.set()
+
+    def signer(self, delivery: Delivery) -> tuple[str, str] | None:
+        """The most specific secret set for a delivery, and whose it is."""
+        owners = [agent_signer(delivery.agent_id)] if delivery.agent_id else []
+        if delivery.key_id is not None:
+            owners.append(key_signer(delivery.key_id))
+        for owner in owners:
+            secret = self.secrets.get(owner)
+            if secret is not None:
+                return owner, secret
+        if self.settings.secret:
+            return SERVER_SIGNER, self.settings.secret
+        return None
 
     async def request(self, run_id: str, url: str, *, actor: str | None = None) -> None:
         """Deliver the run's outcome to `url` when it settles (at once if it has). A repeat for
@@ -302,7 +353,13 @@ class Webhooks:
         ).decode()
         now = self._now()
         event = WebhookQueued(
-            delivery_id=delivery_id, run_id=run_id, url=url, body=body, queued_at=now
+            delivery_id=delivery_id,
+            run_id=run_id,
+            url=url,
+            body=body,
+            queued_at=now,
+            agent_id=view.agent_id,
+            key_id=view.owner,
         )
         try:
             await self.log.append(delivery_stream(delivery_id), [event], expected_version=NO_STREAM)
@@ -314,6 +371,8 @@ class Webhooks:
             url=url,
             body=body,
             queued_at=now,
+            agent_id=view.agent_id,
+            key_id=view.owner,
             window_start=now,
             next_at=now,
             version=1,
@@ -390,7 +449,11 @@ class Webhooks:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Follow the log from the last checkpoint (callbacks asked for, runs settling, the
-        outbox changing), and send what is due."""
+        outbox changing), and send what is due. Nothing is followed until some secret can sign."""
+        if not self._signing.is_set():
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            await self._signing.wait()
         after = self._restore()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow, after)
@@ -559,9 +622,10 @@ class Webhooks:
 
     async def _send(self, delivery: Delivery) -> tuple[int | None, str | None, bool]:
         """POST the body once: (status code, error, whether to retry)."""
-        secret = self.settings.secret
-        if not secret:
-            return None, "webhooks.secret is not set", True
+        signer = self.signer(delivery)
+        if signer is None:
+            return None, "no webhook secret is set for it", True
+        signed_by, secret = signer
         body = delivery.body.encode()
         url = httpx.URL(delivery.url)
         try:
@@ -578,6 +642,7 @@ class Webhooks:
             "Cuelog-Delivery": delivery.id,
             "Cuelog-Timestamp": str(timestamp),
             "Cuelog-Signature": signature(secret, timestamp, body),
+            "Cuelog-Signer": signed_by,
         }
         extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
         timeout = self.settings.timeout
@@ -629,9 +694,10 @@ async def open_webhooks(
     now: Callable[[], float] = time.time,
     send: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    key_file: KeyFile | None = None,
 ) -> AsyncIterator[Webhooks]:
     """The outbox and, with `send`, its sender, until the block ends."""
-    webhooks = Webhooks(domain, settings, now=now, transport=transport)
+    webhooks = Webhooks(domain, settings, now=now, transport=transport, key_file=key_file)
     async with trio.open_nursery() as nursery:
         if send:
             await nursery.start(lambda task_status: webhooks.run(task_status=task_status))

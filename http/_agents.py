@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import cast
 
 import msgspec
 from quart import Response
 
-from cuelog.actors import AgentSpec, AgentView, ChatMessage, Unavailable
-from cuelog.http._auth import Routes, caller, principal
+from cuelog.actors import AgentSpec, AgentView, ChatMessage, agent_signer
+from cuelog.http._auth import Routes, principal
 from cuelog.http._bodies import AgentBody, AgentPatch, WakeBody
+from cuelog.http._chat import accepted
 from cuelog.http._params import CURSOR, IDEMPOTENCY_KEY, limit
 from cuelog.http._schemas import (
     Agent,
@@ -28,14 +28,22 @@ from cuelog.http._wire import ApiError, json_response, to_json
 AGENTS_LIMIT = limit(50, 500)
 
 
-def agent_json(view: AgentView) -> Agent:
+def agent_json(view: AgentView, services: Services | None = None) -> Agent:
     fields = msgspec.structs.asdict(view.spec)
     del fields["request"]  # only a run's spec carries its request's options
-    return Agent(id=view.id, object="agent", version=view.version, **fields)
+    hooks = services.webhooks if services is not None else None
+    signs = hooks is not None and hooks.secrets.has(agent_signer(view.id))
+    return Agent(
+        id=view.id, object="agent", version=view.version, has_webhook_secret=signs, **fields
+    )
 
 
 def model_json(view: AgentView, created: int) -> Model:
     return Model(id=view.id, object="model", created=created, owned_by="cuelog")
+
+
+def actor() -> str:
+    return principal().key_id or "local"
 
 
 def check_spec(services: Services, spec: AgentSpec) -> None:
@@ -110,44 +118,71 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
     async def list_agents() -> Response:
         """Agents, in id order, with cursor pagination."""
         agents, next_cursor = await domain.list_agents(after=CURSOR.get(), limit=AGENTS_LIMIT.get())
-        return page_json([agent_json(a) for a in agents], next_cursor)
+        return page_json([agent_json(a, services) for a in agents], next_cursor)
 
     @routes.add("/v1/agents", ["POST"], "admin", body=AgentBody, answers={201: Agent})
     async def create_agent() -> Response:
         """Create an agent."""
         body, _ = await services.read(AgentBody)
         agent_id = check_id("id", body.id)
+        secret = body.webhook_secret or None
+        if secret is not None:
+            services.outbox()  # a 503 before anything is written when webhooks are off
         if body.callback_url is not None:
-            await services.outbox().check_target(body.callback_url)
+            await services.outbox().check_target(
+                body.callback_url, agent_id=agent_id, secret_given=secret is not None
+            )
         fields = {
-            k: v for k, v in msgspec.structs.asdict(body).items() if v is not None and k != "id"
+            k: v
+            for k, v in msgspec.structs.asdict(body).items()
+            if v is not None and k not in ("id", "webhook_secret")
         }
         spec = msgspec.convert({"name": agent_id, **fields}, AgentSpec)
         check_spec(services, spec)
         view = await domain.create_agent(agent_id, spec)
-        return json_response(to_json(agent_json(view)), 201)
+        if secret is not None:
+            await services.outbox().set_secret(agent_signer(agent_id), secret, actor=actor())
+        return json_response(to_json(agent_json(view, services)), 201)
 
     @routes.add("/v1/agents/<agent_id>", ["GET"], "read", answers={200: Agent})
     async def get_agent(agent_id: str) -> Response:
         """One agent."""
-        return json_response(to_json(agent_json(await domain.get_agent(agent_id))))
+        return json_response(to_json(agent_json(await domain.get_agent(agent_id), services)))
 
     @routes.add("/v1/agents/<agent_id>", ["PATCH"], "admin", body=AgentPatch, answers={200: Agent})
     async def patch_agent(agent_id: str) -> Response:
         """Change some of an agent's fields."""
         body, _ = await services.read(AgentPatch)
+        secret = body.webhook_secret
+        if secret is not None:
+            services.outbox()  # a 503 before anything is written when webhooks are off
         if body.callback_url is not None:
-            await services.outbox().check_target(body.callback_url)
+            await services.outbox().check_target(
+                body.callback_url, agent_id=agent_id, secret_given=bool(secret)
+            )
         current = await domain.get_agent(agent_id)
-        changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+        changes = {
+            k: v
+            for k, v in msgspec.structs.asdict(body).items()
+            if v is not None and k != "webhook_secret"
+        }
         spec = msgspec.structs.replace(current.spec, **changes)
         check_spec(services, spec)
-        return json_response(to_json(agent_json(await domain.update_agent(agent_id, spec))))
+        # A patch of the secret alone leaves the agent's definition (and version) as it is.
+        only_secret = secret is not None and not changes
+        view = current if only_secret else await domain.update_agent(agent_id, spec)
+        if secret:
+            await services.outbox().set_secret(agent_signer(agent_id), secret, actor=actor())
+        elif secret == "":
+            await services.outbox().secrets.clear(agent_signer(agent_id), actor=actor())
+        return json_response(to_json(agent_json(view, services)))
 
     @routes.add("/v1/agents/<agent_id>", ["DELETE"], "admin", answers={200: Deleted})
     async def delete_agent(agent_id: str) -> Response:
         """Delete an agent (its sessions stay readable)."""
         await domain.delete_agent(agent_id)
+        if services.webhooks is not None:  # a later agent of that id does not inherit it
+            await services.webhooks.secrets.clear(agent_signer(agent_id), actor=actor())
         return json_response(to_json(Deleted(id=agent_id, object="agent", deleted=True)))
 
     @routes.add(
@@ -164,17 +199,6 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
         body, raw = await services.read(WakeBody)
         if body.session_key is not None:
             check_id("session_key", body.session_key)
-        callback_url = run_id = None
-        actor = principal().key_id or "local"
-        if body.callback_url is not None:
-            # Checked, then recorded before the run exists: the run's outcome goes there and
-            # not to the agent's default, however fast the run settles.
-            callback_url = await services.outbox().check_target(body.callback_url)
-            await domain.get_agent(agent_id)  # an unknown agent writes nothing
-            if domain.emergency_stopped:
-                raise Unavailable("emergency stop is on: new runs are refused until it is released")
-            run_id = f"run_{secrets.token_hex(12)}"
-            await services.outbox().request(run_id, callback_url, actor=actor)
         metadata = dict(body.metadata or {})
         if body.user_id is not None:
             metadata["user_id"] = body.user_id
@@ -185,20 +209,10 @@ def register_agent_routes(routes: Routes, services: Services) -> None:
             [ChatMessage(role="user", content=body.message)],
             body.session_key,
             metadata,
-            run_id=run_id,
+            callback_url=body.callback_url,
         )
-        if callback_url is not None and sent.run_id != run_id:
-            # A repeat of an Idempotency-Key attached to the first request's run.
-            await services.outbox().request(sent.run_id, callback_url, actor=actor)
         if body.mode == "async":
-            view = await domain.get_run(sent.run_id, caller=caller())
-            accepted = WakeAccepted(
-                run_id=sent.run_id,
-                session_key=sent.session_key,
-                status=cast(RunStatus, view.status),
-                events_url=f"/v1/runs/{sent.run_id}/events",
-            )
-            return json_response(to_json(accepted), 202, run_headers(sent))
+            return await accepted(services, sent)
         view = await services.wait_for(sent)
         result = WakeResult(
             content=view.content,

@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cuelog.actors import ID_RE, ApprovalPolicy, BusyPolicy, Scope
+from cuelog.actors import (
+    ID_RE,
+    MAX_WEBHOOK_SECRET_CHARS,
+    MIN_WEBHOOK_SECRET_CHARS,
+    ApprovalPolicy,
+    BusyPolicy,
+    Scope,
+)
 from cuelog.http._wire import check_free_json
 
 # What the decoder enforces is also what the OpenAPI document says (msgspec builds both); numbers
@@ -20,6 +27,17 @@ Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
 CallbackUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+# Write-only: sealed outside the log, never answered. "" (on PATCH) removes it.
+WebhookSecret = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=f"^(.{{{MIN_WEBHOOK_SECRET_CHARS},{MAX_WEBHOOK_SECRET_CHARS}}})?$",
+        max_length=MAX_WEBHOOK_SECRET_CHARS,
+        description=f"Signs this one's webhook deliveries ({MIN_WEBHOOK_SECRET_CHARS}-"
+        f"{MAX_WEBHOOK_SECRET_CHARS} characters); write-only, never shown again. "
+        '"" removes it.',
+    ),
+]
 # Free-form JSON (metadata, tool arguments), checked by `check_free_json` after decoding.
 FreeJson = Annotated[
     dict[str, Any],
@@ -41,6 +59,7 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     callback_url: CallbackUrl | None = None
+    webhook_secret: WebhookSecret | None = None
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -79,6 +98,7 @@ class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     name: KeyName
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
     expires_at: UnixSeconds | None = None
+    webhook_secret: WebhookSecret | None = None
 
 
 class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

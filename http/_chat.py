@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from quart import Response
 
-from cuelog.actors import RunEvent, RunStarted, RunView
+from cuelog.actors import RunEvent, RunStarted, RunView, Sent
 from cuelog.http._auth import Routes, caller
 from cuelog.http._openai import (
     DONE_FRAME,
@@ -22,7 +22,14 @@ from cuelog.http._openai import (
     new_messages,
     with_request,
 )
-from cuelog.http._params import END_USER, IDEMPOTENCY_KEY, SESSION_KEY
+from cuelog.http._params import (
+    CALLBACK_URL,
+    END_USER,
+    IDEMPOTENCY_KEY,
+    PREFER,
+    SESSION_KEY,
+    prefers_async,
+)
 from cuelog.http._responses import (
     ResponseEcho,
     ResponsesRequest,
@@ -35,6 +42,7 @@ from cuelog.http._responses import (
     responses_options,
     run_id_of,
 )
+from cuelog.http._schemas import RunStatus, WakeAccepted
 from cuelog.http._services import (
     Services,
     cancel_on_disconnect,
@@ -51,15 +59,18 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         ["POST"],
         "chat",
         body=ChatCompletionRequest,
-        answers={200: None},
-        params=[IDEMPOTENCY_KEY, SESSION_KEY, END_USER],
+        answers={200: None, 202: WakeAccepted},
+        params=[IDEMPOTENCY_KEY, SESSION_KEY, END_USER, PREFER, CALLBACK_URL],
         streams=True,
         runs=True,
     )
     async def chat_completions() -> Response:
         """OpenAI chat completions, streaming or not; `model` names the agent. Client `tools`
-        end the run with `finish_reason: "tool_calls"`; the next request brings the results."""
+        end the run with `finish_reason: "tool_calls"`; the next request brings the results.
+        `Prefer: respond-async` answers 202 with the run at once; `X-Callback-Url` has its
+        outcome delivered there."""
         body, raw = await services.read(ChatCompletionRequest)
+        respond_async = prefers_async() and not body.stream
         if body.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported", param="n")
         messages = chat_messages(body.messages)
@@ -77,7 +88,14 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         metadata = with_end_user(body.metadata, body.safety_identifier or body.user)
         with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
             sent = await services.start_run(
-                "chat", raw, body.model, messages, session_key, metadata, tune=tune
+                "chat",
+                raw,
+                body.model,
+                messages,
+                session_key,
+                metadata,
+                tune=tune,
+                callback_url=CALLBACK_URL.get(),
             )
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -91,6 +109,8 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
                     cancel_on_close=cancel_on_disconnect(),
                 )
                 return services.stream(frames, run_headers(sent), slot=slot)
+        if respond_async:
+            return await accepted(services, sent, {"Preference-Applied": "respond-async"})
         view = await services.wait_for(sent)
         raise_for_run(view)
         created = int(time.time())
@@ -113,13 +133,14 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         "chat",
         body=ResponsesRequest,
         answers={200: None},
-        params=[IDEMPOTENCY_KEY, END_USER],
+        params=[IDEMPOTENCY_KEY, END_USER, CALLBACK_URL],
         streams=True,
         runs=True,
     )
     async def responses() -> Response:
         """The OpenAI Responses API: text, client function calls and their outputs;
-        `previous_response_id` (or `conversation`) continues that session."""
+        `previous_response_id` (or `conversation`) continues that session. `X-Callback-Url`
+        has the run's outcome delivered there (with `background: true`, say)."""
         body, raw = await services.read(ResponsesRequest)
         options = responses_options(body)
         messages = responses_messages(body)
@@ -146,7 +167,14 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         echo = response_echo(body)
         with services.stream_slot(bool(body.stream)) as slot:  # a 429 before the run exists
             sent = await services.start_run(
-                "responses", raw, model, messages, session_key, metadata, tune=tune
+                "responses",
+                raw,
+                model,
+                messages,
+                session_key,
+                metadata,
+                tune=tune,
+                callback_url=CALLBACK_URL.get(),
             )
             created = int(time.time())
             if body.stream:
@@ -176,6 +204,20 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         run_id = run_id_of(run_id)
         await services.domain.cancel_run(run_id, reason="cancelled by client", caller=caller())
         return json_response(to_json(await stored_response(services, run_id)))
+
+
+async def accepted(
+    services: Services, sent: Sent, headers: dict[str, str] | None = None
+) -> Response:
+    """202: the run is under way; where to follow it."""
+    view = await services.domain.get_run(sent.run_id, caller=caller())
+    body = WakeAccepted(
+        run_id=sent.run_id,
+        session_key=sent.session_key,
+        status=cast(RunStatus, view.status),
+        events_url=f"/v1/runs/{sent.run_id}/events",
+    )
+    return json_response(to_json(body), 202, {**run_headers(sent), **(headers or {})})
 
 
 def with_end_user(metadata: dict[str, str] | None, end_user: str | None) -> dict[str, str]:

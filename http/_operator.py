@@ -8,7 +8,7 @@ from typing import cast
 import msgspec
 from quart import Response, request
 
-from cuelog.actors import Caller, KeyInfo
+from cuelog.actors import Caller, KeyInfo, key_signer
 from cuelog.http._auth import Routes, caller, principal
 from cuelog.http._bodies import ApprovalBody, EmergencyStopBody, InvokeBody, KeyBody
 from cuelog.http._params import ChoiceParam
@@ -54,10 +54,18 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
     async def create_key() -> Response:
         """Issue an API key; the secret is in this response only."""
         body, _ = await read_body(KeyBody)
+        signing = body.webhook_secret or None
+        if signing is not None:
+            services.outbox()  # a 503 before anything is written when webhooks are off
         info, secret = await keys.create(
             body.name, body.scopes, expires_at=body.expires_at, actor=actor()
         )
-        return json_response(to_json(NewKey(**msgspec.structs.asdict(info), key=secret)), 201)
+        if signing is not None:
+            await services.outbox().set_secret(key_signer(info.id), signing, actor=actor())
+        new = NewKey(
+            **msgspec.structs.asdict(info), key=secret, has_webhook_secret=signing is not None
+        )
+        return json_response(to_json(new), 201)
 
     @routes.add("/v1/keys", ["GET"], "admin", answers={200: KeyList})
     async def list_keys() -> Response:

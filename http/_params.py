@@ -169,3 +169,29 @@ def after_seq() -> int:
     after = AFTER.get()  # checked even when the header wins
     header = LAST_EVENT_ID.get()
     return int(header) if header is not None else after
+
+
+PREFER: Final = HeaderParam(
+    name="Prefer",
+    description="RFC 7240 preferences; `respond-async` answers 202 with the run id at once "
+    "instead of waiting for the run (not with `stream: true`).",
+    max_length=1024,
+)
+CALLBACK_URL: Final = HeaderParam(
+    name="X-Callback-Url",
+    description="Deliver the run's outcome to this URL when it settles (a signed webhook).",
+    max_length=2048,
+)
+
+
+def prefers_async() -> bool:
+    """Whether the `Prefer` header holds `respond-async` (RFC 7240: a comma-separated list of
+    preferences, each maybe with a value and `;` parameters)."""
+    header = PREFER.get()
+    if header is None:
+        return False
+    for preference in header.split(","):
+        token = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+        if token == "respond-async":
+            return True
+    return False

@@ -73,6 +73,7 @@ class Agent(msgspec.Struct, kw_only=True):
     max_tokens: int
     temperature: float | None
     callback_url: str | None = None
+    has_webhook_secret: bool = False  # the secret itself is never shown
 
 
 class AgentList(msgspec.Struct, kw_only=True):
@@ -163,6 +164,7 @@ class NewKey(msgspec.Struct, kw_only=True):
     revoked: bool
     object: str
     key: str
+    has_webhook_secret: bool = False
 
 
 class Approval(msgspec.Struct, kw_only=True):

@@ -266,10 +266,9 @@ async def _serve(
             ping_interval=settings.mcp.ping_interval,
             ping_timeout=settings.mcp.ping_timeout,
         ).running() as mcp,
-        # Without a secret no callback can be set, so nothing follows the log for them.
-        open_webhooks(
-            domain, webhook_settings(settings), send=settings.webhooks.secret is not None
-        ) as webhooks,
+        # Until some secret (the server's, an agent's or a key's) is set, no callback can be
+        # set, and the sender waits without following the log.
+        open_webhooks(domain, webhook_settings(settings), key_file=key_file) as webhooks,
         open_loops(
             domain,
             misfire_grace=settings.loops.misfire_grace,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from cuelog.actors import (
     Providers,
     RunView,
     Sent,
+    Unavailable,
     Webhooks,
     event_data,
     is_valid_id,
@@ -101,15 +103,29 @@ class Services:
         metadata: dict[str, Any] | None = None,
         tune: Callable[[AgentSpec], AgentSpec] | None = None,
         *,
-        run_id: str | None = None,
+        callback_url: str | None = None,
     ) -> Sent:
         """Send the messages to the agent's session; an `Idempotency-Key` header makes a repeat
         attach to the first request's run. `tune` makes the agent's definition the one this
-        request runs with (its limits, client functions, upstream fields)."""
+        request runs with (its limits, client functions, upstream fields). With `callback_url`
+        the run's outcome is delivered there (see `Webhooks`)."""
         who = principal()
         agent_id = self.agent_for_model(agent_id)
         if not is_valid_id(agent_id):
             raise ApiError(404, f"no agent {agent_id!r}", param="model")
+        run_id = None
+        actor = who.key_id or "local"
+        if callback_url is not None:
+            # Checked, then recorded before the run exists: the run's outcome goes there and
+            # not to the agent's default, however fast the run settles.
+            callback_url = await self.outbox().check_target(
+                callback_url, agent_id=agent_id, key_id=who.key_id
+            )
+            await self.domain.get_agent(agent_id)  # an unknown agent writes nothing
+            if self.domain.emergency_stopped:
+                raise Unavailable("emergency stop is on: new runs are refused until it is released")
+            run_id = f"run_{secrets.token_hex(12)}"
+            await self.outbox().request(run_id, callback_url, actor=actor)
         spec = tune((await self.domain.get_agent(agent_id)).spec) if tune is not None else None
         idem = IDEMPOTENCY_KEY.get()
         idempotency = None
@@ -120,7 +136,7 @@ class Services:
                 route=route,
                 digest=request_digest(raw, (session_key or "").encode()),
             )
-        return await self.domain.send(
+        sent = await self.domain.send(
             agent_id,
             messages,
             session_key=session_key,
@@ -130,6 +146,10 @@ class Services:
             spec=spec,
             run_id=run_id,
         )
+        if callback_url is not None and sent.run_id != run_id:
+            # A repeat of an Idempotency-Key attached to the first request's run.
+            await self.outbox().request(sent.run_id, callback_url, actor=actor)
+        return sent
 
     def agent_for_model(self, model: str) -> str:
         """The agent a request's `model` names: a configured alias (`models.aliases`), an

@@ -32,6 +32,7 @@ class Received:
     body: bytes
     signed: bool
     answered: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +69,8 @@ def receiver(secret: str = SECRET) -> Iterator[Receiver]:
             status = state.answer() if signed else 401
             with state.lock:
                 delivery = self.headers.get("Cuelog-Delivery", "")
-                state.received.append(Received(delivery, body, signed, status))
+                headers = dict(self.headers.items())
+                state.received.append(Received(delivery, body, signed, status, headers))
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
