@@ -78,6 +78,9 @@ from cuelog.actors._providers import Providers as Providers
 from cuelog.actors._providers import ProviderSecrets as ProviderSecrets
 from cuelog.actors._providers import ProviderState as ProviderState
 from cuelog.actors._providers import VerifyResult as VerifyResult
+from cuelog.actors._read_models import ReadModels as ReadModels
+from cuelog.actors._read_models import domain_projections as domain_projections
+from cuelog.actors._read_models import open_read_models as open_read_models
 from cuelog.actors._readers import RunEvent as RunEvent
 from cuelog.actors._readers import TimelineRow as TimelineRow
 from cuelog.actors._readers import run_recorded as run_recorded
@@ -89,6 +92,8 @@ from cuelog.actors._run import RunRegistry as RunRegistry
 from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
+from cuelog.actors._runs_catalog import RunFilter as RunFilter
+from cuelog.actors._runs_catalog import RunRow as RunRow
 from cuelog.actors._sealed import KeyFile as KeyFile
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionView as SessionView
@@ -183,6 +188,7 @@ __all__ = [
     "ProviderSecrets",
     "ProviderState",
     "Providers",
+    "ReadModels",
     "RequestOptions",
     "Role",
     "RunActor",
@@ -190,7 +196,9 @@ __all__ = [
     "RunCompleted",
     "RunEvent",
     "RunFailed",
+    "RunFilter",
     "RunRegistry",
+    "RunRow",
     "RunSettings",
     "RunStarted",
     "RunState",
@@ -217,6 +225,7 @@ __all__ = [
     "WebhookSettings",
     "Webhooks",
     "check_runs",
+    "domain_projections",
     "event_data",
     "fold_run",
     "fold_session",
@@ -226,6 +235,7 @@ __all__ = [
     "key_digest",
     "open_domain",
     "open_loops",
+    "open_read_models",
     "open_webhooks",
     "parse_tool_arguments",
     "payload",

@@ -7,6 +7,7 @@ A route lists its parameters in `routes.add(..., params=[...])` and reads them w
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -90,6 +91,31 @@ class ChoiceParam(Param, frozen=True, kw_only=True):
                 400, f"{self.name} must be one of {', '.join(self.choices)}", param=self.name
             )
         return raw
+
+
+class TimeParam(Param, frozen=True, kw_only=True):
+    """An RFC 3339 date-time with its offset; absent, None. Read as microseconds since the
+    Unix epoch."""
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "date-time"}
+
+    def get(self) -> int | None:
+        raw = self.raw()
+        if raw is None:
+            return None
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None or "T" not in raw.upper():
+            raise ApiError(
+                400,
+                f"{self.name} must be an RFC 3339 date-time with an offset, "
+                "such as 2026-01-31T12:00:00Z",
+                param=self.name,
+            )
+        return int(when.timestamp() * 1_000_000)
 
 
 class HeaderParam(Param, frozen=True, kw_only=True):

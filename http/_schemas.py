@@ -124,6 +124,39 @@ class Run(msgspec.Struct, kw_only=True):
     pending_approvals: list[str]
     messages: list[ChatMessage]
     events_url: str
+    # From the runs catalog (absent while it has not reached the run yet).
+    created_at: int | None = None  # Unix seconds
+    duration_ms: float | None = None  # from start to end, once ended
+    steps: int | None = None  # model calls
+    tool_call_count: int | None = None  # tool calls the model asked for
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """One run in the runs list. Times are Unix seconds (fractional)."""
+
+    id: str
+    object: str
+    status: RunStatus
+    session_key: str
+    agent_id: str
+    user_id: str | None
+    loop_id: str | None
+    provider: str
+    model: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    duration_ms: float | None
+    steps: int
+    tool_call_count: int
+    usage: Usage
+    finish_reason: str | None
+    error: str | None
+
+
+class RunList(msgspec.Struct, kw_only=True):
+    data: list[RunSummary]
+    next_cursor: str | None
 
 
 class WakeResult(msgspec.Struct, kw_only=True):
