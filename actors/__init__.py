@@ -116,6 +116,10 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._usage import DIMENSIONS as USAGE_DIMENSIONS
+from cuelog.actors._usage import Dimension as UsageDimension
+from cuelog.actors._usage import UsageFilter as UsageFilter
+from cuelog.actors._usage import UsageTotals as UsageTotals
 from cuelog.actors._webhooks import Attempt as Attempt
 from cuelog.actors._webhooks import Delivery as Delivery
 from cuelog.actors._webhooks import DeliveryStatus as DeliveryStatus
@@ -139,6 +143,7 @@ __all__ = [
     "SCOPES",
     "TERMINAL",
     "TERMINAL_EVENTS",
+    "USAGE_DIMENSIONS",
     "AgentSpec",
     "AgentView",
     "ApprovalPolicy",
@@ -221,6 +226,9 @@ __all__ = [
     "ToolsConfig",
     "Unavailable",
     "Usage",
+    "UsageDimension",
+    "UsageFilter",
+    "UsageTotals",
     "VerifyResult",
     "WebhookSettings",
     "Webhooks",

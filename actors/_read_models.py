@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Literal
 
 import trio
 
 from cuelog.actors._commands import ADMIN, Caller
 from cuelog.actors._errors import NotFound
 from cuelog.actors._runs_catalog import RunFilter, RunRow, RunsCatalog, list_runs, run_row
+from cuelog.actors._usage import (
+    Dimension,
+    UsageFilter,
+    UsageTotals,
+    totals_by_agent_and_model,
+    usage_breakdown,
+    usage_by_model,
+    usage_summary,
+    usage_timeseries,
+)
 from cuelog.runtime import (
     EventLog,
     Projection,
@@ -81,6 +91,43 @@ class ReadModels:
         if row is None or not (caller.admin or row.owner == caller.owner):
             raise NotFound(f"no run {run_id!r}")
         return row
+
+    async def usage_summary(self, filters: UsageFilter, *, caller: Caller = ADMIN) -> UsageTotals:
+        """Runs started and tokens spent in the hours asked for (a non-admin key: its own)."""
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: usage_summary(state, filters, caller=caller))
+
+    async def usage_timeseries(
+        self,
+        filters: UsageFilter,
+        *,
+        interval: Literal["hour", "day"] = "hour",
+        caller: Caller = ADMIN,
+    ) -> list[tuple[int, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read(
+            "runs",
+            lambda state: usage_timeseries(state, filters, interval=interval, caller=caller),
+        )
+
+    async def usage_breakdown(
+        self, filters: UsageFilter, by: Dimension, *, caller: Caller = ADMIN
+    ) -> list[tuple[str, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read(
+            "runs", lambda state: usage_breakdown(state, filters, by, caller=caller)
+        )
+
+    async def usage_by_model(
+        self, filters: UsageFilter, *, caller: Caller = ADMIN
+    ) -> list[tuple[str, str, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: usage_by_model(state, filters, caller=caller))
+
+    def token_totals(self) -> list[tuple[str, str, UsageTotals]]:
+        """All-time runs and tokens per agent and model, as far as the catalog has got (for
+        metrics: no waiting)."""
+        return self.store.read("runs", totals_by_agent_and_model)
 
 
 @asynccontextmanager

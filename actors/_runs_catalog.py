@@ -8,6 +8,7 @@ Keys of its state:
 - `a:<agent>\\0<u64 seq>`, `s:<session>\\0<u64 seq>`, `o:<owner>\\0<u64 seq>` → run id: the
   same order for one agent, one session, one key, so a filtered page reads only its own runs
 - `k:<session>` → the session's agent and end user, for the runs its messages start
+- `u:…` → usage by the hour (see `_usage`)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._names import LOOP, RUN, SESSION, stream_id
+from cuelog.actors._usage import record_usage
 from cuelog.runtime import Projection, ProjectionState, RecordedEvent, event_type
 
 _U64: Final = struct.Struct(">Q")
@@ -104,6 +106,11 @@ _WANTED: Final = frozenset(
 )
 
 
+def _dims(row: RunRow) -> tuple[str, str, str, str, str]:
+    """Who and what a run's usage is counted under (see `_usage`)."""
+    return (row.owner or "", row.agent_id, row.provider, row.model, row.user_id or "")
+
+
 def _index(prefix: bytes, value: str, seq: int) -> bytes:
     return prefix + value.encode() + b"\0" + _U64.pack(seq)
 
@@ -153,6 +160,7 @@ class RunsCatalog(Projection):
         row, before = self._row(state, run_id, event)
         match payload:
             case RunStarted(session_key=session_key, agent_id=agent_id, spec=spec, owner=owner):
+                first_start = row.started_at is None
                 row.status = "running"
                 row.session_key = session_key
                 row.agent_id = agent_id
@@ -162,6 +170,8 @@ class RunsCatalog(Projection):
                 row.started_at = event.ts
                 if row.user_id is None and spec.request is not None:
                     row.user_id = spec.request.end_user
+                if first_start:  # a restarted run is one run
+                    record_usage(state, event.ts, _dims(row), runs=1)
             case ModelRequested(step=step):
                 row.steps = max(row.steps, step)
             case ToolCallRequested():
@@ -175,6 +185,7 @@ class RunsCatalog(Projection):
                     row.status = "running"
             case AssistantMessage(usage=usage):
                 row.usage = row.usage + usage
+                record_usage(state, event.ts, _dims(row), usage=usage)
             case RunCompleted(finish_reason=finish_reason):
                 self._end(row, "completed", event)
                 row.finish_reason = finish_reason

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from cuelog.actors import UsageTotals
 from cuelog.runtime import ProjectionStatus, gc_probe
 
 if TYPE_CHECKING:
@@ -80,6 +81,25 @@ class _StateCollector(Collector):
         yield from _gc_metrics()
         if services.read_models is not None:
             yield from _projection_metrics(services.read_models.statuses())
+            yield from _token_metrics(services.read_models.token_totals())
+
+
+def _token_metrics(totals: list[tuple[str, str, UsageTotals]]) -> Iterator[Any]:
+    """Tokens and runs by agent and model, from the usage read model (so a restart does not
+    reset them)."""
+    labels = ["agent", "model"]
+    runs = CounterMetricFamily("cuelog_usage_runs", "Runs started.", labels=labels)
+    tokens = CounterMetricFamily(
+        "cuelog_usage_tokens",
+        "Tokens spent, by kind (prompt, completion).",
+        labels=[*labels, "kind"],
+    )
+    for agent, model, total in totals:
+        runs.add_metric([agent, model], total.runs)
+        tokens.add_metric([agent, model, "prompt"], total.prompt_tokens)
+        tokens.add_metric([agent, model, "completion"], total.completion_tokens)
+    yield runs
+    yield tokens
 
 
 def _projection_metrics(statuses: list[ProjectionStatus]) -> Iterator[Any]:

@@ -304,3 +304,69 @@ class SessionStateAt(msgspec.Struct, kw_only=True):
 class RunTimeline(msgspec.Struct, kw_only=True):
     run_id: str
     data: list[TimelineRow]
+
+
+class UsageSummary(msgspec.Struct, kw_only=True):
+    """Runs started and tokens spent between `from` and `to` (Unix seconds; null: unbounded)."""
+
+    object: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsagePoint(msgspec.Struct, kw_only=True):
+    start: int  # Unix seconds: the start of the hour or day
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageTimeseries(msgspec.Struct, kw_only=True):
+    object: str
+    interval: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    data: list[UsagePoint]
+
+
+class UsageGroup(msgspec.Struct, kw_only=True):
+    value: str | None  # the agent, model, provider, key id or end user (null: none)
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageBreakdown(msgspec.Struct, kw_only=True):
+    object: str
+    group_by: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    data: list[UsageGroup]
+
+
+class CostLine(msgspec.Struct, kw_only=True):
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    input_cost: float
+    output_cost: float
+    cost: float
+    priced: bool  # false: the model is not in [prices], so it counts 0
+
+
+class CostSummary(msgspec.Struct, kw_only=True):
+    """Tokens priced from `[prices]` (per million tokens, in the currency the table uses)."""
+
+    object: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    total_cost: float
+    unpriced_models: list[str]
+    data: list[CostLine]
