@@ -1,4 +1,4 @@
-"""`cuelog projections status|rebuild`: the read models kept beside an LMDB log."""
+"""`cuelog projections status|rebuild`: the read models kept beside a log."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from cuelog.actors import NotFound, ReadModels
-from cuelog.cli._location import LOG, Location, shown
+from cuelog.cli._location import LOG, Location
 from cuelog.runtime import (
     CuelogError,
     ProjectionFailed,
     ProjectionStatus,
     open_event_log,
     open_projection_store,
-    parse_log_location,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
@@ -28,20 +27,9 @@ EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 def projections() -> None:
     """Read models folded from the log (runs list, usage): where they are, and rebuilding them.
 
-    They live in LOG/projections beside an LMDB log, and are safe to use beside a running
-    server. A PostgreSQL log's projections are kept in memory by each server and rebuilt when it
-    starts, so there is nothing here to look at or rebuild.
+    They live in LOG/projections beside an LMDB log, or in tables of a PostgreSQL log's
+    database; both commands are safe beside a running server.
     """
-
-
-def _lmdb_only(location: Location) -> None:
-    if parse_log_location(location).backend != "lmdb":
-        click.echo(
-            f"cuelog projections: {shown(location)} is not an LMDB data dir; a server keeps "
-            "this log's projections in memory and rebuilds them when it starts",
-            err=True,
-        )
-        sys.exit(EXIT_UNREADABLE)
 
 
 def _describe(status: ProjectionStatus) -> str:
@@ -56,7 +44,6 @@ def _describe(status: ProjectionStatus) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per projection.")
 def status_command(data_dir: Location, as_json: bool) -> None:
     """Each projection's checkpoint, the log's head and the lag; exit 1 if one has failed."""
-    _lmdb_only(data_dir)
 
     async def read() -> list[ProjectionStatus]:
         async with (
@@ -84,7 +71,6 @@ def rebuild_command(name: str, data_dir: Location) -> None:
     A server running beside it keeps answering (from the state as it is rebuilt) and follows
     on from where the rebuild got to. Exit 1 if the projection fails on an event.
     """
-    _lmdb_only(data_dir)
     err = Console(stderr=True)
     show_progress = sys.stderr.isatty()
 

@@ -27,7 +27,7 @@ import msgspec
 import structlog
 import trio
 
-from cuelog.runtime._errors import ProjectionFailed
+from cuelog.runtime._errors import LogUnavailable, ProjectionFailed
 from cuelog.runtime._open import parse_log_location
 from cuelog.runtime._protocol import SUBSCRIBER_BATCH_BYTES, EventLog
 from cuelog.runtime._records import Progress, RecordedEvent
@@ -35,6 +35,9 @@ from cuelog.runtime._records import Progress, RecordedEvent
 T = TypeVar("T")
 
 logger = structlog.get_logger("cuelog.projection")
+
+# How long a runner waits before trying a store it could not reach again.
+RETRY_SECONDS: Final = 1.0
 
 # Events one transaction applies at most: a crash loses at most this much catch-up work.
 BATCH_EVENTS: Final = 512
@@ -371,10 +374,20 @@ async def open_projection_store(
     location: str | os.PathLike[str], *, sync: bool = True
 ) -> AsyncIterator[ProjectionStore]:
     """The projection store for the log at `location`: `<data dir>/projections` for an LMDB log,
-    memory for the others (a PostgreSQL log's projections are rebuilt in memory on start)."""
+    tables in the database of a PostgreSQL log, memory for a memory log."""
+    from cuelog.runtime._projection_postgres import PostgresProjectionStore
+
     where = parse_log_location(location)
-    if where.backend != "lmdb":
+    if where.backend == "memory":
         yield MemoryProjectionStore()
+        return
+    if where.backend == "postgresql":
+        assert where.url is not None
+        pg_store = PostgresProjectionStore(where.url)
+        try:
+            yield pg_store
+        finally:
+            pg_store.close()
         return
     assert where.path is not None
     store = LmdbProjectionStore(where.path / "projections", sync=sync)
@@ -461,37 +474,49 @@ class ProjectionRunner:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up, then apply each commit as it comes, until the log ends its subscriptions.
-        A failure is logged in the status and ends the task (it does not take the caller down)."""
+        A failing event stops it with a `failed` status (it does not take the caller down); a
+        store that cannot be reached is retried every second."""
         task_status.started()
         try:
-            checkpoint = await self.catch_up()
-            self._phase = "live"
-            # The subscription wakes on each commit; what it yields at or before the checkpoint
-            # was already applied, read in a batch with the event that woke it.
-            async for event in self.log.subscribe(checkpoint.seq, batch=self._batch):
-                if event.seq <= checkpoint.seq:
-                    continue
-                events = [event]
-                events += self.log.read_all(
-                    event.seq, self._batch - 1, max_bytes=SUBSCRIBER_BATCH_BYTES * 4
-                )
+            while True:
                 try:
-                    checkpoint = await self.store.apply(self.projection, events)
-                except ProjectionFailed as failed:
-                    self._phase = "failed"
-                    logger.error(
-                        "projection failed",
-                        projection=self.name,
-                        seq=failed.seq,
-                        error=failed.error,
+                    await self._follow()
+                    return
+                except LogUnavailable as exc:
+                    logger.warning(
+                        "projection store unavailable", projection=self.name, error=str(exc)
                     )
-                    raise
-                self._wake()
+                    await trio.sleep(RETRY_SECONDS)
         except ProjectionFailed:
             return
         finally:
             if self._phase != "failed":
                 self._phase = "stopped"
+            self._wake()
+
+    async def _follow(self) -> None:
+        checkpoint = await self.catch_up()
+        self._phase = "live"
+        # The subscription wakes on each commit; what it yields at or before the checkpoint
+        # was already applied, read in a batch with the event that woke it.
+        async for event in self.log.subscribe(checkpoint.seq, batch=self._batch):
+            if event.seq <= checkpoint.seq:
+                continue
+            events = [event]
+            events += self.log.read_all(
+                event.seq, self._batch - 1, max_bytes=SUBSCRIBER_BATCH_BYTES * 4
+            )
+            try:
+                checkpoint = await self.store.apply(self.projection, events)
+            except ProjectionFailed as failed:
+                self._phase = "failed"
+                logger.error(
+                    "projection failed",
+                    projection=self.name,
+                    seq=failed.seq,
+                    error=failed.error,
+                )
+                raise
             self._wake()
 
     def _wake(self) -> None:

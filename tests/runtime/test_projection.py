@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,21 @@ from cuelog.runtime import (
     open_event_log,
     open_projection_store,
 )
+from tests.postgres import fresh_database
 from tests.runtime.projection_models import Tally, snapshot, tally, tick
 
 REPO = Path(__file__).resolve().parents[2]
 
-BACKENDS = ["memory", "lmdb"]
+BACKENDS = ["memory", "lmdb", "postgres"]
 
 
 @asynccontextmanager
 async def opened(backend: str, tmp_path: Path) -> AsyncIterator[tuple[EventLog, ProjectionStore]]:
+    if backend == "postgres":
+        with fresh_database() as url:
+            async with open_event_log(url) as log, open_projection_store(url) as store:
+                yield log, store
+        return
     location = "memory:" if backend == "memory" else str(tmp_path / "data")
     async with open_event_log(location) as log, open_projection_store(location) as store:
         yield log, store
@@ -115,19 +121,25 @@ async def test_a_failing_event_stops_the_projection_at_its_seq(
         assert store.read("tally", tally) == expected(8)
 
 
-async def test_state_survives_a_reopen_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    """An LMDB store keeps state and checkpoint across processes: a new runner applies only
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
+async def test_state_survives_a_reopen_and_resumes_from_its_checkpoint(
+    backend: str, tmp_path: Path
+) -> None:
+    """A durable store keeps state and checkpoint across processes: a new runner applies only
     the events committed since."""
-    path = str(tmp_path / "data")
-    async with open_event_log(path) as log:
-        await append_ticks(log, 40)
-        async with open_projection_store(path) as store:
+    with ExitStack() as stack:
+        location = (
+            stack.enter_context(fresh_database()) if backend == "postgres" else str(tmp_path / "d")
+        )
+        async with open_event_log(location) as log:
+            await append_ticks(log, 40)
+            async with open_projection_store(location) as store:
+                await ProjectionRunner(log, store, Tally()).catch_up()
+            await append_ticks(log, 10)
+        async with open_event_log(location) as log, open_projection_store(location) as store:
+            assert store.checkpoint("tally").seq == 40
             await ProjectionRunner(log, store, Tally()).catch_up()
-        await append_ticks(log, 10)
-    async with open_event_log(path) as log, open_projection_store(path) as store:
-        assert store.checkpoint("tally").seq == 40
-        await ProjectionRunner(log, store, Tally()).catch_up()
-        assert store.read("tally", tally) == expected(50)
+            assert store.read("tally", tally) == expected(50)
 
 
 async def test_a_new_version_rebuilds_from_zero(tmp_path: Path) -> None:
