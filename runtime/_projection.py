@@ -471,6 +471,7 @@ class ProjectionRunner:
             self._wake()
             if progress is not None:
                 progress(checkpoint.seq, max(total, checkpoint.seq))
+            await trio.lowlevel.checkpoint()  # a store that applies inline still lets others run
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up, then apply each commit as it comes, until the log ends its subscriptions.
