@@ -78,6 +78,9 @@ from cuelog.actors._providers import Providers as Providers
 from cuelog.actors._providers import ProviderSecrets as ProviderSecrets
 from cuelog.actors._providers import ProviderState as ProviderState
 from cuelog.actors._providers import VerifyResult as VerifyResult
+from cuelog.actors._read_models import ReadModels as ReadModels
+from cuelog.actors._read_models import domain_projections as domain_projections
+from cuelog.actors._read_models import open_read_models as open_read_models
 from cuelog.actors._readers import RunEvent as RunEvent
 from cuelog.actors._readers import TimelineRow as TimelineRow
 from cuelog.actors._readers import run_recorded as run_recorded
@@ -89,6 +92,8 @@ from cuelog.actors._run import RunRegistry as RunRegistry
 from cuelog.actors._run import RunSettings as RunSettings
 from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
+from cuelog.actors._runs_catalog import RunFilter as RunFilter
+from cuelog.actors._runs_catalog import RunRow as RunRow
 from cuelog.actors._sealed import KeyFile as KeyFile
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionView as SessionView
@@ -111,6 +116,10 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._usage import DIMENSIONS as USAGE_DIMENSIONS
+from cuelog.actors._usage import Dimension as UsageDimension
+from cuelog.actors._usage import UsageFilter as UsageFilter
+from cuelog.actors._usage import UsageTotals as UsageTotals
 from cuelog.actors._webhook_secrets import MAX_SECRET_CHARS as MAX_WEBHOOK_SECRET_CHARS
 from cuelog.actors._webhook_secrets import MIN_SECRET_CHARS as MIN_WEBHOOK_SECRET_CHARS
 from cuelog.actors._webhook_secrets import agent_signer as agent_signer
@@ -140,6 +149,7 @@ __all__ = [
     "SCOPES",
     "TERMINAL",
     "TERMINAL_EVENTS",
+    "USAGE_DIMENSIONS",
     "AgentSpec",
     "AgentView",
     "ApprovalPolicy",
@@ -189,6 +199,7 @@ __all__ = [
     "ProviderSecrets",
     "ProviderState",
     "Providers",
+    "ReadModels",
     "RequestOptions",
     "Role",
     "RunActor",
@@ -196,7 +207,9 @@ __all__ = [
     "RunCompleted",
     "RunEvent",
     "RunFailed",
+    "RunFilter",
     "RunRegistry",
+    "RunRow",
     "RunSettings",
     "RunStarted",
     "RunState",
@@ -219,11 +232,15 @@ __all__ = [
     "ToolsConfig",
     "Unavailable",
     "Usage",
+    "UsageDimension",
+    "UsageFilter",
+    "UsageTotals",
     "VerifyResult",
     "WebhookSettings",
     "Webhooks",
     "agent_signer",
     "check_runs",
+    "domain_projections",
     "event_data",
     "fold_run",
     "fold_session",
@@ -234,6 +251,7 @@ __all__ = [
     "key_signer",
     "open_domain",
     "open_loops",
+    "open_read_models",
     "open_webhooks",
     "parse_tool_arguments",
     "payload",

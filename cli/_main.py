@@ -169,3 +169,12 @@ def _add_copy_command() -> None:
 
 
 _add_copy_command()
+
+
+def _add_projections_command() -> None:
+    from cuelog.cli._projections import projections
+
+    main.add_command(projections)
+
+
+_add_projections_command()

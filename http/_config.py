@@ -111,6 +111,13 @@ class WebhooksSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout: float = 10.0  # one attempt, connect to answer
 
 
+class Price(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a model's tokens cost, per million, in the currency of `/v1/costs/summary`."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
@@ -122,6 +129,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
     models: ModelsSection = msgspec.field(default_factory=ModelsSection)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -227,7 +235,13 @@ def load_settings(
     agents = raw.pop("agents", None) or {}
     if not isinstance(agents, dict):
         raise ConfigError("agents: must be a table of [agents.<id>] tables")
+    prices = raw.pop("prices", None) or {}
+    if not isinstance(prices, dict):
+        raise ConfigError("prices: must be a table of [prices.<model>] tables")
     settings = _convert(raw, Settings)
+    settings.prices = {
+        model: _convert(price, Price, f"prices.{model}") for model, price in prices.items()
+    }
     for agent_id, spec in agents.items():
         if isinstance(spec, dict) and "request" in spec:
             raise ConfigError(f"agents.{agent_id}: unknown field `request`")
@@ -240,6 +254,10 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
+    for model, price in settings.prices.items():
+        for side, value in (("input", price.input), ("output", price.output)):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"prices.{model}.{side}: must be a number, 0 or more")
     for alias, agent_id in settings.models.aliases.items():
         if not is_valid_id(agent_id):
             raise ConfigError(f"models.aliases.{alias}: must name an agent id ({ID_RULE})")

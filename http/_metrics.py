@@ -13,7 +13,8 @@ from prometheus_client.registry import Collector
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from cuelog.runtime import gc_probe
+from cuelog.actors import UsageTotals
+from cuelog.runtime import ProjectionStatus, gc_probe
 
 if TYPE_CHECKING:
     from cuelog.http._services import Services
@@ -78,6 +79,48 @@ class _StateCollector(Collector):
             "cuelog_sse_clients", "Open SSE streams.", value=services.streams.total
         )
         yield from _gc_metrics()
+        if services.read_models is not None:
+            yield from _projection_metrics(services.read_models.statuses())
+            yield from _token_metrics(services.read_models.token_totals())
+
+
+def _token_metrics(totals: list[tuple[str, str, UsageTotals]]) -> Iterator[Any]:
+    """Tokens and runs by agent and model, from the usage read model (so a restart does not
+    reset them)."""
+    labels = ["agent", "model"]
+    runs = CounterMetricFamily("cuelog_usage_runs", "Runs started.", labels=labels)
+    tokens = CounterMetricFamily(
+        "cuelog_usage_tokens",
+        "Tokens spent, by kind (prompt, completion).",
+        labels=[*labels, "kind"],
+    )
+    for agent, model, total in totals:
+        runs.add_metric([agent, model], total.runs)
+        tokens.add_metric([agent, model, "prompt"], total.prompt_tokens)
+        tokens.add_metric([agent, model, "completion"], total.completion_tokens)
+    yield runs
+    yield tokens
+
+
+def _projection_metrics(statuses: list[ProjectionStatus]) -> Iterator[Any]:
+    """How far behind the log each read model is, and whether it stopped on an event."""
+    labels = ["projection"]
+    lag = GaugeMetricFamily(
+        "cuelog_projection_lag_events", "Events committed but not yet applied.", labels=labels
+    )
+    checkpoint = GaugeMetricFamily(
+        "cuelog_projection_checkpoint_seq", "Last seq applied.", labels=labels
+    )
+    failed = GaugeMetricFamily(
+        "cuelog_projection_failed", "1 when the projection stopped on an event.", labels=labels
+    )
+    for status in statuses:
+        lag.add_metric([status.name], status.lag)
+        checkpoint.add_metric([status.name], status.checkpoint)
+        failed.add_metric([status.name], 1 if status.failed_seq is not None else 0)
+    yield lag
+    yield checkpoint
+    yield failed
 
 
 def _gc_metrics() -> Iterator[Any]:

@@ -7,6 +7,7 @@ A route lists its parameters in `routes.add(..., params=[...])` and reads them w
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -16,6 +17,7 @@ from cuelog.actors import ID_RE, ID_RULE, MAX_IDEMPOTENCY_KEY_LENGTH
 from cuelog.http._wire import ApiError
 
 MAX_SEQ: Final = 1 << 62
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Param(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +92,33 @@ class ChoiceParam(Param, frozen=True, kw_only=True):
                 400, f"{self.name} must be one of {', '.join(self.choices)}", param=self.name
             )
         return raw
+
+
+class TimeParam(Param, frozen=True, kw_only=True):
+    """An RFC 3339 date-time with its offset; absent, None. Read as microseconds since the
+    Unix epoch (0 for any time before it)."""
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "date-time"}
+
+    def get(self) -> int | None:
+        raw = self.raw()
+        if raw is None:
+            return None
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None or "T" not in raw.upper():
+            raise ApiError(
+                400,
+                f"{self.name} must be an RFC 3339 date-time with an offset, "
+                "such as 2026-01-31T12:00:00Z",
+                param=self.name,
+            )
+        # Before 1970 is before any event: it counts as the epoch. Subtracting keeps microsecond
+        # precision and cannot overflow the way `timestamp()` does near year 1.
+        return max((when - _EPOCH) // timedelta(microseconds=1), 0)
 
 
 class HeaderParam(Param, frozen=True, kw_only=True):

@@ -7,7 +7,7 @@ from typing import cast
 
 from quart import Response
 
-from cuelog.actors import RunView
+from cuelog.actors import RunFilter, RunRow, RunView
 from cuelog.http._auth import Routes, caller
 from cuelog.http._chat import run_frames
 from cuelog.http._params import (
@@ -15,11 +15,21 @@ from cuelog.http._params import (
     EVENTS_LIMIT,
     LAST_EVENT_ID,
     ChoiceParam,
+    IntParam,
     TextParam,
+    TimeParam,
     after_seq,
+    limit,
 )
-from cuelog.http._schemas import EventPage, Run, RunStatus, RunTimeline
-from cuelog.http._services import Services, event_frame, event_page, scan_events, wants_sse
+from cuelog.http._schemas import EventPage, Run, RunList, RunStatus, RunSummary, RunTimeline
+from cuelog.http._services import (
+    Services,
+    event_frame,
+    event_page,
+    page_json,
+    scan_events,
+    wants_sse,
+)
 from cuelog.http._wire import json_response, to_json
 
 FORMAT = ChoiceParam(
@@ -30,9 +40,57 @@ FORMAT = ChoiceParam(
 )
 INCLUDE_USAGE = ChoiceParam(name="include_usage", choices=("0", "1", "true", "false"), default="0")
 PREFIX = TextParam(name="prefix", description="Only streams whose name starts with this.")
+RUNS_LIMIT = limit(50, 500)
+# A runs page's cursor is the log seq that created the last run it showed.
+RUN_CURSOR = IntParam(
+    name="cursor", default=0, lo=0, description="From the previous page's next_cursor."
+)
+AGENT = TextParam(name="agent", description="Only this agent's runs.")
+SESSION = TextParam(name="session", description="Only this session's runs.")
+USER = TextParam(name="user", description="Only the runs for this end user (user_id).")
+LOOP = TextParam(name="loop", description="Only the runs this loop fired.")
+STATUS = ChoiceParam(
+    name="status",
+    choices=("any", "queued", "running", "waiting_approval", "completed", "failed", "cancelled"),
+    default="any",
+)
+FROM = TimeParam(name="from", description="Only runs created at or after this time.")
+TO = TimeParam(name="to", description="Only runs created before this time.")
 
 
-def run_json(view: RunView) -> Run:
+def _seconds(us: int | None) -> float | None:
+    return None if us is None else us / 1_000_000
+
+
+def run_summary(row: RunRow) -> RunSummary:
+    return RunSummary(
+        id=row.id,
+        object="run",
+        status=cast(RunStatus, row.status),
+        session_key=row.session_key,
+        agent_id=row.agent_id,
+        user_id=row.user_id,
+        loop_id=row.loop_id,
+        provider=row.provider,
+        model=row.model,
+        created_at=row.created_at / 1_000_000,
+        started_at=_seconds(row.started_at),
+        ended_at=_seconds(row.ended_at),
+        duration_ms=row.duration_ms,
+        steps=row.steps,
+        tool_call_count=row.tool_calls,
+        usage=row.usage,
+        finish_reason=row.finish_reason,
+        error=row.error,
+    )
+
+
+def _run_cursor() -> int | None:
+    after = RUN_CURSOR.get()
+    return after or None
+
+
+def run_json(view: RunView, row: RunRow | None = None) -> Run:
     return Run(
         id=view.id,
         object="run",
@@ -46,6 +104,10 @@ def run_json(view: RunView) -> Run:
         pending_approvals=view.pending_approvals,
         messages=view.messages,
         events_url=f"/v1/runs/{view.id}/events",
+        created_at=None if row is None else row.created_at // 1_000_000,
+        duration_ms=None if row is None else row.duration_ms,
+        steps=None if row is None else row.steps,
+        tool_call_count=None if row is None else row.tool_calls,
     )
 
 
@@ -53,10 +115,38 @@ def register_run_routes(routes: Routes, services: Services) -> None:
     domain = services.domain
     log = services.log
 
+    @routes.add(
+        "/v1/runs",
+        ["GET"],
+        "read",
+        answers={200: RunList},
+        params=[RUNS_LIMIT, RUN_CURSOR, AGENT, SESSION, USER, LOOP, STATUS, FROM, TO],
+    )
+    async def list_runs() -> Response:
+        """Runs the key may see, newest first, filtered, with cursor pagination."""
+        status = STATUS.get()
+        filters = RunFilter(
+            agent_id=AGENT.get(),
+            session_key=SESSION.get(),
+            user_id=USER.get(),
+            loop_id=LOOP.get(),
+            status=None if status == "any" else status,
+            since=FROM.get(),
+            until=TO.get(),
+        )
+        rows, next_seq = await services.models().list_runs(
+            filters, caller=caller(), after=_run_cursor(), limit=RUNS_LIMIT.get()
+        )
+        next_cursor = None if next_seq is None else str(next_seq)
+        return page_json([run_summary(row) for row in rows], next_cursor)
+
     @routes.add("/v1/runs/<run_id>", ["GET"], "read", answers={200: Run})
     async def get_run(run_id: str) -> Response:
-        """A run's status, content, usage and pending approvals."""
-        return json_response(to_json(run_json(await domain.get_run(run_id, caller=caller()))))
+        """A run's status, content, usage and pending approvals, with its duration, steps and
+        tool calls from the runs catalog."""
+        view = await domain.get_run(run_id, caller=caller())
+        row = await services.models().row_of(run_id)
+        return json_response(to_json(run_json(view, row)))
 
     @routes.add("/v1/runs/<run_id>/cancel", ["POST"], "chat", answers={200: Run})
     async def cancel_run(run_id: str) -> Response:

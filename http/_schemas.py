@@ -125,6 +125,39 @@ class Run(msgspec.Struct, kw_only=True):
     pending_approvals: list[str]
     messages: list[ChatMessage]
     events_url: str
+    # From the runs catalog (absent while it has not reached the run yet).
+    created_at: int | None = None  # Unix seconds
+    duration_ms: float | None = None  # from start to end, once ended
+    steps: int | None = None  # model calls
+    tool_call_count: int | None = None  # tool calls the model asked for
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """One run in the runs list. Times are Unix seconds (fractional)."""
+
+    id: str
+    object: str
+    status: RunStatus
+    session_key: str
+    agent_id: str
+    user_id: str | None
+    loop_id: str | None
+    provider: str
+    model: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    duration_ms: float | None
+    steps: int
+    tool_call_count: int
+    usage: Usage
+    finish_reason: str | None
+    error: str | None
+
+
+class RunList(msgspec.Struct, kw_only=True):
+    data: list[RunSummary]
+    next_cursor: str | None
 
 
 class WakeResult(msgspec.Struct, kw_only=True):
@@ -273,3 +306,69 @@ class SessionStateAt(msgspec.Struct, kw_only=True):
 class RunTimeline(msgspec.Struct, kw_only=True):
     run_id: str
     data: list[TimelineRow]
+
+
+class UsageSummary(msgspec.Struct, kw_only=True):
+    """Runs started and tokens spent between `from` and `to` (Unix seconds; null: unbounded)."""
+
+    object: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsagePoint(msgspec.Struct, kw_only=True):
+    start: int  # Unix seconds: the start of the hour or day
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageTimeseries(msgspec.Struct, kw_only=True):
+    object: str
+    interval: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    data: list[UsagePoint]
+
+
+class UsageGroup(msgspec.Struct, kw_only=True):
+    value: str | None  # the agent, model, provider, key id or end user (null: none)
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageBreakdown(msgspec.Struct, kw_only=True):
+    object: str
+    group_by: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    data: list[UsageGroup]
+
+
+class CostLine(msgspec.Struct, kw_only=True):
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    input_cost: float
+    output_cost: float
+    cost: float
+    priced: bool  # false: the model is not in [prices], so it counts 0
+
+
+class CostSummary(msgspec.Struct, kw_only=True):
+    """Tokens priced from `[prices]` (per million tokens, in the currency the table uses)."""
+
+    object: str
+    from_: float | None = msgspec.field(name="from")
+    to: float | None
+    total_cost: float
+    unpriced_models: list[str]
+    data: list[CostLine]

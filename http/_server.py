@@ -38,6 +38,7 @@ from cuelog.actors import (
     WebhookSettings,
     open_domain,
     open_loops,
+    open_read_models,
     open_webhooks,
 )
 from cuelog.http._app import create_app
@@ -45,7 +46,12 @@ from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
 from cuelog.http._services import Services
-from cuelog.runtime import ActorConfig, open_event_log, tune_gc_for_serving
+from cuelog.runtime import (
+    ActorConfig,
+    open_event_log,
+    open_projection_store,
+    tune_gc_for_serving,
+)
 
 log = structlog.get_logger("cuelog.server")
 
@@ -275,6 +281,10 @@ async def _serve(
             schedule=settings.loops.enabled,
             webhooks=webhooks,
         ) as loops,
+        open_projection_store(
+            settings.log.url or settings.log.data_dir, sync=settings.log.sync
+        ) as projections,
+        open_read_models(event_log, projections) as read_models,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -283,6 +293,7 @@ async def _serve(
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
+        services.read_models = read_models
         services.mcp = mcp
         services.builtin_tools = builtin_tools
         services.providers = Providers(event_log, key_file, run_settings.providers)

@@ -24,6 +24,7 @@ from cuelog.actors import (
     Loops,
     McpServers,
     Providers,
+    ReadModels,
     RunView,
     Sent,
     Unavailable,
@@ -85,6 +86,7 @@ class Services:
         self.builtin_tools: BuiltinTools | None = None  # likewise
         self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
         self.webhooks: Webhooks | None = None  # the outbox of run outcomes
+        self.read_models: ReadModels | None = None  # the projections, once they run
         gc_probe()  # collections are counted from the start
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
@@ -287,6 +289,11 @@ class Services:
         if self.webhooks is None:
             raise ApiError(503, "webhooks are off on this server", headers={"Retry-After": "60"})
         return self.webhooks
+
+    def models(self) -> ReadModels:
+        if self.read_models is None:
+            raise ApiError(503, "the read models are not running", headers={"Retry-After": "5"})
+        return self.read_models
 
     def key_usable(self, who: Principal) -> bool:
         """Whether the key a request came with may still be used (not revoked, not expired)."""

@@ -35,6 +35,7 @@ from cuelog.runtime._errors import LogLost as LogLost
 from cuelog.runtime._errors import LogUnavailable as LogUnavailable
 from cuelog.runtime._errors import MailboxFull as MailboxFull
 from cuelog.runtime._errors import PayloadTooLarge as PayloadTooLarge
+from cuelog.runtime._errors import ProjectionFailed as ProjectionFailed
 from cuelog.runtime._errors import StorageFull as StorageFull
 from cuelog.runtime._errors import WrongExpectedVersion as WrongExpectedVersion
 from cuelog.runtime._gc import GcPauses as GcPauses
@@ -45,6 +46,15 @@ from cuelog.runtime._logging import configure_logging as configure_logging
 from cuelog.runtime._open import LogLocation as LogLocation
 from cuelog.runtime._open import open_event_log as open_event_log
 from cuelog.runtime._open import parse_log_location as parse_log_location
+from cuelog.runtime._projection import Checkpoint as Checkpoint
+from cuelog.runtime._projection import LmdbProjectionStore as LmdbProjectionStore
+from cuelog.runtime._projection import MemoryProjectionStore as MemoryProjectionStore
+from cuelog.runtime._projection import Projection as Projection
+from cuelog.runtime._projection import ProjectionRunner as ProjectionRunner
+from cuelog.runtime._projection import ProjectionState as ProjectionState
+from cuelog.runtime._projection import ProjectionStatus as ProjectionStatus
+from cuelog.runtime._projection import ProjectionStore as ProjectionStore
+from cuelog.runtime._projection import open_projection_store as open_projection_store
 from cuelog.runtime._protocol import EventLog as EventLog
 from cuelog.runtime._records import Anchor as Anchor
 from cuelog.runtime._records import Head as Head
@@ -67,6 +77,7 @@ __all__ = [
     "ActorSystemStatistics",
     "Anchor",
     "AppendPart",
+    "Checkpoint",
     "CommandRejected",
     "ContentMissing",
     "ContentStore",
@@ -79,6 +90,7 @@ __all__ = [
     "GcStatistics",
     "Head",
     "IdempotencyConflict",
+    "LmdbProjectionStore",
     "LocalContentStore",
     "LogClosed",
     "LogError",
@@ -89,7 +101,14 @@ __all__ = [
     "LogStatistics",
     "LogUnavailable",
     "MailboxFull",
+    "MemoryProjectionStore",
     "PayloadTooLarge",
+    "Projection",
+    "ProjectionFailed",
+    "ProjectionRunner",
+    "ProjectionState",
+    "ProjectionStatus",
+    "ProjectionStore",
     "RawEvent",
     "RecordedEvent",
     "StorageFull",
@@ -104,6 +123,7 @@ __all__ = [
     "gc_probe",
     "open_actor_system",
     "open_event_log",
+    "open_projection_store",
     "parse_log_location",
     "tune_gc_for_serving",
 ]

@@ -11,6 +11,7 @@ CuelogError
 │   ├── LogClosed                 the log was closed before the append was written
 │   ├── LogUnavailable            the log's database cannot be reached now (retry later)
 │   └── StorageFull               the map cannot grow any further
+├── ProjectionFailed              a projection raised on an event and stopped there
 └── ActorError
     ├── MailboxFull               tell_nowait on a full mailbox
     ├── ActorStopped              the actor gave up after repeated failures or shut down
@@ -101,3 +102,13 @@ class ActorStopped(ActorError):
 
 class CommandRejected(ActorError):
     """The actor refused the command; its state is unchanged."""
+
+
+class ProjectionFailed(CuelogError):
+    """A projection raised on an event: it stopped there, and applies nothing until rebuilt."""
+
+    def __init__(self, name: str, seq: int, error: str) -> None:
+        super().__init__(f"projection {name!r} failed at seq {seq}: {error}")
+        self.name = name
+        self.seq = seq
+        self.error = error

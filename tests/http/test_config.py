@@ -111,6 +111,12 @@ def test_agent_tables_are_seeded_specs(tmp_path: Path) -> None:
             "log.content_threshold",
             id="threshold-over-half-the-event-limit",
         ),
+        pytest.param('[prices."gpt-4o"]\ninput = -1\n', {}, "prices.gpt-4o.input", id="price-neg"),
+        pytest.param('[prices."gpt-4o"]\nouput = 1\n', {}, "prices.gpt-4o.ouput", id="price-typo"),
+        pytest.param(
+            '[prices."gpt-4o"]\noutput = "a"\n', {}, "prices.gpt-4o.output", id="price-str"
+        ),
+        pytest.param("prices = 3\n", {}, "prices", id="prices-not-a-table"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_key(
@@ -148,3 +154,15 @@ def test_the_tools_section_is_read_and_checked(tmp_path: Path) -> None:
         load_settings(None, environ={"CUELOG_TOOLS_INVOKE_APPROVAL": "sometimes"})
     with pytest.raises(ConfigError, match=r"tools\.files_quota_bytes"):
         load_settings(None, environ={"CUELOG_TOOLS_FILES_QUOTA_BYTES": "1"})
+
+
+def test_prices_are_read_per_model(tmp_path: Path) -> None:
+    """`[prices.<model>]` gives input and output prices per million tokens; an int is a price."""
+    settings = load_settings(
+        _toml(tmp_path, '[prices."gpt-4o"]\ninput = 2.5\noutput = 10\n[prices.echo-1]\n'),
+        environ={},
+    )
+    assert {m: (p.input, p.output) for m, p in settings.prices.items()} == {
+        "gpt-4o": (2.5, 10.0),
+        "echo-1": (0.0, 0.0),
+    }

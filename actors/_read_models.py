@@ -1,0 +1,142 @@
+"""The domain's read models, kept by projections of the log: which there are, running them
+beside a server, and asking them (fresh up to the log's head when asked)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, Literal
+
+import trio
+
+from cuelog.actors._commands import ADMIN, Caller
+from cuelog.actors._errors import NotFound
+from cuelog.actors._runs_catalog import RunFilter, RunRow, RunsCatalog, list_runs, run_row
+from cuelog.actors._usage import (
+    Dimension,
+    UsageFilter,
+    UsageTotals,
+    totals_by_agent_and_model,
+    usage_breakdown,
+    usage_by_model,
+    usage_summary,
+    usage_timeseries,
+)
+from cuelog.runtime import (
+    EventLog,
+    Projection,
+    ProjectionRunner,
+    ProjectionStatus,
+    ProjectionStore,
+)
+
+# How long a read waits for a projection to reach the head it saw before answering from
+# where the projection is (a stopped or failing projection answers at once).
+FRESH_WAIT: Final = 2.0
+
+
+def domain_projections() -> list[Projection]:
+    """Every projection the domain keeps, by name order."""
+    return [RunsCatalog()]
+
+
+class ReadModels:
+    """The domain's projections over one log and store, and the questions they answer."""
+
+    def __init__(self, log: EventLog, store: ProjectionStore) -> None:
+        self.log = log
+        self.store = store
+        self.runners = {p.name: ProjectionRunner(log, store, p) for p in domain_projections()}
+
+    def runner(self, name: str) -> ProjectionRunner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            known = ", ".join(sorted(self.runners))
+            raise NotFound(f"no projection {name!r} (there are: {known})") from None
+
+    def statuses(self) -> list[ProjectionStatus]:
+        return [runner.status() for runner in self.runners.values()]
+
+    async def _fresh(self, name: str) -> None:
+        """Wait (briefly) until the projection has applied what the log held now: a run
+        just started is in the list asked for right after."""
+        with trio.move_on_after(FRESH_WAIT):
+            await self.runners[name].wait_caught_up(self.log.head().seq)
+
+    async def list_runs(
+        self,
+        filters: RunFilter,
+        *,
+        caller: Caller = ADMIN,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[RunRow], int | None]:
+        """A page of the runs the caller may see, newest first, and the next page's cursor."""
+        await self._fresh("runs")
+        return self.store.read(
+            "runs", lambda state: list_runs(state, filters, caller=caller, after=after, limit=limit)
+        )
+
+    async def row_of(self, run_id: str) -> RunRow | None:
+        """The catalog's row of a run the caller was already allowed to see (None if the
+        catalog has not reached it)."""
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: run_row(state, run_id))
+
+    async def run_row(self, run_id: str, *, caller: Caller = ADMIN) -> RunRow:
+        """The catalog's row of one run the caller may see."""
+        await self._fresh("runs")
+        row = self.store.read("runs", lambda state: run_row(state, run_id))
+        if row is None or not (caller.admin or row.owner == caller.owner):
+            raise NotFound(f"no run {run_id!r}")
+        return row
+
+    async def usage_summary(self, filters: UsageFilter, *, caller: Caller = ADMIN) -> UsageTotals:
+        """Runs started and tokens spent in the hours asked for (a non-admin key: its own)."""
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: usage_summary(state, filters, caller=caller))
+
+    async def usage_timeseries(
+        self,
+        filters: UsageFilter,
+        *,
+        interval: Literal["hour", "day"] = "hour",
+        caller: Caller = ADMIN,
+    ) -> list[tuple[int, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read(
+            "runs",
+            lambda state: usage_timeseries(state, filters, interval=interval, caller=caller),
+        )
+
+    async def usage_breakdown(
+        self, filters: UsageFilter, by: Dimension, *, caller: Caller = ADMIN
+    ) -> list[tuple[str, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read(
+            "runs", lambda state: usage_breakdown(state, filters, by, caller=caller)
+        )
+
+    async def usage_by_model(
+        self, filters: UsageFilter, *, caller: Caller = ADMIN
+    ) -> list[tuple[str, str, UsageTotals]]:
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: usage_by_model(state, filters, caller=caller))
+
+    def token_totals(self) -> list[tuple[str, str, UsageTotals]]:
+        """All-time runs and tokens per agent and model, as far as the catalog has got (for
+        metrics: no waiting)."""
+        return self.store.read("runs", totals_by_agent_and_model)
+
+
+@asynccontextmanager
+async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterator[ReadModels]:
+    """The read models, each projection catching up then following the log until the block
+    ends (or the log ends its subscriptions)."""
+    models = ReadModels(log, store)
+    async with trio.open_nursery() as nursery:
+        for runner in models.runners.values():
+            await nursery.start(runner.run)
+        yield models
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,178 @@
+"""Usage by the hour: runs started and tokens spent, per key, agent, provider, model and end
+user, kept by the runs catalog's projection so a restart or rebuild gives the same numbers.
+Summaries, time series, breakdowns and costs are sums over the hours asked for.
+
+Keys: `u:<u64 hour since the Unix epoch><msgpack [key, agent, provider, model, user]>` → msgpack
+`[runs, prompt_tokens, completion_tokens, total_tokens]`; and for all time, per agent and model
+(what Prometheus is given), `c:<msgpack [agent, model]>` → the same counters.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Final, Literal
+
+import msgspec
+
+from cuelog.actors._commands import ADMIN, Caller
+from cuelog.actors._messages import Usage
+from cuelog.runtime import ProjectionState
+
+_U64: Final = struct.Struct(">Q")
+_PREFIX: Final = b"u:"
+_TOTALS: Final = b"c:"
+HOUR_US: Final = 3_600_000_000
+
+Dimension = Literal["key", "agent", "provider", "model", "user"]
+DIMENSIONS: Final[tuple[Dimension, ...]] = ("key", "agent", "provider", "model", "user")
+
+_dims_encoder = msgspec.msgpack.Encoder()
+_dims_decoder = msgspec.msgpack.Decoder(tuple[str, str, str, str, str])
+_counts_decoder = msgspec.msgpack.Decoder(tuple[int, int, int, int])
+_pair_decoder = msgspec.msgpack.Decoder(tuple[str, str])
+
+
+class UsageTotals(msgspec.Struct, kw_only=True):
+    """Runs started and tokens spent."""
+
+    runs: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, runs: int, prompt: int, completion: int, total: int) -> None:
+        self.runs += runs
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += total
+
+
+class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which hours (µs since the Unix epoch: `since` included, `until` excluded) and which
+    runs count; None: any."""
+
+    since: int | None = None
+    until: int | None = None
+    agent_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+
+
+def record_usage(
+    state: ProjectionState,
+    ts: int,
+    dims: tuple[str, str, str, str, str],
+    *,
+    runs: int = 0,
+    usage: Usage | None = None,
+) -> None:
+    """Add a run start and/or a model call's tokens to the hour of `ts`, and to the all-time
+    counters of its agent and model."""
+    _add(state, _PREFIX + _U64.pack(ts // HOUR_US) + _dims_encoder.encode(dims), runs, usage)
+    _add(state, _TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
+
+
+def _add(state: ProjectionState, key: bytes, runs: int, usage: Usage | None) -> None:
+    raw = state.get(key)
+    counts = list(_counts_decoder.decode(raw)) if raw is not None else [0, 0, 0, 0]
+    counts[0] += runs
+    if usage is not None:
+        counts[1] += usage.prompt_tokens
+        counts[2] += usage.completion_tokens
+        counts[3] += usage.total_tokens
+    state.put(key, _dims_encoder.encode(counts))
+
+
+def _rows(
+    state: ProjectionState, filters: UsageFilter, caller: Caller
+) -> Iterator[tuple[int, tuple[str, str, str, str, str], tuple[int, int, int, int]]]:
+    """(hour, dims, counts) of every bucket the filter and the caller keep, by hour."""
+    first = None if filters.since is None else max(filters.since, 0) // HOUR_US
+    last = None if filters.until is None else -(-max(filters.until, 0) // HOUR_US)  # round up
+    if first is not None and last is not None and first >= last:
+        return  # an empty window
+    start = None if first is None or first == 0 else _PREFIX + _U64.pack(first - 1) + b"\xff"
+    for key, value in state.scan(_PREFIX, start=start):
+        hour = _U64.unpack(key[2:10])[0]
+        if first is not None and hour < first:
+            continue
+        if last is not None and hour >= last:
+            return
+        dims = _dims_decoder.decode(key[10:])
+        owner, agent, provider, model, _user = dims
+        if not caller.admin and owner != (caller.owner or ""):
+            continue
+        if filters.agent_id is not None and agent != filters.agent_id:
+            continue
+        if filters.provider is not None and provider != filters.provider:
+            continue
+        if filters.model is not None and model != filters.model:
+            continue
+        yield hour, dims, _counts_decoder.decode(value)
+
+
+def usage_summary(
+    state: ProjectionState, filters: UsageFilter, *, caller: Caller = ADMIN
+) -> UsageTotals:
+    totals = UsageTotals()
+    for _hour, _dims, counts in _rows(state, filters, caller):
+        totals.add(*counts)
+    return totals
+
+
+def usage_timeseries(
+    state: ProjectionState,
+    filters: UsageFilter,
+    *,
+    interval: Literal["hour", "day"] = "hour",
+    caller: Caller = ADMIN,
+) -> list[tuple[int, UsageTotals]]:
+    """(start of the interval in µs, totals) for each interval with any usage, in order."""
+    width = 1 if interval == "hour" else 24
+    points: dict[int, UsageTotals] = {}
+    for hour, _dims, counts in _rows(state, filters, caller):
+        start = hour // width * width * HOUR_US
+        point = points.get(start)
+        if point is None:
+            point = points[start] = UsageTotals()
+        point.add(*counts)
+    return sorted(points.items())
+
+
+def usage_breakdown(
+    state: ProjectionState, filters: UsageFilter, by: Dimension, *, caller: Caller = ADMIN
+) -> list[tuple[str, UsageTotals]]:
+    """Totals per value of one dimension, the most tokens first."""
+    index = DIMENSIONS.index(by)
+    groups: dict[str, UsageTotals] = {}
+    for _hour, dims, counts in _rows(state, filters, caller):
+        group = groups.get(dims[index])
+        if group is None:
+            group = groups[dims[index]] = UsageTotals()
+        group.add(*counts)
+    return sorted(groups.items(), key=lambda item: (-item[1].total_tokens, item[0]))
+
+
+def usage_by_model(
+    state: ProjectionState, filters: UsageFilter, *, caller: Caller = ADMIN
+) -> list[tuple[str, str, UsageTotals]]:
+    """(provider, model, totals), for pricing."""
+    groups: dict[tuple[str, str], UsageTotals] = {}
+    for _hour, dims, counts in _rows(state, filters, caller):
+        group = groups.get((dims[2], dims[3]))
+        if group is None:
+            group = groups[(dims[2], dims[3])] = UsageTotals()
+        group.add(*counts)
+    return [(p, m, totals) for (p, m), totals in sorted(groups.items())]
+
+
+def totals_by_agent_and_model(state: ProjectionState) -> list[tuple[str, str, UsageTotals]]:
+    """(agent, model, all-time totals) for each pair that ever ran."""
+    out: list[tuple[str, str, UsageTotals]] = []
+    for key, value in state.scan(_TOTALS):
+        agent, model = _pair_decoder.decode(key[len(_TOTALS) :])
+        totals = UsageTotals()
+        totals.add(*_counts_decoder.decode(value))
+        out.append((agent, model, totals))
+    return out

@@ -1,0 +1,51 @@
+"""Projection catch-up: the runs catalog (rows, indexes and hourly usage) folded into its LMDB
+store from a log of recorded runs, against the timeline + fold that `bench_replay` measures over
+the same log in the same run (target: at least 0.5 of it). CUELOG_BENCH_SCALE=0.1 makes a quick
+run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from benchmarks.bench_replay import build_log, timeline_and_fold
+from cuelog.actors import domain_projections
+from cuelog.runtime import ProjectionRunner, open_event_log, open_projection_store
+
+SCALE = float(os.environ.get("CUELOG_BENCH_SCALE", "1"))
+
+
+async def catch_up(path: Path) -> tuple[int, float]:
+    async with (
+        open_event_log(path, readonly=True) as log,
+        open_projection_store(path, sync=True) as store,
+    ):
+        [catalog] = domain_projections()
+        runner = ProjectionRunner(log, store, catalog)
+        started = time.perf_counter()
+        checkpoint = await runner.rebuild()
+        return checkpoint.seq, time.perf_counter() - started
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cuelog-bench-projections-") as tmp:
+        work = Path(tmp) / "log"
+        total = max(int(1_000_000 * SCALE), 10_000)
+        print(f"projections: building a {total:,}-event log of recorded runs", flush=True)
+        trio.run(build_log, work, total)
+        count, fold_seconds = trio.run(timeline_and_fold, work)
+        applied, seconds = trio.run(catch_up, work)
+        assert applied == count
+        fold_rate, rate = count / fold_seconds, applied / seconds
+        print(f"  timeline + fold (baseline)        {fold_rate:>12,.0f} ev/s")
+        print(f"  runs catalog catch-up             {rate:>12,.0f} ev/s  ({seconds:.2f} s)")
+        print(f"  ratio to the baseline             {rate / fold_rate:>12.2f}    (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
