@@ -19,7 +19,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
@@ -29,13 +29,10 @@ import msgspec
 import structlog
 import trio
 
-from cuelog.runtime._codec import Event
 from cuelog.runtime._content import CONTENT_DIR, LocalContentStore, with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
-    AppendPart,
-    RawEvent,
     decode_record,
     encode_record,
     genesis_hash,
@@ -52,7 +49,7 @@ from cuelog.runtime._errors import (
     WrongExpectedVersion,
 )
 from cuelog.runtime._follow import CommitSignal, PullSubscriptions
-from cuelog.runtime._pending import PendingAppend
+from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._records import (
     Anchor,
     Head,
@@ -141,7 +138,7 @@ class _Plan:
 
 
 @final
-class LmdbEventLog(PullSubscriptions):
+class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
     """The embedded event log. Open it with `open_event_log`, never directly."""
 
     def __init__(
@@ -343,59 +340,6 @@ class LmdbEventLog(PullSubscriptions):
         self._release_lock()
 
     # -- appending -----------------------------------------------------------------------------
-
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[Event | RawEvent],
-        *,
-        expected_version: int | None = None,
-        idempotency_key: str | None = None,
-        causation: str | None = None,
-        correlation: str | None = None,
-        actor: str | None = None,
-    ) -> list[RecordedEvent]:
-        """Append events to a stream; return them as recorded once they are durable.
-
-        `expected_version` is the stream's version the caller saw (`NO_STREAM` = 0 for a new
-        stream); a mismatch raises `WrongExpectedVersion`. With `idempotency_key`, a repeat with
-        the same stream and events returns the original records, and a different body raises
-        `IdempotencyConflict`.
-        """
-        if self._closed or self.readonly:
-            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        request = PendingAppend(
-            stream,
-            events,
-            max_event_bytes=self.max_event_bytes,
-            expected=expected_version,
-            idem=idempotency_key,
-            causation=causation,
-            correlation=correlation,
-            actor=actor,
-        )
-        return await request.submit(self._pending, self._wake_writer)
-
-    async def append_many(
-        self,
-        parts: Sequence[AppendPart],
-        *,
-        causation: str | None = None,
-        correlation: str | None = None,
-        actor: str | None = None,
-    ) -> list[list[RecordedEvent]]:
-        """Append to several streams atomically (see `EventLog.append_many`)."""
-        if self._closed or self.readonly:
-            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        request = PendingAppend.of_parts(
-            parts,
-            max_event_bytes=self.max_event_bytes,
-            causation=causation,
-            correlation=correlation,
-            actor=actor,
-        )
-        await request.submit(self._pending, self._wake_writer)
-        return request.split()
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""

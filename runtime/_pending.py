@@ -10,6 +10,7 @@ import trio
 
 from cuelog.runtime._codec import Event
 from cuelog.runtime._envelope import AppendPart, RawEvent, check_name, encode_events, request_digest
+from cuelog.runtime._errors import LogClosed
 from cuelog.runtime._records import RecordedEvent
 
 
@@ -129,3 +130,71 @@ class PendingAppend:
             raise self.error
         assert self.result is not None
         return self.result
+
+
+class GroupCommitAppends:
+    """`append` and `append_many` of a backend whose writer task group-commits what is queued
+    in `_pending` (LMDB, PostgreSQL): each call queues one `PendingAppend`, wakes the writer and
+    parks until the commit that covers it."""
+
+    _closed: bool
+    readonly: bool
+    max_event_bytes: int
+    _pending: list[PendingAppend]
+    _wake_writer: trio.Event
+
+    def _check_writable(self) -> None:
+        if self._closed or self.readonly:
+            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | RawEvent],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Append events to a stream; return them as recorded once they are durable.
+
+        `expected_version` is the stream's version the caller saw (`NO_STREAM` = 0 for a new
+        stream); a mismatch raises `WrongExpectedVersion`. With `idempotency_key`, a repeat with
+        the same stream and events returns the original records, and a different body raises
+        `IdempotencyConflict`. On PostgreSQL a lost connection raises `LogUnavailable`: nothing
+        was acknowledged, and a retry with the same idempotency key is safe.
+        """
+        self._check_writable()
+        request = PendingAppend(
+            stream,
+            events,
+            max_event_bytes=self.max_event_bytes,
+            expected=expected_version,
+            idem=idempotency_key,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
+        )
+        return await request.submit(self._pending, self._wake_writer)
+
+    async def append_many(
+        self,
+        parts: Sequence[AppendPart],
+        *,
+        causation: str | None = None,
+        correlation: str | None = None,
+        actor: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams in one commit (see `EventLog.append_many`)."""
+        self._check_writable()
+        request = PendingAppend.of_parts(
+            parts,
+            max_event_bytes=self.max_event_bytes,
+            causation=causation,
+            correlation=correlation,
+            actor=actor,
+        )
+        await request.submit(self._pending, self._wake_writer)
+        return request.split()

@@ -36,13 +36,10 @@ import psycopg
 import structlog
 import trio
 
-from cuelog.runtime._codec import Event
 from cuelog.runtime._content import with_content_check
 from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
-    AppendPart,
-    RawEvent,
     decode_record,
     encode_record,
     genesis_hash,
@@ -58,7 +55,7 @@ from cuelog.runtime._errors import (
 )
 from cuelog.runtime._follow import CommitSignal, PullSubscriptions
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
-from cuelog.runtime._pending import PendingAppend
+from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
 from cuelog.runtime._records import (
     Anchor,
@@ -198,7 +195,7 @@ def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:
 
 
 @final
-class PostgresEventLog(PullSubscriptions):
+class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
     """The shared event log. Open it with `open_event_log("postgresql://…")`, never directly."""
 
     def __init__(
@@ -338,55 +335,6 @@ class PostgresEventLog(PullSubscriptions):
         return bytes(row[0])
 
     # -- appending -----------------------------------------------------------------------------
-
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[Event | RawEvent],
-        *,
-        expected_version: int | None = None,
-        idempotency_key: str | None = None,
-        causation: str | None = None,
-        correlation: str | None = None,
-        actor: str | None = None,
-    ) -> list[RecordedEvent]:
-        """Append events to a stream; return them as recorded once PostgreSQL has committed them
-        (see `EventLog.append`). A lost connection raises `LogUnavailable`: nothing was
-        acknowledged, and a retry with the same idempotency key is safe."""
-        if self._closed or self.readonly:
-            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        request = PendingAppend(
-            stream,
-            events,
-            max_event_bytes=self.max_event_bytes,
-            expected=expected_version,
-            idem=idempotency_key,
-            causation=causation,
-            correlation=correlation,
-            actor=actor,
-        )
-        return await request.submit(self._pending, self._wake_writer)
-
-    async def append_many(
-        self,
-        parts: Sequence[AppendPart],
-        *,
-        causation: str | None = None,
-        correlation: str | None = None,
-        actor: str | None = None,
-    ) -> list[list[RecordedEvent]]:
-        """Append to several streams in one transaction (see `EventLog.append_many`)."""
-        if self._closed or self.readonly:
-            raise LogClosed("the log is closed" if self._closed else "the log is read-only")
-        request = PendingAppend.of_parts(
-            parts,
-            max_event_bytes=self.max_event_bytes,
-            causation=causation,
-            correlation=correlation,
-            actor=actor,
-        )
-        await request.submit(self._pending, self._wake_writer)
-        return request.split()
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:
         """Store a snapshot of a stream's folded state (not part of the chain)."""
