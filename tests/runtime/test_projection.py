@@ -68,6 +68,11 @@ async def test_catch_up_then_follow_live(backend: str, tmp_path: Path) -> None:
             assert await runner.wait_caught_up(120)
             await append_ticks(log, 30, stream="t")
             assert await runner.wait_caught_up(150)
+            # Ticks committed while it was still reading history are applied by catch-up, which
+            # then turns to following the log: wait for that turn, not just for seq 150.
+            with trio.fail_after(10):
+                while runner.status().phase == "catching_up":  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             status = runner.status()
             assert (status.phase, status.checkpoint, status.lag) == ("live", 150, 0)
             assert store.read("tally", tally) == expected(150)
