@@ -2,12 +2,15 @@
 `Domain` that the layers above (HTTP, the command line) use for every write and read."""
 
 from cuelog.actors._agent import AgentView as AgentView
+from cuelog.actors._budgets import Budgets as Budgets
+from cuelog.actors._budgets import BudgetUse as BudgetUse
 from cuelog.actors._commands import ADMIN as ADMIN
 from cuelog.actors._commands import Caller as Caller
 from cuelog.actors._commands import RunView as RunView
 from cuelog.actors._domain import Domain as Domain
 from cuelog.actors._domain import IdempotencyKey as IdempotencyKey
 from cuelog.actors._domain import open_domain as open_domain
+from cuelog.actors._errors import BudgetExceeded as BudgetExceeded
 from cuelog.actors._errors import Conflict as Conflict
 from cuelog.actors._errors import IdempotencyKeyReused as IdempotencyKeyReused
 from cuelog.actors._errors import InputTooLarge as InputTooLarge
@@ -27,6 +30,8 @@ from cuelog.actors._events import AgentSpec as AgentSpec
 from cuelog.actors._events import ApprovalPolicy as ApprovalPolicy
 from cuelog.actors._events import AssistantDelta as AssistantDelta
 from cuelog.actors._events import AssistantMessage as AssistantMessage
+from cuelog.actors._events import Budget as Budget
+from cuelog.actors._events import BudgetPeriod as BudgetPeriod
 from cuelog.actors._events import BusyPolicy as BusyPolicy
 from cuelog.actors._events import KeyCreated as KeyCreated
 from cuelog.actors._events import LoopSpec as LoopSpec
@@ -156,6 +161,11 @@ __all__ = [
     "AssistantDelta",
     "AssistantMessage",
     "Attempt",
+    "Budget",
+    "BudgetExceeded",
+    "BudgetPeriod",
+    "BudgetUse",
+    "Budgets",
     "BuiltinTools",
     "BusyPolicy",
     "Caller",

@@ -25,6 +25,7 @@ from cuelog.actors._agent import (
     GetAgent,
     UpdateAgent,
 )
+from cuelog.actors._budgets import Budgets
 from cuelog.actors._commands import ADMIN, Caller, CancelRun, GetRun, RunView
 from cuelog.actors._content import resolve_messages, store_media
 from cuelog.actors._errors import InputTooLarge, Invalid, NotFound, Unavailable
@@ -140,6 +141,8 @@ class Domain:
         self.keys = KeyStore(log)
         self._ids = ids
         self._queued: dict[str, str] = {}  # run id -> session key, until the run starts
+        # Checked before a run is sent, once the read models run beside the domain.
+        self.budgets: Budgets | None = None
         self._max_event_bytes = log.statistics().max_event_bytes
 
     # -- agents --------------------------------------------------------------------------------
@@ -209,6 +212,7 @@ class Domain:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
         if spec is None:  # read before an Idempotency-Key is claimed in the log
             spec = (await self.get_agent(agent_id)).spec
+        await self.check_budgets(agent_id, spec, caller)
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
         messages = await store_media(messages, self.log.content)
@@ -229,6 +233,11 @@ class Domain:
         )
         self._remember_queued(run, key)
         return sent
+
+    async def check_budgets(self, agent_id: str, spec: AgentSpec, caller: Caller) -> None:
+        """Refuse (`BudgetExceeded`) a run the agent's or the caller's budget has no room for."""
+        if self.budgets is not None:
+            await self.budgets.check(agent_id, spec, caller)
 
     def _check_fits(
         self,

@@ -10,7 +10,8 @@ CuelogError (cuelog.runtime)
     ├── Conflict    the command clashes with the current state (exists, busy, finished)
     │   └── IdempotencyKeyReused  an Idempotency-Key came back with another request
     ├── Invalid     the command's content is wrong (a digest that does not match, a bad value)
-    └── Unavailable runs are refused for now (emergency stop)
+    ├── Unavailable runs are refused for now (emergency stop)
+    └── BudgetExceeded  an agent's or a key's budget for the period is spent
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ class Invalid(CommandRejected):
 
 class Unavailable(CommandRejected):
     """New work is refused for now."""
+
+
+class BudgetExceeded(CommandRejected):
+    """A budget of the agent or the calling key is spent; `reset_at` (seconds since the Unix
+    epoch) is when runs may start again."""
+
+    def __init__(self, message: str, *, reset_at: int) -> None:
+        super().__init__(message)
+        self.reset_at = reset_at
 
 
 class InputTooLarge(PayloadTooLarge):

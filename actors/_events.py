@@ -6,7 +6,7 @@ changed shape bumps `__schema__` and registers an upcaster on `DOMAIN_CODEC`.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -15,6 +15,22 @@ from cuelog.runtime import Event, EventCodec, event_type
 
 ApprovalPolicy = Literal["auto", "ask", "reject"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
+# Calendar periods (UTC) start over at their boundary; rolling ones count the last 24 hours,
+# 7 or 30 days, by the hour.
+BudgetPeriod = Literal["day", "week", "month", "24h", "7d", "30d"]
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A spending limit for an agent or an API key: tokens and/or cost (priced from
+    `[prices]`) per period. A run is refused at its start once either is reached."""
+
+    period: BudgetPeriod
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1 << 62)] | None = None
+    max_cost: Annotated[float, msgspec.Meta(gt=0, le=1e15)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is None and self.max_cost is None:
+            raise ValueError("a budget needs max_tokens, max_cost or both")
 
 
 class RequestOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -51,6 +67,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     temperature: float | None = None
     request: RequestOptions | None = None
     callback_url: str | None = None  # where its runs' outcomes are delivered by default
+    budgets: list[Budget] = msgspec.field(default_factory=list)
 
 
 # -- agents ------------------------------------------------------------------------------------
@@ -250,10 +267,18 @@ class KeyCreated(Event, tag="KeyCreated", frozen=True):
     scopes: list[str]
     digest: str
     expires_at: int | None = None  # seconds since the Unix epoch
+    budgets: list[Budget] = msgspec.field(default_factory=list)
 
 
 class KeyRevoked(Event, tag="KeyRevoked", frozen=True):
     key_id: str
+
+
+class KeyBudgetsSet(Event, tag="KeyBudgetsSet", frozen=True):
+    """A key's budgets replaced (an empty list: none)."""
+
+    key_id: str
+    budgets: list[Budget]
 
 
 class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
@@ -495,6 +520,7 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
     RequestClaimed,
     KeyCreated,
     KeyRevoked,
+    KeyBudgetsSet,
     EmergencyStopChanged,
     McpServerSaved,
     McpServerDeleted,

@@ -1,4 +1,5 @@
-"""API keys as events: `KeyCreated` (only the secret's sha256) and `KeyRevoked` on stream `keys`.
+"""API keys as events: `KeyCreated` (only the secret's sha256), `KeyBudgetsSet` and `KeyRevoked`
+on stream `keys`.
 
 The store folds the stream once at start and keeps the fold current as it appends, so a revoked
 key is refused on its very next request. `cuelog keys` works on a data dir offline.
@@ -15,7 +16,7 @@ from typing import Final, Literal, final, get_args
 import msgspec
 
 from cuelog.actors._errors import Invalid
-from cuelog.actors._events import DOMAIN_CODEC, KeyCreated, KeyRevoked
+from cuelog.actors._events import DOMAIN_CODEC, Budget, KeyBudgetsSet, KeyCreated, KeyRevoked
 from cuelog.actors._names import KEYS_STREAM
 from cuelog.runtime import EventLog
 
@@ -39,6 +40,7 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: int | None
     revoked: bool = False
     object: str = "api_key"
+    budgets: list[Budget] = msgspec.field(default_factory=list)
 
     def usable(self, now: float) -> bool:
         return not self.revoked and (self.expires_at is None or self.expires_at > now)
@@ -63,11 +65,16 @@ class KeyStore:
                 scopes=event.scopes,
                 created_at=ts,
                 expires_at=event.expires_at,
+                budgets=event.budgets,
             )
             self._by_digest[event.digest] = event.key_id
         elif isinstance(event, KeyRevoked) and event.key_id in self._by_id:
             self._by_id[event.key_id] = msgspec.structs.replace(
                 self._by_id[event.key_id], revoked=True
+            )
+        elif isinstance(event, KeyBudgetsSet) and event.key_id in self._by_id:
+            self._by_id[event.key_id] = msgspec.structs.replace(
+                self._by_id[event.key_id], budgets=event.budgets
             )
 
     def lookup(self, digest: str) -> KeyInfo | None:
@@ -93,6 +100,7 @@ class KeyStore:
         scopes: Sequence[str],
         *,
         expires_at: int | None = None,
+        budgets: Sequence[Budget] = (),
         actor: str | None = None,
     ) -> tuple[KeyInfo, str]:
         """Issue a key; return its info and the secret, which is never stored or shown again."""
@@ -113,6 +121,7 @@ class KeyStore:
             scopes=sorted(set(scopes)),
             digest=key_digest(secret),
             expires_at=expires_at,
+            budgets=list(budgets),
         )
         [record] = await self._log.append(KEYS_STREAM, [event], actor=actor)
         self._apply(event, record.ts // 1_000_000)
@@ -126,4 +135,15 @@ class KeyStore:
             event = KeyRevoked(key_id=key_id)
             [record] = await self._log.append(KEYS_STREAM, [event], actor=actor)
             self._apply(event, record.ts // 1_000_000)
+        return self._by_id[key_id]
+
+    async def set_budgets(
+        self, key_id: str, budgets: Sequence[Budget], *, actor: str | None = None
+    ) -> KeyInfo | None:
+        """Replace a key's budgets; None if there is no such key."""
+        if key_id not in self._by_id:
+            return None
+        event = KeyBudgetsSet(key_id=key_id, budgets=list(budgets))
+        [record] = await self._log.append(KEYS_STREAM, [event], actor=actor)
+        self._apply(event, record.ts // 1_000_000)
         return self._by_id[key_id]

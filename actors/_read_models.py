@@ -16,6 +16,7 @@ from cuelog.actors._usage import (
     Dimension,
     UsageFilter,
     UsageTotals,
+    spend_by_hour,
     totals_by_agent_and_model,
     usage_breakdown,
     usage_by_model,
@@ -123,6 +124,13 @@ class ReadModels:
     ) -> list[tuple[str, str, UsageTotals]]:
         await self._fresh("runs")
         return self.store.read("runs", lambda state: usage_by_model(state, filters, caller=caller))
+
+    async def spend(
+        self, owner: Literal["key", "agent"], name: str, since: int
+    ) -> list[tuple[int, str, UsageTotals]]:
+        """(hour, model, tokens) one key's or one agent's runs spent from `since` (µs) on."""
+        await self._fresh("runs")
+        return self.store.read("runs", lambda state: list(spend_by_hour(state, owner, name, since)))
 
     def token_totals(self) -> list[tuple[str, str, UsageTotals]]:
         """All-time runs and tokens per agent and model, as far as the catalog has got (for

@@ -123,7 +123,7 @@ class RunsCatalog(Projection):
     """Folds run, session and loop events into one row per run."""
 
     name = "runs"
-    version = 1
+    version = 2  # 2: the budgets' spend by key and by agent
 
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
         if event.type not in _WANTED:

@@ -4,7 +4,9 @@ Summaries, time series, breakdowns and costs are sums over the hours asked for.
 
 Keys: `u:<u64 hour since the Unix epoch><msgpack [key, agent, provider, model, user]>` → msgpack
 `[runs, prompt_tokens, completion_tokens, total_tokens]`; and for all time, per agent and model
-(what Prometheus is given), `c:<msgpack [agent, model]>` → the same counters.
+(what Prometheus is given), `c:<msgpack [agent, model]>` → the same counters. What budgets
+read: one key's or one agent's tokens by the hour and model, `bk:<key>\0<u64 hour><model>` and
+`ba:<agent>\0<u64 hour><model>` → the same counters, so a check reads only its own hours.
 """
 
 from __future__ import annotations
@@ -69,8 +71,34 @@ def record_usage(
 ) -> None:
     """Add a run start and/or a model call's tokens to the hour of `ts`, and to the all-time
     counters of its agent and model."""
-    _add(state, _PREFIX + _U64.pack(ts // HOUR_US) + _dims_encoder.encode(dims), runs, usage)
+    hour = _U64.pack(ts // HOUR_US)
+    _add(state, _PREFIX + hour + _dims_encoder.encode(dims), runs, usage)
     _add(state, _TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
+    if usage is not None and usage.total_tokens:
+        owner, agent, _provider, model, _user = dims
+        if owner:
+            _add(state, spend_prefix("key", owner) + hour + model.encode(), 0, usage)
+        _add(state, spend_prefix("agent", agent) + hour + model.encode(), 0, usage)
+
+
+def spend_prefix(kind: Literal["key", "agent"], name: str) -> bytes:
+    return (b"bk:" if kind == "key" else b"ba:") + name.encode() + b"\0"
+
+
+def spend_by_hour(
+    state: ProjectionState, kind: Literal["key", "agent"], name: str, since: int
+) -> Iterator[tuple[int, str, UsageTotals]]:
+    """(hour, model, tokens) a key's or an agent's runs spent from `since` (µs) on, by hour."""
+    prefix = spend_prefix(kind, name)
+    first = max(since, 0) // HOUR_US
+    start = None if first == 0 else prefix + _U64.pack(first - 1) + b"\xff"
+    for key, value in state.scan(prefix, start=start):
+        hour = _U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
+        if hour < first:
+            continue
+        totals = UsageTotals()
+        totals.add(*_counts_decoder.decode(value))
+        yield hour, key[len(prefix) + 8 :].decode(), totals
 
 
 def _add(state: ProjectionState, key: bytes, runs: int, usage: Usage | None) -> None:

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from cuelog.actors import (
+    BudgetExceeded,
     Conflict,
     IdempotencyKeyReused,
     Invalid,
@@ -66,6 +67,7 @@ _HEALTH_OPEN = to_json({"status": "ok", "auth_required": False})
 
 # Domain and log errors as HTTP answers: status and, where clients tell them apart, a code.
 _ERRORS: list[tuple[type[Exception], int, str | None]] = [
+    (BudgetExceeded, 429, "budget_exceeded"),
     (NotFound, 404, None),
     (IdempotencyKeyReused, 409, "idempotency_key_reused"),
     (Conflict, 409, None),
@@ -114,6 +116,9 @@ def error_answer(exc: CuelogError) -> ApiError:
                 logger.warning("unavailable", error_type=type(exc).__name__, detail=message)
                 message = generic
         headers = {"Retry-After": "1"} if status == 503 else None
+        if isinstance(exc, BudgetExceeded):
+            wait = max(1, exc.reset_at - int(time.time()))
+            headers = {"Retry-After": str(wait)}
         param = exc.param if isinstance(exc, Invalid) else None
         return ApiError(status, message, code=code, param=param, headers=headers)
     logger.error("unhandled cuelog error", error_type=type(exc).__name__, detail=str(exc))

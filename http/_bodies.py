@@ -12,6 +12,7 @@ from cuelog.actors import (
     MAX_WEBHOOK_SECRET_CHARS,
     MIN_WEBHOOK_SECRET_CHARS,
     ApprovalPolicy,
+    Budget,
     BusyPolicy,
     Scope,
 )
@@ -26,6 +27,7 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]  # up to the year 9999
+Budgets = Annotated[list[Budget], msgspec.Meta(max_length=16)]
 CallbackUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 # Write-only: sealed outside the log, never answered. "" (on PATCH) removes it.
 WebhookSecret = Annotated[
@@ -60,6 +62,7 @@ class AgentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     temperature: Temperature | None = None
     callback_url: CallbackUrl | None = None
     webhook_secret: WebhookSecret | None = None
+    budgets: Budgets | None = None  # replaces the agent's budgets; [] removes them
 
 
 class AgentBody(AgentPatch, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -99,6 +102,11 @@ class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
     expires_at: UnixSeconds | None = None
     webhook_secret: WebhookSecret | None = None
+    budgets: Budgets = msgspec.field(default_factory=list)
+
+
+class KeyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    budgets: Budgets  # replaces the key's budgets; [] removes them
 
 
 class ApprovalBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -10,7 +10,7 @@ from quart import Response, request
 
 from cuelog.actors import Caller, KeyInfo, key_signer
 from cuelog.http._auth import Routes, caller, principal
-from cuelog.http._bodies import ApprovalBody, EmergencyStopBody, InvokeBody, KeyBody
+from cuelog.http._bodies import ApprovalBody, EmergencyStopBody, InvokeBody, KeyBody, KeyPatch
 from cuelog.http._params import ChoiceParam
 from cuelog.http._schemas import (
     Approval,
@@ -58,7 +58,11 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
         if signing is not None:
             services.outbox()  # a 503 before anything is written when webhooks are off
         info, secret = await keys.create(
-            body.name, body.scopes, expires_at=body.expires_at, actor=actor()
+            body.name,
+            body.scopes,
+            expires_at=body.expires_at,
+            budgets=body.budgets,
+            actor=actor(),
         )
         if signing is not None:
             await services.outbox().set_secret(key_signer(info.id), signing, actor=actor())
@@ -71,6 +75,15 @@ def register_operator_routes(routes: Routes, services: Services) -> None:
     async def list_keys() -> Response:
         """Every key issued (never the secret)."""
         return json_response(to_json(KeyList(data=keys.all(), next_cursor=None)))
+
+    @routes.add("/v1/keys/<key_id>", ["PATCH"], "admin", body=KeyPatch, answers={200: KeyInfo})
+    async def patch_key(key_id: str) -> Response:
+        """Replace a key's budgets."""
+        body, _ = await read_body(KeyPatch)
+        info = await keys.set_budgets(key_id, body.budgets, actor=actor())
+        if info is None:
+            raise ApiError(404, f"no key {key_id!r}")
+        return json_response(to_json(info))
 
     @routes.add("/v1/keys/<key_id>", ["DELETE"], "admin", answers={200: KeyInfo})
     async def revoke_key(key_id: str) -> Response:

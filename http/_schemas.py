@@ -12,6 +12,7 @@ import msgspec
 
 from cuelog.actors import (
     ApprovalPolicy,
+    Budget,
     BusyPolicy,
     ChatMessage,
     KeyInfo,
@@ -74,6 +75,7 @@ class Agent(msgspec.Struct, kw_only=True):
     temperature: float | None
     callback_url: str | None = None
     has_webhook_secret: bool = False  # the secret itself is never shown
+    budgets: list[Budget] = msgspec.field(default_factory=list)
 
 
 class AgentList(msgspec.Struct, kw_only=True):
@@ -198,6 +200,7 @@ class NewKey(msgspec.Struct, kw_only=True):
     object: str
     key: str
     has_webhook_secret: bool = False
+    budgets: list[Budget] = msgspec.field(default_factory=list)
 
 
 class Approval(msgspec.Struct, kw_only=True):

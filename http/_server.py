@@ -12,6 +12,8 @@ import ipaddress
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from hypercorn.utils import wrap_app
 
 from cuelog.actors import (
     AgentSpec,
+    Budgets,
     BuiltinTools,
+    Domain,
     EchoModel,
     HttpFetchConfig,
     Invalid,
@@ -32,6 +36,7 @@ from cuelog.actors import (
     OpenAIConfig,
     OpenAIModel,
     Providers,
+    ReadModels,
     RunSettings,
     ToolRegistry,
     ToolsConfig,
@@ -257,6 +262,11 @@ async def _serve(
             max_map_size=settings.log.max_size,
             max_event_bytes=settings.log.max_event_bytes,
         ) as event_log,
+        open_projection_store(
+            settings.log.url or settings.log.data_dir, sync=settings.log.sync
+        ) as projections,
+        # Before the domain and loops: a run's budget is checked against their spend.
+        open_read_models(event_log, projections) as read_models,
         open_domain(
             event_log,
             run_settings,
@@ -274,6 +284,7 @@ async def _serve(
         ).running() as mcp,
         # Until some secret (the server's, an agent's or a key's) is set, no callback can be
         # set, and the sender waits without following the log.
+        _budgets_checked(domain, read_models, settings),
         open_webhooks(domain, webhook_settings(settings), key_file=key_file) as webhooks,
         open_loops(
             domain,
@@ -281,10 +292,6 @@ async def _serve(
             schedule=settings.loops.enabled,
             webhooks=webhooks,
         ) as loops,
-        open_projection_store(
-            settings.log.url or settings.log.data_dir, sync=settings.log.sync
-        ) as projections,
-        open_read_models(event_log, projections) as read_models,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -328,6 +335,19 @@ async def _serve(
         # Hypercorn has drained its connections; only the signal watcher is left.
         nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+@asynccontextmanager
+async def _budgets_checked(
+    domain: Domain, read_models: ReadModels, settings: Settings
+) -> AsyncIterator[Budgets]:
+    """Check budgets before every run the domain sends from now on (loops' fires too)."""
+    prices = {model: (price.input, price.output) for model, price in settings.prices.items()}
+    domain.budgets = Budgets(read_models, domain.keys, prices)
+    try:
+        yield domain.budgets
+    finally:
+        domain.budgets = None
 
 
 async def _end_streams_on_stop(stop: trio.Event, services: Services) -> None:

@@ -123,9 +123,10 @@ class Services:
             callback_url = await self.outbox().check_target(
                 callback_url, agent_id=agent_id, key_id=who.key_id
             )
-            await self.domain.get_agent(agent_id)  # an unknown agent writes nothing
+            agent = await self.domain.get_agent(agent_id)  # an unknown agent writes nothing
             if self.domain.emergency_stopped:
                 raise Unavailable("emergency stop is on: new runs are refused until it is released")
+            await self.domain.check_budgets(agent_id, agent.spec, who.caller())
             run_id = f"run_{secrets.token_hex(12)}"
             await self.outbox().request(run_id, callback_url, actor=actor)
         spec = tune((await self.domain.get_agent(agent_id)).spec) if tune is not None else None

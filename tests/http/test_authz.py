@@ -22,6 +22,7 @@ OWNED_PARAMS = {"key", "run_id"}
 MISSING: dict[tuple[str, str], int] = {
     ("DELETE", "/v1/agents/<agent_id>"): 404,
     ("DELETE", "/v1/keys/<key_id>"): 404,
+    ("PATCH", "/v1/keys/<key_id>"): 404,
     ("DELETE", "/v1/loops/<loop_id>"): 404,
     ("GET", "/v1/webhooks/deliveries/<delivery_id>"): 404,
     ("POST", "/v1/webhooks/deliveries/<delivery_id>/redeliver"): 404,
@@ -44,6 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/agents/<agent_id>/wake"): {"message": "hi"},
     ("PATCH", "/v1/sessions/<key>"): {"label": "swept"},
     ("POST", "/v1/keys"): {"name": "made-by-sweep", "scopes": ["read"]},
+    ("PATCH", "/v1/keys/<key_id>"): {"budgets": []},
     ("POST", "/v1/approvals/<approval_id>"): {"decision": "approve", "args_digest": "0" * 64},
     ("POST", "/v1/tools/invoke"): {"name": "calculator", "args": {"expr": "1+1"}, "dry_run": True},
     ("PATCH", "/v1/mcp/servers/<server_id>"): {"timeout": 30},
