@@ -121,6 +121,10 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._traces import Span as Span
+from cuelog.actors._traces import Trace as Trace
+from cuelog.actors._traces import fold_trace as fold_trace
+from cuelog.actors._traces import trace_id as trace_id
 from cuelog.actors._usage import DIMENSIONS as USAGE_DIMENSIONS
 from cuelog.actors._usage import Dimension as UsageDimension
 from cuelog.actors._usage import UsageFilter as UsageFilter
@@ -229,6 +233,7 @@ __all__ = [
     "Sent",
     "SessionState",
     "SessionView",
+    "Span",
     "TextDelta",
     "TimelineRow",
     "Tool",
@@ -240,6 +245,7 @@ __all__ = [
     "ToolSettingsView",
     "ToolSpec",
     "ToolsConfig",
+    "Trace",
     "Unavailable",
     "Usage",
     "UsageDimension",
@@ -254,6 +260,7 @@ __all__ = [
     "event_data",
     "fold_run",
     "fold_session",
+    "fold_trace",
     "invoke_tool",
     "is_run_event",
     "is_valid_id",
@@ -272,5 +279,6 @@ __all__ = [
     "summary",
     "timeline_events",
     "tool_spec",
+    "trace_id",
     "webhook_signature",
 ]

@@ -90,6 +90,7 @@ from cuelog.actors._session import (
     session_view,
 )
 from cuelog.actors._session_fold import SessionState, session_state_at
+from cuelog.actors._traces import Trace, fold_trace
 from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, open_actor_system
 
 logger = structlog.get_logger("cuelog.domain")
@@ -719,6 +720,14 @@ class Domain:
     async def run_timeline(self, run_id: str, *, caller: Caller = ADMIN) -> list[TimelineRow]:
         await self.get_run(run_id, caller=caller)
         return run_timeline(self.log, run_id)
+
+    async def run_trace(self, run_id: str, *, caller: Caller = ADMIN) -> Trace:
+        """The run as a trace: its spans folded from its stream."""
+        await self.get_run(run_id, caller=caller)
+        trace = fold_trace(run_id, self.log.read_stream(run_stream(run_id)))
+        if trace is None:
+            raise NotFound(f"no run {run_id!r}")
+        return trace
 
     async def session_events(
         self, key: str, *, after_seq: int = 0, limit: int = 100, caller: Caller = ADMIN

@@ -43,6 +43,7 @@ from cuelog.http._schemas import Health
 from cuelog.http._services import Services
 from cuelog.http._sessions import register_session_routes
 from cuelog.http._tool_settings import register_tool_settings_routes
+from cuelog.http._traces import register_trace_routes
 from cuelog.http._usage import register_usage_routes
 from cuelog.http._webhooks import register_webhook_routes
 from cuelog.http._wire import ApiError, json_response, to_json
@@ -200,6 +201,7 @@ def create_app(services: Services) -> QuartTrio:
     register_session_routes(routes, services)
     register_run_routes(routes, services)
     register_usage_routes(routes, services)
+    register_trace_routes(routes, services)
     register_operator_routes(routes, services)
     register_audit_routes(routes, services)
     register_mcp_routes(routes, services)

@@ -162,6 +162,62 @@ class RunList(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
+class TraceSummary(msgspec.Struct, kw_only=True):
+    """One run as a trace in the traces list. Times are Unix seconds (fractional)."""
+
+    id: str  # the run id
+    object: str
+    trace_id: str
+    name: str
+    status: RunStatus
+    session_key: str
+    agent_id: str
+    user_id: str | None
+    loop_id: str | None
+    provider: str
+    model: str
+    started_at: float | None
+    ended_at: float | None
+    duration_ms: float | None
+    model_calls: int
+    tool_calls: int
+    usage: Usage
+    error: str | None
+
+
+class TraceList(msgspec.Struct, kw_only=True):
+    data: list[TraceSummary]
+    next_cursor: str | None
+
+
+class TraceSpan(msgspec.Struct, kw_only=True):
+    """A model call, tool call, approval wait, or the run itself (the root)."""
+
+    span_id: str
+    parent_id: str | None
+    kind: Literal["run", "model", "tool", "approval"]
+    name: str
+    start: float
+    end: float | None
+    duration_ms: float | None
+    status: Literal["ok", "error", "unset"]
+    error: str | None
+    usage: Usage | None
+    attributes: dict[str, Any]
+
+
+class Trace(msgspec.Struct, kw_only=True):
+    id: str  # the run id
+    object: str
+    trace_id: str
+    status: RunStatus
+    started_at: float
+    ended_at: float | None
+    duration_ms: float | None
+    usage: Usage | None
+    spans: list[TraceSpan]
+
+
 class WakeResult(msgspec.Struct, kw_only=True):
     content: str
     run_id: str
