@@ -121,6 +121,8 @@ from cuelog.actors._tools_registry import ToolRegistry as ToolRegistry
 from cuelog.actors._tools_registry import ToolsConfig as ToolsConfig
 from cuelog.actors._tools_settings import BuiltinTools as BuiltinTools
 from cuelog.actors._tools_settings import ToolSettingsView as ToolSettingsView
+from cuelog.actors._trace_export import TraceExport as TraceExport
+from cuelog.actors._trace_export import TraceSink as TraceSink
 from cuelog.actors._traces import Span as Span
 from cuelog.actors._traces import Trace as Trace
 from cuelog.actors._traces import fold_trace as fold_trace
@@ -246,6 +248,8 @@ __all__ = [
     "ToolSpec",
     "ToolsConfig",
     "Trace",
+    "TraceExport",
+    "TraceSink",
     "Unavailable",
     "Usage",
     "UsageDimension",

@@ -111,6 +111,14 @@ class WebhooksSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout: float = 10.0  # one attempt, connect to answer
 
 
+class OtelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # OTLP over HTTP (protobuf) traces URL, e.g. http://127.0.0.1:4318/v1/traces; off when unset.
+    endpoint: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # sent with every export
+    service_name: str = "cuelog"
+    timeout: float = 10.0  # one export request, in seconds
+
+
 class Price(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a model's tokens cost, per million, in the currency of `/v1/costs/summary`."""
 
@@ -130,6 +138,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
     models: ModelsSection = msgspec.field(default_factory=ModelsSection)
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    otel: OtelSection = msgspec.field(default_factory=OtelSection)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -141,6 +150,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mcp": McpSection,
     "loops": LoopsSection,
     "webhooks": WebhooksSection,
+    "otel": OtelSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -311,6 +321,13 @@ def _check(settings: Settings) -> None:
     for name in ("retry_window", "backoff_base", "backoff_max", "timeout"):
         if getattr(hooks, name) <= 0:
             raise ConfigError(f"webhooks.{name}: must be more than 0 seconds")
+    otel = settings.otel
+    if otel.endpoint is not None and not otel.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("otel.endpoint: must be an http:// or https:// URL")
+    if not (math.isfinite(otel.timeout) and otel.timeout > 0):
+        raise ConfigError("otel.timeout: must be more than 0 seconds")
+    if not otel.service_name.strip():
+        raise ConfigError("otel.service_name: must not be empty")
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()

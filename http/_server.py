@@ -50,6 +50,7 @@ from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
+from cuelog.http._otel import open_otel_export
 from cuelog.http._services import Services
 from cuelog.runtime import (
     ActorConfig,
@@ -285,6 +286,7 @@ async def _serve(
         # Until some secret (the server's, an agent's or a key's) is set, no callback can be
         # set, and the sender waits without following the log.
         _budgets_checked(domain, read_models, settings),
+        open_otel_export(settings.otel, event_log, projections) as trace_export,
         open_webhooks(domain, webhook_settings(settings), key_file=key_file) as webhooks,
         open_loops(
             domain,
@@ -301,6 +303,7 @@ async def _serve(
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
         services.read_models = read_models
+        services.trace_export = trace_export
         services.mcp = mcp
         services.builtin_tools = builtin_tools
         services.providers = Providers(event_log, key_file, run_settings.providers)

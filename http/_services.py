@@ -27,6 +27,7 @@ from cuelog.actors import (
     ReadModels,
     RunView,
     Sent,
+    TraceExport,
     Unavailable,
     Webhooks,
     event_data,
@@ -87,6 +88,7 @@ class Services:
         self.loops: Loops | None = None  # the scheduled runs, when `loops.enabled`
         self.webhooks: Webhooks | None = None  # the outbox of run outcomes
         self.read_models: ReadModels | None = None  # the projections, once they run
+        self.trace_export: TraceExport | None = None  # OTLP export, when configured
         gc_probe()  # collections are counted from the start
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:
