@@ -14,6 +14,7 @@ from cuelog.actors._errors import NotFound
 from cuelog.actors._runs_catalog import RunFilter, RunRow, RunsCatalog, list_runs, run_row
 from cuelog.actors._usage import (
     Dimension,
+    Pricing,
     UsageFilter,
     UsageTotals,
     spend_by_hour,
@@ -104,19 +105,27 @@ class ReadModels:
         *,
         interval: Literal["hour", "day"] = "hour",
         caller: Caller = ADMIN,
+        price: Pricing | None = None,
     ) -> list[tuple[int, UsageTotals]]:
         await self._fresh("runs")
         return self.store.read(
             "runs",
-            lambda state: usage_timeseries(state, filters, interval=interval, caller=caller),
+            lambda state: usage_timeseries(
+                state, filters, interval=interval, caller=caller, price=price
+            ),
         )
 
     async def usage_breakdown(
-        self, filters: UsageFilter, by: Dimension, *, caller: Caller = ADMIN
+        self,
+        filters: UsageFilter,
+        by: Dimension,
+        *,
+        caller: Caller = ADMIN,
+        price: Pricing | None = None,
     ) -> list[tuple[str, UsageTotals]]:
         await self._fresh("runs")
         return self.store.read(
-            "runs", lambda state: usage_breakdown(state, filters, by, caller=caller)
+            "runs", lambda state: usage_breakdown(state, filters, by, caller=caller, price=price)
         )
 
     async def usage_by_model(

@@ -12,7 +12,7 @@ read: one key's or one agent's tokens by the hour and model, `bk:<key>\0<u64 hou
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final, Literal
 
 import msgspec
@@ -35,13 +35,18 @@ _counts_decoder = msgspec.msgpack.Decoder(tuple[int, int, int, int])
 _pair_decoder = msgspec.msgpack.Decoder(tuple[str, str])
 
 
+# What a model's tokens cost: (model, prompt tokens, completion tokens) -> cost.
+Pricing = Callable[[str, int, int], float]
+
+
 class UsageTotals(msgspec.Struct, kw_only=True):
-    """Runs started and tokens spent."""
+    """Runs started and tokens spent (and what they cost, when a price was given)."""
 
     runs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cost: float = 0.0
 
     def add(self, runs: int, prompt: int, completion: int, total: int) -> None:
         self.runs += runs
@@ -155,23 +160,32 @@ def usage_timeseries(
     *,
     interval: Literal["hour", "day"] = "hour",
     caller: Caller = ADMIN,
+    price: Pricing | None = None,
 ) -> list[tuple[int, UsageTotals]]:
-    """(start of the interval in µs, totals) for each interval with any usage, in order."""
+    """(start of the interval in µs, totals) for each interval with any usage, in order;
+    with `price`, each interval's cost too."""
     width = 1 if interval == "hour" else 24
     points: dict[int, UsageTotals] = {}
-    for hour, _dims, counts in _rows(state, filters, caller):
+    for hour, dims, counts in _rows(state, filters, caller):
         start = hour // width * width * HOUR_US
         point = points.get(start)
         if point is None:
             point = points[start] = UsageTotals()
         point.add(*counts)
+        if price is not None:
+            point.cost += price(dims[3], counts[1], counts[2])
     return sorted(points.items())
 
 
 def usage_breakdown(
-    state: ProjectionState, filters: UsageFilter, by: Dimension, *, caller: Caller = ADMIN
+    state: ProjectionState,
+    filters: UsageFilter,
+    by: Dimension,
+    *,
+    caller: Caller = ADMIN,
+    price: Pricing | None = None,
 ) -> list[tuple[str, UsageTotals]]:
-    """Totals per value of one dimension, the most tokens first."""
+    """Totals per value of one dimension, the most tokens first; with `price`, costs too."""
     index = DIMENSIONS.index(by)
     groups: dict[str, UsageTotals] = {}
     for _hour, dims, counts in _rows(state, filters, caller):
@@ -179,6 +193,8 @@ def usage_breakdown(
         if group is None:
             group = groups[dims[index]] = UsageTotals()
         group.add(*counts)
+        if price is not None:
+            group.cost += price(dims[3], counts[1], counts[2])
     return sorted(groups.items(), key=lambda item: (-item[1].total_tokens, item[0]))
 
 

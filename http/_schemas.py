@@ -385,6 +385,7 @@ class UsagePoint(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost: float  # priced from `[prices]` (an unpriced model: 0)
 
 
 class UsageTimeseries(msgspec.Struct, kw_only=True):
@@ -401,6 +402,7 @@ class UsageGroup(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost: float  # priced from `[prices]` (an unpriced model: 0)
 
 
 class UsageBreakdown(msgspec.Struct, kw_only=True):

@@ -70,6 +70,12 @@ def _seconds(us: int | None) -> float | None:
 def register_usage_routes(routes: Routes, services: Services) -> None:
     prices = services.settings.prices
 
+    def price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        known = prices.get(model)
+        if known is None:
+            return 0.0
+        return (prompt_tokens * known.input + completion_tokens * known.output) / 1e6
+
     @routes.add("/v1/usage/summary", ["GET"], "read", answers={200: UsageSummary}, params=FILTERS)
     async def usage_summary() -> Response:
         """Runs started and tokens spent in the period (a non-admin key: its own runs')."""
@@ -98,9 +104,11 @@ def register_usage_routes(routes: Routes, services: Services) -> None:
         filters = _filters()
         interval = cast(Literal["hour", "day"], INTERVAL.get())
         points = await services.models().usage_timeseries(
-            filters, interval=interval, caller=caller()
+            filters, interval=interval, caller=caller(), price=price
         )
-        data = [UsagePoint(start=start // 1_000_000, **_counts(t)) for start, t in points]
+        data = [
+            UsagePoint(start=start // 1_000_000, cost=t.cost, **_counts(t)) for start, t in points
+        ]
         body = UsageTimeseries(
             object="usage.timeseries",
             interval=interval,
@@ -121,8 +129,8 @@ def register_usage_routes(routes: Routes, services: Services) -> None:
         """Runs and tokens per agent, model, provider, key or end user, most tokens first."""
         filters = _filters()
         by = cast(UsageDimension, GROUP_BY.get())
-        groups = await services.models().usage_breakdown(filters, by, caller=caller())
-        data = [UsageGroup(value=value or None, **_counts(t)) for value, t in groups]
+        groups = await services.models().usage_breakdown(filters, by, caller=caller(), price=price)
+        data = [UsageGroup(value=value or None, cost=t.cost, **_counts(t)) for value, t in groups]
         body = UsageBreakdown(
             object="usage.breakdown",
             group_by=by,

@@ -190,6 +190,8 @@ function route() {
     audit: auditPage,
     loops: loopsPage,
     loop: loopPage,
+    runs: runsPage,
+    usage: usagePage,
   };
   const render = pages[name] || sessionsPage;
   render(page, arg, signal).catch((error) => {
@@ -564,6 +566,219 @@ async function runPage(page, runId, signal) {
     isDone: () => finished,
     onState: (text) => (state.textContent = text),
   });
+}
+
+// -- runs list ---------------------------------------------------------------------------------
+
+const RUN_STATUSES = ["any", "queued", "running", "waiting_approval", "completed", "failed", "cancelled"];
+const SVG = "http://www.w3.org/2000/svg";
+
+// A datetime-local value (read as UTC) as RFC 3339, or "" when empty.
+const utcInput = (value) => (value ? value + ":00Z" : "");
+
+async function runsPage(page, arg, signal) {
+  const given = new URLSearchParams(arg || "");
+  const agents = await api("/v1/agents?limit=500", { signal });
+  const agent = h(
+    "select",
+    { id: "runs-agent" },
+    h("option", { value: "" }, "all agents"),
+    agents.data.map((a) => h("option", { value: a.id }, a.id)),
+  );
+  const status = h("select", { id: "runs-status" }, RUN_STATUSES.map((s) => h("option", { value: s }, s)));
+  const user = h("input", { id: "runs-user", type: "search", placeholder: "end user" });
+  const from = h("input", { id: "runs-from", type: "datetime-local", title: "from (UTC)" });
+  const to = h("input", { id: "runs-to", type: "datetime-local", title: "to (UTC)" });
+  agent.value = given.get("agent") || "";
+  status.value = given.get("status") || "any";
+  user.value = given.get("user") || "";
+  from.value = (given.get("from") || "").slice(0, 16);
+  to.value = (given.get("to") || "").slice(0, 16);
+  const rows = h("tbody", { id: "runs" });
+  const more = h("button", { type: "button", hidden: true }, "More");
+  let cursor = null;
+
+  function filters() {
+    const query = new URLSearchParams();
+    if (agent.value) query.set("agent", agent.value);
+    if (status.value !== "any") query.set("status", status.value);
+    if (user.value.trim()) query.set("user", user.value.trim());
+    if (from.value) query.set("from", utcInput(from.value));
+    if (to.value) query.set("to", utcInput(to.value));
+    return query;
+  }
+
+  async function load(reset) {
+    const query = filters();
+    if (reset) {
+      cursor = null;
+      rows.replaceChildren();
+      // The filters stay in the address, so a filtered list can be shared or reloaded.
+      history.replaceState(null, "", "#/runs/" + query.toString());
+    }
+    query.set("limit", "50");
+    if (cursor) query.set("cursor", cursor);
+    const answer = await api("/v1/runs?" + query, { signal });
+    rows.append(
+      ...answer.data.map((run) =>
+        h(
+          "tr",
+          { "data-run": run.id },
+          h("td", {}, h("a", { href: "#/run/" + enc(run.id) }, short(run.id, 16))),
+          h("td", {}, run.agent_id),
+          h("td", {}, h("span", { class: "badge " + run.status }, run.status)),
+          h("td", {}, run.user_id || ""),
+          h("td", {}, when(run.created_at)),
+          h("td", { class: "num" }, run.duration_ms === null ? "" : Math.round(run.duration_ms)),
+          h("td", { class: "num" }, run.steps),
+          h("td", { class: "num" }, run.tool_call_count),
+          h("td", { class: "num tokens" }, run.usage.total_tokens),
+        ),
+      ),
+    );
+    cursor = answer.next_cursor;
+    more.hidden = !cursor;
+  }
+
+  for (const input of [agent, status, from, to]) input.addEventListener("change", () => load(true));
+  user.addEventListener("change", () => load(true));
+  more.addEventListener("click", () => load(false));
+  page.append(
+    h("h1", {}, "Runs"),
+    h("div", { class: "filters" }, agent, status, user, h("label", {}, "from ", from), h("label", {}, "to ", to)),
+    h(
+      "table",
+      {},
+      h(
+        "thead",
+        {},
+        h("tr", {}, ["run", "agent", "status", "user", "created", "ms", "steps", "tools", "tokens"].map((t) => h("th", {}, t))),
+      ),
+      rows,
+    ),
+    more,
+  );
+  await load(true);
+}
+
+// -- usage ---------------------------------------------------------------------------------------
+
+const PERIODS = { "24h": { interval: "hour", step: 3600, count: 24 }, "7d": { interval: "day", step: 86400, count: 7 }, "30d": { interval: "day", step: 86400, count: 30 } };
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs || {})) el.setAttribute(name, String(value));
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+// Bars for every interval of the period (empty ones too, so the time axis is even).
+function barChart(id, points, { label, format }) {
+  const width = 960;
+  const height = 180;
+  const top = 16;
+  const bottom = 22;
+  const max = Math.max(0, ...points.map((p) => p.value));
+  const slot = width / Math.max(points.length, 1);
+  const bars = points.map((p, i) => {
+    const tall = max > 0 ? Math.round(((height - top - bottom) * p.value) / max) : 0;
+    return svg(
+      "rect",
+      {
+        class: "bar",
+        x: (i * slot + slot * 0.1).toFixed(1),
+        y: height - bottom - tall,
+        width: (slot * 0.8).toFixed(1),
+        height: Math.max(tall, 0),
+        "data-start": p.start,
+        "data-value": p.value,
+      },
+      svg("title", {}, `${when(p.start)}: ${format(p.value)} ${label}`),
+    );
+  });
+  const first = points[0];
+  const last = points[points.length - 1];
+  return svg(
+    "svg",
+    { id, class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label + " over time" },
+    svg("line", { class: "axis", x1: 0, y1: height - bottom, x2: width, y2: height - bottom }),
+    bars,
+    svg("text", { class: "tick", x: 2, y: 12 }, `max ${format(max)} ${label}`),
+    first ? svg("text", { class: "tick", x: 2, y: height - 6 }, when(first.start)) : null,
+    last ? svg("text", { class: "tick", x: width - 2, y: height - 6, "text-anchor": "end" }, when(last.start)) : null,
+  );
+}
+
+const money = (value) => (value >= 100 ? value.toFixed(2) : value.toPrecision(3).replace(/\.?0+$/, ""));
+
+async function usagePage(page, arg, signal) {
+  const period = h("select", { id: "usage-period" }, Object.keys(PERIODS).map((p) => h("option", { value: p }, "last " + p)));
+  period.value = PERIODS[arg] ? arg : "24h";
+  const body = h("div", { id: "usage" });
+  page.append(h("h1", {}, "Usage"), h("div", { class: "filters" }, period), body);
+
+  async function load() {
+    const { interval, step, count } = PERIODS[period.value];
+    history.replaceState(null, "", "#/usage/" + period.value);
+    const now = Math.floor(Date.now() / 1000);
+    const first = Math.floor((now - (count - 1) * step) / step) * step;
+    const from = new Date(first * 1000).toISOString();
+    const query = "from=" + enc(from);
+    const [summary, costs, series, agents] = await Promise.all([
+      api("/v1/usage/summary?" + query, { signal }),
+      api("/v1/costs/summary?" + query, { signal }),
+      api(`/v1/usage/timeseries?${query}&interval=${interval}`, { signal }),
+      api(`/v1/usage/breakdown?${query}&group_by=agent`, { signal }),
+    ]);
+    const byStart = new Map(series.data.map((p) => [p.start, p]));
+    const slots = Array.from({ length: count }, (_, i) => first + i * step);
+    const tokens = slots.map((start) => ({ start, value: byStart.get(start)?.total_tokens || 0 }));
+    const cost = slots.map((start) => ({ start, value: byStart.get(start)?.cost || 0 }));
+    const top = agents.data.slice(0, 10);
+    const most = Math.max(1, ...top.map((g) => g.total_tokens));
+    body.replaceChildren(
+      h(
+        "dl",
+        { class: "head totals" },
+        h("dt", {}, "runs"),
+        h("dd", { id: "usage-runs" }, summary.runs),
+        h("dt", {}, "tokens"),
+        h("dd", { id: "usage-tokens" }, `${summary.total_tokens} (${summary.prompt_tokens} in, ${summary.completion_tokens} out)`),
+        h("dt", {}, "cost"),
+        h("dd", { id: "usage-cost" }, money(costs.total_cost), costs.unpriced_models.length ? ` (no price for ${costs.unpriced_models.join(", ")})` : ""),
+      ),
+      h("h2", {}, `Tokens per ${interval}`),
+      barChart("chart-tokens", tokens, { label: "tokens", format: (v) => String(v) }),
+      h("h2", {}, `Cost per ${interval}`),
+      barChart("chart-cost", cost, { label: "cost", format: money }),
+      h("h2", {}, "Top agents"),
+      h(
+        "table",
+        {},
+        h("thead", {}, h("tr", {}, ["agent", "runs", "tokens", "cost", ""].map((t) => h("th", {}, t)))),
+        h(
+          "tbody",
+          { id: "top-agents" },
+          top.map((g) =>
+            h(
+              "tr",
+              { "data-agent": g.value },
+              h("td", {}, h("a", { href: "#/runs/agent=" + enc(g.value) }, g.value)),
+              h("td", { class: "num" }, g.runs),
+              h("td", { class: "num tokens" }, g.total_tokens),
+              h("td", { class: "num" }, money(g.cost)),
+              h("td", {}, h("progress", { max: most, value: g.total_tokens })),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  period.addEventListener("change", () => load().catch((error) => body.replaceChildren(h("p", { class: "error" }, error.message))));
+  await load();
 }
 
 // -- loops -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ LAUNCH_ARGS = [
     "--disable-component-update",
 ]
 WAIT_MS = 10_000
+PRICE_IN, PRICE_OUT = 3.0, 15.0  # per million tokens of echo-1
 NO_VALUE = "\N{EN DASH}"  # what the live panel shows before its first numbers
 
 
@@ -100,8 +101,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     data = tmp_path_factory.mktemp("console")
     shots = Path(os.environ.get("CUELOG_CONSOLE_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
     shots.mkdir(parents=True, exist_ok=True)
+    config = data / "cuelog.toml"
+    config.write_text(f'[prices."echo-1"]\ninput = {PRICE_IN}\noutput = {PRICE_OUT}\n')
     with (
-        running_server(data / "data", "--api-key", key) as server,
+        running_server(data / "data", "--api-key", key, "--config", str(config)) as server,
         httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
         ) as api,
@@ -372,4 +375,79 @@ def test_loops_page_shows_next_fire_and_history_and_toggles_and_runs(console: Co
     page.locator("button.toggle-loop").click()
     expect(page.locator("#next-fire")).to_have_text("\N{EN DASH}")
     assert console.api.get("/v1/loops/morning").json()["enabled"] is False
+    page.close()
+
+
+def _bar_values(page: Page, chart: str) -> list[float]:
+    values: list[str] = page.locator(f"#{chart} rect.bar").evaluate_all(
+        "bars => bars.map((bar) => bar.getAttribute('data-value'))"
+    )
+    return [float(value) for value in values]
+
+
+def test_usage_page_charts_tokens_and_cost_and_lists_top_agents(console: Console) -> None:
+    """After runs on an agent, the usage page's totals are the API's; the token chart has a bar
+    per hour of the last 24 whose values add up to the tokens, the cost chart's to the cost; the
+    top agents link to the runs list filtered by agent; 7d shows a bar per day."""
+    for i in range(2):
+        woke = console.api.post("/v1/agents/helper/wake", json={"message": f"usage {i}"})
+        assert woke.status_code == 200, woke.text
+    page = console.page()
+    console.login(page, "#/usage")
+    expect(page.locator("#chart-tokens rect.bar")).to_have_count(24)
+    summary = console.api.get("/v1/usage/summary", params={"period": "24h"}).json()
+    costs = console.api.get("/v1/costs/summary", params={"period": "24h"}).json()
+    expect(page.locator("#usage-runs")).to_have_text(str(summary["runs"]))
+    expect(page.locator("#usage-tokens")).to_contain_text(str(summary["total_tokens"]))
+    tokens = _bar_values(page, "chart-tokens")
+    assert sum(tokens) == summary["total_tokens"] > 0
+    assert tokens[-1] > 0  # this hour's bar is the last
+    cost = _bar_values(page, "chart-cost")
+    assert abs(sum(cost) - costs["total_cost"]) < 1e-9 and costs["total_cost"] > 0
+    by_agent = console.api.get(
+        "/v1/usage/breakdown", params={"period": "24h", "group_by": "agent"}
+    ).json()["data"]
+    [helper] = [group for group in by_agent if group["value"] == "helper"]
+    row = page.locator("#top-agents tr[data-agent=helper]")
+    expect(row.locator(".tokens")).to_have_text(str(helper["total_tokens"]))
+    page.screenshot(path=str(console.shots / "usage.png"), full_page=True)
+    page.select_option("#usage-period", "7d")
+    expect(page.locator("#chart-tokens rect.bar")).to_have_count(7)
+    assert sum(_bar_values(page, "chart-tokens")) >= summary["total_tokens"]
+    row = page.locator("#top-agents tr[data-agent=helper]")
+    row.locator("a").click()
+    expect(page.locator("#runs-agent")).to_have_value("helper")
+    expect(page.locator("#runs tr").first).to_be_visible()
+    agents = page.locator("#runs tr td:nth-child(2)").all_inner_texts()
+    assert agents and set(agents) == {"helper"}
+    page.close()
+
+
+def test_runs_list_filters_by_agent_status_and_time_and_keeps_them_in_the_address(
+    console: Console,
+) -> None:
+    """Filtering the runs list by agent and status shows only those runs (as the API lists
+    them); the filters stay in the address across a reload; a `from` in the future empties it."""
+    woke = console.api.post("/v1/agents/helper/wake", json={"message": "listed"})
+    assert woke.status_code == 200, woke.text
+    page = console.page()
+    console.login(page, "#/runs")
+    expect(page.locator("#runs tr").first).to_be_visible()
+    page.select_option("#runs-agent", "helper")
+    page.select_option("#runs-status", "completed")
+    want = console.api.get(
+        "/v1/runs", params={"agent": "helper", "status": "completed", "limit": 50}
+    ).json()["data"]
+    expect(page.locator("#runs tr")).to_have_count(len(want))
+    shown = page.locator("#runs tr").evaluate_all("rows => rows.map((r) => r.dataset.run)")
+    assert shown == [run["id"] for run in want]
+    assert woke.json()["run_id"] in shown
+    page.reload()
+    expect(page.locator("#runs-agent")).to_have_value("helper")
+    expect(page.locator("#runs-status")).to_have_value("completed")
+    expect(page.locator("#runs tr")).to_have_count(len(want))
+    page.screenshot(path=str(console.shots / "runs.png"), full_page=True)
+    page.fill("#runs-from", "2999-01-01T00:00")
+    page.dispatch_event("#runs-from", "change")
+    expect(page.locator("#runs tr")).to_have_count(0)
     page.close()

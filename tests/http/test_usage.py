@@ -95,6 +95,10 @@ async def test_totals_equal_the_sum_of_the_runs_usage(tmp_path: Path, backend: s
         costs = await _get(live.client, "/v1/costs/summary")
         want = expected["prompt_tokens"] * 2.5 / 1e6 + expected["completion_tokens"] * 10 / 1e6
         assert abs(costs["total_cost"] - want) < 1e-12
+        for interval in ("hour", "day"):  # the chart's cost line: the same total, spread out
+            series = await _get(live.client, "/v1/usage/timeseries", interval=interval)
+            assert abs(sum(p["cost"] for p in series["data"]) - want) < 1e-12
+        assert abs(sum(g["cost"] for g in by_agent) - want) < 1e-12
         assert costs["unpriced_models"] == []
         assert [(c["provider"], c["model"], c["priced"]) for c in costs["data"]] == [
             ("echo", "echo-1", True)
