@@ -5,7 +5,8 @@ may take the spend past the limit.
 
 Periods: `day`, `week` (from Monday) and `month` are UTC calendar periods that start over at
 their boundary; `24h`, `7d` and `30d` roll, counted by the hour (the hour the window starts in
-counts whole, so a rolling budget errs on the side of refusing).
+counts whole, so a rolling budget errs on the side of refusing; spend before today is read by
+the day, so a rolling window's reset time is told to the end of the day that ages out).
 """
 
 from __future__ import annotations
@@ -102,22 +103,22 @@ def budget_use(
     owner: BudgetOwner,
     name: str,
     budget: Budget,
-    spend: list[tuple[int, str, UsageTotals]],
+    spend: list[tuple[int, int, str, UsageTotals]],
     prices: Prices,
     now: float,
 ) -> BudgetUse:
-    """What `spend` (hour, model, tokens; hours in order, from the window's first on) comes to
-    against `budget`, and when the budget is next under its limit."""
-    by_hour: list[tuple[int, int, float]] = []  # hour, tokens, cost
-    for hour, model, totals in spend:
+    """What `spend` (first hour, hours, model, tokens; oldest first, from the window's start
+    on) comes to against `budget`, and when the budget is next under its limit."""
+    buckets: list[tuple[int, int, float]] = []  # the hour its spend leaves by, tokens, cost
+    for hour, hours, model, totals in spend:
         cost = _cost(model, totals, prices)
-        if by_hour and by_hour[-1][0] == hour:
-            _, tokens_so_far, cost_so_far = by_hour[-1]
-            by_hour[-1] = (hour, tokens_so_far + totals.total_tokens, cost_so_far + cost)
+        if buckets and buckets[-1][0] == hour + hours:
+            _, tokens_so_far, cost_so_far = buckets[-1]
+            buckets[-1] = (hour + hours, tokens_so_far + totals.total_tokens, cost_so_far + cost)
         else:
-            by_hour.append((hour, totals.total_tokens, cost))
-    tokens = sum(t for _, t, _ in by_hour)
-    cost = sum(c for _, _, c in by_hour)
+            buckets.append((hour + hours, totals.total_tokens, cost))
+    tokens = sum(t for _, t, _ in buckets)
+    cost = sum(c for _, _, c in buckets)
     span = _ROLLING.get(budget.period)
     if span is None:
         start, end = calendar_window(budget.period, now)
@@ -140,16 +141,16 @@ def budget_use(
         window_start=start,
         resets_at=int(now),
     )
-    # A rolling window drops an hour's spend once the hour is `span` old: the budget is under
-    # its limit again when enough of the oldest hours have dropped out.
-    for hour, hour_tokens, hour_cost in by_hour:
+    # A rolling window drops an hour's (or a day's) spend once it is `span` old: the budget is
+    # under its limit again when enough of the oldest buckets have dropped out.
+    for until, bucket_tokens, bucket_cost in buckets:
         if not use.exceeded:
             break
         use = msgspec.structs.replace(
             use,
-            tokens=use.tokens - hour_tokens,
-            cost=use.cost - hour_cost,
-            resets_at=(hour + 1) * _HOUR + span,
+            tokens=use.tokens - bucket_tokens,
+            cost=use.cost - bucket_cost,
+            resets_at=until * _HOUR + span,
         )
     return msgspec.structs.replace(use, tokens=tokens, cost=cost)
 
@@ -194,7 +195,7 @@ class Budgets:
         """What has been spent against one budget, as of the log's head."""
         now = self._now()
         since = window_since(budget.period, now)
-        spend = await self.models.spend(owner, name, since * 1_000_000)
+        spend = await self.models.spend(owner, name, since * 1_000_000, int(now * 1_000_000))
         return budget_use(owner, name, budget, spend, self.prices, now)
 
     async def check(self, agent_id: str, spec: AgentSpec, caller: Caller) -> None:

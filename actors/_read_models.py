@@ -17,7 +17,7 @@ from cuelog.actors._usage import (
     Pricing,
     UsageFilter,
     UsageTotals,
-    spend_by_hour,
+    spend_since,
     totals_by_agent_and_model,
     usage_breakdown,
     usage_by_model,
@@ -135,11 +135,12 @@ class ReadModels:
         return self.store.read("runs", lambda state: usage_by_model(state, filters, caller=caller))
 
     async def spend(
-        self, owner: Literal["key", "agent"], name: str, since: int
-    ) -> list[tuple[int, str, UsageTotals]]:
-        """(hour, model, tokens) one key's or one agent's runs spent from `since` (µs) on."""
+        self, owner: Literal["key", "agent"], name: str, since: int, now: int
+    ) -> list[tuple[int, int, str, UsageTotals]]:
+        """(first hour, hours, model, tokens) one key's or one agent's runs spent from `since`
+        (µs) on, as of `now` (µs), oldest first (see `spend_since`)."""
         await self._fresh("runs")
-        return self.store.read("runs", lambda state: list(spend_by_hour(state, owner, name, since)))
+        return self.store.read("runs", lambda state: spend_since(state, owner, name, since, now))
 
     def token_totals(self) -> list[tuple[str, str, UsageTotals]]:
         """All-time runs and tokens per agent and model, as far as the catalog has got (for

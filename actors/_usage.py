@@ -5,8 +5,9 @@ Summaries, time series, breakdowns and costs are sums over the hours asked for.
 Keys: `u:<u64 hour since the Unix epoch><msgpack [key, agent, provider, model, user]>` → msgpack
 `[runs, prompt_tokens, completion_tokens, total_tokens]`; and for all time, per agent and model
 (what Prometheus is given), `c:<msgpack [agent, model]>` → the same counters. What budgets
-read: one key's or one agent's tokens by the hour and model, `bk:<key>\0<u64 hour><model>` and
-`ba:<agent>\0<u64 hour><model>` → the same counters, so a check reads only its own hours.
+read: one key's or one agent's tokens by the hour and by the day (UTC) and model,
+`bk:<key>\0h<u64 hour><model>` and `bk:<key>\0d<u64 day><model>`, the same under `ba:<agent>\0`
+→ the same counters, so a check reads only its own rows (a month's mostly by the day).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _U64: Final = struct.Struct(">Q")
 _PREFIX: Final = b"u:"
 _TOTALS: Final = b"c:"
 HOUR_US: Final = 3_600_000_000
+DAY_US: Final = 24 * HOUR_US
 
 Dimension = Literal["key", "agent", "provider", "model", "user"]
 DIMENSIONS: Final[tuple[Dimension, ...]] = ("key", "agent", "provider", "model", "user")
@@ -81,29 +83,51 @@ def record_usage(
     _add(state, _TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
     if usage is not None and usage.total_tokens:
         owner, agent, _provider, model, _user = dims
-        if owner:
-            _add(state, spend_prefix("key", owner) + hour + model.encode(), 0, usage)
-        _add(state, spend_prefix("agent", agent) + hour + model.encode(), 0, usage)
+        day = _U64.pack(ts // DAY_US)
+        for kind, name in (("key", owner), ("agent", agent)):
+            if name:
+                prefix = spend_prefix(kind, name)
+                _add(state, prefix + b"h" + hour + model.encode(), 0, usage)
+                _add(state, prefix + b"d" + day + model.encode(), 0, usage)
 
 
-def spend_prefix(kind: Literal["key", "agent"], name: str) -> bytes:
+def spend_prefix(kind: str, name: str) -> bytes:
     return (b"bk:" if kind == "key" else b"ba:") + name.encode() + b"\0"
 
 
-def spend_by_hour(
-    state: ProjectionState, kind: Literal["key", "agent"], name: str, since: int
+def _spend(
+    state: ProjectionState, prefix: bytes, first: int, last: int
 ) -> Iterator[tuple[int, str, UsageTotals]]:
-    """(hour, model, tokens) a key's or an agent's runs spent from `since` (µs) on, by hour."""
-    prefix = spend_prefix(kind, name)
-    first = max(since, 0) // HOUR_US
+    """(bucket, model, tokens) for the buckets `first` to `last` (excluded) under `prefix`."""
     start = None if first == 0 else prefix + _U64.pack(first - 1) + b"\xff"
     for key, value in state.scan(prefix, start=start):
-        hour = _U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
-        if hour < first:
+        bucket = _U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
+        if bucket < first:
             continue
+        if bucket >= last:
+            return
         totals = UsageTotals()
         totals.add(*_counts_decoder.decode(value))
-        yield hour, key[len(prefix) + 8 :].decode(), totals
+        yield bucket, key[len(prefix) + 8 :].decode(), totals
+
+
+def spend_since(
+    state: ProjectionState, kind: Literal["key", "agent"], name: str, since: int, now: int
+) -> list[tuple[int, int, str, UsageTotals]]:
+    """(first hour, hours, model, tokens) a key's or an agent's runs spent from `since` (µs) on,
+    oldest first: by the hour up to the first whole day and on the current day (UTC), by the
+    day in between, so a month reads about 30 days' rows and not 720 hours'."""
+    first_hour = max(since, 0) // HOUR_US
+    this_day = max(now, 0) // DAY_US
+    first_day = -(-first_hour // 24)  # the first whole day (rounded up)
+    prefix = spend_prefix(kind, name)
+    if first_day >= this_day:  # no whole day in between: hours only
+        hours = _spend(state, prefix + b"h", first_hour, 1 << 62)
+        return [(hour, 1, model, totals) for hour, model, totals in hours]
+    out = [(h, 1, m, t) for h, m, t in _spend(state, prefix + b"h", first_hour, first_day * 24)]
+    out += [(d * 24, 24, m, t) for d, m, t in _spend(state, prefix + b"d", first_day, this_day)]
+    out += [(h, 1, m, t) for h, m, t in _spend(state, prefix + b"h", this_day * 24, 1 << 62)]
+    return out
 
 
 def _add(state: ProjectionState, key: bytes, runs: int, usage: Usage | None) -> None:
