@@ -235,3 +235,21 @@ async def test_bad_budgets_are_refused_and_write_nothing(tmp_path: Path) -> None
                 assert response.status_code == 400, (budgets, response.text)
                 assert response.json()["error"]["type"] == "invalid_request_error"
         assert await live.head_seq() == head
+
+
+async def test_a_refused_run_with_a_callback_url_queues_no_webhook(tmp_path: Path) -> None:
+    """With a callback_url the budget is checked before the webhook is recorded: a refused
+    wake (sync or async) or chat completion writes nothing at all."""
+    hooks = {"webhooks": {"secret": "whsec-test-0123456789abcdef", "allow_private": True}}
+    async with live_server(tmp_path / "data", sections=hooks) as live:
+        await _spend_the_agent_budget(live)
+        head = await live.head_seq()
+        hook = "http://127.0.0.1:9/hook"
+        for mode in ("sync", "async"):
+            body = {"message": "hi", "mode": mode, "callback_url": hook}
+            _refused(await live.client.post("/v1/agents/capped/wake", json=body), "agent 'capped'")
+        chat = await live.client.post(
+            "/v1/chat/completions", json=CHAT, headers={"X-Callback-Url": hook}
+        )
+        _refused(chat, "agent 'capped'")
+        assert await live.head_seq() == head
