@@ -29,13 +29,14 @@ API_KEY = "schemathesis-admin-key-0123456789"
 # Bodies with rules JSON Schema cannot state (the last message must be the user's; a key's
 # expiry must be in the future; an agent's tools and provider must be ones this server has; a
 # loop's trigger is exactly one kind, a valid cron expression in a known time zone, in the
-# future; a `callback_url` needs webhooks.secret and a host the address policy allows): a
-# schema-valid body may still be refused with 400 there.
+# future; a `callback_url` needs webhooks.secret and a host the address policy allows; a budget
+# needs max_tokens or max_cost): a schema-valid body may still be refused with 400 there.
 SEMANTIC_BODIES = frozenset(
     {
         "/v1/chat/completions",
         "/v1/responses",
         "/v1/keys",
+        "/v1/keys/{key_id}",
         "/v1/loops",
         "/v1/loops/{loop_id}",
         "/v1/agents",
