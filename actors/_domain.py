@@ -55,6 +55,7 @@ from cuelog.actors._names import (
     SYSTEM_STREAM,
     TERMINAL,
     agent_stream,
+    idempotency_stream,
     run_stream,
     session_stream,
     stream_id,
@@ -213,7 +214,9 @@ class Domain:
             raise Unavailable("emergency stop is on: new runs are refused until it is released")
         if spec is None:  # read before an Idempotency-Key is claimed in the log
             spec = (await self.get_agent(agent_id)).spec
-        await self.check_budgets(agent_id, spec, caller)
+        if idempotency is None or not self._claimed(idempotency):
+            # A retry of a request already taken attaches to its run whatever the budget says.
+            await self.check_budgets(agent_id, spec, caller)
         key = session_key or self._ids("sess")
         run = run_id or self._ids("run")
         messages = await store_media(messages, self.log.content)
@@ -289,6 +292,10 @@ class Domain:
             run_id=run_id,
             session_key=session_key,
         )
+
+    def _claimed(self, request: IdempotencyKey) -> bool:
+        """Whether a first request already claimed this `Idempotency-Key`."""
+        return self.log.stream_version(idempotency_stream(request.scope, request.key)) > 0
 
     def _remember_queued(self, run_id: str, session_key: str) -> None:
         """Where to look for a run before it starts (a bounded hint, checked against the

@@ -253,3 +253,30 @@ async def test_a_refused_run_with_a_callback_url_queues_no_webhook(tmp_path: Pat
         )
         _refused(chat, "agent 'capped'")
         assert await live.head_seq() == head
+
+
+async def test_a_retried_request_attaches_to_its_run_after_the_budget_is_spent(
+    tmp_path: Path,
+) -> None:
+    """The wake that spends the budget was acknowledged; its retry with the same
+    `Idempotency-Key` gets the same run back (200/202), while a new key is refused."""
+    async with live_server(tmp_path / "data") as live:
+        budget = {"period": "day", "max_tokens": 5}
+        made = await live.client.post("/v1/agents", json={"id": "capped", "budgets": [budget]})
+        assert made.status_code == 201, made.text
+        body = {"message": "hello there", "mode": "sync"}
+        first = await live.client.post(
+            "/v1/agents/capped/wake", json=body, headers={"Idempotency-Key": "retry-1"}
+        )
+        assert first.status_code == 200, first.text
+        head = await live.head_seq()
+        again = await live.client.post(
+            "/v1/agents/capped/wake", json=body, headers={"Idempotency-Key": "retry-1"}
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["run_id"] == first.json()["run_id"]
+        fresh = await live.client.post(
+            "/v1/agents/capped/wake", json=body, headers={"Idempotency-Key": "retry-2"}
+        )
+        _refused(fresh, "agent 'capped'")
+        assert await live.head_seq() == head
