@@ -188,7 +188,8 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         # The index entries of committed events after the watermark (a writer's, kept as its
         # commits land; a reader's, rebuilt from the records its read txn sees).
         self._tail = IndexTail(0)
-        self._flush_failed = False
+        self._flush_blocked = False  # the last write of the deferred index failed
+        self._at_ceiling = False  # the map has reached its maximum size
         self._forming: _Plan | None = None  # the group appends join now
         self._inflight: _Plan | None = None  # the group being committed
         # Moving averages, in seconds: how long a group commit takes, and how long the
@@ -224,18 +225,20 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 self._meta_db = self._env.open_db(b"meta", create=not readonly)
             except lmdb.Error as exc:
                 raise LogFormatError(f"{self.path} is not a cuelog log: {exc}") from exc
+            recover = not readonly
             while True:
                 try:
-                    self._log_id, self._tail_seq, self._tail_hash = self._load_meta_and_tail()
+                    loaded = self._load_meta_and_tail(recover=recover)
                     break
                 except lmdb.MapFullError:  # no room to write out the index a crash left
                     size = self._env.info()["map_size"]
-                    if size >= max_map_size:
-                        raise StorageFull(
-                            f"the log at {path} reached its maximum size of {max_map_size} "
-                            "bytes; raise log.max_size"
-                        ) from None
-                    self._env.set_mapsize(min(size * 2, max_map_size))
+                    if size < max_map_size:
+                        self._env.set_mapsize(min(size * 2, max_map_size))
+                    else:
+                        recover = False  # keep those entries in memory, as a running writer
+                        self._flush_blocked = True
+            self._log_id, self._tail_seq, self._tail_hash = loaded
+            self._at_ceiling = self._env.info()["map_size"] >= max_map_size
         except BaseException:
             if self._env is not None:
                 self._env.close()
@@ -336,7 +339,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             env.reader_check()
         return env
 
-    def _load_meta_and_tail(self) -> tuple[bytes, int, bytes]:
+    def _load_meta_and_tail(self, *, recover: bool) -> tuple[bytes, int, bytes]:
         # Read the tail inside a write txn: after a crash a read txn can see an older tail.
         with self._env.begin(write=not self.readonly) as txn:
             fmt = txn.get(b"format", db=self._meta_db)
@@ -367,7 +370,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             self._tail = read_tail(
                 txn, self._events_db, self._meta_db, None, strict=not self.readonly
             )
-            if not self.readonly:
+            if recover:
                 # Recover the index of the events a crash left after the watermark (at most a
                 # few commits' worth) and move the watermark to the tail, in this txn.
                 self._put_index(txn, self._tail.entries)
@@ -422,7 +425,12 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             # Raising here ends the log's nursery, and with it whatever serves on this log.
             self._check_still_writer()
             if not self._wake_writer.is_set():
-                if self._tail and self._inflight is None and not self._forming:
+                if (
+                    self._tail
+                    and not self._flush_blocked
+                    and self._inflight is None
+                    and not self._forming
+                ):
                     self._flush_index(commits)  # idle: write out the deferred index
                 continue
             # Let every appender that is already runnable join this group.
@@ -456,7 +464,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 and self._inflight is None
                 and not (self._pending or self._other or self._forming)
             ):
-                if not self._tail or self._flush_failed:
+                if not self._tail or self._flush_blocked:
                     return
                 self._flush_index(commits)  # the last commit writes out the index
 
@@ -536,6 +544,10 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         if (
             plan.flush_only
             or self._closed
+            # A map that cannot grow has no room to defer into: the index goes with each
+            # commit, so that a full log refuses the append that does not fit, not a later
+            # write of entries already acknowledged.
+            or self._at_ceiling
             or tail.commits + 1 >= _FLUSH_EVERY
             or len(tail) + len(plan.index) >= _TAIL_LIMIT
         ):
@@ -548,15 +560,25 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                     self._write(plan)
                 break
             except lmdb.MapFullError:
-                if not await self._grow_map():
-                    error = StorageFull(
-                        f"the log reached its maximum size of {self._max_map_size} bytes; "
-                        "free space or raise log.max_size"
-                    )
-                    break
+                if await self._grow_map():
+                    continue
+                if plan.flushing is not None:
+                    self._flush_blocked = True
+                    if not plan.flush_only:
+                        # No room for the deferred index: commit the group without it (its
+                        # entries wait in memory), so that only appends that do not fit fail.
+                        plan.flushing = None
+                        continue
+                error = StorageFull(
+                    f"the log reached its maximum size of {self._max_map_size} bytes; "
+                    "free space or raise log.max_size"
+                )
+                break
             except lmdb.Error as exc:
                 log.error("commit failed", error=str(exc))
                 error = LogError(f"commit failed: {exc}")
+                if plan.flushing is not None:
+                    self._flush_blocked = True
                 break
         if error is None:
             self._tail_seq, self._tail_hash = plan.tail_seq, plan.tail_hash
@@ -565,6 +587,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             self._versions.update(plan.versions)
             if plan.flushing is not None:
                 self._tail = IndexTail(plan.tail_seq)
+                self._flush_blocked = False
             else:
                 tail.add(plan.index)
                 tail.commits += 1
@@ -576,8 +599,6 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             self._commit_seconds += elapsed
             self._commit_time += _EWMA * (elapsed - self._commit_time)
             self._events_appended += len(plan.events)
-        elif plan.flushing is not None and self._closed:
-            self._flush_failed = True  # a closing writer does not try again
         return error
 
     def _answer(self, plan: _Plan, error: BaseException | None) -> None:
@@ -608,6 +629,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         while self._thread_readers:
             await self._readers_gone.wait()
         self._env.set_mapsize(new_size)
+        self._at_ceiling = new_size >= self._max_map_size
         log.info("log map grown", map_size=new_size)
         return True
 
