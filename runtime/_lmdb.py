@@ -6,7 +6,10 @@ Named databases in one LMDB environment (see docs/log-format.md):
     streams    stream utf-8 || 0x00 || u32be   -> u64be seq
     idem       idempotency key utf-8           -> u64be first seq || u32be count || digest(32)
     snapshots  stream utf-8                    -> u32be version || state bytes
-    meta       b"format", b"log_id", b"anchor"
+    meta       b"format", b"log_id", b"anchor", b"watermark"
+
+The `streams` index is deferred (`_lmdb_index.py`): complete up to `meta/watermark`, the entries
+of later events kept in memory and written every few commits.
 
 The record layout and hash rule are the backend-neutral envelope (`_envelope.py`): the stored
 value from byte 32 on is exactly the hashed input, so verification hashes stored bytes and never
@@ -49,6 +52,7 @@ from cuelog.runtime._errors import (
     WrongExpectedVersion,
 )
 from cuelog.runtime._follow import CommitSignal, PullSubscriptions
+from cuelog.runtime._lmdb_index import WATERMARK, IndexTail, read_tail
 from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._records import (
     Anchor,
@@ -75,6 +79,12 @@ _SPLIT_AT = 32
 # Weight of the newest sample in the moving averages that choose between the two ways of
 # grouping: overlapped (two groups alternate) or in step (one group, everyone waits).
 _EWMA = 0.2
+# The deferred stream index is written out with every this many group commits, ...
+_FLUSH_EVERY = 16
+# ... or sooner once it holds this many entries, ...
+_TAIL_LIMIT = 4096
+# ... or once the writer has had nothing to do for this long (and when the log closes).
+_IDLE_FLUSH = 0.1
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int]:
@@ -110,6 +120,8 @@ class _Plan:
         "claimed",
         "conflicts",
         "events",
+        "flush_only",
+        "flushing",
         "idem",
         "index",
         "other",
@@ -122,7 +134,11 @@ class _Plan:
 
     def __init__(self, tail_seq: int, tail_hash: bytes) -> None:
         self.events: list[tuple[bytes, bytes]] = []
-        self.index: list[tuple[bytes, bytes]] = []
+        self.index: list[tuple[str, int, int]] = []  # (stream, version, seq) of each event
+        # Set when this commit writes out the deferred index: the committed tail's entries,
+        # then this group's.
+        self.flushing: list[tuple[str, int, int]] | None = None
+        self.flush_only = False  # a commit made only to write out the index
         self.idem: list[tuple[bytes, bytes]] = []
         self.other: list[_OtherWrite] = []
         self.requests: list[PendingAppend] = []
@@ -134,7 +150,7 @@ class _Plan:
         self.replays = 0
 
     def __bool__(self) -> bool:
-        return bool(self.requests or self.other)
+        return bool(self.requests or self.other or self.flush_only)
 
 
 @final
@@ -169,6 +185,11 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         self._wake_writer = trio.Event()
         self._commits = CommitSignal()
         self._versions: dict[str, int] = {}
+        # The index entries of committed events after the watermark (a writer's, kept as its
+        # commits land; a reader's, rebuilt from the records its read txn sees).
+        self._tail = IndexTail(0)
+        self._flush_blocked = False  # the last write of the deferred index failed
+        self._at_ceiling = False  # the map has reached its maximum size
         self._forming: _Plan | None = None  # the group appends join now
         self._inflight: _Plan | None = None  # the group being committed
         # Moving averages, in seconds: how long a group commit takes, and how long the
@@ -204,7 +225,20 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 self._meta_db = self._env.open_db(b"meta", create=not readonly)
             except lmdb.Error as exc:
                 raise LogFormatError(f"{self.path} is not a cuelog log: {exc}") from exc
-            self._log_id, self._tail_seq, self._tail_hash = self._load_meta_and_tail()
+            recover = not readonly
+            while True:
+                try:
+                    loaded = self._load_meta_and_tail(recover=recover)
+                    break
+                except lmdb.MapFullError:  # no room to write out the index a crash left
+                    size = self._env.info()["map_size"]
+                    if size < max_map_size:
+                        self._env.set_mapsize(min(size * 2, max_map_size))
+                    else:
+                        recover = False  # keep those entries in memory, as a running writer
+                        self._flush_blocked = True
+            self._log_id, self._tail_seq, self._tail_hash = loaded
+            self._at_ceiling = self._env.info()["map_size"] >= max_map_size
         except BaseException:
             if self._env is not None:
                 self._env.close()
@@ -305,7 +339,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             env.reader_check()
         return env
 
-    def _load_meta_and_tail(self) -> tuple[bytes, int, bytes]:
+    def _load_meta_and_tail(self, *, recover: bool) -> tuple[bytes, int, bytes]:
         # Read the tail inside a write txn: after a crash a read txn can see an older tail.
         with self._env.begin(write=not self.readonly) as txn:
             fmt = txn.get(b"format", db=self._meta_db)
@@ -333,7 +367,22 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                     raise LogFormatError(
                         f"{self.path}: the last event record is malformed; run `cuelog verify`"
                     )
+            self._tail = read_tail(
+                txn, self._events_db, self._meta_db, None, strict=not self.readonly
+            )
+            if recover:
+                # Recover the index of the events a crash left after the watermark (at most a
+                # few commits' worth) and move the watermark to the tail, in this txn.
+                self._put_index(txn, self._tail.entries)
+                if txn.get(WATERMARK, db=self._meta_db) != _U64.pack(seq):
+                    txn.put(WATERMARK, _U64.pack(seq), db=self._meta_db)
+                self._tail = IndexTail(seq)
         return log_id, seq, tail_hash
+
+    def _put_index(self, txn: Any, entries: list[tuple[str, int, int]]) -> None:
+        if entries:
+            index = sorted((_stream_key(s, v), _U64.pack(q)) for s, v, q in entries)
+            txn.cursor(db=self._streams_db).putmulti(index)
 
     def _close(self) -> None:
         self._env.close()
@@ -371,11 +420,18 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
     async def _form_groups(self, commits: trio.Nursery) -> None:
         assert self._forming is not None
         while True:
-            with trio.move_on_after(_WRITER_CHECK_INTERVAL):
+            with trio.move_on_after(_IDLE_FLUSH if self._tail else _WRITER_CHECK_INTERVAL):
                 await self._wake_writer.wait()
             # Raising here ends the log's nursery, and with it whatever serves on this log.
             self._check_still_writer()
             if not self._wake_writer.is_set():
+                if (
+                    self._tail
+                    and not self._flush_blocked
+                    and self._inflight is None
+                    and not self._forming
+                ):
+                    self._flush_index(commits)  # idle: write out the deferred index
                 continue
             # Let every appender that is already runnable join this group.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -408,7 +464,15 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 and self._inflight is None
                 and not (self._pending or self._other or self._forming)
             ):
-                return
+                if not self._tail or self._flush_blocked:
+                    return
+                self._flush_index(commits)  # the last commit writes out the index
+
+    def _flush_index(self, commits: trio.Nursery) -> None:
+        """Commit the deferred index (and only that) now."""
+        assert self._forming is not None
+        self._forming.flush_only = True
+        self._start_commit(commits)
 
     def _stop_forming(self, error: LogError) -> None:
         """The writer ended: nobody starts another group, so a group still forming fails."""
@@ -476,29 +540,59 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         """Write the plan durably; on success move the committed tail. Return the error."""
         error: BaseException | None = None
         started = time.perf_counter()
+        tail = self._tail
+        if (
+            plan.flush_only
+            or self._closed
+            # A map that cannot grow has no room to defer into: the index goes with each
+            # commit, so that a full log refuses the append that does not fit, not a later
+            # write of entries already acknowledged.
+            or self._at_ceiling
+            or tail.commits + 1 >= _FLUSH_EVERY
+            or len(tail) + len(plan.index) >= _TAIL_LIMIT
+        ):
+            plan.flushing = tail.entries + plan.index
         while True:
             try:
-                if self._commit_in_thread and len(plan.events) > 1:
+                if self._commit_in_thread and (len(plan.events) > 1 or plan.flushing):
                     await trio.to_thread.run_sync(self._write, plan, limiter=self._limiter)
                 else:
                     self._write(plan)
                 break
             except lmdb.MapFullError:
-                if not await self._grow_map():
-                    error = StorageFull(
-                        f"the log reached its maximum size of {self._max_map_size} bytes; "
-                        "free space or raise log.max_size"
-                    )
-                    break
+                if await self._grow_map():
+                    continue
+                if plan.flushing is not None:
+                    self._flush_blocked = True
+                    if not plan.flush_only:
+                        # No room for the deferred index: commit the group without it (its
+                        # entries wait in memory), so that only appends that do not fit fail.
+                        plan.flushing = None
+                        continue
+                error = StorageFull(
+                    f"the log reached its maximum size of {self._max_map_size} bytes; "
+                    "free space or raise log.max_size"
+                )
+                break
             except lmdb.Error as exc:
                 log.error("commit failed", error=str(exc))
                 error = LogError(f"commit failed: {exc}")
+                if plan.flushing is not None:
+                    self._flush_blocked = True
                 break
         if error is None:
             self._tail_seq, self._tail_hash = plan.tail_seq, plan.tail_hash
             if len(self._versions) + len(plan.versions) > _VERSION_CACHE_LIMIT:
                 self._versions.clear()
             self._versions.update(plan.versions)
+            if plan.flushing is not None:
+                self._tail = IndexTail(plan.tail_seq)
+                self._flush_blocked = False
+            else:
+                tail.add(plan.index)
+                tail.commits += 1
+            if not (plan.requests or plan.other):
+                return None  # only the index was written: no group to count
             self._batches += 1
             self._largest_batch = max(self._largest_batch, len(plan.requests))
             elapsed = time.perf_counter() - started
@@ -535,6 +629,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         while self._thread_readers:
             await self._readers_gone.wait()
         self._env.set_mapsize(new_size)
+        self._at_ceiling = new_size >= self._max_map_size
         log.info("log map grown", map_size=new_size)
         return True
 
@@ -605,9 +700,8 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                     data,
                     prev,
                 )
-                key = _U64.pack(seq)
-                plan.events.append((key, value))
-                plan.index.append((_stream_key(part_stream, version), key))
+                plan.events.append((_U64.pack(seq), value))
+                plan.index.append((part_stream, version, seq))
                 records.append(record)
                 prev = record.hash
             plan.versions[part_stream] = version
@@ -636,10 +730,12 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 _, added = cursor.putmulti(plan.events, append=True)
                 if added != len(plan.events):
                     raise LogFormatError("events are not strictly after the tail")
-                streams = txn.cursor(db=self._streams_db)
-                streams.putmulti(plan.index)
                 if plan.idem:
                     txn.cursor(db=self._idem_db).putmulti(plan.idem)
+            if plan.flushing is not None:
+                # The deferred index, and the watermark that says it is complete up to here.
+                self._put_index(txn, plan.flushing)
+                txn.put(WATERMARK, _U64.pack(plan.tail_seq), db=self._meta_db)
             dbs = {"snapshots": self._snapshots_db, "meta": self._meta_db}
             for write in plan.other:
                 if write.value is None:
@@ -659,10 +755,21 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 self._env.set_mapsize(0)
         raise LogError("the log map keeps changing size under this reader")
 
+    def _tail_in(self, txn: Any) -> IndexTail:
+        """The index entries after the watermark: the writer's own, or, in a read-only open,
+        those of the records after the watermark `txn` sees (extending the last ones read)."""
+        if not self.readonly:
+            return self._tail
+        self._tail = read_tail(txn, self._events_db, self._meta_db, self._tail, strict=False)
+        return self._tail
+
     def _version_in(self, txn: Any, stream: str) -> int:
         cached = self._versions.get(stream)
         if cached is not None:
             return cached
+        in_tail = self._tail_in(txn).version(stream)
+        if in_tail is not None:
+            return in_tail
         prefix = stream.encode() + b"\x00"
         cursor = txn.cursor(db=self._streams_db)
         # Land on the stream's last entry: just before the first key past its versions.
@@ -701,23 +808,39 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         """The stream's events from `from_version` on, in order; at most `limit` events, and
         once `max_bytes` of stored records are read, no more (but always at least one)."""
         prefix = stream.encode() + b"\x00"
+        from_version = max(from_version, 1)
 
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
             size = 0
-            cursor = txn.cursor(db=self._streams_db)
-            if not cursor.set_range(prefix + _U32.pack(max(from_version, 1))):
-                return out
-            for key, seq in cursor:
-                if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
-                    break
-                if max_bytes is not None and out and size >= max_bytes:
-                    break
+
+            def take(seq: bytes) -> bool:
+                nonlocal size
+                if (limit is not None and len(out) >= limit) or (
+                    max_bytes is not None and out and size >= max_bytes
+                ):
+                    return False
                 value = txn.get(seq, db=self._events_db)
                 if value is None:
                     raise LogFormatError(f"stream index names seq {_U64.unpack(seq)[0]}: missing")
                 size += len(value)
                 out.append(decode_record(value))
+                return True
+
+            # The index holds the stream's versions before the tail's first (the tail, when it
+            # holds the stream, has its newest versions and wins over an index just flushed).
+            first_in_tail, tail_seqs = self._tail_in(txn).streams.get(stream, (1 << 32, []))
+            cursor = txn.cursor(db=self._streams_db)
+            if from_version < first_in_tail and cursor.set_range(prefix + _U32.pack(from_version)):
+                end = prefix + _U32.pack(first_in_tail) if first_in_tail < 1 << 32 else None
+                for key, seq in cursor:
+                    if not key.startswith(prefix) or (end is not None and key >= end):
+                        break
+                    if not take(seq):
+                        return out
+            for seq_int in tail_seqs[max(from_version - first_in_tail, 0) :]:
+                if not take(_U64.pack(seq_int)):
+                    break
             return out
 
         result: list[RecordedEvent] = self._read(run)
@@ -739,6 +862,17 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 name = key[: key.index(b"\x00")]
                 out.append(name.decode())
                 found = cursor.set_range(name + b"\x01")  # skip the rest of its versions
+            # Streams whose entries are all still in the tail.
+            start = max(after.encode() + b"\x01" if after is not None else b"", raw_prefix)
+            listed = set(out)
+            fresh = [
+                name
+                for name in self._tail_in(txn).streams
+                if name not in listed and (key := name.encode()).startswith(raw_prefix)
+                if key >= start
+            ]
+            if fresh:
+                out = sorted(out + fresh, key=str.encode)[: max(limit, 0)]
             return out
 
         result: list[str] = self._read(run)
@@ -888,6 +1022,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 self._env,
                 self._events_db,
                 self._streams_db,
+                self._meta_db,
                 genesis,
                 anchor=anchor,
                 anchor_key=anchor_key,

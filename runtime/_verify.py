@@ -13,6 +13,10 @@ every index entry holds an 8-byte seq, so when the fingerprints agree every reco
 bytes; strictly increasing (the store sorts them), as many as there are records and ending at
 that count, they are exactly 1..count. Only when anything disagrees does the precise walk run, from
 the start, to name the first bad seq and why.
+
+An index may be complete only up to a watermark (`indexed`: the LMDB log defers the entries of its
+newest commits, see `_lmdb_index.py`): the index must then hold exactly the entries of the records
+up to it, while the entries of the records after it are derived from those records themselves.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import msgspec
 
 from cuelog.runtime._envelope import HASH_SIZE
+from cuelog.runtime._lmdb_index import stored_watermark
 from cuelog.runtime._records import Anchor, Progress, VerifyReport
 
 Pairs = Iterable[tuple[bytes, bytes]]
@@ -55,6 +60,7 @@ def verify_environment(
     env: Any,
     events_db: Any,
     streams_db: Any,
+    meta_db: Any,
     genesis: bytes,
     *,
     anchor: Anchor | None,
@@ -63,16 +69,18 @@ def verify_environment(
 ) -> VerifyReport:
     """Verify an LMDB log inside one read txn, so the report describes one commit."""
     with env.begin() as txn:
+        total = int(txn.stat(events_db)["entries"])
         return verify_chain(
             lambda: txn.cursor(db=events_db),
             lambda: txn.cursor(db=streams_db),
             lambda key: txn.get(key, db=events_db),
             lambda key: txn.get(key, db=streams_db),
             genesis,
-            int(txn.stat(events_db)["entries"]),
+            total,
             anchor=anchor,
             anchor_key=anchor_key,
             progress=progress,
+            indexed=stored_watermark(txn, meta_db, total),
         )
 
 
@@ -87,9 +95,12 @@ def verify_chain(
     anchor: Anchor | None,
     anchor_key: bytes | None,
     progress: Progress | None,
+    indexed: int | None = None,
 ) -> VerifyReport:
-    """`records` and `index` start a fresh walk each call (the slow pass walks them again)."""
-    checked = _fast_walk(records(), index(), genesis, total, progress)
+    """`records` and `index` start a fresh walk each call (the slow pass walks them again).
+    `indexed`: the index holds the records up to this seq only (None: all of them)."""
+    indexed = max(indexed, 0) if indexed is not None else 1 << 63
+    checked = _fast_walk(records(), index(), genesis, total, progress, indexed)
     if checked is not None:
         hash_at_anchor = None
         if anchor is not None and 0 < anchor.seq <= checked:
@@ -110,10 +121,10 @@ def verify_chain(
         return VerifyReport(ok=True, checked=checked, head_seq=checked, anchored_seq=anchored)
     try:
         checked, fingerprint, hash_at_anchor = _walk_chain(
-            records(), genesis, total, anchor, progress
+            records(), genesis, total, anchor, progress, indexed
         )
         anchored = _check_anchor(anchor, anchor_key, checked, hash_at_anchor)
-        _check_index(records, index, get_record, get_index, checked, fingerprint)
+        _check_index(records, index, get_record, get_index, checked, fingerprint, indexed)
     except _Bad as bad:
         return VerifyReport(
             ok=False,
@@ -133,6 +144,7 @@ def _fast_walk(
     genesis: bytes,
     total: int,
     progress: Progress | None,
+    indexed: int,
 ) -> int | None:
     """The number of events checked when the chain and the index are intact; None as soon as
     anything is off (the precise walk then names it)."""
@@ -147,20 +159,34 @@ def _fast_walk(
     try:
         while True:
             chunk_start = seq
-            # Progress is reported between chunks, so the loop itself tests nothing for it.
-            for key, value in islice(walk, _PROGRESS_EVERY):
-                seq += 1
-                if not value.startswith(prev, HASH_SIZE):  # compares in place, copies nothing
-                    return None
-                digest = sha256(value[HASH_SIZE:]).digest()
-                if not value.startswith(digest):
-                    return None
-                head = decode_head(value[2 * HASH_SIZE :])
-                if head.seq != seq:
-                    return None
-                events_fp += hash(head.stream.encode() + b"\x00" + pack32(head.version) + key)
-                prev = digest
-                last_key = key
+            # Progress is reported between chunks, so the loop itself tests nothing for it;
+            # a chunk ends at the watermark too, past which records have no index entries.
+            if seq < indexed:
+                for key, value in islice(walk, min(_PROGRESS_EVERY, indexed - seq)):
+                    seq += 1
+                    if not value.startswith(prev, HASH_SIZE):  # compares in place, no copy
+                        return None
+                    digest = sha256(value[HASH_SIZE:]).digest()
+                    if not value.startswith(digest):
+                        return None
+                    head = decode_head(value[2 * HASH_SIZE :])
+                    if head.seq != seq:
+                        return None
+                    events_fp += hash(head.stream.encode() + b"\x00" + pack32(head.version) + key)
+                    prev = digest
+                    last_key = key
+            else:
+                for key, value in islice(walk, _PROGRESS_EVERY):
+                    seq += 1
+                    if not value.startswith(prev, HASH_SIZE):
+                        return None
+                    digest = sha256(value[HASH_SIZE:]).digest()
+                    if not value.startswith(digest):
+                        return None
+                    if decode_head(value[2 * HASH_SIZE :]).seq != seq:
+                        return None
+                    prev = digest
+                    last_key = key
             if seq == chunk_start:
                 break
             if progress is not None:
@@ -176,7 +202,7 @@ def _fast_walk(
             return None
         index_fp += hash(key + seq_bytes)
         entries += 1
-    if entries != seq or index_fp != events_fp:
+    if entries != min(seq, indexed) or index_fp != events_fp:
         return None
     return seq
 
@@ -187,8 +213,10 @@ def _walk_chain(
     total: int,
     anchor: Anchor | None,
     progress: Progress | None,
+    indexed: int,
 ) -> tuple[int, int, bytes | None]:
-    """Return (events checked, index fingerprint, hash at the anchored seq)."""
+    """Return (events checked, fingerprint of the index entries up to `indexed`, hash at the
+    anchored seq)."""
     sha256 = hashlib.sha256
     unpack = _U64.unpack
     decode_head = _head.decode
@@ -215,7 +243,8 @@ def _walk_chain(
             raise _Bad(seq, "record body is not a valid envelope") from None
         if head.seq != seq:
             raise _Bad(seq, f"record stored at seq {seq} says it is seq {head.seq} (moved)")
-        index_fp += hash(head.stream.encode() + b"\x00" + pack32(head.version) + key)
+        if seq <= indexed:
+            index_fp += hash(head.stream.encode() + b"\x00" + pack32(head.version) + key)
         if seq == anchor_seq:
             hash_at_anchor = digest
         prev = digest
@@ -242,6 +271,7 @@ def _check_index(
     get_index: Lookup,
     count: int,
     events_fp: int,
+    indexed: int,
 ) -> None:
     index_fp = 0
     entries = 0
@@ -251,9 +281,9 @@ def _check_index(
             break
         index_fp += hash(key + seq_bytes)
         entries += 1
-    if entries == count and index_fp == events_fp:
+    if entries == min(count, indexed) and index_fp == events_fp:
         return
-    _find_bad_index_entry(records, index, get_record, get_index)
+    _find_bad_index_entry(records, index, get_record, get_index, indexed)
 
 
 def _find_bad_index_entry(
@@ -261,9 +291,12 @@ def _find_bad_index_entry(
     index: Callable[[], Pairs],
     get_record: Lookup,
     get_index: Lookup,
+    indexed: int,
 ) -> None:
     for key, value in records():
         seq = _U64.unpack(key)[0]
+        if seq > indexed:
+            break
         head = _head.decode(value[2 * HASH_SIZE :])
         index_key = head.stream.encode() + b"\x00" + _U32.pack(head.version)
         found = get_index(index_key)
@@ -282,6 +315,10 @@ def _find_bad_index_entry(
         seq = _U64.unpack(seq_bytes)[0]
         if record is None:
             raise _Bad(seq, f"stream index entry {key!r} points to a missing seq")
+        if seq > indexed:
+            raise _Bad(
+                seq, f"stream index entry {key!r} names seq {seq}, past its watermark {indexed}"
+            )
         head = _head.decode(record[2 * HASH_SIZE :])
         if head.stream.encode() + b"\x00" + _U32.pack(head.version) != key:
             raise _Bad(seq, f"stream index entry {key!r} points to seq {seq}, another event's")

@@ -1,11 +1,15 @@
 """Appends from several tasks and prints each acknowledged event; test_log_crash kills it.
 
-Usage: python _crash_appender.py DIR ROUND [COMMITS]. Prints `appending` once the log is open, then
-one line `SEQ STREAM VERSION` per event, after its append returned (that is, once it is durable).
+Usage: python _crash_appender.py DIR ROUND [COMMITS [flush]]. Prints `appending` once the log is
+open, then one line `SEQ STREAM VERSION` per event, after its append returned (that is, once it
+is durable).
 Besides the single-stream tasks, one task appends to a pair of streams (`...-pair-a`, `...-pair-b`)
 atomically, so after any crash both streams of the pair have the same version.
 With COMMITS, the process SIGKILLs itself right after its COMMITS-th group commit is durable and
-before any append of that group is acknowledged.
+before any append of that group is acknowledged. With `flush` after COMMITS, it SIGKILLs itself
+instead at the first commit from the COMMITS-th on that would write out the deferred stream
+index, before that commit: the commits acknowledged since the last flush have their stream index
+entries only in memory when the process dies.
 """
 
 from __future__ import annotations
@@ -81,9 +85,28 @@ def kill_after_commits(log: EventLog, commits: int) -> None:
     backend._write = write_then_maybe_die  # type: ignore[attr-defined]
 
 
-async def main(path: str, round_: str, commits: int | None) -> None:
+def kill_before_index_flush(log: EventLog, commits: int) -> None:
+    """Wrap the log's durable write so that the process dies when, from its `commits`-th group
+    commit on, a commit is about to write out the deferred stream index."""
+    backend = type(log)
+    write = backend._write  # type: ignore[attr-defined]
+    done = 0
+
+    def die_before_flush(self: Any, plan: Any) -> None:
+        nonlocal done
+        if done >= commits and plan.flushing is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(self, plan)
+        done += 1
+
+    backend._write = die_before_flush  # type: ignore[attr-defined]
+
+
+async def main(path: str, round_: str, commits: int | None, where: str) -> None:
     async with open_event_log(path) as log, trio.open_nursery() as nursery:
-        if commits is not None:
+        if commits is not None and where == "flush":
+            kill_before_index_flush(log, commits)
+        elif commits is not None:
             kill_after_commits(log, commits)
         print("appending", flush=True)
         for task in range(TASKS):
@@ -92,4 +115,10 @@ async def main(path: str, round_: str, commits: int | None) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    trio.run(
+        main,
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]) if len(sys.argv) > 3 else None,
+        sys.argv[4] if len(sys.argv) > 4 else "ack",
+    )
