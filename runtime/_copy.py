@@ -20,7 +20,7 @@ import trio
 from cuelog.runtime._content import CONTENT_DIR
 from cuelog.runtime._envelope import decode_record
 from cuelog.runtime._errors import LogError, LogFormatError
-from cuelog.runtime._lmdb import _IDEM, _U32, _U64, FORMAT_VERSION
+from cuelog.runtime._lmdb import _IDEM, _U32, _U64, READABLE_FORMATS
 from cuelog.runtime._open import open_event_log, parse_log_location
 from cuelog.runtime._postgres import import_log
 from cuelog.runtime._records import Head, VerifyReport
@@ -79,7 +79,7 @@ def _import_data_dir(path: Path, url: str) -> None:
         events, idem, snapshots, meta = dbs
         with env.begin() as txn:
             fmt = txn.get(b"format", db=meta)
-            if fmt is None or _U32.unpack(fmt)[0] != FORMAT_VERSION:
+            if fmt is None or _U32.unpack(fmt)[0] not in READABLE_FORMATS:
                 raise LogFormatError(f"{path} is not a cuelog log this version can read")
             idempotency = {
                 bytes(k).decode(): (*_IDEM.unpack(v[: _IDEM.size]), bytes(v[_IDEM.size :]))

@@ -67,7 +67,10 @@ from cuelog.runtime._records import (
 log = structlog.get_logger("cuelog.log")
 
 T = TypeVar("T")
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+# Format 1 wrote every index entry in its commit; format 2 defers them behind `meta/watermark`. A
+# writer opening a format 1 log marks it format 2, so a cuelog that knows only format 1 refuses it.
+READABLE_FORMATS: Final = frozenset({1, FORMAT_VERSION})
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _IDEM = struct.Struct(">QI")
@@ -351,11 +354,13 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 txn.put(b"log_id", log_id, db=self._meta_db)
             else:
                 version = _U32.unpack(fmt)[0] if len(fmt) == 4 else -1
-                if version != FORMAT_VERSION:
+                if version not in READABLE_FORMATS:
                     raise LogFormatError(
                         f"{self.path} was written in log format {version}; this cuelog reads "
-                        f"format {FORMAT_VERSION}: upgrade cuelog to open it"
+                        f"formats 1 to {FORMAT_VERSION}: upgrade cuelog to open it"
                     )
+                if version != FORMAT_VERSION and not self.readonly:
+                    txn.put(b"format", _U32.pack(FORMAT_VERSION), db=self._meta_db)
                 log_id = bytes(txn.get(b"log_id", db=self._meta_db))
             cursor = txn.cursor(db=self._events_db)
             seq, tail_hash = 0, genesis_hash(log_id)

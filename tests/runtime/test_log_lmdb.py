@@ -88,6 +88,17 @@ def set_format(path: Path, version: int) -> None:
         env.close()
 
 
+def stored_format(path: Path) -> int:
+    env = open_raw_env(path)
+    try:
+        meta = env.open_db(b"meta")
+        with env.begin() as txn:
+            version: int = struct.unpack(">I", txn.get(b"format", db=meta))[0]
+            return version
+    finally:
+        env.close()
+
+
 async def test_concurrent_appends_share_one_group_commit(tmp_path: Path) -> None:
     """Appends that are waiting together are written in one LMDB transaction."""
     async with open_event_log(tmp_path / "log") as log:
@@ -138,7 +149,7 @@ async def test_the_stored_chain_verifies_without_cuelog(tmp_path: Path) -> None:
     try:
         events, streams, meta = (env.open_db(name) for name in (b"events", b"streams", b"meta"))
         with env.begin() as txn:
-            assert bytes(txn.get(b"format", db=meta)) == struct.pack(">I", 1)
+            assert bytes(txn.get(b"format", db=meta)) == struct.pack(">I", 2)
             prev = hashlib.sha256(bytes(txn.get(b"log_id", db=meta))).digest()
             stored = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=events)]
             index = {bytes(k): bytes(v) for k, v in txn.cursor(db=streams)}
@@ -269,9 +280,24 @@ async def test_a_newer_format_is_refused_with_a_clear_message(tmp_path: Path) ->
         await log.append("s", [raw(1)])
     set_format(path, 99)
     for readonly in (True, False):
-        with pytest.raises(LogFormatError, match=r"format 99.*format 1.*upgrade cuelog"):
+        with pytest.raises(LogFormatError, match=r"format 99.*formats 1 to 2.*upgrade cuelog"):
             async with open_event_log(path, readonly=readonly):
                 pass  # pragma: no cover - the open must fail
+
+
+async def test_a_format_1_log_is_read_and_a_writer_marks_it_format_2(tmp_path: Path) -> None:
+    """Format 1 (every index entry in its commit) reads as it is; a writer's open marks it
+    format 2, the deferred index, so a cuelog that knows only format 1 refuses it from then on."""
+    path = tmp_path / "log"
+    async with open_event_log(path) as log:
+        await log.append("s", [raw(1)])
+    set_format(path, 1)
+    async with open_event_log(path, readonly=True) as log:
+        assert [e.version for e in log.read_stream("s")] == [1]
+    assert stored_format(path) == 1
+    async with open_event_log(path) as log:
+        await log.append("s", [raw(2)], expected_version=1)
+    assert stored_format(path) == 2
 
 
 async def test_a_refused_open_leaves_the_writer_lock_free(tmp_path: Path) -> None:
