@@ -13,6 +13,10 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   idle (parked waiting, queue empty, no background task), so no message can land in the queue of
   an actor that is going away: a later message spawns a fresh incarnation.
 - An actor parks only when its queue is empty; putting a message unparks it.
+- With placement (several processes on one log, `cuelog.runtime._leases`), an actor of a leased
+  kind is rehydrated only after this node took its lease; a lease held by another live node
+  fails the messages with `ActorOwnedElsewhere`, and an actor whose lease was lost stops
+  without recording a failure (the new owner has it). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
   drops it (before handling) or discards the reply (after), never blocking.
 """
@@ -30,7 +34,15 @@ import structlog
 import trio
 
 from cuelog.runtime._actor_sourced import ActorFailed, EventSourcedActor
-from cuelog.runtime._errors import ActorStopped, CommandRejected, LogError, MailboxFull
+from cuelog.runtime._errors import (
+    ActorOwnedElsewhere,
+    ActorStopped,
+    CommandRejected,
+    LeaseLost,
+    LogError,
+    MailboxFull,
+)
+from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._protocol import EventLog
 from cuelog.runtime._sourcing import SourcingEngine
 
@@ -164,6 +176,7 @@ class _Cell:
         "incarnation",
         "last_active",
         "queue",
+        "refusal",
         "retire_when_idle",
         "room",
         "snapshot_version",
@@ -193,6 +206,8 @@ class _Cell:
         self.stop_requested = False
         self.retire_when_idle = False  # passivate as soon as it is idle (its work is done)
         self.stop_reason = ""
+        # Why this node may not run the actor (its lease is elsewhere): every message fails so.
+        self.refusal: ActorOwnedElsewhere | LeaseLost | None = None
         self.closed = False
         self.last_active = trio.current_time()
 
@@ -381,9 +396,16 @@ class ActorRef:
 class ActorSystem:
     """Spawns, supervises and passivates actors. Open it with `open_actor_system`."""
 
-    def __init__(self, log: EventLog, config: ActorConfig, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        config: ActorConfig,
+        nursery: trio.Nursery,
+        placement: LeaseTable | None = None,
+    ) -> None:
         self.log = log
         self.config = config
+        self.placement = placement
         self._nursery = nursery
         self._factories: dict[str, ActorFactory] = {}
         # Ordered by when each actor last went idle: the front is least recently used.
@@ -555,6 +577,13 @@ class ActorSystem:
                     await self._start(cell)
                     await self._serve(cell)
                     return
+                except (ActorOwnedElsewhere, LeaseLost) as exc:
+                    # Not a failure of the actor: another node runs it (or may, once it
+                    # takes the expired lease). Nothing is recorded; `_retire` answers.
+                    cell.refusal = exc
+                    if self.placement is not None:
+                        self.placement.forget(cell.stream)
+                    return
                 except Exception as exc:
                     error = exc
                 cell.incarnation += 1
@@ -575,6 +604,13 @@ class ActorSystem:
             self._retire(cell)
 
     async def _start(self, cell: _Cell) -> None:
+        placement = self.placement
+        if (
+            placement is not None
+            and placement.covers(cell.stream)
+            and not placement.holds(cell.stream)
+        ):
+            await placement.acquire(cell.stream)
         actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
         if isinstance(actor, EventSourcedActor):
@@ -588,6 +624,8 @@ class ActorSystem:
         while True:
             if cell.task_error is not None:
                 raise cell.task_error
+            if cell.refusal is not None:
+                raise cell.refusal
             if not queue:
                 if cell.stop_requested:
                     return
@@ -613,13 +651,20 @@ class ActorSystem:
             del self._live[cell.address]
         for handle in cell.tasks:
             handle.cancel()
+        if (
+            self.placement is not None
+            and cell.refusal is None
+            and cell.address not in self._live  # a newer incarnation keeps using the lease
+        ):
+            self.placement.release_soon(cell.stream)
         reason = cell.stop_reason or (
             f"actor {cell.stream} stopped before handling the message (the system shut down)"
         )
+        error: Exception = cell.refusal or ActorStopped(reason)
         for env in cell.current:
-            env.fail(ActorStopped(reason))
+            env.fail(error)
         for env in cell.queue:
-            env.fail(ActorStopped(reason))
+            env.fail(error)
         cell.queue.clear()
         if cell.room is not None:
             cell.room.unpark_all()
@@ -715,6 +760,18 @@ class ActorSystem:
                 if cell.retire_when_idle and not cell.queue:
                     cell.wake()
 
+    # -- placement ------------------------------------------------------------------------------
+
+    def _leases_lost(self, keys: list[str]) -> None:
+        """Another node took these actors' leases (this process was paused or cut off): stop
+        them here; their messages fail with `LeaseLost`, and nothing more is appended for them."""
+        for key in keys:
+            kind, _, id_ = key.partition(":")
+            cell = self._live.get((kind, id_))
+            if cell is not None and cell.refusal is None:
+                cell.refusal = LeaseLost(key, None)
+                cell.wake()
+
     # -- shutdown -------------------------------------------------------------------------------
 
     def _close(self) -> None:
@@ -731,16 +788,20 @@ class ActorSystem:
 
 @asynccontextmanager
 async def open_actor_system(
-    log: EventLog, *, config: ActorConfig | None = None
+    log: EventLog, *, config: ActorConfig | None = None, placement: LeaseTable | None = None
 ) -> AsyncIterator[ActorSystem]:
     """Run an actor system over `log` until the block exits.
+
+    With `placement` (see `open_leases`), actors of its leased kinds run only where their lease is.
 
     On exit: stop accepting (tell and ask raise `ActorStopped`), let actors drain their mailboxes
     for up to `config.shutdown_deadline` seconds, then cancel whatever is left.
     """
     config = config or ActorConfig()
     async with trio.open_nursery() as nursery:
-        system = ActorSystem(log, config, nursery)
+        system = ActorSystem(log, config, nursery, placement)
+        if placement is not None:
+            placement.on_lost = system._leases_lost
         nursery.start_soon(system._sweep, name="actor passivation")
         try:
             yield system
