@@ -573,17 +573,21 @@ class ActorSystem:
         """The actor's task: (re)start, serve messages, and on failure back off and restart."""
         try:
             while True:
+                error: Exception
                 try:
                     await self._start(cell)
                     await self._serve(cell)
                     return
                 except (ActorOwnedElsewhere, LeaseLost) as exc:
-                    # Not a failure of the actor: another node runs it (or may, once it
-                    # takes the expired lease). Nothing is recorded; `_retire` answers.
-                    cell.refusal = exc
-                    if self.placement is not None:
-                        self.placement.forget(cell.stream)
-                    return
+                    if _lease_key(exc) != cell.stream:
+                        error = exc  # about another actor this one talked to: a failure
+                    else:
+                        # Not a failure of the actor: another node runs it (or may, once it
+                        # takes the expired lease). Nothing is recorded; `_retire` answers.
+                        cell.refusal = exc
+                        if self.placement is not None:
+                            self.placement.forget(cell.stream)
+                        return
                 except Exception as exc:
                     error = exc
                 cell.incarnation += 1
@@ -644,6 +648,7 @@ class ActorSystem:
     def _retire(self, cell: _Cell) -> None:
         """The incarnation is over: nobody waits on it any longer. Synchronous."""
         cell.closed = True
+        busy = bool(cell.tasks or cell.current or cell.queue)
         # The actor refers to its cell (through its context): let go of it here, so a retired
         # actor is freed by reference counting, not left for a full collection to find.
         cell.actor = None
@@ -655,6 +660,7 @@ class ActorSystem:
             self.placement is not None
             and cell.refusal is None
             and cell.address not in self._live  # a newer incarnation keeps using the lease
+            and (self._accepting or not busy)  # work cut short by shutdown is handed over
         ):
             self.placement.release_soon(cell.stream)
         reason = cell.stop_reason or (
@@ -784,6 +790,10 @@ class ActorSystem:
             cell.wake()
             if cell.room is not None:
                 cell.room.unpark_all()
+
+
+def _lease_key(error: ActorOwnedElsewhere | LeaseLost) -> str:
+    return error.key if isinstance(error, ActorOwnedElsewhere) else error.stream
 
 
 @asynccontextmanager

@@ -23,8 +23,9 @@ one actor's stream.
   heartbeat; a lease that no longer matches (taken over while this process was paused) is
   reported lost, and the actor system drops the actor.
 - **Releasing**: a passivated actor's lease is released (expiry '-infinity') in a batch shortly
-  after; on a clean shutdown all of them are. A lease that expired without being released is an
-  orphan: its node died with the actor live, and any node may take it over (`orphaned`).
+  after, as are idle actors' on a clean shutdown. A lease that expired without being released is
+  an orphan: its node died with the actor live, or shut down while the actor was at work (those
+  leases are handed over: they expire at once). Any node may take an orphan over (`orphaned`).
 
 Expiry is PostgreSQL's clock (`clock_timestamp()`), never a node's, so nodes' clocks need not
 agree. Lock order: the commit locks the head row, then lease rows in key order; renewals lock
@@ -140,6 +141,15 @@ WITH mine AS (
     ON l.key = h.key AND l.epoch = h.epoch
     WHERE l.node = %(node)s ORDER BY l.key FOR UPDATE OF l)
 UPDATE cuelog_leases SET expiry = '-infinity' WHERE key IN (SELECT key FROM mine)
+"""
+
+_HAND_OVER: Final = """
+WITH mine AS (
+    SELECT l.key FROM cuelog_leases l
+    JOIN unnest(%(keys)s::text[], %(epochs)s::bigint[]) AS h(key, epoch)
+    ON l.key = h.key AND l.epoch = h.epoch
+    WHERE l.node = %(node)s ORDER BY l.key FOR UPDATE OF l)
+UPDATE cuelog_leases SET expiry = clock_timestamp() WHERE key IN (SELECT key FROM mine)
 """
 
 _ORPHANS: Final = """
@@ -324,11 +334,10 @@ class LeaseTable:
         )
         return {str(key) for (key,) in rows}
 
-    def _release_sync(self, releases: dict[str, int]) -> None:
+    def _release_sync(self, releases: dict[str, int], sql: str = _RELEASE) -> None:
         keys = sorted(releases)
         self._execute(
-            _RELEASE,
-            {"node": self.node, "keys": keys, "epochs": [releases[key] for key in keys]},
+            sql, {"node": self.node, "keys": keys, "epochs": [releases[key] for key in keys]}
         )
 
     def _leave_sync(self) -> None:
@@ -387,10 +396,18 @@ class LeaseTable:
         await self._run(self._renew_sync, {})
 
     async def _stop(self) -> None:
-        """Release every lease and leave the node registry (a clean shutdown)."""
-        for key in list(self.held):
-            self.release_soon(key)
+        """Release the leases of actors that passivated, hand over the rest (actors the shutdown
+        cut short: their leases expire now, so other nodes take their work over at once), and
+        leave the node registry."""
         await self._flush_releases()
+        held, self.held = self.held, {}
+        if held:
+            try:
+                await self._run(self._release_sync, held, _HAND_OVER)
+            except LogError as exc:
+                log.warning("cannot hand leases over", error=str(exc), count=len(held))
+            else:
+                log.info("leases handed over", count=len(held))
         with suppress(LogError):
             await self._run(self._leave_sync)
         conn, self._conn = self._conn, None
