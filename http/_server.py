@@ -43,7 +43,7 @@ from cuelog.actors import (
 )
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
-from cuelog.http._config import ConfigError, Settings
+from cuelog.http._config import ConfigError, Settings, cluster_config
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
 from cuelog.http._services import Services
 from cuelog.runtime import (
@@ -265,6 +265,7 @@ async def _serve(
                 max_live_actors=settings.server.max_live_actors,
                 passivate_after=settings.server.passivate_after,
             ),
+            cluster=cluster_config(settings),
         ) as domain,
         McpServers(
             event_log,
@@ -319,6 +320,7 @@ async def _serve(
                 urls=binds,
                 data_dir=str(settings.log.data_dir),
                 head_seq=event_log.head().seq,
+                node=settings.cluster.node,
                 pid=os.getpid(),
                 max_connections=max_connections,
             )
