@@ -641,6 +641,9 @@ class ActorSystem:
                 await cell.wait()
                 continue
             if sourced:
+                if self.placement is not None and not self.placement.covers(cell.stream):
+                    # Unleased (an agent): other nodes may have written since; read what they did.
+                    self._sourcing.catch_up(cell, actor)  # type: ignore[arg-type]
                 await self._sourcing.run_commands(cell, actor)  # type: ignore[arg-type]
             else:
                 await self._run_message(cell, actor)  # type: ignore[arg-type]

@@ -193,6 +193,24 @@ class SourcingEngine:
         actor._state = state
         actor._version = version
 
+    def catch_up(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        """Fold the events appended to the actor's stream since its state's version (by another
+        process sharing the log): one read, usually empty."""
+        state = actor._state
+        version = actor._version
+        codec = type(actor).codec
+        while True:
+            page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
+            for record in page:
+                if record.type != ACTOR_FAILED:
+                    state = actor.evolve(state, codec.decode(record.type, record.data))
+                version = record.version
+            self.events_replayed += len(page)
+            if len(page) < _REPLAY_PAGE:
+                break
+        actor._state = state
+        actor._version = version
+
     async def _maybe_snapshot(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
         every = self.snapshot_every
         version = actor._version

@@ -73,6 +73,7 @@ async def node(
     ):
         assert isinstance(log, PostgresEventLog)
         system.register("counter", lambda ctx: LoadedCounter(ctx, name, loads))
+        system.register("shared", Counter)  # not leased: live on every node that uses it
         yield Node(log, leases, system)
 
 
@@ -284,3 +285,17 @@ async def test_a_schema_2_log_gets_the_lease_tables_when_opened_for_writing(url:
     async with node(url, "a", loads) as a:
         assert (await a.system.ref("counter", "9").ask(Add(1))).total == 1
     assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"3",)]
+
+
+async def test_an_unleased_actor_live_on_two_nodes_reads_the_others_writes(url: str) -> None:
+    """An actor of a kind that is not leased may be live on several nodes: each catches up with
+    the others' events before a command, so none decides or answers from a stale state."""
+    loads: list[tuple[str, str]] = []
+    with trio.fail_after(GUARD):
+        async with node(url, "a", loads) as a, node(url, "b", loads) as b:
+            assert (await a.system.ref("shared", "x").ask(Add(1))).total == 1
+            assert (await b.system.ref("shared", "x").ask(Add(2))).total == 3
+            assert (await a.system.ref("shared", "x").ask(Get())).total == 3
+            assert (await a.system.ref("shared", "x").ask(Add(4))).total == 7
+            assert a.system.is_live("shared", "x") and b.system.is_live("shared", "x")
+            assert a.leases.statistics().held == 0
