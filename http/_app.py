@@ -166,6 +166,15 @@ def create_app(services: Services) -> QuartTrio:
     async def domain_error(exc: CuelogError) -> Response:
         return error_answer(exc).response()
 
+    @app.errorhandler(ActorOwnedElsewhere)
+    async def owned_elsewhere(exc: ActorOwnedElsewhere) -> Response:
+        forwarder = services.forwarder
+        if forwarder is not None:
+            forwarded = await forwarder.forward(exc)
+            if forwarded is not None:
+                return forwarded
+        return error_answer(exc).response()
+
     install_cors(app, services.settings.server.cors_origins)
     auth = services.auth
     routes = Routes(app, auth, limit=_Limits(services))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -345,15 +346,23 @@ def _check_cluster(settings: Settings) -> None:
         raise ConfigError(f"cluster: {exc}") from None
 
 
-def cluster_config(settings: Settings) -> ClusterConfig | None:
-    """The node's cluster settings, or None when it runs alone."""
+def cluster_config(
+    settings: Settings, bound: tuple[str, int] | None = None
+) -> ClusterConfig | None:
+    """The node's cluster settings, or None when it runs alone. Without `cluster.advertise`, the
+    address is the one bound (`bound`: host and port of the listening socket), or else the
+    configured one; a wildcard host is replaced by this machine's name."""
     cluster = settings.cluster
     if cluster.node is None:
         return None
-    server = settings.server
+    host, port = bound or (settings.server.host, settings.server.port)
+    if host in {"0.0.0.0", "::", ""}:
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
     return ClusterConfig(
         node=cluster.node,
         lease_ttl=cluster.lease_ttl,
         renew_interval=cluster.renew_interval,
-        advertise=cluster.advertise or f"http://{server.host}:{server.port}",
+        advertise=cluster.advertise or f"http://{host}:{port}",
     )

@@ -45,6 +45,7 @@ from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
 from cuelog.http._config import ConfigError, Settings, cluster_config
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
+from cuelog.http._forward import open_forwarder
 from cuelog.http._services import Services
 from cuelog.runtime import (
     ActorConfig,
@@ -265,7 +266,7 @@ async def _serve(
                 max_live_actors=settings.server.max_live_actors,
                 passivate_after=settings.server.passivate_after,
             ),
-            cluster=cluster_config(settings),
+            cluster=cluster_config(settings, sockets[0].getsockname()[:2] if sockets else None),
         ) as domain,
         McpServers(
             event_log,
@@ -286,6 +287,7 @@ async def _serve(
             settings.log.url or settings.log.data_dir, sync=settings.log.sync
         ) as projections,
         open_read_models(event_log, projections) as read_models,
+        open_forwarder(settings.cluster.node) as forwarder,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -300,6 +302,7 @@ async def _serve(
         services.providers = Providers(event_log, key_file, run_settings.providers)
         services.loops = loops if settings.loops.enabled else None
         services.webhooks = webhooks
+        services.forwarder = forwarder
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)

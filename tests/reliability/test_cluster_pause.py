@@ -1,6 +1,7 @@
 """Two real `cuelog serve` nodes on one PostgreSQL log: node a is SIGSTOPped past its lease TTL,
 node b takes its session and its run (waiting for approval) over, and once a is SIGCONTinued it
-cannot append for them any more; the run is approved through b and finishes once."""
+cannot append for them any more (requests it forwards to b go through); the run is approved
+through b and finishes once."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.support import CUELOG, ServerProcess, start_server
 
 KEY = "cluster-pause-admin-key-0123456789"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+ONCE = {"X-Cuelog-Forwarded-By": "test"}  # as if forwarded already: answered, not forwarded
 TTL = 3.0
 CONFIG = """
 [agents.ask]
@@ -86,7 +88,10 @@ def test_a_paused_node_loses_its_actors_and_cannot_append_for_them(
             wait_until(
                 lambda: http.get(f"{a.url}/v1/runs/{run_id}").json()["status"] == "waiting_approval"
             )
-            refused = http.get(f"{b.url}/v1/sessions/s")
+            forwarded = http.get(f"{b.url}/v1/sessions/s")
+            assert forwarded.status_code == 200, forwarded.text  # b forwards it to a
+            assert forwarded.json()["key"] == "s"
+            refused = http.get(f"{b.url}/v1/sessions/s", headers=ONCE)
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
             assert refused.json()["error"]["code"] == "owned_elsewhere"
             health = http.get(f"{a.url}/health").json()
@@ -108,13 +113,22 @@ def test_a_paused_node_loses_its_actors_and_cannot_append_for_them(
                 a.proc.send_signal(signal.SIGCONT)
             assert TTL - 0.5 < taken_after < TTL + 3, taken_after
 
+            # a, not forwarding (as for a request already forwarded once), cannot write for s.
             late = http.post(
                 f"{a.url}/v1/agents/ask/wake",
                 json={"message": "after the pause", "session_key": "s", "mode": "async"},
+                headers=ONCE,
             )
             assert late.status_code == 503, late.text
             assert late.json()["error"]["code"] == "owned_elsewhere"
             assert events_of(url, "session:s") == session_events
+            # Forwarding, a sends it to b, the owner now.
+            queued = http.post(
+                f"{a.url}/v1/agents/ask/wake",
+                json={"message": "queued behind", "session_key": "s", "mode": "async"},
+            )
+            assert queued.status_code == 202, queued.text
+            assert queued.json()["status"] == "queued"
 
             [approval] = approvals
             decided = http.post(
@@ -129,6 +143,10 @@ def test_a_paused_node_loses_its_actors_and_cannot_append_for_them(
                 )
             )
             assert done["content"] == "Tool calculator returned: 42"
+            then = queued.json()["run_id"]
+            wait_until(
+                lambda: http.get(f"{a.url}/v1/runs/{then}").json().get("status") == "completed"
+            )
             types = events_of(url, f"run:{run_id}")
             assert types.count("RunStarted") == 1 and "RunFailed" not in types
             assert http.get(f"{b.url}/health").json()["node"] == "b"
