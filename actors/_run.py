@@ -455,8 +455,10 @@ class RunActor(EventSourcedActor[RunState]):
             self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
-        if state.status in TERMINAL:
-            self.ctx.passivate_when_idle()  # read once, e.g. by GET /v1/runs/{id}
+        if state.status in TERMINAL or state.status == "new":
+            # Read once, e.g. by GET /v1/runs/{id}; a run not started yet is also forgotten at
+            # once so that (in cluster mode) the node whose session starts it can take its lease.
+            self.ctx.passivate_when_idle()
         if state.status == "waiting_approval":
             # A restart lost the in-memory list of pending approvals; rebuild it from the log.
             self._track_approvals(state)

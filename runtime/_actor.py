@@ -670,6 +670,9 @@ class ActorSystem:
             f"actor {cell.stream} stopped before handling the message (the system shut down)"
         )
         error: Exception = cell.refusal or ActorStopped(reason)
+        if cell.refusal is not None and any(env.task is None for env in cell.queue):
+            # Nobody waits for a tell: the log is the only place the refusal shows.
+            logger.warning("told messages refused", actor=cell.stream, error=str(cell.refusal))
         for env in cell.current:
             env.fail(error)
         for env in cell.queue:
