@@ -94,6 +94,20 @@ def test_a_paused_node_loses_its_actors_and_cannot_append_for_them(
             refused = http.get(f"{b.url}/v1/sessions/s", headers=ONCE)
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
             assert refused.json()["error"]["code"] == "owned_elsewhere"
+            # An SSE stream asked of b is a's, relayed as it comes (the run is still open).
+            with http.stream(
+                "GET",
+                f"{b.url}/v1/runs/{run_id}/events",
+                headers={"Accept": "text/event-stream"},
+            ) as sse:
+                assert sse.status_code == 200
+                assert sse.headers["content-type"].startswith("text/event-stream")
+                seen = []
+                for line in sse.iter_lines():
+                    seen.append(line)
+                    if line == "event: ApprovalRequested":
+                        break
+                assert "event: RunStarted" in seen
             health = http.get(f"{a.url}/health").json()
             assert health["node"] == "a" and health["leases"] >= 2
 
