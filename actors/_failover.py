@@ -16,7 +16,8 @@ import structlog
 import trio
 
 from cuelog.actors._errors import NotFound
-from cuelog.actors._names import RUN, SESSION, stream_id
+from cuelog.actors._events import DOMAIN_CODEC, RunStarted
+from cuelog.actors._names import RUN, SESSION, run_stream, stream_id
 from cuelog.runtime import ActorError, LeaseTable, LogError
 
 if TYPE_CHECKING:
@@ -41,9 +42,15 @@ async def take_over_once(domain: Domain, leases: LeaseTable) -> int:
     """Touch every orphaned run, then every orphaned session; return how many this node took."""
     taken = 0
     for key in await leases.orphaned(RUN, _BATCH):
+        run_id = stream_id(key, RUN)
         try:
-            view = await domain.get_run(stream_id(key, RUN))
-            await domain.get_session(view.session_key)  # settles the run, starts the next
+            # The session first: a run and its session must land on one node, or the run's end
+            # would be told to a session elsewhere that never hears of it. While the session's
+            # lease has not expired yet, this is refused and tried again next round.
+            session_key = _session_of(domain, run_id)
+            if session_key is not None:
+                await domain.get_session(session_key)
+            await domain.get_run(run_id)  # closes it if it was running, tells the session
         except (NotFound, ActorError, LogError) as exc:
             logger.info("orphaned run not taken", key=key, error=str(exc))
             continue
@@ -58,3 +65,12 @@ async def take_over_once(domain: Domain, leases: LeaseTable) -> int:
     if taken:
         logger.info("took over actors of a dead node", count=taken, node=leases.node)
     return taken
+
+
+def _session_of(domain: Domain, run_id: str) -> str | None:
+    """The session a run belongs to, from its first event (None before it started)."""
+    first = domain.log.read_stream(run_stream(run_id), 1, limit=1)
+    if not first:
+        return None
+    event = DOMAIN_CODEC.decode(first[0].type, first[0].data)
+    return event.session_key if isinstance(event, RunStarted) else None

@@ -59,6 +59,7 @@ from cuelog.actors._tools_registry import ToolRegistry, granted
 from cuelog.runtime import (
     ActorContext,
     ActorError,
+    ActorOwnedElsewhere,
     ActorStopped,
     ActorSystem,
     ContentMissing,
@@ -719,7 +720,8 @@ async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> 
 async def _notify_session_when_closed(ctx: ActorContext) -> None:
     view: RunView = await ctx.ref.ask(GetRun())
     if view.status in TERMINAL:
-        with suppress(NotFound):
+        # Owned by another node (cluster mode), the session settles the run when it next loads.
+        with suppress(NotFound, ActorOwnedElsewhere):
             await ctx.system.ref(SESSION, view.session_key).ask(
                 RunDone(run_id=view.id, status=view.status, messages=view.messages)
             )

@@ -157,6 +157,21 @@ def diagnose(url: str, open_runs: list[str]) -> str:
             [[f"run:{run_id}", session]],
         )
         lines.append(f"\n{run_id}: {run_types}; {session}: ...{session_types[-8:]}; {leases}")
+        assigned = [
+            DOMAIN_CODEC.decode(t, d)
+            for st, t, d in stream_events(url, session)
+            if st == session and t == "RunAssigned"
+        ]
+        if assigned:
+            current = getattr(assigned[-1], "run_id", "?")
+            current_types = [t for _, t, _ in stream_events(url, f"run:{current}")]
+            current_lease = run_sql(
+                url,
+                "SELECT node, epoch, expiry > clock_timestamp(), expiry = '-infinity' "
+                "FROM cuelog_leases WHERE key = %s",
+                [f"run:{current}"],
+            )
+            lines.append(f"\n  current {current}: {current_types}; {current_lease}")
     return "".join(lines)
 
 
