@@ -14,7 +14,8 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   an actor that is going away: a later message spawns a fresh incarnation.
 - An actor parks only when its queue is empty; putting a message unparks it.
 - With placement (several processes on one log, `cuelog.runtime._leases`), an actor of a leased
-  kind is rehydrated only after this node took its lease; a lease held by another live node
+  kind with a history is rehydrated only after this node took its lease (a new one takes it
+  before its first append); a lease held by another live node
   fails the messages with `ActorOwnedElsewhere`, and an actor whose lease was lost stops
   without recording a failure (the new owner has it). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
@@ -419,7 +420,7 @@ class ActorSystem:
         self._spawned = 0
         self._passivated = 0
         self._failures = 0
-        self._sourcing = SourcingEngine(log, config.snapshot_every)
+        self._sourcing = SourcingEngine(log, config.snapshot_every, placement)
         self._restarts = 0
 
     # -- public ---------------------------------------------------------------------------------
@@ -613,7 +614,11 @@ class ActorSystem:
             placement is not None
             and placement.covers(cell.stream)
             and not placement.holds(cell.stream)
+            and self.log.stream_version(cell.stream)
         ):
+            # An actor with a history is loaded only under its lease. A new one (nothing to
+            # load: a read of a run not started yet) takes it at its first write instead, so a
+            # read never keeps the lease from the node that goes on to create the actor.
             await placement.acquire(cell.stream)
         actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor

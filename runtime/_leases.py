@@ -1,7 +1,8 @@
 """Actor placement for several processes on one PostgreSQL log: leases, fencing, node registry.
 
 Each process is a node with a name. Before a node rehydrates an actor of a leased kind (the
-domain leases sessions and runs), it takes the actor's lease: a row of `cuelog_leases` naming the
+domain leases sessions and runs) that has a history, it takes the actor's lease (a new actor,
+with nothing to load, takes it before its first append): a row of `cuelog_leases` naming the
 node, an epoch and an expiry. The lease key is the actor's stream name (`<kind>:<id>`), so an
 append maps to the actor it writes for without asking anyone: every stream of a leased kind is
 one actor's stream.

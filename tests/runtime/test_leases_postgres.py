@@ -101,8 +101,9 @@ def expire(url: str, key: str) -> None:
 
 
 async def test_a_lease_held_by_another_node_refuses_the_actor_with_its_owner(url: str) -> None:
-    """Two nodes asked for the same actors at once: each actor is loaded by exactly one node, the
-    other hears who owns it and where; the owner's events are all in the log."""
+    """Two nodes asked for the same actors (with a history) at once: each actor is loaded by
+    exactly one node, the other hears who owns it and where; the owner's events are all in the
+    log."""
     loads: list[tuple[str, str]] = []
     refused: dict[str, list[ActorOwnedElsewhere]] = {"a": [], "b": []}
     with trio.fail_after(GUARD):
@@ -114,6 +115,8 @@ async def test_a_lease_held_by_another_node_refuses_the_actor_with_its_owner(url
                 except ActorOwnedElsewhere as exc:
                     refused[name].append(exc)
 
+            for counter in range(20):  # actors with a history
+                await a.log.append(f"counter:{counter}", [Counted(by=1)])
             async with trio.open_nursery() as nursery:
                 for counter in range(20):
                     nursery.start_soon(add, a, "a", counter)
@@ -127,7 +130,37 @@ async def test_a_lease_held_by_another_node_refuses_the_actor_with_its_owner(url
             assert len(refused["a"]) + len(refused["b"]) == 20
             assert a.leases.statistics().held + b.leases.statistics().held == 20
             for counter in range(20):
-                assert a.log.stream_version(f"counter:{counter}") == 1
+                assert a.log.stream_version(f"counter:{counter}") == 2
+
+
+async def test_a_new_actor_is_leased_by_its_first_write(url: str) -> None:
+    """An actor with nothing in the log takes no lease to be read, so a read on one node never
+    keeps another from creating it; of two nodes creating it at once, one writes and the other
+    is refused with the owner."""
+    loads: list[tuple[str, str]] = []
+    with trio.fail_after(GUARD):
+        async with node(url, "a", loads) as a, node(url, "b", loads) as b:
+            assert (await b.system.ref("counter", "new").ask(Get())).total == 0
+            assert not b.leases.holds("counter:new")
+            assert (await a.system.ref("counter", "new").ask(Add(1))).total == 1
+            assert a.leases.holds("counter:new")
+            with pytest.raises(ActorOwnedElsewhere, match="node 'a'"):
+                await b.system.ref("counter", "new").ask(Add(1))
+            refused: list[str] = []
+
+            async def add(n: Node, name: str, counter: int) -> None:
+                try:
+                    await n.system.ref("counter", f"race{counter}").ask(Add(1))
+                except ActorOwnedElsewhere:
+                    refused.append(name)
+
+            async with trio.open_nursery() as nursery:
+                for counter in range(20):
+                    nursery.start_soon(add, a, "a", counter)
+                    nursery.start_soon(add, b, "b", counter)
+            assert len(refused) == 20
+            for counter in range(20):
+                assert a.log.stream_version(f"counter:race{counter}") == 1
 
 
 async def test_a_node_that_lost_its_lease_cannot_append_for_the_actor(url: str) -> None:
@@ -225,7 +258,7 @@ async def test_passivation_and_shutdown_release_leases(url: str) -> None:
             await eventually(lambda: not a.system.is_live("counter", "1"))
             released = "SELECT expiry = '-infinity' FROM cuelog_leases"
             await eventually(lambda: run_sql(url, released) == [(True,)])
-            assert a.leases.statistics().released == 1
+            await eventually(lambda: a.leases.statistics().released == 1)
             async with node(url, "b", loads) as b:
                 assert (await b.system.ref("counter", "1").ask(Add(1))).total == 2
                 await b.system.ref("counter", "2").ask(Add(1))
