@@ -10,10 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cuelog.actors import DOMAIN_CODEC
-from cuelog.actors._events import MessageAccepted
 from tests.postgres import fresh_database
-from tests.reliability.test_cluster_crash import HEADERS, NODES, Cluster, stream_events
+from tests.reliability.test_cluster_crash import (
+    HEADERS,
+    NODES,
+    Cluster,
+    accepted_event,
+    stream_events,
+)
 
 PER_CLIENT = 15
 
@@ -76,9 +80,7 @@ def test_one_session_from_three_nodes_keeps_every_message_once_in_one_order(
         order = []
         for stream, type_, data in stream_events(url, "session:shared"):
             if stream == "session:shared" and type_ == "MessageAccepted":
-                event = DOMAIN_CODEC.decode(type_, data)
-                assert isinstance(event, MessageAccepted)
-                order.append(str(event.messages[0].content))
+                order.append(str(accepted_event(data).messages[0]["content"]))
         assert sorted(order) == sorted(acked), "a message was lost or accepted twice"
         for index in range(len(NODES)):
             mine = [text for text in order if text.startswith(f"m{index}-")]
