@@ -38,6 +38,13 @@ API_KEY = "bench-cluster-key-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 WAKE = json.dumps({"message": "hello benchmark", "mode": "sync"}).encode()
 CUELOG = str(Path(sys.executable).parent / "cuelog")
+# What each measurement runs: one process per entry, a node name or None (no cluster mode).
+SETUPS: list[tuple[str, list[str | None]]] = [
+    ("1 process, alone", [None]),
+    ("1 process, cluster mode", ["a"]),
+    ("2 processes", ["a", "b"]),
+    ("3 processes", ["a", "b", "c"]),
+]
 
 
 @contextmanager
@@ -113,14 +120,7 @@ def main() -> None:
         work = Path(tmp)
         print(f"sync wakes/s, {CONNECTIONS} wrk connections split over the processes", flush=True)
         results: dict[str, float] = {}
-        for step, (label, nodes) in enumerate(
-            (
-                ("1 process, alone", [None]),
-                ("1 process, cluster mode", ["a"]),
-                ("2 processes", ["a", "b"]),
-                ("3 processes", ["a", "b", "c"]),
-            )
-        ):
+        for step, (label, nodes) in enumerate(SETUPS):
             with postgres_database() as url, processes(url, work / f"s{step}", nodes) as servers:
                 rate, errors = throughput(servers)
             results[label] = rate

@@ -4,7 +4,7 @@ another node. Every acknowledged wake is in the log exactly once, no run starts 
 settles, the chain verifies, and the time until a dead node's actors are owned elsewhere is
 printed.
 
-CUELOG_CLUSTER_KILLS sets the number of kills (10 by default).
+CUELOG_CLUSTER_KILLS sets the number of kills (10 by default; `make soak` runs 200).
 """
 
 from __future__ import annotations
