@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Final, TypeVar, final
 
 import msgspec
@@ -45,6 +45,7 @@ from cuelog.actors._events import (
     RunStarted,
     SessionCreated,
 )
+from cuelog.actors._failover import take_over_orphans
 from cuelog.actors._idempotency import Claim, claim_request
 from cuelog.actors._keys import KeyStore
 from cuelog.actors._messages import ChatMessage, Usage
@@ -92,7 +93,17 @@ from cuelog.actors._session import (
 )
 from cuelog.actors._session_fold import SessionState, session_state_at
 from cuelog.actors._traces import Trace, fold_trace
-from cuelog.runtime import ActorConfig, ActorSystem, EventLog, RecordedEvent, open_actor_system
+from cuelog.runtime import (
+    ActorConfig,
+    ActorOwnedElsewhere,
+    ActorSystem,
+    ClusterConfig,
+    EventLog,
+    LeaseStatistics,
+    RecordedEvent,
+    open_actor_system,
+    open_leases,
+)
 
 logger = structlog.get_logger("cuelog.domain")
 
@@ -643,7 +654,7 @@ class Domain:
                 try:
                     view = await self.get_run(run_id)
                     await self.get_session(view.session_key)  # rehydrates: settles, starts next
-                except NotFound:
+                except (NotFound, ActorOwnedElsewhere):  # another node runs it
                     continue
         after = None
         while True:
@@ -662,7 +673,8 @@ class Domain:
                     if not self.log.stream_version(run_stream(state.current_run)):
                         self._remember_queued(state.current_run, key)
                     found += 1
-                    await self.get_session(key)
+                    with suppress(ActorOwnedElsewhere):  # another node runs it
+                        await self.get_session(key)
         if found:
             logger.info("recovered interrupted work", count=found)
         return found
@@ -673,6 +685,11 @@ class Domain:
             return None
         events = self.log.read_stream(stream, version, limit=1)
         return events[0] if events else None
+
+    def lease_statistics(self) -> LeaseStatistics | None:
+        """This node's leases in cluster mode (None when the process runs alone)."""
+        placement = self.system.placement
+        return placement.statistics() if placement is not None else None
 
     @property
     def emergency_stopped(self) -> bool:
@@ -761,10 +778,20 @@ async def open_domain(
     agents: dict[str, AgentSpec] | None = None,
     ids: Callable[[str], str] = random_id,
     recover: bool = True,
+    cluster: ClusterConfig | None = None,
 ) -> AsyncIterator[Domain]:
     """Open the actor system, register the domain actors, seed agents, take up the emergency
-    stop and recover interrupted work."""
-    async with open_actor_system(log, config=config) as system:
+    stop and recover interrupted work.
+
+    With `cluster` (several processes on one PostgreSQL log), sessions and runs are leased to
+    one node at a time, and this node takes over what dead nodes left in flight."""
+    async with AsyncExitStack() as stack:
+        placement = None
+        if cluster is not None:
+            placement = await stack.enter_async_context(open_leases(log, cluster, [SESSION, RUN]))
+        system = await stack.enter_async_context(
+            open_actor_system(log, config=config, placement=placement)
+        )
         system.register(AGENT, AgentActor)
         system.register(SESSION, SessionActor)
         registry = registry or RunRegistry()
@@ -775,4 +802,12 @@ async def open_domain(
             logger.warning("emergency stop is on: new runs are refused until it is released")
         if recover:
             await domain.recover()
-        yield domain
+        if placement is None:
+            yield domain
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take_over_orphans, domain, placement, name="failover")
+            try:
+                yield domain
+            finally:
+                nursery.cancel_scope.cancel()

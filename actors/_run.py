@@ -59,6 +59,7 @@ from cuelog.actors._tools_registry import ToolRegistry, granted
 from cuelog.runtime import (
     ActorContext,
     ActorError,
+    ActorOwnedElsewhere,
     ActorStopped,
     ActorSystem,
     ContentMissing,
@@ -455,8 +456,10 @@ class RunActor(EventSourcedActor[RunState]):
             self.registry.active.discard(self.ctx.id)
             self.ctx.start_task(_notify_session_when_closed, self.ctx)
             return [RunFailed(reason="interrupted")]
-        if state.status in TERMINAL:
-            self.ctx.passivate_when_idle()  # read once, e.g. by GET /v1/runs/{id}
+        if state.status in TERMINAL or state.status == "new":
+            # Read once, e.g. by GET /v1/runs/{id}; a run not started yet is also forgotten at
+            # once so that (in cluster mode) the node whose session starts it can take its lease.
+            self.ctx.passivate_when_idle()
         if state.status == "waiting_approval":
             # A restart lost the in-memory list of pending approvals; rebuild it from the log.
             self._track_approvals(state)
@@ -717,7 +720,8 @@ async def _notify_session(system: ActorSystem, run_id: str, state: RunState) -> 
 async def _notify_session_when_closed(ctx: ActorContext) -> None:
     view: RunView = await ctx.ref.ask(GetRun())
     if view.status in TERMINAL:
-        with suppress(NotFound):
+        # Owned by another node (cluster mode), the session settles the run when it next loads.
+        with suppress(NotFound, ActorOwnedElsewhere):
             await ctx.system.ref(SESSION, view.session_key).ask(
                 RunDone(run_id=view.id, status=view.status, messages=view.messages)
             )

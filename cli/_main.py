@@ -49,6 +49,11 @@ def main() -> None:
     help="The log as a location instead of --data-dir: lmdb:///path or memory: [log.url].",
 )
 @click.option("--api-key", default=None, help="Static admin API key [server.api_key].")
+@click.option(
+    "--node",
+    default=None,
+    help="Run as this node of a cluster sharing one PostgreSQL log [cluster.node].",
+)
 def serve_command(
     config_file: Path | None,
     host: str | None,
@@ -56,6 +61,7 @@ def serve_command(
     data_dir: Path | None,
     log_url: str | None,
     api_key: str | None,
+    node: str | None,
 ) -> None:
     """Serve the HTTP API: OpenAI-compatible chat, agents, sessions, wake, runs, events.
 
@@ -71,6 +77,7 @@ def serve_command(
             flags={
                 "server": {"host": host, "port": port, "api_key": api_key},
                 "log": {"data_dir": data_dir, "url": log_url},
+                "cluster": {"node": node},
             },
         )
         trio.run(functools.partial(serve, settings, tune_gc=True))

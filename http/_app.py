@@ -48,9 +48,11 @@ from cuelog.http._usage import register_usage_routes
 from cuelog.http._webhooks import register_webhook_routes
 from cuelog.http._wire import ApiError, json_response, to_json
 from cuelog.runtime import (
+    ActorOwnedElsewhere,
     ActorStopped,
     CuelogError,
     IdempotencyConflict,
+    LeaseLost,
     LogClosed,
     LogUnavailable,
     MailboxFull,
@@ -81,6 +83,8 @@ _ERRORS: list[tuple[type[Exception], int, str | None]] = [
     (LogClosed, 503, None),
     (LogUnavailable, 503, None),
     (ActorStopped, 503, None),
+    (ActorOwnedElsewhere, 503, "owned_elsewhere"),
+    (LeaseLost, 503, "owned_elsewhere"),
     (MailboxFull, 503, None),
     (ModelError, 502, None),
 ]
@@ -95,6 +99,7 @@ class _App(QuartTrio):
         logger.error("unhandled error", exc_info=exception_info)
 
 
+_ELSEWHERE = "another node serves this resource just now; retry after the Retry-After seconds"
 # What a 503 from the runtime says: a fixed text per kind (the details, which name actors,
 # streams and recovery steps, go to the server log).
 _UNAVAILABLE: list[tuple[type[Exception], str]] = [
@@ -102,6 +107,11 @@ _UNAVAILABLE: list[tuple[type[Exception], str]] = [
     (LogClosed, "the server is shutting down; retry after the Retry-After seconds"),
     (MailboxFull, "the server is busy; retry after the Retry-After seconds"),
     (ActorStopped, "this resource is unavailable just now; retry after the Retry-After seconds"),
+    (
+        ActorOwnedElsewhere,
+        "another node serves this resource just now; retry after the Retry-After seconds",
+    ),
+    (LeaseLost, "another node serves this resource just now; retry after the Retry-After seconds"),
 ]
 
 
@@ -162,6 +172,15 @@ def create_app(services: Services) -> QuartTrio:
     async def domain_error(exc: CuelogError) -> Response:
         return error_answer(exc).response()
 
+    @app.errorhandler(ActorOwnedElsewhere)
+    async def owned_elsewhere(exc: ActorOwnedElsewhere) -> Response:
+        forwarder = services.forwarder
+        if forwarder is not None:
+            forwarded = await forwarder.forward(exc)
+            if forwarded is not None:
+                return forwarded
+        return error_answer(exc).response()
+
     install_cors(app, services.settings.server.cors_origins)
     auth = services.auth
     routes = Routes(app, auth, limit=_Limits(services))
@@ -177,11 +196,13 @@ def create_app(services: Services) -> QuartTrio:
     @routes.add("/health", ["GET"], PUBLIC, answers={200: Health})
     @routes.add("/v1/health", ["GET"], PUBLIC, answers={200: Health})
     async def health() -> Response:
-        """Liveness; with a valid key also version, log head, live actors and uptime."""
+        """Liveness; with a valid key also version, log head, live actors, uptime and, in
+        cluster mode, the node and how many leases it holds."""
         who = principal()
         if who is None or not auth.enabled:
             return json_response(_HEALTH_OK if auth.enabled else _HEALTH_OPEN)
         stats = services.domain.system.statistics()
+        leases = services.domain.lease_statistics()
         return json_response(
             to_json(
                 Health(
@@ -192,6 +213,8 @@ def create_app(services: Services) -> QuartTrio:
                     uptime_seconds=round(time.monotonic() - services.started, 3),
                     emergency_stop=services.domain.emergency_stopped,
                     auth_required=True,
+                    node=leases.node if leases is not None else None,
+                    leases=leases.held if leases is not None else None,
                 )
             )
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from cuelog.actors import ID_RULE, AgentSpec, ApprovalPolicy, is_valid_id
-from cuelog.runtime import CuelogError
+from cuelog.runtime import ClusterConfig, CuelogError
 
 T = TypeVar("T")
 
@@ -119,6 +120,16 @@ class OtelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout: float = 10.0  # one export request, in seconds
 
 
+class ClusterSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # This process's name among the processes sharing one PostgreSQL log; set, sessions and
+    # runs are leased to one process at a time (see docs/operations.md).
+    node: str | None = None
+    lease_ttl: float = 10.0  # seconds a lease lasts unrenewed: a dead node's actors move then
+    renew_interval: float = 3.0  # seconds between renewals (and looks for dead nodes' work)
+    # The address other nodes reach this one at (http://host:port); default: server.host:port.
+    advertise: str | None = None
+
+
 class Price(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a model's tokens cost, per million, in the currency of `/v1/costs/summary`."""
 
@@ -135,6 +146,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mcp: McpSection = msgspec.field(default_factory=McpSection)
     loops: LoopsSection = msgspec.field(default_factory=LoopsSection)
     webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     agents: dict[str, AgentSpec] = msgspec.field(default_factory=dict)
     models: ModelsSection = msgspec.field(default_factory=ModelsSection)
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
@@ -151,6 +163,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "loops": LoopsSection,
     "webhooks": WebhooksSection,
     "otel": OtelSection,
+    "cluster": ClusterSection,
 }
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
@@ -328,8 +341,45 @@ def _check(settings: Settings) -> None:
         raise ConfigError("otel.timeout: must be more than 0 seconds")
     if not otel.service_name.strip():
         raise ConfigError("otel.service_name: must not be empty")
+    _check_cluster(settings)
     key_file = settings.log.anchor_key_file
     if key_file is not None:
         data_dir = settings.log.data_dir.resolve()
         if key_file.resolve().is_relative_to(data_dir):
             raise ConfigError("log.anchor_key_file: keep the anchor key outside the data dir")
+
+
+def _check_cluster(settings: Settings) -> None:
+    cluster = settings.cluster
+    if cluster.node is None:
+        return
+    if not (settings.log.url or "").startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "cluster.node: cluster mode needs the PostgreSQL log (log.url = postgresql://…)"
+        )
+    try:
+        cluster_config(settings)
+    except ValueError as exc:
+        raise ConfigError(f"cluster: {exc}") from None
+
+
+def cluster_config(
+    settings: Settings, bound: tuple[str, int] | None = None
+) -> ClusterConfig | None:
+    """The node's cluster settings, or None when it runs alone. Without `cluster.advertise`, the
+    address is the one bound (`bound`: host and port of the listening socket), or else the
+    configured one; a wildcard host is replaced by this machine's name."""
+    cluster = settings.cluster
+    if cluster.node is None:
+        return None
+    host, port = bound or (settings.server.host, settings.server.port)
+    if host in {"0.0.0.0", "::", ""}:
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return ClusterConfig(
+        node=cluster.node,
+        lease_ttl=cluster.lease_ttl,
+        renew_interval=cluster.renew_interval,
+        advertise=cluster.advertise or f"http://{host}:{port}",
+    )

@@ -14,12 +14,33 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from cuelog.actors import UsageTotals
-from cuelog.runtime import ProjectionStatus, gc_probe
+from cuelog.runtime import LeaseStatistics, ProjectionStatus, gc_probe
 
 if TYPE_CHECKING:
     from cuelog.http._services import Services
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _lease_metrics(leases: LeaseStatistics) -> Iterator[Any]:
+    """Cluster mode: this node's leases, labelled with the node so nodes' series stay apart."""
+    node = [leases.node]
+    held = GaugeMetricFamily("cuelog_leases_held", "Actor leases held.", labels=["node"])
+    held.add_metric(node, leases.held)
+    yield held
+    for name, value, text in (
+        ("acquired", leases.acquired, "Leases taken (new or taken back)."),
+        ("takeovers", leases.takeovers, "Leases taken from another node after they expired."),
+        ("refused", leases.refused, "Leases refused: another live node held them."),
+        ("released", leases.released, "Leases released on passivation."),
+        ("lost", leases.lost, "Leases found taken over or expired while held."),
+        ("fenced", leases.fenced, "Appends refused because their lease was lost."),
+        ("renewals", leases.renewals, "Lease renewals."),
+        ("renew_failures", leases.renew_failures, "Lease renewals that failed."),
+    ):
+        family = CounterMetricFamily(f"cuelog_leases_{name}", text, labels=["node"])
+        family.add_metric(node, value)
+        yield family
 
 
 class _StateCollector(Collector):
@@ -63,6 +84,9 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "cuelog_actors_restarts", "Actor restarts.", value=actors.restarts
         )
+        leases = services.domain.lease_statistics()
+        if leases is not None:
+            yield from _lease_metrics(leases)
         yield GaugeMetricFamily(
             "cuelog_runs_active", "Runs being driven now.", value=runs_now.active_runs
         )

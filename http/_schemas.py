@@ -45,6 +45,8 @@ class Health(msgspec.Struct, kw_only=True):
     uptime_seconds: float | None = None
     emergency_stop: bool | None = None
     auth_required: bool | None = None
+    node: str | None = None  # cluster mode: this node's name and the leases it holds
+    leases: int | None = None
 
 
 class Model(msgspec.Struct, kw_only=True):

@@ -48,8 +48,9 @@ from cuelog.actors import (
 )
 from cuelog.http._app import create_app
 from cuelog.http._auth import Authenticator
-from cuelog.http._config import ConfigError, Settings
+from cuelog.http._config import ConfigError, Settings, cluster_config
 from cuelog.http._connections import connection_cap, raise_fd_limit, serve_http
+from cuelog.http._forward import open_forwarder
 from cuelog.http._otel import open_otel_export
 from cuelog.http._services import Services
 from cuelog.runtime import (
@@ -276,6 +277,7 @@ async def _serve(
                 max_live_actors=settings.server.max_live_actors,
                 passivate_after=settings.server.passivate_after,
             ),
+            cluster=cluster_config(settings, sockets[0].getsockname()[:2] if sockets else None),
         ) as domain,
         McpServers(
             event_log,
@@ -294,6 +296,7 @@ async def _serve(
             schedule=settings.loops.enabled,
             webhooks=webhooks,
         ) as loops,
+        open_forwarder(settings.cluster.node) as forwarder,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -309,6 +312,7 @@ async def _serve(
         services.providers = Providers(event_log, key_file, run_settings.providers)
         services.loops = loops if settings.loops.enabled else None
         services.webhooks = webhooks
+        services.forwarder = forwarder
         app = create_app(services)
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
@@ -329,6 +333,7 @@ async def _serve(
                 urls=binds,
                 data_dir=str(settings.log.data_dir),
                 head_seq=event_log.head().seq,
+                node=settings.cluster.node,
                 pid=os.getpid(),
                 max_connections=max_connections,
             )

@@ -37,6 +37,7 @@ from cuelog.actors import (
 from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
+from cuelog.http._forward import Forwarder
 from cuelog.http._limits import StreamSlots, TokenBuckets
 from cuelog.http._metrics import Metrics
 from cuelog.http._params import IDEMPOTENCY_KEY
@@ -89,6 +90,7 @@ class Services:
         self.webhooks: Webhooks | None = None  # the outbox of run outcomes
         self.read_models: ReadModels | None = None  # the projections, once they run
         self.trace_export: TraceExport | None = None  # OTLP export, when configured
+        self.forwarder: Forwarder | None = None  # cluster mode: requests for other nodes' actors
         gc_probe()  # collections are counted from the start
 
     async def read(self, cls: type[T]) -> tuple[T, bytes]:

@@ -23,10 +23,12 @@ from cuelog.runtime._envelope import AppendPart as AppendPart
 from cuelog.runtime._envelope import RawEvent as RawEvent
 from cuelog.runtime._envelope import decode_record as decode_record
 from cuelog.runtime._errors import ActorError as ActorError
+from cuelog.runtime._errors import ActorOwnedElsewhere as ActorOwnedElsewhere
 from cuelog.runtime._errors import ActorStopped as ActorStopped
 from cuelog.runtime._errors import CommandRejected as CommandRejected
 from cuelog.runtime._errors import CuelogError as CuelogError
 from cuelog.runtime._errors import IdempotencyConflict as IdempotencyConflict
+from cuelog.runtime._errors import LeaseLost as LeaseLost
 from cuelog.runtime._errors import LogClosed as LogClosed
 from cuelog.runtime._errors import LogError as LogError
 from cuelog.runtime._errors import LogFormatError as LogFormatError
@@ -42,6 +44,10 @@ from cuelog.runtime._gc import GcPauses as GcPauses
 from cuelog.runtime._gc import GcStatistics as GcStatistics
 from cuelog.runtime._gc import gc_probe as gc_probe
 from cuelog.runtime._gc import tune_gc_for_serving as tune_gc_for_serving
+from cuelog.runtime._leases import ClusterConfig as ClusterConfig
+from cuelog.runtime._leases import LeaseStatistics as LeaseStatistics
+from cuelog.runtime._leases import LeaseTable as LeaseTable
+from cuelog.runtime._leases import open_leases as open_leases
 from cuelog.runtime._logging import configure_logging as configure_logging
 from cuelog.runtime._open import LogLocation as LogLocation
 from cuelog.runtime._open import open_event_log as open_event_log
@@ -71,6 +77,7 @@ __all__ = [
     "ActorError",
     "ActorFactory",
     "ActorFailed",
+    "ActorOwnedElsewhere",
     "ActorRef",
     "ActorStopped",
     "ActorSystem",
@@ -78,6 +85,7 @@ __all__ = [
     "Anchor",
     "AppendPart",
     "Checkpoint",
+    "ClusterConfig",
     "CommandRejected",
     "ContentMissing",
     "ContentStore",
@@ -90,6 +98,9 @@ __all__ = [
     "GcStatistics",
     "Head",
     "IdempotencyConflict",
+    "LeaseLost",
+    "LeaseStatistics",
+    "LeaseTable",
     "LmdbProjectionStore",
     "LocalContentStore",
     "LogClosed",
@@ -123,6 +134,7 @@ __all__ = [
     "gc_probe",
     "open_actor_system",
     "open_event_log",
+    "open_leases",
     "open_projection_store",
     "parse_log_location",
     "tune_gc_for_serving",

@@ -13,6 +13,11 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   idle (parked waiting, queue empty, no background task), so no message can land in the queue of
   an actor that is going away: a later message spawns a fresh incarnation.
 - An actor parks only when its queue is empty; putting a message unparks it.
+- With placement (several processes on one log, `cuelog.runtime._leases`), an actor of a leased
+  kind with a history is rehydrated only after this node took its lease (a new one takes it
+  before its first append); a lease held by another live node
+  fails the messages with `ActorOwnedElsewhere`, and an actor whose lease was lost stops
+  without recording a failure (the new owner has it). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
   drops it (before handling) or discards the reply (after), never blocking.
 """
@@ -30,7 +35,15 @@ import structlog
 import trio
 
 from cuelog.runtime._actor_sourced import ActorFailed, EventSourcedActor
-from cuelog.runtime._errors import ActorStopped, CommandRejected, LogError, MailboxFull
+from cuelog.runtime._errors import (
+    ActorOwnedElsewhere,
+    ActorStopped,
+    CommandRejected,
+    LeaseLost,
+    LogError,
+    MailboxFull,
+)
+from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._protocol import EventLog
 from cuelog.runtime._sourcing import SourcingEngine
 
@@ -164,6 +177,7 @@ class _Cell:
         "incarnation",
         "last_active",
         "queue",
+        "refusal",
         "retire_when_idle",
         "room",
         "snapshot_version",
@@ -193,6 +207,8 @@ class _Cell:
         self.stop_requested = False
         self.retire_when_idle = False  # passivate as soon as it is idle (its work is done)
         self.stop_reason = ""
+        # Why this node may not run the actor (its lease is elsewhere): every message fails so.
+        self.refusal: ActorOwnedElsewhere | LeaseLost | None = None
         self.closed = False
         self.last_active = trio.current_time()
 
@@ -381,9 +397,16 @@ class ActorRef:
 class ActorSystem:
     """Spawns, supervises and passivates actors. Open it with `open_actor_system`."""
 
-    def __init__(self, log: EventLog, config: ActorConfig, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        config: ActorConfig,
+        nursery: trio.Nursery,
+        placement: LeaseTable | None = None,
+    ) -> None:
         self.log = log
         self.config = config
+        self.placement = placement
         self._nursery = nursery
         self._factories: dict[str, ActorFactory] = {}
         # Ordered by when each actor last went idle: the front is least recently used.
@@ -397,7 +420,7 @@ class ActorSystem:
         self._spawned = 0
         self._passivated = 0
         self._failures = 0
-        self._sourcing = SourcingEngine(log, config.snapshot_every)
+        self._sourcing = SourcingEngine(log, config.snapshot_every, placement)
         self._restarts = 0
 
     # -- public ---------------------------------------------------------------------------------
@@ -551,10 +574,21 @@ class ActorSystem:
         """The actor's task: (re)start, serve messages, and on failure back off and restart."""
         try:
             while True:
+                error: Exception
                 try:
                     await self._start(cell)
                     await self._serve(cell)
                     return
+                except (ActorOwnedElsewhere, LeaseLost) as exc:
+                    if _lease_key(exc) != cell.stream:
+                        error = exc  # about another actor this one talked to: a failure
+                    else:
+                        # Not a failure of the actor: another node runs it (or may, once it
+                        # takes the expired lease). Nothing is recorded; `_retire` answers.
+                        cell.refusal = exc
+                        if self.placement is not None:
+                            self.placement.forget(cell.stream)
+                        return
                 except Exception as exc:
                     error = exc
                 cell.incarnation += 1
@@ -575,6 +609,17 @@ class ActorSystem:
             self._retire(cell)
 
     async def _start(self, cell: _Cell) -> None:
+        placement = self.placement
+        if (
+            placement is not None
+            and placement.covers(cell.stream)
+            and not placement.holds(cell.stream)
+            and self.log.stream_version(cell.stream)
+        ):
+            # An actor with a history is loaded only under its lease. A new one (nothing to
+            # load: a read of a run not started yet) takes it at its first write instead, so a
+            # read never keeps the lease from the node that goes on to create the actor.
+            await placement.acquire(cell.stream)
         actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
         if isinstance(actor, EventSourcedActor):
@@ -588,6 +633,8 @@ class ActorSystem:
         while True:
             if cell.task_error is not None:
                 raise cell.task_error
+            if cell.refusal is not None:
+                raise cell.refusal
             if not queue:
                 if cell.stop_requested:
                     return
@@ -599,6 +646,9 @@ class ActorSystem:
                 await cell.wait()
                 continue
             if sourced:
+                if self.placement is not None and not self.placement.covers(cell.stream):
+                    # Unleased (an agent): other nodes may have written since; read what they did.
+                    self._sourcing.catch_up(cell, actor)  # type: ignore[arg-type]
                 await self._sourcing.run_commands(cell, actor)  # type: ignore[arg-type]
             else:
                 await self._run_message(cell, actor)  # type: ignore[arg-type]
@@ -606,6 +656,7 @@ class ActorSystem:
     def _retire(self, cell: _Cell) -> None:
         """The incarnation is over: nobody waits on it any longer. Synchronous."""
         cell.closed = True
+        busy = bool(cell.tasks or cell.current or cell.queue)
         # The actor refers to its cell (through its context): let go of it here, so a retired
         # actor is freed by reference counting, not left for a full collection to find.
         cell.actor = None
@@ -613,13 +664,24 @@ class ActorSystem:
             del self._live[cell.address]
         for handle in cell.tasks:
             handle.cancel()
+        if (
+            self.placement is not None
+            and cell.refusal is None
+            and cell.address not in self._live  # a newer incarnation keeps using the lease
+            and (self._accepting or not busy)  # work cut short by shutdown is handed over
+        ):
+            self.placement.release_soon(cell.stream)
         reason = cell.stop_reason or (
             f"actor {cell.stream} stopped before handling the message (the system shut down)"
         )
+        error: Exception = cell.refusal or ActorStopped(reason)
+        if cell.refusal is not None and any(env.task is None for env in cell.queue):
+            # Nobody waits for a tell: the log is the only place the refusal shows.
+            logger.warning("told messages refused", actor=cell.stream, error=str(cell.refusal))
         for env in cell.current:
-            env.fail(ActorStopped(reason))
+            env.fail(error)
         for env in cell.queue:
-            env.fail(ActorStopped(reason))
+            env.fail(error)
         cell.queue.clear()
         if cell.room is not None:
             cell.room.unpark_all()
@@ -715,6 +777,18 @@ class ActorSystem:
                 if cell.retire_when_idle and not cell.queue:
                     cell.wake()
 
+    # -- placement ------------------------------------------------------------------------------
+
+    def _leases_lost(self, keys: list[str]) -> None:
+        """Another node took these actors' leases (this process was paused or cut off): stop
+        them here; their messages fail with `LeaseLost`, and nothing more is appended for them."""
+        for key in keys:
+            kind, _, id_ = key.partition(":")
+            cell = self._live.get((kind, id_))
+            if cell is not None and cell.refusal is None:
+                cell.refusal = LeaseLost(key, None)
+                cell.wake()
+
     # -- shutdown -------------------------------------------------------------------------------
 
     def _close(self) -> None:
@@ -729,18 +803,26 @@ class ActorSystem:
                 cell.room.unpark_all()
 
 
+def _lease_key(error: ActorOwnedElsewhere | LeaseLost) -> str:
+    return error.key if isinstance(error, ActorOwnedElsewhere) else error.stream
+
+
 @asynccontextmanager
 async def open_actor_system(
-    log: EventLog, *, config: ActorConfig | None = None
+    log: EventLog, *, config: ActorConfig | None = None, placement: LeaseTable | None = None
 ) -> AsyncIterator[ActorSystem]:
     """Run an actor system over `log` until the block exits.
+
+    With `placement` (see `open_leases`), actors of its leased kinds run only where their lease is.
 
     On exit: stop accepting (tell and ask raise `ActorStopped`), let actors drain their mailboxes
     for up to `config.shutdown_deadline` seconds, then cancel whatever is left.
     """
     config = config or ActorConfig()
     async with trio.open_nursery() as nursery:
-        system = ActorSystem(log, config, nursery)
+        system = ActorSystem(log, config, nursery, placement)
+        if placement is not None:
+            placement.on_lost = system._leases_lost
         nursery.start_soon(system._sweep, name="actor passivation")
         try:
             yield system

@@ -10,11 +10,13 @@ CuelogError
 │   ├── LogFormatError            the data dir is unreadable or from a newer format
 │   ├── LogClosed                 the log was closed before the append was written
 │   ├── LogUnavailable            the log's database cannot be reached now (retry later)
+│   ├── LeaseLost                 an append for an actor whose lease this node no longer holds
 │   └── StorageFull               the map cannot grow any further
 ├── ProjectionFailed              a projection raised on an event and stopped there
 └── ActorError
     ├── MailboxFull               tell_nowait on a full mailbox
     ├── ActorStopped              the actor gave up after repeated failures or shut down
+    ├── ActorOwnedElsewhere       another live node holds the actor's lease
     └── CommandRejected           an actor's decide step refused a command
 """
 
@@ -84,6 +86,17 @@ class LogUnavailable(LogError):
     """The log's database cannot be reached now; nothing was acknowledged, retrying is safe."""
 
 
+class LeaseLost(LogError):
+    """An append for an actor whose lease this node no longer holds (it expired, or another node
+    took it over): the append was fenced off and nothing of it was written."""
+
+    def __init__(self, stream: str, owner: str | None) -> None:
+        held = f"node {owner!r} holds it now" if owner else "its lease expired"
+        super().__init__(f"this node no longer owns the actor of stream {stream!r} ({held})")
+        self.stream = stream
+        self.owner = owner
+
+
 class StorageFull(LogError):
     """The log reached its configured maximum size."""
 
@@ -98,6 +111,17 @@ class MailboxFull(ActorError):
 
 class ActorStopped(ActorError):
     """The actor is not running and will not take the message."""
+
+
+class ActorOwnedElsewhere(ActorError):
+    """Another live node holds the actor's lease: send the message to that node instead."""
+
+    def __init__(self, key: str, node: str, address: str) -> None:
+        where = f" at {address}" if address else ""
+        super().__init__(f"actor {key!r} is owned by node {node!r}{where}")
+        self.key = key
+        self.node = node
+        self.address = address
 
 
 class CommandRejected(ActorError):

@@ -8,6 +8,9 @@ Tables, in the connection's current schema (see docs/log-format.md):
     cuelog_streams    stream -> current version (expected-version checks, stream listing)
     cuelog_idem       idempotency key -> first seq, count, request digest
     cuelog_snapshots  stream -> version, state
+    cuelog_content    digest -> blob (the content store)
+    cuelog_leases     actor key -> node, epoch, expiry (cluster mode, see cuelog.runtime._leases)
+    cuelog_nodes      node -> internal address, heartbeat
 
 One writer task per process gathers pending appends into one transaction (group commit) that
 starts by locking the head row: writers in several processes queue on that row, so seqs stay
@@ -54,6 +57,8 @@ from cuelog.runtime._errors import (
     WrongExpectedVersion,
 )
 from cuelog.runtime._follow import CommitSignal, PullSubscriptions
+from cuelog.runtime._leases import CREATE_TABLES as CREATE_LEASE_TABLES
+from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
 from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
@@ -71,7 +76,7 @@ from cuelog.runtime._verify import verify_chain
 log = structlog.get_logger("cuelog.log")
 
 T = TypeVar("T")
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # Taken while creating or migrating the schema, so two processes opening a new log at once
 # create it once.
 _SCHEMA_LOCK: Final = 0x6375656C6F67  # "cuelog"
@@ -109,6 +114,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             state bytea NOT NULL)""",
     ),
     (CREATE_TABLE,),
+    CREATE_LEASE_TABLES,
 )
 
 
@@ -183,6 +189,11 @@ def _connect(url: str, *, readonly: bool = False) -> psycopg.Connection[Any]:
     return conn
 
 
+def connect_writer(url: str) -> psycopg.Connection[Any]:
+    """A new autocommit connection to the log's database, for a writer beside the log's own."""
+    return _connect(url)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -231,6 +242,9 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
         self._channel = ""
         self._tail_seq = 0
         self._tail_hash = b""
+        # This node's leases while it runs in cluster mode (set by `open_leases`): commits
+        # then fence the appends of leased actors. None costs nothing.
+        self.fence: LeaseTable | None = None
         # counters
         self._appends = 0
         self._events_appended = 0
@@ -493,6 +507,8 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                     [keys],
                 )
                 stored_idem = {k: (int(f), int(c), bytes(d)) for k, f, c, d in cur.fetchall()}
+        fence = self.fence
+        fenced = fence.fence(cur, batch) if fence is not None and batch else {}
         rows_seq: list[int] = []
         rows_stream: list[str] = []
         rows_version: list[int] = []
@@ -512,6 +528,14 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                     first_seq, count, original = stored
                     if self._is_repeat(request, original, done):
                         request.result = self._read_range(cur, first_seq, count)
+                    continue
+            if fenced:
+                for part_stream, _, _ in request.parts:
+                    lost = fenced.get(part_stream)
+                    if lost is not None:
+                        request.error = lost
+                        break
+                if request.error is not None:
                     continue
             # A conflict in any part fails the whole append and writes nothing.
             currents: list[int] = []

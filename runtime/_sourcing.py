@@ -16,6 +16,7 @@ import structlog
 from cuelog.runtime._actor_sourced import ACTOR_FAILED, EventSourcedActor
 from cuelog.runtime._codec import Event
 from cuelog.runtime._errors import CommandRejected, LogError, WrongExpectedVersion
+from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._protocol import EventLog
 from cuelog.runtime._records import RecordedEvent
 
@@ -36,9 +37,12 @@ _Decided: TypeAlias = "tuple[_Envelope, Sequence[Event], Any, CommandRejected | 
 class SourcingEngine:
     """Runs event-sourced actors for one actor system: one per system, shared by its actors."""
 
-    def __init__(self, log: EventLog, snapshot_every: int) -> None:
+    def __init__(
+        self, log: EventLog, snapshot_every: int, placement: LeaseTable | None = None
+    ) -> None:
         self.log = log
         self.snapshot_every = snapshot_every
+        self.placement = placement
         self.events_replayed = 0
         self.snapshots_saved = 0
 
@@ -75,6 +79,15 @@ class SourcingEngine:
             events = [event for _, events_, _, _ in decided for event in events_]
             recorded: list[RecordedEvent] = []
             if events:
+                placement = self.placement
+                if (
+                    placement is not None
+                    and placement.covers(cell.stream)
+                    and not placement.holds(cell.stream)
+                ):
+                    # A new actor runs unleased until its first write: take the lease now (a
+                    # node that got there first refuses it; the version check catches a race).
+                    await placement.acquire(cell.stream)
                 # Any other append error fails the actor and every command in `cell.current`.
                 try:
                     recorded = await self.log.append(
@@ -181,6 +194,24 @@ class SourcingEngine:
             state = actor.initial_state()
         cell.snapshot_version = version
         codec = cls.codec
+        while True:
+            page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
+            for record in page:
+                if record.type != ACTOR_FAILED:
+                    state = actor.evolve(state, codec.decode(record.type, record.data))
+                version = record.version
+            self.events_replayed += len(page)
+            if len(page) < _REPLAY_PAGE:
+                break
+        actor._state = state
+        actor._version = version
+
+    def catch_up(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        """Fold the events appended to the actor's stream since its state's version (by another
+        process sharing the log): one read, usually empty."""
+        state = actor._state
+        version = actor._version
+        codec = type(actor).codec
         while True:
             page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
             for record in page:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cuelog.http._config import ConfigError, load_settings
+from cuelog.http._config import ConfigError, cluster_config, load_settings
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -166,3 +166,29 @@ def test_prices_are_read_per_model(tmp_path: Path) -> None:
         "gpt-4o": (2.5, 10.0),
         "echo-1": (0.0, 0.0),
     }
+
+
+def test_the_cluster_section_needs_postgresql_and_a_sane_lease(tmp_path: Path) -> None:
+    """`cluster.node` turns cluster mode on for a PostgreSQL log only, with a valid node name and
+    a renew interval below the TTL; the advertised address defaults to the bound one."""
+    pg = {"CUELOG_LOG_URL": "postgresql://db/cuelog"}
+    settings = load_settings(None, environ={**pg, "CUELOG_SERVER_PORT": "9000"})
+    assert cluster_config(settings) is None
+    settings = load_settings(
+        None,
+        environ={**pg, "CUELOG_CLUSTER_LEASE_TTL": "4", "CUELOG_CLUSTER_RENEW_INTERVAL": "1"},
+        flags={"cluster": {"node": "n1"}},
+    )
+    cluster = cluster_config(settings)
+    assert cluster is not None
+    assert (cluster.node, cluster.lease_ttl, cluster.renew_interval) == ("n1", 4.0, 1.0)
+    assert cluster.advertise == "http://127.0.0.1:8088"
+    with pytest.raises(ConfigError, match=r"^cluster.node: cluster mode needs the PostgreSQL"):
+        load_settings(None, environ={}, flags={"cluster": {"node": "n1"}})
+    with pytest.raises(ConfigError, match=r"^cluster: node name 'a b'"):
+        load_settings(None, environ={**pg, "CUELOG_CLUSTER_NODE": "a b"})
+    with pytest.raises(ConfigError, match=r"^cluster: renew_interval must be"):
+        load_settings(
+            _toml(tmp_path, '[cluster]\nnode = "n1"\nlease_ttl = 2.0\nrenew_interval = 2.0\n'),
+            environ=pg,
+        )

@@ -1,0 +1,76 @@
+"""Failover in cluster mode: take over the runs and sessions of a node that died.
+
+A node that dies leaves its leases to expire unreleased (orphans). Every node looks for orphans
+once per renew interval and touches each one, as start-up recovery touches what a crash left in
+flight: the run actor rehydrates here under a new lease epoch, a run that was running is closed
+as `interrupted` and its session is told (so its queued successor runs), and a run waiting for
+approval keeps waiting. Nodes race for an orphan; its lease goes to one of them, the others are
+refused and move on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from cuelog.actors._errors import NotFound
+from cuelog.actors._events import DOMAIN_CODEC, RunStarted
+from cuelog.actors._names import RUN, SESSION, run_stream, stream_id
+from cuelog.runtime import ActorError, LeaseTable, LogError
+
+if TYPE_CHECKING:
+    from cuelog.actors._domain import Domain
+
+logger = structlog.get_logger("cuelog.failover")
+
+_BATCH = 100
+
+
+async def take_over_orphans(domain: Domain, leases: LeaseTable) -> None:
+    """Forever: every renew interval, take over what dead nodes left (see the module)."""
+    while True:
+        await trio.sleep(leases.config.renew_interval)
+        try:
+            await take_over_once(domain, leases)
+        except LogError as exc:
+            logger.warning("cannot look for orphaned actors", error=str(exc))
+
+
+async def take_over_once(domain: Domain, leases: LeaseTable) -> int:
+    """Touch every orphaned run, then every orphaned session; return how many this node took."""
+    taken = 0
+    for key in await leases.orphaned(RUN, _BATCH):
+        run_id = stream_id(key, RUN)
+        try:
+            # The session first: a run and its session must land on one node, or the run's end
+            # would be told to a session elsewhere that never hears of it. While the session's
+            # lease has not expired yet, this is refused and tried again next round.
+            session_key = _session_of(domain, run_id)
+            if session_key is not None:
+                await domain.get_session(session_key)
+            await domain.get_run(run_id)  # closes it if it was running, tells the session
+        except (NotFound, ActorError, LogError) as exc:
+            logger.info("orphaned run not taken", key=key, error=str(exc))
+            continue
+        taken += 1
+    for key in await leases.orphaned(SESSION, _BATCH):
+        try:
+            await domain.get_session(stream_id(key, SESSION))
+        except (NotFound, ActorError, LogError) as exc:
+            logger.info("orphaned session not taken", key=key, error=str(exc))
+            continue
+        taken += 1
+    if taken:
+        logger.info("took over actors of a dead node", count=taken, node=leases.node)
+    return taken
+
+
+def _session_of(domain: Domain, run_id: str) -> str | None:
+    """The session a run belongs to, from its first event (None before it started)."""
+    first = domain.log.read_stream(run_stream(run_id), 1, limit=1)
+    if not first:
+        return None
+    event = DOMAIN_CODEC.decode(first[0].type, first[0].data)
+    return event.session_key if isinstance(event, RunStarted) else None

@@ -1,0 +1,287 @@
+"""Three real `cuelog serve` nodes on one PostgreSQL log while one of them is SIGKILLed again and
+again: clients spread idempotent wakes over all three and retry what was not acknowledged on
+another node. Every acknowledged wake is in the log exactly once, no run starts twice, every run
+settles, the chain verifies, and the time until a dead node's actors are owned elsewhere is
+printed.
+
+CUELOG_CLUSTER_KILLS sets the number of kills (10 by default; `make soak` runs 200).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from cuelog.actors import DOMAIN_CODEC
+from cuelog.runtime import decode_record
+from tests.postgres import fresh_database, run_sql
+from tests.support import CUELOG, ServerProcess, start_server
+
+KEY = "cluster-crash-admin-key-0123456789"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+KILLS = int(os.environ.get("CUELOG_CLUSTER_KILLS", "10"))
+TTL = 2.0
+NODES = ("a", "b", "c")
+CLIENTS = 4
+TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with fresh_database() as created:
+        yield created
+
+
+class Accepted(msgspec.Struct):
+    """The fields of a `MessageAccepted` payload these tests read."""
+
+    run_id: str
+    messages: list[dict[str, Any]]
+
+
+def accepted_event(data: bytes) -> Accepted:
+    return msgspec.msgpack.decode(data, type=Accepted)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, url: str) -> None:
+        self.tmp_path = tmp_path
+        self.url = url
+        self.servers: dict[str, ServerProcess] = {}
+        self.lock = threading.Lock()
+
+    def start(self, name: str) -> None:
+        env = {"CUELOG_CLUSTER_LEASE_TTL": str(TTL), "CUELOG_CLUSTER_RENEW_INTERVAL": "0.3"}
+        os.environ.update(env)
+        try:
+            server = start_server(
+                self.tmp_path / name, "--log", self.url, "--node", name, "--api-key", KEY
+            )
+        finally:
+            for key in env:
+                del os.environ[key]
+        with self.lock:
+            self.servers[name] = server
+
+    def urls(self) -> list[str]:
+        with self.lock:
+            return [s.url for s in self.servers.values() if s.proc.poll() is None]
+
+
+class Clients:
+    """Threads waking the default agent on random nodes with unique Idempotency-Keys, each on a
+    session of its own (so sessions are owned by some node and requests for them are forwarded),
+    retrying a request on another node until it is acknowledged."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.lock = threading.Lock()
+        self.acked: dict[str, str] = {}
+        self.stop = threading.Event()
+        self.retries = 0
+
+    def run(self, client: int) -> None:
+        rng = random.Random(client)
+        number = 0
+        with httpx.Client(timeout=10, headers=HEADERS) as http:
+            while not self.stop.is_set():
+                key = f"c{client}-{number}"
+                body = {"message": f"hello {key}", "session_key": f"s{client}", "mode": "async"}
+                while not self.stop.is_set():
+                    urls = self.cluster.urls()
+                    if not urls:
+                        time.sleep(0.02)
+                        continue
+                    try:
+                        response = http.post(
+                            f"{rng.choice(urls)}/v1/agents/default/wake",
+                            json=body,
+                            headers={"Idempotency-Key": key},
+                        )
+                    except httpx.HTTPError:
+                        response = None
+                    if response is None or response.status_code == 503:
+                        with self.lock:
+                            self.retries += 1
+                        time.sleep(0.02)
+                        continue
+                    assert response.status_code == 202, response.text
+                    with self.lock:
+                        self.acked[key] = response.json()["run_id"]
+                    break
+                number += 1
+
+
+def stream_events(url: str, prefix: str) -> list[tuple[str, str, bytes]]:
+    """(stream, type, data) of every event in streams starting with `prefix`, in seq order."""
+    rows = run_sql(
+        url,
+        "SELECT record FROM cuelog_events WHERE stream LIKE %s ORDER BY seq",
+        [prefix + "%"],
+    )
+    out = []
+    for (record,) in rows:
+        assert isinstance(record, bytes)
+        event = decode_record(record)
+        out.append((event.stream, event.type, bytes(event.data)))
+    return out
+
+
+def accepted_runs(url: str) -> Counter[str]:
+    """How many times each run's message was accepted into a session."""
+    accepted: Counter[str] = Counter()
+    for _, type_, data in stream_events(url, "session:"):
+        if type_ == "MessageAccepted":
+            accepted[accepted_event(data).run_id] += 1
+    return accepted
+
+
+def diagnose(url: str, open_runs: list[str]) -> str:
+    """Where the first unsettled runs stand: their events, their session's, their leases."""
+    lines = []
+    where: dict[str, str] = {}
+    for stream, type_, data in stream_events(url, "session:"):
+        if type_ == "MessageAccepted":
+            where[accepted_event(data).run_id] = stream
+    for run_id in open_runs[:3]:
+        session = where.get(run_id, "?")
+        run_types = [t for _, t, _ in stream_events(url, f"run:{run_id}")]
+        session_types = [t for st, t, _ in stream_events(url, session) if st == session]
+        leases = run_sql(
+            url,
+            "SELECT key, node, epoch, expiry > clock_timestamp(), expiry = '-infinity' "
+            "FROM cuelog_leases WHERE key = ANY(%s)",
+            [[f"run:{run_id}", session]],
+        )
+        lines.append(f"\n{run_id}: {run_types}; {session}: ...{session_types[-8:]}; {leases}")
+        assigned = [
+            DOMAIN_CODEC.decode(t, d)
+            for st, t, d in stream_events(url, session)
+            if st == session and t == "RunAssigned"
+        ]
+        if assigned:
+            current = getattr(assigned[-1], "run_id", "?")
+            current_types = [t for _, t, _ in stream_events(url, f"run:{current}")]
+            current_lease = run_sql(
+                url,
+                "SELECT node, epoch, expiry > clock_timestamp(), expiry = '-infinity' "
+                "FROM cuelog_leases WHERE key = %s",
+                [f"run:{current}"],
+            )
+            lines.append(f"\n  current {current}: {current_types}; {current_lease}")
+    return "".join(lines)
+
+
+def owned_by(url: str, node: str) -> int:
+    """Leases `node` holds that were not released (what a dead node leaves to others)."""
+    rows = run_sql(
+        url,
+        "SELECT count(*) FROM cuelog_leases WHERE node = %s AND expiry > '-infinity'",
+        [node],
+    )
+    return int(str(rows[0][0]))
+
+
+def test_a_cluster_loses_nothing_acknowledged_and_runs_nothing_twice_under_sigkill(
+    tmp_path: Path, url: str
+) -> None:
+    """After repeated SIGKILLs of one of three nodes under load: each acknowledged wake has
+    exactly one MessageAccepted and its run one RunStarted and one end; retries of acknowledged
+    keys on any node return the same run; the dead node's work moves within the lease TTL plus a
+    little; `cuelog verify` passes."""
+    cluster = Cluster(tmp_path, url)
+    for name in NODES:
+        cluster.start(name)
+    clients = Clients(cluster)
+    threads = [threading.Thread(target=clients.run, args=(i,), daemon=True) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    rng = random.Random(4321)
+    moved_after: list[float] = []
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.3, 1.0))
+            victim = rng.choice(NODES)
+            cluster.servers[victim].kill()
+            killed_at = time.monotonic()
+            held = owned_by(url, victim)
+            # The others take over what it held; then it comes back under its name.
+            while owned_by(url, victim) and time.monotonic() < killed_at + TTL + 10:
+                time.sleep(0.05)
+            if held:
+                moved_after.append(time.monotonic() - killed_at)
+            assert owned_by(url, victim) == 0, "the dead node's leases were never taken over"
+            cluster.start(victim)
+        time.sleep(0.5)
+    finally:
+        clients.stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    try:
+        acked = dict(clients.acked)
+        assert len(acked) >= KILLS, "the clients made too little progress to prove anything"
+        assert moved_after, "no kill ever hit a node that owned something"
+        deadline = time.monotonic() + 60
+        while True:
+            runs: dict[str, list[str]] = {}
+            for stream, type_, _ in stream_events(url, "run:"):
+                runs.setdefault(stream.removeprefix("run:"), []).append(type_)
+            open_runs = [r for r in acked.values() if not TERMINAL & set(runs.get(r, []))]
+            if not open_runs or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not open_runs, f"runs never settled: {open_runs[:5]}" + diagnose(url, open_runs)
+        for run_id in acked.values():
+            types = runs[run_id]
+            assert types.count("RunStarted") == 1, (run_id, types)
+            assert sum(t in TERMINAL for t in types) == 1, (run_id, types)
+        accepted = accepted_runs(url)
+        assert not [r for r, n in accepted.items() if n > 1], "a message was accepted twice"
+        assert set(acked.values()) <= set(accepted), "an acknowledged wake is missing"
+        # Retries of acknowledged keys, on any node, attach to the same run and add nothing
+        # (a session remembers its last 50 runs: each client's latest keys are retried).
+        latest: dict[str, list[str]] = {}
+        for key in acked:
+            latest.setdefault(key.split("-")[0], []).append(key)
+        with httpx.Client(headers=HEADERS, timeout=10) as http:
+            for keys in latest.values():
+                for key in sorted(keys, key=lambda k: int(k.split("-")[1]))[-5:]:
+                    client = key.split("-")[0][1:]
+                    again = http.post(
+                        f"{rng.choice(cluster.urls())}/v1/agents/default/wake",
+                        json={
+                            "message": f"hello {key}",
+                            "session_key": f"s{client}",
+                            "mode": "async",
+                        },
+                        headers={"Idempotency-Key": key},
+                    )
+                    assert again.status_code == 202, again.text
+                    assert again.json()["run_id"] == acked[key]
+        assert accepted_runs(url) == accepted
+        print(
+            f"\ncluster: {len(acked)} acknowledged wakes, {clients.retries} retries, "
+            f"{KILLS} kills; dead node's leases moved after "
+            f"max {max(moved_after):.2f} s, mean {sum(moved_after) / len(moved_after):.2f} s "
+            f"(lease TTL {TTL} s)"
+        )
+        assert max(moved_after) < TTL + 3
+    finally:
+        for server in cluster.servers.values():
+            if server.proc.poll() is None:
+                assert server.terminate() == 0
+    verify = subprocess.run(
+        [CUELOG, "verify", url], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
