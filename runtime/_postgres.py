@@ -515,7 +515,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                     continue
             # A conflict in any part fails the whole append and writes nothing.
             currents: list[int] = []
-            for part_stream, _, expected in request.parts:
+            for part_stream, _, expected, _ in request.parts:
                 current = versions.get(part_stream, 0)
                 if expected is not None and expected != current:
                     done.conflicts += 1
@@ -525,7 +525,9 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
             if request.error is not None:
                 continue
             records: list[RecordedEvent] = []
-            for (part_stream, events, _), base in zip(request.parts, currents, strict=True):
+            for (part_stream, events, _, part_actor), base in zip(
+                request.parts, currents, strict=True
+            ):
                 version = base
                 for type_name, data in events:
                     seq += 1
@@ -538,7 +540,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                         ts,
                         request.causation,
                         request.correlation,
-                        request.actor,
+                        part_actor,
                         data,
                         prev,
                     )
