@@ -4,9 +4,10 @@ The run's driver is a background task of the actor. It reads the actor's state, 
 piece of work (a model call, a tool call, waiting for an approval) and records what happened by
 asking its own actor, so every output is in the log before it counts. The run's first event is
 written by its session's commit and handed to it; its last events go into the commit of the
-session settling it (`commit_with`), so a run costs two commits besides its coalesced deltas. Because the driver always
-starts from the recorded state, a run waiting for an approval resumes after a restart, and a run
-caught mid-model-call by a crash is closed as `RunFailed(reason="interrupted")`.
+session settling it (`commit_with`), so a run costs two commits besides its coalesced deltas.
+Because the driver always starts from the recorded state, a run waiting for an approval resumes
+after a restart, and a run caught mid-model-call by a crash is closed as
+`RunFailed(reason="interrupted")`.
 """
 
 from __future__ import annotations
