@@ -297,3 +297,25 @@ async def test_each_part_of_a_shared_commit_names_its_own_actor(tmp_path: Path) 
         assert actors["MessageAccepted"] == actors["RunStarted"] == "local"
         assert actors["RunCompleted"] == "agent:default"
         assert actors["RunSettled"] == f"run:{sent.run_id}"
+
+
+async def test_a_queued_run_started_after_an_emergency_stop_is_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stop cancels the running run; the commit that settles it starts the queued one, which
+    the run refuses when it is handed over, and the session ends up idle."""
+    model = SlowModel(words=100, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
+        first = await rt.send("default", [user("a")], session_key="s")
+        second = await rt.send("default", [user("b")], session_key="s")
+        assert second.queued
+        await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
+        assert await rt.emergency_stop() == 1
+        a = await rt.wait_run(first.run_id)
+        assert (a.status, a.error) == ("cancelled", "emergency stop")
+        b = await rt.wait_run(second.run_id)
+        assert (b.status, b.error) == ("failed", "emergency stop: new runs are refused")
+        assert types_of(rt.log, f"run:{second.run_id}") == ["RunStarted", "RunFailed"]
+        assert model.calls == 1
+        session = await rt.get_session("s")
+        assert session.current_run is None and session.queued_runs == []
