@@ -11,8 +11,9 @@ from typing import Any
 
 import msgspec
 
-from cuelog.actors._events import AgentSpec
+from cuelog.actors._events import AgentSpec, RunFailed, RunStarted
 from cuelog.actors._messages import ChatMessage, ToolCall, Usage
+from cuelog.runtime import AppendPart, Event
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -53,6 +54,36 @@ class StartRun(msgspec.Struct, frozen=True, kw_only=True):
     history_stream: str | None = None
     history_version: int = 0
     history: list[ChatMessage] | None = None
+    # Its `RunStarted` is already in the log (the session's commit carried it, and the run is
+    # handed the records): the run folds it and starts working.
+    started: bool = False
+
+
+def start_events(run_id: str, command: StartRun, error: str | None = None) -> list[Event]:
+    """What starting a run records: its `RunStarted`, then `RunFailed` when it cannot run
+    (`error`, else the command's own)."""
+    error = error or command.error
+    spec = command.spec or AgentSpec()
+    referenced = command.history_stream is not None
+    started = RunStarted(
+        run_id=run_id,
+        session_key=command.session_key,
+        agent_id=command.agent_id,
+        spec=spec,
+        # With a history reference the prompt is put in front when the conversation is
+        # rebuilt, not copied into every run.
+        messages=command.messages if referenced else with_system_prompt(spec, command.messages),
+        owner=command.owner,
+        history_stream=command.history_stream,
+        history_version=command.history_version if referenced else 0,
+    )
+    return [started] if error is None else [started, RunFailed(reason=error)]
+
+
+def with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[ChatMessage]:
+    if spec.system_prompt and not (messages and messages[0].role == "system"):
+        return [ChatMessage(role="system", content=spec.system_prompt), *messages]
+    return list(messages)
 
 
 class CancelRun(msgspec.Struct, frozen=True):
@@ -88,8 +119,13 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunDone(msgspec.Struct, frozen=True):
-    """A run ended: the session settles it and starts the next one it has queued."""
+    """A run ended: the session settles it and starts the next one it has queued.
+
+    With `part` (the run's last events at its version) the session commits them together with
+    its settlement and answers with their records; the run folds them instead of appending.
+    """
 
     run_id: str
     status: str
     messages: list[ChatMessage]
+    part: AppendPart | None = None

@@ -2,16 +2,19 @@
 
 The run's driver is a background task of the actor. It reads the actor's state, does the next
 piece of work (a model call, a tool call, waiting for an approval) and records what happened by
-asking its own actor, so every output is in the log before it counts. Because the driver always
-starts from the recorded state, a run waiting for an approval resumes after a restart, and a run
-caught mid-model-call by a crash is closed as `RunFailed(reason="interrupted")`.
+asking its own actor, so every output is in the log before it counts. The run's first event is
+written by its session's commit and handed to it; its last events go into the commit of the
+session settling it (`commit_with`), so a run costs two commits besides its coalesced deltas.
+Because the driver always starts from the recorded state, a run waiting for an approval resumes
+after a restart, and a run caught mid-model-call by a crash is closed as
+`RunFailed(reason="interrupted")`.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
 from typing import Any, final
 
@@ -28,6 +31,8 @@ from cuelog.actors._commands import (
     RunView,
     StartRun,
     caller_actor,
+    start_events,
+    with_system_prompt,
 )
 from cuelog.actors._content import DEFAULT_CONTENT_THRESHOLD, preview, resolve_messages
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound, ToolError
@@ -62,6 +67,7 @@ from cuelog.runtime import (
     ActorOwnedElsewhere,
     ActorStopped,
     ActorSystem,
+    AppendPart,
     ContentMissing,
     ContentStore,
     Event,
@@ -69,9 +75,12 @@ from cuelog.runtime import (
     EventSourcedActor,
     RecordedEvent,
     TaskHandle,
+    WrongExpectedVersion,
 )
 
 logger = structlog.get_logger("cuelog.run")
+
+_STOPPED = "emergency stop: new runs are refused"
 
 _canonical = msgspec.json.Encoder(order="sorted")
 
@@ -320,6 +329,7 @@ class RunActor(EventSourcedActor[RunState]):
         self._history: list[ChatMessage] | None = None  # the referenced history, once read
         # Events that need not be durable on their own, recorded with the driver's next ones.
         self._unrecorded: list[Event] = []
+        self._settled = False  # the session committed the run's end with its settlement
 
     def initial_state(self) -> RunState:
         return RunState()
@@ -340,29 +350,17 @@ class RunActor(EventSourcedActor[RunState]):
 
     async def decide(self, state: RunState, command: Any) -> Sequence[Event]:
         match command:
+            case StartRun(started=True):
+                # Its session's commit recorded the start: an emergency stop since refuses it.
+                if state.status == "running" and self.registry.stopped and self._driver is None:
+                    return [RunFailed(reason=_STOPPED)]
+                return []
             case StartRun():
                 if state.status != "new":
                     return []
-                error: str | None = command.error
-                if self.registry.stopped:
-                    error = "emergency stop: new runs are refused"
-                spec = command.spec or AgentSpec()
-                referenced = command.history_stream is not None
-                started = RunStarted(
-                    run_id=self.ctx.id,
-                    session_key=command.session_key,
-                    agent_id=command.agent_id,
-                    spec=spec,
-                    # With a history reference the prompt is put in front when the
-                    # conversation is rebuilt, not copied into every run.
-                    messages=command.messages
-                    if referenced
-                    else _with_system_prompt(spec, command.messages),
-                    owner=command.owner,
-                    history_stream=command.history_stream,
-                    history_version=command.history_version if referenced else 0,
+                return start_events(
+                    self.ctx.id, command, _STOPPED if self.registry.stopped else None
                 )
-                return [started] if error is None else [started, RunFailed(reason=error)]
             case Record(events=events):
                 if state.status in TERMINAL:
                     raise Conflict(f"run {self.ctx.id} has already ended ({state.status})")
@@ -409,6 +407,31 @@ class RunActor(EventSourcedActor[RunState]):
     def view(self, state: RunState) -> RunView:
         return run_view(self.ctx.id, state, self.version)
 
+    def commit_with(
+        self, state: RunState, part: AppendPart
+    ) -> Awaitable[Sequence[RecordedEvent] | None] | None:
+        """The run's end goes into its session's commit, with the session's settlement: one
+        commit for both instead of one each."""
+        if state.status not in TERMINAL or not state.session_key:
+            return None
+        return self._settle_with_session(state, part)
+
+    async def _settle_with_session(
+        self, state: RunState, part: AppendPart
+    ) -> Sequence[RecordedEvent] | None:
+        done = RunDone(run_id=self.ctx.id, status=state.status, messages=state.produced, part=part)
+        try:
+            recorded: Sequence[RecordedEvent] = await self.ctx.system.ref(
+                SESSION, state.session_key
+            ).ask(done)
+        except WrongExpectedVersion:
+            raise  # the run's stream moved: the engine catches up and decides again
+        except Exception as exc:  # the session cannot take it: record the end alone, then tell
+            logger.info("run end recorded without its session", run_id=self.ctx.id, error=str(exc))
+            return None
+        self._settled = True
+        return recorded
+
     def after_commit(
         self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
     ) -> None:
@@ -424,6 +447,9 @@ class RunActor(EventSourcedActor[RunState]):
                 self._driver.cancel()
             if any(r.type in TERMINAL_EVENTS for r in recorded):
                 self.registry.finished[state.status] += 1
+            if self._settled:
+                self._settled = False  # the session settled it in the same commit
+            elif any(r.type in TERMINAL_EVENTS for r in recorded):
                 done = RunDone(run_id=self.ctx.id, status=state.status, messages=state.produced)
                 try:  # straight into the session's mailbox: no task, no waiting
                     self.ctx.system.ref(SESSION, state.session_key).tell_nowait(done)
@@ -481,7 +507,7 @@ class RunActor(EventSourcedActor[RunState]):
             self._history = history_at(log, stream, state.history_version) if stream else []
         # Client function calls the client never answered would make an upstream refuse the
         # whole conversation; they are left out (answered ones stay, whenever the answer came).
-        return _with_system_prompt(spec, answered_only([*self._history, *state.messages]))
+        return with_system_prompt(spec, answered_only([*self._history, *state.messages]))
 
     async def _drive(self) -> None:
         try:
@@ -695,12 +721,6 @@ class RunActor(EventSourcedActor[RunState]):
             finish_reason=finish_reason,
             tool_calls=calls or None,
         )
-
-
-def _with_system_prompt(spec: AgentSpec, messages: list[ChatMessage]) -> list[ChatMessage]:
-    if spec.system_prompt and not (messages and messages[0].role == "system"):
-        return [ChatMessage(role="system", content=spec.system_prompt), *messages]
-    return list(messages)
 
 
 # -- telling the session ----------------------------------------------------------------------

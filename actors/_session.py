@@ -1,9 +1,11 @@
 """The session actor: a conversation's history, its inbox and the one run it has at a time.
 
 A message is in the log (`MessageAccepted`) before the caller hears back; the run for it is
-assigned (`RunAssigned`) in the same write when the session is idle, or later when the previous
-run settles. Effects on other actors (starting or cancelling a run) happen only after the events
-that call for them are durable, so a crash in between is repaired on rehydration.
+assigned (`RunAssigned`) and started (the run's `RunStarted`, a part of the session's commit) in
+the same write when the session is idle, or later, in the commit that settles the previous run
+(which the run hands to the session with its last events). The run is handed its records and
+drives from there. Other effects on runs (cancelling one) happen only after the events that call
+for them are durable, so a crash in between is repaired on rehydration.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cuelog.actors._commands import (
     RunView,
     StartRun,
     caller_actor,
+    start_events,
 )
 from cuelog.actors._errors import Conflict, NotFound
 from cuelog.actors._events import (
@@ -51,9 +54,11 @@ from cuelog.runtime import (
     ActorContext,
     ActorError,
     ActorSystem,
+    AppendPart,
     Event,
     EventLog,
     EventSourcedActor,
+    Handed,
     RecordedEvent,
 )
 
@@ -259,11 +264,39 @@ class SessionActor(EventSourcedActor[SessionState]):
             events.append(RunAssigned(run_id=command.run_id))
         return events
 
+    def parts(
+        self, state: SessionState, command: Any, events: Sequence[Event], version: int
+    ) -> tuple[Sequence[AppendPart], Sequence[AppendPart]]:
+        """A run's end is committed with its settlement (the run asked, with its part), and a
+        run this command assigns is started in the same commit: its `RunStarted` is written
+        here, at version 0 of its stream, and handed to the run (`after_commit`)."""
+        before: list[AppendPart] = []
+        if isinstance(command, RunDone) and command.part is not None:
+            before.append(command.part)
+        after: list[AppendPart] = []
+        run_id = state.current_run
+        # `RunAssigned` is the last event of a command that assigns, so `version` is its own.
+        if run_id is not None and events and isinstance(events[-1], RunAssigned):
+            start = start_command(self.ctx, state, run_id, assigned=version)
+            if start is not None:
+                after.append(
+                    AppendPart(
+                        run_stream(run_id),
+                        start_events(run_id, start),
+                        expected_version=0,
+                        actor=start.owner or "local",
+                    )
+                )
+        return before, after
+
     def reply(self, state: SessionState, command: Any, recorded: Sequence[RecordedEvent]) -> Any:
         match command:
             case Send(run_id=run_id):
-                version = recorded[-1].version if recorded else 0
+                own = [r for r in recorded if r.stream == self.ctx.stream]
+                version = own[-1].version if own else 0
                 return Sent(self.ctx.id, run_id, state.current_run != run_id, version)
+            case RunDone(part=AppendPart(stream=stream)):
+                return [r for r in recorded if r.stream == stream]
             case _:
                 return self.view(state)
 
@@ -292,10 +325,18 @@ class SessionActor(EventSourcedActor[SessionState]):
         elif RUN_ASSIGNED in types:
             assigned = next(r.version for r in recorded if r.type == RUN_ASSIGNED)
             start = start_command(self.ctx, state, current, assigned=assigned)
+            stream = run_stream(current)
+            started = [r for r in recorded if r.stream == stream]
             if start is None:  # a message from before definitions travelled: ask the agent
                 self.ctx.start_task(start_run_for_session, self.ctx, state, current)
-            else:
+            elif started:  # this commit started it: hand the run its records
+                handed = Handed(started, msgspec.structs.replace(start, started=True))
                 # Straight into the run's mailbox: no task, no waiting for its answer.
+                try:
+                    self.ctx.system.ref(RUN, current).tell_nowait(handed)
+                except ActorError:  # a full mailbox, or shutting down (recovery closes it)
+                    self.ctx.start_task(hand_over, self.ctx.system, current, handed)
+            else:
                 try:
                     self.ctx.system.ref(RUN, current).tell_nowait(start)
                 except ActorError:  # a full mailbox, or shutting down (recovery starts it)
@@ -395,6 +436,12 @@ def assigned_version(log: EventLog, stream: str, run_id: str) -> int | None:
         end = start - 1
         window *= 4
     return None
+
+
+async def hand_over(system: ActorSystem, run_id: str, handed: Handed) -> None:
+    """Hand a run the start its session committed, waiting for room in its mailbox."""
+    with suppress(ActorError):
+        await system.ref(RUN, run_id).ask(handed)
 
 
 async def cancel_run(system: ActorSystem, run_id: str, reason: str) -> None:

@@ -11,6 +11,7 @@ from cuelog.runtime._actor import TaskHandle as TaskHandle
 from cuelog.runtime._actor import open_actor_system as open_actor_system
 from cuelog.runtime._actor_sourced import ActorFailed as ActorFailed
 from cuelog.runtime._actor_sourced import EventSourcedActor as EventSourcedActor
+from cuelog.runtime._actor_sourced import Handed as Handed
 from cuelog.runtime._codec import Event as Event
 from cuelog.runtime._codec import EventCodec as EventCodec
 from cuelog.runtime._codec import event_type as event_type
@@ -96,6 +97,7 @@ __all__ = [
     "EventSourcedActor",
     "GcPauses",
     "GcStatistics",
+    "Handed",
     "Head",
     "IdempotencyConflict",
     "LeaseLost",

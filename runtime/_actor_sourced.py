@@ -31,12 +31,13 @@ this module only declares what an actor author writes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, get_args, get_origin
 
 import msgspec
 
 from cuelog.runtime._codec import Event, EventCodec, event_type
+from cuelog.runtime._envelope import AppendPart
 from cuelog.runtime._records import RecordedEvent
 
 if TYPE_CHECKING:
@@ -56,6 +57,21 @@ class ActorFailed(Event, frozen=True, tag="ActorFailed"):
 
 
 ACTOR_FAILED: Final = event_type(ActorFailed)
+
+
+class Handed(msgspec.Struct, frozen=True):
+    """`command` for an actor together with records of its stream that another actor committed
+    for it (the actor's part of that actor's commit, see `EventSourcedActor.parts`).
+
+    The engine folds the records into the state (they are in the log already: they are neither
+    read back nor appended again), then handles `command` as usual; `after_commit` and `reply`
+    see the records before the command's own. Until its owner folds them, an actor that loads
+    its stream in this process stops before them, so a first event written for an actor (a run
+    its session started) never looks to it like work a crash interrupted.
+    """
+
+    records: Sequence[RecordedEvent]
+    command: Any
 
 
 class EventSourcedActor(ABC, Generic[S]):
@@ -112,6 +128,32 @@ class EventSourcedActor(ABC, Generic[S]):
 
     def actor_of(self, command: Any) -> str | None:
         """Who caused the events a command records (the envelope's `actor`); None by default."""
+        return None
+
+    def parts(
+        self, state: S, command: Any, events: Sequence[Event], version: int
+    ) -> tuple[Sequence[AppendPart], Sequence[AppendPart]]:
+        """Other actors' parts of this command's commit: written before and after the actor's
+        own events in one atomic append (`EventLog.append_many`); `events` are the command's
+        own, `state` and `version` the actor's after them. None by default.
+
+        A stream is appended to only by its own actor, except that an actor may put another
+        actor's part in its own commit when that actor asked it to, at the version it gave, or
+        when it starts that actor's stream (expected version 0). The other actor then folds the
+        records it is handed (`Handed`, or the reply to its ask) and never reads or appends them
+        again. Their records follow the command's own in `after_commit` and `reply`. A command
+        with parts ends its batch.
+        """
+        return (), ()
+
+    def commit_with(
+        self, state: S, part: AppendPart
+    ) -> Awaitable[Sequence[RecordedEvent] | None] | None:
+        """Have another actor commit this batch's events, as a part of its own commit, instead
+        of appending them alone: an awaitable asking it (the answer is the part's records, or
+        None when it could not take the part: then the actor appends them itself). `state` is
+        the state after the events, `part` the events at the actor's version. None by default.
+        """
         return None
 
     def after_commit(self, state: S, command: Any, recorded: Sequence[RecordedEvent]) -> None:

@@ -44,6 +44,8 @@ class AppendPart(msgspec.Struct, frozen=True):
     stream: str
     events: Sequence[Event | RawEvent]
     expected_version: int | None = None
+    # Who caused this part's events (the envelope's `actor`); None: the append's `actor`.
+    actor: str | None = None
 
 
 class RecordBody(msgspec.Struct, array_like=True):

@@ -675,7 +675,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         # Every part's expected version is checked before anything is planned: a conflict in
         # any part fails the whole append and writes nothing.
         currents: list[int] = []
-        for part_stream, _, expected in request.parts:
+        for part_stream, _, expected, _ in request.parts:
             current = plan.versions.get(part_stream)
             if current is None and inflight is not None:
                 current = inflight.versions.get(part_stream)
@@ -688,7 +688,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             currents.append(current)
         seq, prev = plan.tail_seq, plan.tail_hash
         records: list[RecordedEvent] = []
-        for (part_stream, events, _), base in zip(request.parts, currents, strict=True):
+        for (part_stream, events, _, part_actor), base in zip(request.parts, currents, strict=True):
             version = base
             for type_name, data in events:
                 seq += 1
@@ -701,7 +701,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                     ts,
                     request.causation,
                     request.correlation,
-                    request.actor,
+                    part_actor,
                     data,
                     prev,
                 )

@@ -113,7 +113,7 @@ class MemoryEventLog(PullSubscriptions):
                     raise IdempotencyConflict(idempotency_key)
                 self._replays += 1
                 return self._events[first_seq - 1 : first_seq - 1 + count]
-        records = self._write([(stream, encoded, expected_version)], causation, correlation, actor)[
+        records = self._write([(stream, encoded, expected_version, actor)], causation, correlation)[
             0
         ]
         if idempotency_key is not None:
@@ -134,26 +134,25 @@ class MemoryEventLog(PullSubscriptions):
             raise ValueError("append_many needs at least one part")
         if len({part.stream for part in parts}) != len(parts):
             raise ValueError("append_many takes each stream once")
-        planned: list[tuple[str, list[tuple[str, bytes]], int | None]] = []
+        planned: list[tuple[str, list[tuple[str, bytes]], int | None, str | None]] = []
         for part in parts:
             check_name("stream", part.stream)
             encoded = encode_events(part.events, self.max_event_bytes)
-            planned.append((part.stream, encoded, part.expected_version))
+            planned.append((part.stream, encoded, part.expected_version, part.actor or actor))
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._appends += 1
-        return self._write(planned, causation, correlation, actor)
+        return self._write(planned, causation, correlation)
 
     def _write(
         self,
-        parts: list[tuple[str, list[tuple[str, bytes]], int | None]],
+        parts: list[tuple[str, list[tuple[str, bytes]], int | None, str | None]],
         causation: str | None,
         correlation: str | None,
-        actor: str | None,
     ) -> list[list[RecordedEvent]]:
         """Write every part, or none when any part's expected version is wrong."""
         currents: list[int] = []
-        for stream, _, expected in parts:
+        for stream, _, expected, _ in parts:
             current = len(self._streams.get(stream, ()))
             if expected is not None and expected != current:
                 self._conflicts += 1
@@ -163,7 +162,7 @@ class MemoryEventLog(PullSubscriptions):
         seq = len(self._events)
         prev = self._events[-1].hash if self._events else self._genesis
         out: list[list[RecordedEvent]] = []
-        for (stream, encoded, _), base in zip(parts, currents, strict=True):
+        for (stream, encoded, _, actor), base in zip(parts, currents, strict=True):
             version = base
             seqs = self._streams.get(stream)
             if seqs is None:
@@ -183,7 +182,7 @@ class MemoryEventLog(PullSubscriptions):
                 prev = record.hash
             out.append(records)
         self._batches += 1
-        self._wake_subscribers(stream for stream, _, _ in parts)
+        self._wake_subscribers(stream for stream, _, _, _ in parts)
         return out
 
     async def save_snapshot(self, stream: str, version: int, state: bytes) -> None:

@@ -59,10 +59,10 @@ class PendingAppend:
         self.causation = causation
         self.correlation = correlation
         self.actor = actor
-        # Every stream this append writes, in order, with its events and expected version:
-        # one part for `append`, several for `append_many`, all or none committed.
-        self.parts: list[tuple[str, list[tuple[str, bytes]], int | None]] = [
-            (stream, self.events, expected)
+        # Every stream this append writes, in order, with its events, expected version and
+        # actor: one part for `append`, several for `append_many`, all or none committed.
+        self.parts: list[tuple[str, list[tuple[str, bytes]], int | None, str | None]] = [
+            (stream, self.events, expected, actor)
         ]
         self.result: list[RecordedEvent] | None = None
         self.error: BaseException | None = None
@@ -93,12 +93,17 @@ class PendingAppend:
             idem=None,
             causation=causation,
             correlation=correlation,
-            actor=actor,
+            actor=first.actor or actor,
         )
         for part in parts[1:]:
             check_name("stream", part.stream)
             request.parts.append(
-                (part.stream, encode_events(part.events, max_event_bytes), part.expected_version)
+                (
+                    part.stream,
+                    encode_events(part.events, max_event_bytes),
+                    part.expected_version,
+                    part.actor or actor,
+                )
             )
         return request
 
@@ -107,7 +112,7 @@ class PendingAppend:
         assert self.result is not None
         out: list[list[RecordedEvent]] = []
         start = 0
-        for _, events, _ in self.parts:
+        for _, events, _, _ in self.parts:
             out.append(self.result[start : start + len(events)])
             start += len(events)
         return out

@@ -530,7 +530,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                         request.result = self._read_range(cur, first_seq, count)
                     continue
             if fenced:
-                for part_stream, _, _ in request.parts:
+                for part_stream, _, _, _ in request.parts:
                     lost = fenced.get(part_stream)
                     if lost is not None:
                         request.error = lost
@@ -539,7 +539,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                     continue
             # A conflict in any part fails the whole append and writes nothing.
             currents: list[int] = []
-            for part_stream, _, expected in request.parts:
+            for part_stream, _, expected, _ in request.parts:
                 current = versions.get(part_stream, 0)
                 if expected is not None and expected != current:
                     done.conflicts += 1
@@ -549,7 +549,9 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
             if request.error is not None:
                 continue
             records: list[RecordedEvent] = []
-            for (part_stream, events, _), base in zip(request.parts, currents, strict=True):
+            for (part_stream, events, _, part_actor), base in zip(
+                request.parts, currents, strict=True
+            ):
                 version = base
                 for type_name, data in events:
                     seq += 1
@@ -562,7 +564,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                         ts,
                         request.causation,
                         request.correlation,
-                        request.actor,
+                        part_actor,
                         data,
                         prev,
                     )

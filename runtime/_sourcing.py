@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias, final
 import msgspec
 import structlog
 
-from cuelog.runtime._actor_sourced import ACTOR_FAILED, EventSourcedActor
+from cuelog.runtime._actor_sourced import ACTOR_FAILED, EventSourcedActor, Handed
 from cuelog.runtime._codec import Event
+from cuelog.runtime._envelope import AppendPart
 from cuelog.runtime._errors import CommandRejected, LogError, WrongExpectedVersion
 from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._protocol import EventLog
@@ -31,6 +32,9 @@ _state_encoder = msgspec.msgpack.Encoder()
 # One command's outcome within a batch: its envelope, its events, the state after them, and the
 # rejection that refused it (then it has no events).
 _Decided: TypeAlias = "tuple[_Envelope, Sequence[Event], Any, CommandRejected | None]"
+# Other actors' parts of a commit: those written before the actor's own events, and after.
+_Parts: TypeAlias = "tuple[Sequence[AppendPart], Sequence[AppendPart]]"
+_NONE: _Parts = ((), ())
 
 
 @final
@@ -45,10 +49,13 @@ class SourcingEngine:
         self.placement = placement
         self.events_replayed = 0
         self.snapshots_saved = 0
+        # Streams with records another actor committed for their owner, not yet folded by it:
+        # the first such version (see `Handed`).
+        self._handed: dict[str, int] = {}
 
     async def rehydrate(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
         """Load the actor's state, then record the repairs `on_rehydrated` asks for."""
-        self.load(cell, actor)
+        self.load(cell, actor, before=self._handed.get(cell.stream))
         repairs = await actor.on_rehydrated(actor.state)
         if repairs:
             await self._record(cell, actor, repairs)
@@ -61,6 +68,20 @@ class SourcingEngine:
         envs = cell.take()
         if not envs:
             return
+        # A command handed with records goes first in a batch: they are folded before it.
+        for index in range(1, len(envs)):
+            if isinstance(envs[index].msg, Handed):
+                cell.push_back(envs[index:])
+                envs = envs[:index]
+                break
+        handed: Sequence[RecordedEvent] = ()
+        first = envs[0].msg
+        if isinstance(first, Handed):
+            # Records another actor wrote for this one: it owns its stream from here on.
+            await self._lease(cell)
+            handed = first.records
+            self._fold_handed(cell, actor, handed)
+            envs[0].msg = first.command
         # One append records one actor (who caused the events): a batch stops where it changes.
         who = actor.actor_of(envs[0].msg)
         for index in range(1, len(envs)):
@@ -71,28 +92,23 @@ class SourcingEngine:
         cell.current = envs
         retried = False
         while True:
-            decided, failure = await self._decide(actor, envs)
-            if failure is not None:
-                cell.push_back(envs[failure[0] + 1 :])
-                envs = envs[: failure[0] + 1]
+            decided, failure, parts = await self._decide(actor, envs)
+            if failure is not None or len(decided) < len(envs):
+                stop = failure[0] + 1 if failure is not None else len(decided)
+                cell.push_back(envs[stop:])
+                envs = envs[:stop]
                 cell.current = envs
             events = [event for _, events_, _, _ in decided for event in events_]
             recorded: list[RecordedEvent] = []
-            if events:
-                placement = self.placement
-                if (
-                    placement is not None
-                    and placement.covers(cell.stream)
-                    and not placement.holds(cell.stream)
-                ):
+            extra: tuple[list[RecordedEvent], list[RecordedEvent]] = ([], [])
+            if events or parts[0] or parts[1]:
+                if events:
                     # A new actor runs unleased until its first write: take the lease now (a
                     # node that got there first refuses it; the version check catches a race).
-                    await placement.acquire(cell.stream)
+                    await self._lease(cell)
                 # Any other append error fails the actor and every command in `cell.current`.
                 try:
-                    recorded = await self.log.append(
-                        cell.stream, events, expected_version=actor._version, actor=who
-                    )
+                    recorded, extra = await self._commit(cell, actor, who, events, decided, parts)
                 except WrongExpectedVersion as exc:
                     # Someone else wrote to the stream: catch up and decide again, once.
                     self.load(cell, actor)
@@ -107,9 +123,14 @@ class SourcingEngine:
             actor._state = decided[-1][2]
             actor._version = recorded[-1].version
         position = 0
-        for env, events_, state, rejected in decided:
+        last = len(decided) - 1
+        for index, (env, events_, state, rejected) in enumerate(decided):
             mine = recorded[position : position + len(events_)]
             position += len(events_)
+            if index == 0 and handed:
+                mine = [*handed, *mine]
+            if index == last and (extra[0] or extra[1]):
+                mine = [*extra[0], *mine, *extra[1]]
             if rejected is not None:
                 if env.task is None:
                     logger.debug("command rejected", actor=cell.stream, reason=str(rejected))
@@ -138,11 +159,91 @@ class SourcingEngine:
             cell.current = envs[-1:]
             raise failure[1]
 
+    async def _lease(self, cell: _Cell) -> None:
+        """In cluster mode, take the lease of an actor that has none yet (a new actor)."""
+        placement = self.placement
+        if (
+            placement is not None
+            and placement.covers(cell.stream)
+            and not placement.holds(cell.stream)
+        ):
+            await placement.acquire(cell.stream)
+
+    async def _commit(
+        self,
+        cell: _Cell,
+        actor: EventSourcedActor[Any],
+        who: str | None,
+        events: list[Event],
+        decided: list[_Decided],
+        parts: _Parts,
+    ) -> tuple[list[RecordedEvent], tuple[list[RecordedEvent], list[RecordedEvent]]]:
+        """Append a batch's events: alone, with other actors' parts, or as another actor's part
+        (`commit_with`). Returns the batch's own records and those of the parts before and after
+        them."""
+        own = AppendPart(cell.stream, events, expected_version=actor._version, actor=who)
+        before, after = parts
+        if not before and not after:
+            committing = actor.commit_with(decided[-1][2], own)
+            if committing is not None:
+                recorded = await committing
+                if recorded is not None:
+                    self._handed.pop(cell.stream, None)  # folded here, as they come back
+                    return list(recorded), ([], [])
+            return await self.log.append(
+                cell.stream, events, expected_version=actor._version, actor=who
+            ), ([], [])
+        # Records written for another actor are folded by it when handed over: until then a
+        # load of its stream in this process stops before them (see `Handed`).
+        marked = [
+            part.stream
+            for part in (*before, *after)
+            if part.expected_version is not None and part.stream not in self._handed
+        ]
+        for part in (*before, *after):
+            if part.stream in marked:
+                assert part.expected_version is not None
+                self._handed[part.stream] = part.expected_version + 1
+        try:
+            written = await self.log.append_many(
+                [*before, *([own] if events else []), *after], actor=who
+            )
+        except BaseException:
+            for stream in marked:
+                self._handed.pop(stream, None)
+            raise
+        recorded = written[len(before)] if events else []
+        return recorded, (
+            [r for records in written[: len(before)] for r in records],
+            [r for records in written[len(written) - len(after) :] for r in records],
+        )
+
+    def _fold_handed(
+        self, cell: _Cell, actor: EventSourcedActor[Any], records: Sequence[RecordedEvent]
+    ) -> None:
+        """Fold records another actor committed for this one (see `Handed`)."""
+        self._handed.pop(cell.stream, None)
+        fresh = [record for record in records if record.version > actor._version]
+        if not fresh:
+            return
+        if fresh[0].version != actor._version + 1:
+            self.load(cell, actor)  # a gap: read what is missing from the log
+            return
+        state = actor._state
+        codec = type(actor).codec
+        for record in fresh:
+            if record.type != ACTOR_FAILED:
+                state = actor.evolve(state, codec.decode(record.type, record.data))
+        actor._state = state
+        actor._version = fresh[-1].version
+
     async def _decide(
         self, actor: EventSourcedActor[Any], envs: list[_Envelope]
-    ) -> tuple[list[_Decided], tuple[int, Exception] | None]:
-        """Each command's events and the state after them; stop at the first failure."""
+    ) -> tuple[list[_Decided], tuple[int, Exception] | None, _Parts]:
+        """Each command's events and the state after them; stop at the first failure, and after
+        the first command with other actors' parts (see `EventSourcedActor.parts`)."""
         state = actor._state
+        version = actor._version
         decided: list[_Decided] = []
         for index, env in enumerate(envs):
             try:
@@ -150,14 +251,18 @@ class SourcingEngine:
                 after = state
                 for event in events:
                     after = actor.evolve(after, event)
+                parts = actor.parts(after, env.msg, events, version + len(events))
             except CommandRejected as exc:
                 decided.append((env, (), state, exc))
                 continue
             except Exception as exc:
-                return decided, (index, exc)
+                return decided, (index, exc), _NONE
             decided.append((env, events, after, None))
             state = after
-        return decided, None
+            version += len(events)
+            if parts[0] or parts[1]:
+                return decided, None, (list(parts[0]), list(parts[1]))
+        return decided, None, _NONE
 
     async def _record(
         self, cell: _Cell, actor: EventSourcedActor[Any], events: Sequence[Event]
@@ -171,8 +276,11 @@ class SourcingEngine:
 
     # -- state from the log ---------------------------------------------------------------------
 
-    def load(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
-        """Fold the actor's stream from its latest snapshot into `actor.state`."""
+    def load(
+        self, cell: _Cell, actor: EventSourcedActor[Any], *, before: int | None = None
+    ) -> None:
+        """Fold the actor's stream from its latest snapshot into `actor.state` (up to the
+        version `before`, when given: records handed over but not folded yet)."""
         cls = type(actor)
         if not hasattr(cls, "codec") or not hasattr(cls, "_state_decoder"):
             raise TypeError(
@@ -195,13 +303,18 @@ class SourcingEngine:
         cell.snapshot_version = version
         codec = cls.codec
         while True:
-            page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
+            limit = _REPLAY_PAGE
+            if before is not None:
+                limit = min(limit, before - 1 - version)
+                if limit <= 0:
+                    break
+            page = self.log.read_stream(cell.stream, version + 1, limit=limit)
             for record in page:
                 if record.type != ACTOR_FAILED:
                     state = actor.evolve(state, codec.decode(record.type, record.data))
                 version = record.version
             self.events_replayed += len(page)
-            if len(page) < _REPLAY_PAGE:
+            if len(page) < limit:
                 break
         actor._state = state
         actor._version = version

@@ -115,12 +115,14 @@ class SlowModel:
         self.delay = delay
         self.word = word
         self.streaming = trio.Event()
+        self.called = trio.Event()  # set once the model was asked
         self.chunks_sent = 0
         self.closed = False
         self.calls = 0
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelChunk, None]:
         self.calls += 1
+        self.called.set()
         try:
             for _ in range(self.words):
                 await trio.sleep(self.delay)

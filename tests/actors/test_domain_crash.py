@@ -56,13 +56,24 @@ async def test_crash_mid_run_closes_it_as_interrupted_and_runs_the_queued_messag
         assert [m.content for m in session.messages if m.role == "user"] == ["A", "B"]
 
 
-async def test_accepted_message_is_processed_after_a_crash(tmp_path: Path) -> None:
-    """A message durable in the inbox whose run never started is run after the restart."""
+async def test_an_acknowledged_message_was_started_and_is_closed_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    """A message acknowledged by `send` has its run started in the same commit: killed before
+    the run recorded anything more, the restart closes it as interrupted and runs queued B."""
     path = tmp_path / "log"
     await run_until(path, "accepted", "accepted")
-    assert_types = ["SessionCreated", "MessageAccepted", "RunAssigned"]
     async with runtime_at(path, make_settings()) as rt:
-        assert types_of(rt.log, "session:s")[:3] == assert_types
+        assert types_of(rt.log, "session:s")[:4] == [
+            "SessionCreated",
+            "MessageAccepted",
+            "RunAssigned",
+            "MessageAccepted",
+        ]
         a = await rt.wait_run("run_a")
-        assert (a.status, a.content) == ("completed", "Echo: A")
-        assert types_of(rt.log, "run:run_a")[0] == "RunStarted"
+        assert (a.status, a.error) == ("failed", "interrupted")
+        assert types_of(rt.log, "run:run_a") == ["RunStarted", "RunFailed"]
+        b = await rt.wait_run("run_b")
+        assert (b.status, b.content) == ("completed", "Echo: B")
+        session = await rt.get_session("s")
+        assert session.current_run is None and session.queued_runs == []

@@ -243,3 +243,79 @@ async def test_driver_crash_fails_the_run_and_frees_the_session(
         assert rt.registry.statistics().active_runs == 0
         session = await rt.get_session("s")
         assert session.current_run is None
+
+
+async def test_an_instant_run_costs_two_commits(tmp_path: Path) -> None:
+    """An instant model's run costs two fsynced commits: the message with the run's assignment
+    and start, then the answer with its completion and the session's settlement. A queued
+    message's run starts in the commit that ends the run before it."""
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
+        for text in ("new session", "same session"):
+            before = rt.log.statistics().batches
+            sent = await rt.send("default", [user(text)], session_key="s")
+            view = await rt.wait_sent(sent)
+            assert view.status == "completed"
+            assert rt.log.statistics().batches - before == 2, text
+        await trio.sleep(0.2)  # nothing trails behind: no later commit for the same runs
+        assert rt.log.statistics().batches - before == 2
+        assert types_of(rt.log, f"run:{sent.run_id}") == [
+            "RunStarted",
+            "ModelRequested",
+            "AssistantDelta",
+            "AssistantMessage",
+            "RunCompleted",
+        ]
+
+        model = SlowModel(words=2, delay=0.2)
+        rt.settings.providers["echo"] = model
+        before = rt.log.statistics().batches
+        first = await rt.send("default", [user("A")], session_key="q")
+        second = await rt.send("default", [user("B")], session_key="q")
+        assert second.queued
+        await rt.wait_sent(second)
+        # A's message and start, B's message, A's 2 deltas, A's end with B's start, B's 2
+        # deltas, B's end
+        assert rt.log.statistics().batches - before == 8
+        [b_start] = rt.log.read_stream(f"run:{second.run_id}", limit=1)
+        a_end = rt.log.read_stream(f"run:{first.run_id}")[-1]
+        assert a_end.type == "RunCompleted"
+        # One commit: A's end, the session settling it and assigning B, B's start.
+        settled = rt.log.read_all(a_end.seq, limit=3)
+        assert [r.type for r in settled] == ["RunSettled", "RunAssigned", "RunStarted"]
+        assert settled[-1].seq == b_start.seq
+        assert {r.ts for r in settled} == {a_end.ts}
+
+
+async def test_each_part_of_a_shared_commit_names_its_own_actor(tmp_path: Path) -> None:
+    """The session's commit carries the run's start and the run's end carries the session's
+    settlement: each part's envelope names who caused it, as if each had appended alone."""
+    async with runtime_at(tmp_path / "log", make_settings()) as rt:
+        sent = await rt.send("default", [user("who")], session_key="w")
+        await rt.wait_sent(sent)
+        actors = {r.type: r.actor for r in rt.log.read_all(0) if r.stream != "session:w"}
+        actors.update({r.type: r.actor for r in rt.log.read_stream("session:w")})
+        assert actors["MessageAccepted"] == actors["RunStarted"] == "local"
+        assert actors["RunCompleted"] == "agent:default"
+        assert actors["RunSettled"] == f"run:{sent.run_id}"
+
+
+async def test_a_queued_run_started_after_an_emergency_stop_is_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stop cancels the running run; the commit that settles it starts the queued one, which
+    the run refuses when it is handed over, and the session ends up idle."""
+    model = SlowModel(words=100, delay=1.0)
+    async with runtime_at(tmp_path / "log", make_settings(model), commit_in_thread=False) as rt:
+        first = await rt.send("default", [user("a")], session_key="s")
+        second = await rt.send("default", [user("b")], session_key="s")
+        assert second.queued
+        await wait_for_event(rt.log, f"run:{first.run_id}", "AssistantDelta")
+        assert await rt.emergency_stop() == 1
+        a = await rt.wait_run(first.run_id)
+        assert (a.status, a.error) == ("cancelled", "emergency stop")
+        b = await rt.wait_run(second.run_id)
+        assert (b.status, b.error) == ("failed", "emergency stop: new runs are refused")
+        assert types_of(rt.log, f"run:{second.run_id}") == ["RunStarted", "RunFailed"]
+        assert model.calls == 1
+        session = await rt.get_session("s")
+        assert session.current_run is None and session.queued_runs == []

@@ -232,6 +232,29 @@ class EventLogContract(abc.ABC):
             assert (log.stream_version("a"), log.stream_version("b")) == (3, 1)
             assert (await log.verify()).ok
 
+    async def test_each_part_of_a_multi_stream_append_may_name_its_actor(
+        self, tmp_path: Path
+    ) -> None:
+        """A part's own `actor` goes in its records' envelopes; a part without one gets the
+        append's; the records read back the same and the chain verifies."""
+        async with self.open_log(tmp_path / "log") as log:
+            first, second, third = await log.append_many(
+                [
+                    AppendPart("a", [raw(1), raw(2)], actor="run:r1"),
+                    AppendPart("b", [raw(3)]),
+                    AppendPart("c", [raw(4)], actor="agent:x"),
+                ],
+                actor="session:s",
+            )
+            assert [r.actor for r in first + second + third] == [
+                "run:r1",
+                "run:r1",
+                "session:s",
+                "agent:x",
+            ]
+            assert log.read_all(0) == first + second + third
+            assert (await log.verify()).ok
+
     async def test_a_conflict_in_one_part_writes_no_part(self, tmp_path: Path) -> None:
         """A wrong expected version in any part fails the whole append: no stream moves, the
         head stays, and the error names the part that conflicted."""
