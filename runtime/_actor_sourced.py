@@ -65,9 +65,11 @@ class Handed(msgspec.Struct, frozen=True):
 
     The engine folds the records into the state (they are in the log already: they are neither
     read back nor appended again), then handles `command` as usual; `after_commit` and `reply`
-    see the records before the command's own. Until its owner folds them, an actor that loads
-    its stream in this process stops before them, so a first event written for an actor (a run
-    its session started) never looks to it like work a crash interrupted.
+    see the records before the command's own (records it folded already are not folded twice).
+    An actor that loads its stream in this process before the hand-over arrives reads them from
+    the log and skips `on_rehydrated`, so a first event written for an actor (a run its session
+    started) never looks to it like work a crash interrupted. In cluster mode the committing
+    node takes the other actor's lease before the commit, so no other node loads it meanwhile.
     """
 
     records: Sequence[RecordedEvent]

@@ -55,7 +55,12 @@ class SourcingEngine:
 
     async def rehydrate(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
         """Load the actor's state, then record the repairs `on_rehydrated` asks for."""
-        self.load(cell, actor, before=self._handed.get(cell.stream))
+        self.load(cell, actor)
+        if cell.stream in self._handed:
+            # Another actor of this process committed records for this one and is handing them
+            # over: they are the live start of its work, not what a crash left to repair.
+            await self._maybe_snapshot(cell, actor)
+            return
         repairs = await actor.on_rehydrated(actor.state)
         if repairs:
             await self._record(cell, actor, repairs)
@@ -161,13 +166,12 @@ class SourcingEngine:
 
     async def _lease(self, cell: _Cell) -> None:
         """In cluster mode, take the lease of an actor that has none yet (a new actor)."""
+        await self._lease_stream(cell.stream)
+
+    async def _lease_stream(self, stream: str) -> None:
         placement = self.placement
-        if (
-            placement is not None
-            and placement.covers(cell.stream)
-            and not placement.holds(cell.stream)
-        ):
-            await placement.acquire(cell.stream)
+        if placement is not None and placement.covers(stream) and not placement.holds(stream):
+            await placement.acquire(stream)
 
     async def _commit(
         self,
@@ -193,8 +197,10 @@ class SourcingEngine:
             return await self.log.append(
                 cell.stream, events, expected_version=actor._version, actor=who
             ), ([], [])
-        # Records written for another actor are folded by it when handed over: until then a
-        # load of its stream in this process stops before them (see `Handed`).
+        # Records written for another actor are folded by it when handed over; one that loads
+        # before that takes them as its live start, not a crash's leftovers (see `Handed`).
+        for part in (*before, *after):
+            await self._lease_stream(part.stream)  # in cluster mode, before anyone loads it
         marked = [
             part.stream
             for part in (*before, *after)
@@ -276,11 +282,8 @@ class SourcingEngine:
 
     # -- state from the log ---------------------------------------------------------------------
 
-    def load(
-        self, cell: _Cell, actor: EventSourcedActor[Any], *, before: int | None = None
-    ) -> None:
-        """Fold the actor's stream from its latest snapshot into `actor.state` (up to the
-        version `before`, when given: records handed over but not folded yet)."""
+    def load(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+        """Fold the actor's stream from its latest snapshot into `actor.state`."""
         cls = type(actor)
         if not hasattr(cls, "codec") or not hasattr(cls, "_state_decoder"):
             raise TypeError(
@@ -304,10 +307,6 @@ class SourcingEngine:
         codec = cls.codec
         while True:
             limit = _REPLAY_PAGE
-            if before is not None:
-                limit = min(limit, before - 1 - version)
-                if limit <= 0:
-                    break
             page = self.log.read_stream(cell.stream, version + 1, limit=limit)
             for record in page:
                 if record.type != ACTOR_FAILED:

@@ -139,8 +139,9 @@ async def test_a_started_stream_is_handed_to_its_actor_and_its_end_rides_back(
     tmp_path: Path,
 ) -> None:
     """The parent's commit starts the child's stream; the child, loaded for the hand-over,
-    starts before those records and folds them as handed; the child's end is committed by the
-    parent with its note, one commit each way, and the child folds the records it gets back."""
+    takes those records as its live start (no repairs) and folds nothing twice; its end is
+    committed by the parent with its note, one commit each way, and the child folds the records
+    it gets back."""
     Child.loaded, Child.effects = [], []
     async with running(tmp_path, parent=Parent, child=Child) as (log, system):
         before = log.statistics()
@@ -151,7 +152,7 @@ async def test_a_started_stream_is_handed_to_its_actor_and_its_end_rides_back(
             ("child:c", "Born"),
         ]
         assert await system.ref("child", "c").ask(Look()) == (("Born",), 1)
-        assert Child.loaded == [()]  # never looked like a stream it had started itself
+        assert Child.loaded == []  # never taken for what a crash left: no repairs asked for
         assert Child.effects[0] == ["Born"]  # the hand-over's effects saw the handed records
 
         middle = log.statistics()
@@ -164,17 +165,18 @@ async def test_a_started_stream_is_handed_to_its_actor_and_its_end_rides_back(
         assert Child.effects[-1] == ["Finished"]
 
 
-async def test_a_load_before_the_hand_over_stops_short_of_the_handed_records(
+async def test_a_load_before_the_hand_over_takes_the_handed_records_as_its_live_start(
     tmp_path: Path,
 ) -> None:
-    """Asked before its records are handed over, the child loads as if they were not written
-    yet; the hand-over then folds them once, without reading or appending them again."""
+    """Asked before its records are handed over, the child reads them from the log without
+    taking them for a crash's leftovers (no `on_rehydrated` repairs); the hand-over then folds
+    nothing twice, and its command's effects still see the handed records."""
     Child.loaded, Child.effects = [], []
     async with running(tmp_path, parent=Parent, child=Child) as (log, system):
         recorded = await system.ref("parent", "p").ask(Spawn("c", hand_over=False))
         child = system.ref("child", "c")
-        assert await child.ask(Look()) == ((), 0)
-        assert Child.loaded == [()]
+        assert await child.ask(Look()) == (("Born",), 1)
+        assert Child.loaded == []
         handed = [r for r in recorded if r.stream == "child:c"]
         assert await child.ask(Handed(handed, Look())) == (("Born",), 1)
         assert Child.effects[-1] == ["Born"]
