@@ -235,6 +235,10 @@ class Domain:
         if idempotency is not None:
             claim = await self.claim(idempotency, run_id=run, session_key=key)
             run, key = claim.run_id, claim.session_key
+            if claim.repeated and self.log.stream_version(run_stream(run)) > 0:
+                # The first request's run has started, so its message is in: attach to it
+                # (however many runs the session has had since).
+                return Sent(key, run, queued=False)
         sent: Sent = await self.system.ref(SESSION, key).ask(
             Send(
                 run_id=run,

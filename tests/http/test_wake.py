@@ -126,3 +126,25 @@ async def test_idempotent_chat_completion_returns_the_same_completion(
         assert first.headers["x-run-id"] == second.headers["x-run-id"]
         assert first.json()["id"] == second.json()["id"]
         assert await live.count_events("RunStarted", "run:") == 1
+
+
+async def test_a_retry_long_after_its_run_attaches_to_that_run(tmp_path: Path) -> None:
+    """A wake retried with its Idempotency-Key after the session has had many more runs still
+    gets its own run back and adds nothing to the session."""
+    async with live_server(tmp_path / "data") as live:
+        body = {"message": "first of many", "session_key": "busy", "mode": "sync"}
+        headers = {"Idempotency-Key": "long-ago"}
+        first = await live.client.post("/v1/agents/default/wake", json=body, headers=headers)
+        assert first.status_code == 200, first.text
+        for number in range(60):
+            later = await live.client.post(
+                "/v1/agents/default/wake",
+                json={"message": f"later {number}", "session_key": "busy", "mode": "sync"},
+            )
+            assert later.status_code == 200, later.text
+        head = await live.head_seq()
+        again = await live.client.post("/v1/agents/default/wake", json=body, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["run_id"] == first.json()["run_id"]
+        assert again.json()["content"] == "Echo: first of many"
+        assert await live.head_seq() == head
