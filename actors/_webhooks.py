@@ -90,6 +90,7 @@ MAX_ERROR_CHARS: Final = 300
 _body = msgspec.json.Encoder()
 CHECKPOINT: Final = "outbox"  # the snapshot key of the follower's checkpoint
 CHECKPOINT_EVERY: Final = 1.0  # seconds
+RECORD_WITHIN: Final = 5.0  # seconds an attempt's outcome may take to record while closing
 _RUN_PREFIX: Final = stream_prefix(RUN)
 _REQUESTED: Final = event_type(WebhookRequested)
 _RUN_STARTED: Final = event_type(RunStarted)
@@ -607,7 +608,12 @@ class Webhooks:
                 error=error,
                 next_at=next_at,
             )
-            await self.log.append(delivery_stream(delivery.id), [event])
+            # Sent is sent: record it even while the outbox closes, or a restart sends it again.
+            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_WITHIN) as limit:
+                await self.log.append(delivery_stream(delivery.id), [event])
+            if limit.cancelled_caught:
+                logger.warning("webhook attempt not recorded in time", delivery_id=delivery.id)
+                return
             delivery.apply(event)
             logger.info(
                 "webhook attempt",
