@@ -38,7 +38,6 @@ from cuelog.actors import (
     WebhookSettings,
     open_domain,
     open_loops,
-    open_read_models,
     open_webhooks,
 )
 from cuelog.http._app import create_app
@@ -257,6 +256,9 @@ async def _serve(
             max_map_size=settings.log.max_size,
             max_event_bytes=settings.log.max_event_bytes,
         ) as event_log,
+        open_projection_store(
+            settings.log.url or settings.log.data_dir, sync=settings.log.sync
+        ) as projections,
         open_domain(
             event_log,
             run_settings,
@@ -265,6 +267,7 @@ async def _serve(
                 max_live_actors=settings.server.max_live_actors,
                 passivate_after=settings.server.passivate_after,
             ),
+            projections=projections,
         ) as domain,
         McpServers(
             event_log,
@@ -281,10 +284,6 @@ async def _serve(
             schedule=settings.loops.enabled,
             webhooks=webhooks,
         ) as loops,
-        open_projection_store(
-            settings.log.url or settings.log.data_dir, sync=settings.log.sync
-        ) as projections,
-        open_read_models(event_log, projections) as read_models,
         trio.open_nursery() as nursery,
     ):
         tools.attach(mcp)
@@ -293,7 +292,7 @@ async def _serve(
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
-        services.read_models = read_models
+        services.read_models = domain.read_models
         services.mcp = mcp
         services.builtin_tools = builtin_tools
         services.providers = Providers(event_log, key_file, run_settings.providers)
