@@ -34,6 +34,7 @@ from cuelog.runtime import (
     EventLog,
     Projection,
     ProjectionRunner,
+    ProjectionState,
     ProjectionStatus,
     ProjectionStore,
 )
@@ -172,11 +173,20 @@ class ReadModels:
         return self.store.read("runs", totals_by_agent_and_model)
 
 
+def _nothing(state: ProjectionState) -> None:
+    return None
+
+
 @asynccontextmanager
 async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterator[ReadModels]:
     """The read models, each projection catching up then following the log until the block
     ends (or the log ends its subscriptions)."""
     models = ReadModels(log, store)
+    for name in models.runners:
+        # Open each projection's table before any batch is in flight: an LMDB store opens a
+        # table with a write transaction, which must not wait, in the event loop's thread, for
+        # a batch another runner is writing in a worker thread.
+        store.read(name, _nothing)
     async with trio.open_nursery() as nursery:
         for runner in models.runners.values():
             await nursery.start(runner.run)
