@@ -62,6 +62,7 @@ from cuelog.actors._names import (
     stream_id,
     stream_prefix,
 )
+from cuelog.actors._read_models import ReadModels, open_read_models
 from cuelog.actors._readers import (
     RunEvent,
     TimelineRow,
@@ -92,6 +93,7 @@ from cuelog.actors._session import (
     session_view,
 )
 from cuelog.actors._session_fold import SessionState, session_state_at
+from cuelog.actors._sessions_catalog import OpenWork
 from cuelog.actors._traces import Trace, fold_trace
 from cuelog.runtime import (
     ActorConfig,
@@ -100,6 +102,7 @@ from cuelog.runtime import (
     ClusterConfig,
     EventLog,
     LeaseStatistics,
+    ProjectionStore,
     RecordedEvent,
     open_actor_system,
     open_leases,
@@ -157,6 +160,9 @@ class Domain:
         # Checked before a run is sent, once the read models run beside the domain.
         self.budgets: Budgets | None = None
         self._max_event_bytes = log.statistics().max_event_bytes
+        # The projections, when the domain keeps them: recovery and the session listing read
+        # their catalogs instead of folding every session.
+        self.read_models: ReadModels | None = None
 
     # -- agents --------------------------------------------------------------------------------
 
@@ -550,8 +556,31 @@ class Domain:
 
         At most `scan` sessions are read per page and the event loop gets a turn between
         batches, so a caller who owns few of many sessions gets short (even empty) pages with a
-        cursor instead of holding the server while the whole log is read.
+        cursor instead of holding the server while the whole log is read. With the sessions
+        catalog, only the sessions listed are read from the log.
         """
+        if self.read_models is not None:
+            rows, next_cursor = await self.read_models.list_sessions(
+                caller=caller,
+                agent_id=agent_id,
+                user_id=user_id,
+                after=after,
+                limit=limit,
+                scan=scan,
+            )
+            views = []
+            for row in rows:  # the catalog may be a moment behind: the log has the last word
+                state = self.session_state_at(row.key)
+                if (
+                    state.exists
+                    and not state.deleted
+                    and (caller.admin or state.owner == caller.owner)
+                    and (agent_id is None or state.agent_id == agent_id)
+                    and (user_id is None or state.metadata.get("user_id") == user_id)
+                ):
+                    stream = session_stream(row.key)
+                    views.append(session_view(row.key, state, self.log.stream_version(stream)))
+            return views, next_cursor
 
         async def pick(key: str) -> SessionView | None:
             state = self.session_state_at(key)
@@ -641,7 +670,18 @@ class Domain:
             await self.create_agent(agent_id, spec, if_absent=True)
 
     async def recover(self) -> int:
-        """Touch every session and run left in flight by a crash; return how many were found."""
+        """Touch every session and run left in flight by a crash; return how many were found.
+
+        With the open-runs catalog, that is what it lists once it has caught up with the log
+        (the work since its last checkpoint); without, every run and session stream is read."""
+        if self.read_models is not None:
+            work = await self.read_models.open_work()
+            if work is not None:
+                found = await self._recover_open(work)
+                if found:
+                    logger.info("recovered interrupted work", count=found)
+                return found
+            logger.warning("the open-runs catalog is not available: recovering from the log")
         found = 0
         after: str | None = None
         while True:
@@ -681,6 +721,27 @@ class Domain:
                         await self.get_session(key)
         if found:
             logger.info("recovered interrupted work", count=found)
+        return found
+
+    async def _recover_open(self, work: OpenWork) -> int:
+        """`recover` from the catalog: the same steps, for the runs and sessions it lists."""
+        found = 0
+        for run_id, _ in work.runs:
+            found += 1
+            try:
+                view = await self.get_run(run_id)
+                await self.get_session(view.session_key)  # rehydrates: settles, starts next
+            except (NotFound, ActorOwnedElsewhere):  # another node runs it
+                continue
+        for key, pending in work.sessions:
+            for queued in pending.queued:  # so get_run reports them queued, not unknown
+                self._remember_queued(queued, key)
+            if pending.current_run is not None:
+                if not self.log.stream_version(run_stream(pending.current_run)):
+                    self._remember_queued(pending.current_run, key)
+                found += 1
+                with suppress(ActorOwnedElsewhere):  # another node runs it
+                    await self.get_session(key)
         return found
 
     def _last_event(self, stream: str) -> RecordedEvent | None:
@@ -783,13 +844,19 @@ async def open_domain(
     ids: Callable[[str], str] = random_id,
     recover: bool = True,
     cluster: ClusterConfig | None = None,
+    projections: ProjectionStore | None = None,
 ) -> AsyncIterator[Domain]:
     """Open the actor system, register the domain actors, seed agents, take up the emergency
     stop and recover interrupted work.
 
     With `cluster` (several processes on one PostgreSQL log), sessions and runs are leased to
-    one node at a time, and this node takes over what dead nodes left in flight."""
+    one node at a time, and this node takes over what dead nodes left in flight. With
+    `projections`, the domain's read models run over that store until the block ends
+    (`Domain.read_models`), and recovery and the session listing read their catalogs."""
     async with AsyncExitStack() as stack:
+        read_models = None
+        if projections is not None:
+            read_models = await stack.enter_async_context(open_read_models(log, projections))
         placement = None
         if cluster is not None:
             placement = await stack.enter_async_context(open_leases(log, cluster, [SESSION, RUN]))
@@ -801,6 +868,7 @@ async def open_domain(
         registry = registry or RunRegistry()
         system.register(RUN, run_factory(settings, registry))
         domain = Domain(system, log, settings, registry, ids)
+        domain.read_models = read_models
         await domain.seed_agents(agents or {})
         if domain.restore_emergency_stop():
             logger.warning("emergency stop is on: new runs are refused until it is released")

@@ -12,6 +12,14 @@ import trio
 from cuelog.actors._commands import ADMIN, Caller
 from cuelog.actors._errors import NotFound
 from cuelog.actors._runs_catalog import RunFilter, RunRow, RunsCatalog, list_runs, run_row
+from cuelog.actors._sessions_catalog import (
+    OpenRunsCatalog,
+    OpenWork,
+    SessionRow,
+    SessionsCatalog,
+    list_session_keys,
+    open_work,
+)
 from cuelog.actors._usage import (
     Dimension,
     Pricing,
@@ -28,6 +36,7 @@ from cuelog.runtime import (
     EventLog,
     Projection,
     ProjectionRunner,
+    ProjectionState,
     ProjectionStatus,
     ProjectionStore,
 )
@@ -39,7 +48,7 @@ FRESH_WAIT: Final = 2.0
 
 def domain_projections() -> list[Projection]:
     """Every projection the domain keeps, by name order."""
-    return [RunsCatalog()]
+    return [OpenRunsCatalog(), RunsCatalog(), SessionsCatalog()]
 
 
 class ReadModels:
@@ -142,10 +151,48 @@ class ReadModels:
         await self._fresh("runs")
         return self.store.read("runs", lambda state: spend_since(state, owner, name, since, now))
 
+    async def list_sessions(
+        self,
+        *,
+        caller: Caller = ADMIN,
+        agent_id: str | None = None,
+        user_id: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+        scan: int | None = None,
+    ) -> tuple[list[SessionRow], str | None]:
+        """A page of the catalog's rows of the sessions the caller may see, in key order, and
+        the next page's cursor (see `list_session_keys`)."""
+        await self._fresh("sessions")
+        return self.store.read(
+            "sessions",
+            lambda state: list_session_keys(
+                state,
+                caller=caller,
+                agent_id=agent_id,
+                user_id=user_id,
+                after=after,
+                limit=limit,
+                **({} if scan is None else {"scan": scan}),
+            ),
+        )
+
+    async def open_work(self) -> OpenWork | None:
+        """What a crash left in flight, once the open-runs catalog has applied the whole log
+        as it is now (however long that takes: recovery must not miss a run); None if the
+        projection failed or stopped first."""
+        if not await self.runners["open_runs"].wait_caught_up(self.log.head().seq):
+            return None
+        return self.store.read("open_runs", open_work)
+
     def token_totals(self) -> list[tuple[str, str, UsageTotals]]:
         """All-time runs and tokens per agent and model, as far as the catalog has got (for
         metrics: no waiting)."""
         return self.store.read("runs", totals_by_agent_and_model)
+
+
+def _nothing(state: ProjectionState) -> None:
+    return None
 
 
 @asynccontextmanager
@@ -153,6 +200,11 @@ async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterat
     """The read models, each projection catching up then following the log until the block
     ends (or the log ends its subscriptions)."""
     models = ReadModels(log, store)
+    for name in models.runners:
+        # Open each projection's table before any batch is in flight: an LMDB store opens a
+        # table with a write transaction, which must not wait, in the event loop's thread, for
+        # a batch another runner is writing in a worker thread.
+        store.read(name, _nothing)
     async with trio.open_nursery() as nursery:
         for runner in models.runners.values():
             await nursery.start(runner.run)

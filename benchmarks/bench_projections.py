@@ -25,7 +25,7 @@ async def catch_up(path: Path) -> tuple[int, float]:
         open_event_log(path, readonly=True) as log,
         open_projection_store(path, sync=True) as store,
     ):
-        [catalog] = domain_projections()
+        [catalog] = [p for p in domain_projections() if p.name == "runs"]
         runner = ProjectionRunner(log, store, catalog)
         started = time.perf_counter()
         checkpoint = await runner.rebuild()

@@ -36,14 +36,12 @@ from cuelog.actors import (
     OpenAIConfig,
     OpenAIModel,
     Providers,
-    ReadModels,
     RunSettings,
     ToolRegistry,
     ToolsConfig,
     WebhookSettings,
     open_domain,
     open_loops,
-    open_read_models,
     open_webhooks,
 )
 from cuelog.http._app import create_app
@@ -267,8 +265,6 @@ async def _serve(
         open_projection_store(
             settings.log.url or settings.log.data_dir, sync=settings.log.sync
         ) as projections,
-        # Before the domain and loops: a run's budget is checked against their spend.
-        open_read_models(event_log, projections) as read_models,
         open_domain(
             event_log,
             run_settings,
@@ -278,6 +274,7 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
             cluster=cluster_config(settings, sockets[0].getsockname()[:2] if sockets else None),
+            projections=projections,
         ) as domain,
         McpServers(
             event_log,
@@ -287,7 +284,7 @@ async def _serve(
         ).running() as mcp,
         # Until some secret (the server's, an agent's or a key's) is set, no callback can be
         # set, and the sender waits without following the log.
-        _budgets_checked(domain, read_models, settings),
+        _budgets_checked(domain, settings),
         open_otel_export(settings.otel, event_log, projections) as trace_export,
         open_webhooks(domain, webhook_settings(settings), key_file=key_file) as webhooks,
         open_loops(
@@ -305,7 +302,7 @@ async def _serve(
         auth = Authenticator(settings.server.api_key, keys.lookup, keys.any_issued)
         anchor_key = read_anchor_key(settings)
         services = Services(domain, event_log, settings, auth, anchor_key)
-        services.read_models = read_models
+        services.read_models = domain.read_models
         services.trace_export = trace_export
         services.mcp = mcp
         services.builtin_tools = builtin_tools
@@ -346,14 +343,15 @@ async def _serve(
 
 
 @asynccontextmanager
-async def _budgets_checked(
-    domain: Domain, read_models: ReadModels, settings: Settings
-) -> AsyncIterator[Budgets]:
-    """Check budgets before every run the domain sends from now on (loops' fires too)."""
+async def _budgets_checked(domain: Domain, settings: Settings) -> AsyncIterator[None]:
+    """Check budgets before every run the domain sends from now on (loops' fires too), against
+    the spend its read models keep."""
+    if domain.read_models is None:
+        raise RuntimeError("budgets need the domain's read models (open it with projections)")
     prices = {model: (price.input, price.output) for model, price in settings.prices.items()}
-    domain.budgets = Budgets(read_models, domain.keys, prices)
+    domain.budgets = Budgets(domain.read_models, domain.keys, prices)
     try:
-        yield domain.budgets
+        yield
     finally:
         domain.budgets = None
 

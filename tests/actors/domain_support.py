@@ -23,7 +23,13 @@ from cuelog.actors import (
 from cuelog.actors._messages import Usage
 from cuelog.actors._models import Finished, ModelChunk, ModelRequest, TextDelta, ToolCallChunk
 from cuelog.actors._run import RunSettings
-from cuelog.runtime import Event, EventLog, RecordedEvent, open_event_log
+from cuelog.runtime import (
+    Event,
+    EventLog,
+    RecordedEvent,
+    open_event_log,
+    open_projection_store,
+)
 
 CALCULATOR: Final = AgentSpec(name="calc", tools=["calculator"])
 
@@ -51,10 +57,12 @@ async def runtime_at(
     agents: dict[str, AgentSpec] | None = None,
     **log_options: Any,
 ) -> AsyncIterator[Domain]:
-    """A log in `path` and an agent runtime over it, both closed on exit."""
+    """A log in `path` and an agent runtime over it, with its projections (so recovery and the
+    session listing read the catalogs, as a server's do), all closed on exit."""
     async with (
         open_event_log(path, **log_options) as log,
-        open_domain(log, settings, agents=agents) as rt,
+        open_projection_store(path, sync=log_options.get("sync", True)) as projections,
+        open_domain(log, settings, agents=agents, projections=projections) as rt,
     ):
         yield rt
 
