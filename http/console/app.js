@@ -597,6 +597,7 @@ async function runsPage(page, arg, signal) {
   const rows = h("tbody", { id: "runs" });
   const more = h("button", { type: "button", hidden: true }, "More");
   let cursor = null;
+  let generation = 0; // a newer filter's list replaces an older one's answer arriving late
 
   function filters() {
     const query = new URLSearchParams();
@@ -611,6 +612,7 @@ async function runsPage(page, arg, signal) {
   async function load(reset) {
     const query = filters();
     if (reset) {
+      generation += 1;
       cursor = null;
       rows.replaceChildren();
       // The filters stay in the address, so a filtered list can be shared or reloaded.
@@ -618,7 +620,9 @@ async function runsPage(page, arg, signal) {
     }
     query.set("limit", "50");
     if (cursor) query.set("cursor", cursor);
+    const asked = generation;
     const answer = await api("/v1/runs?" + query, { signal });
+    if (asked !== generation) return;
     rows.append(
       ...answer.data.map((run) =>
         h(
