@@ -45,7 +45,7 @@ from cuelog.actors._events import (
     RunStarted,
     SessionCreated,
 )
-from cuelog.actors._failover import take_over_orphans
+from cuelog.actors._failover import follow_emergency_stop, take_over_orphans
 from cuelog.actors._idempotency import Claim, claim_request
 from cuelog.actors._keys import KeyStore
 from cuelog.actors._messages import ChatMessage, Usage
@@ -715,7 +715,14 @@ class Domain:
                 nursery.start_soon(self._cancel_quietly, run_id)
         await self.log.append(
             SYSTEM_STREAM,
-            [EmergencyStopChanged(stopped=self.registry.stopped, cancelled_runs=len(active))],
+            [
+                EmergencyStopChanged(
+                    stopped=self.registry.stopped,
+                    cancelled_runs=len(active),
+                    node=self._node,
+                    stop=True,
+                )
+            ],
             actor=by,
         )
         return len(active)
@@ -727,7 +734,15 @@ class Domain:
     async def release_emergency_stop(self, *, by: str | None = None) -> None:
         """Allow new runs again."""
         self.registry.stopped = False
-        await self.log.append(SYSTEM_STREAM, [EmergencyStopChanged(stopped=False)], actor=by)
+        await self.log.append(
+            SYSTEM_STREAM, [EmergencyStopChanged(stopped=False, node=self._node)], actor=by
+        )
+
+    @property
+    def _node(self) -> str | None:
+        """This process's node name in cluster mode (None when it runs alone)."""
+        placement = self.system.placement
+        return placement.node if placement is not None else None
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -807,6 +822,7 @@ async def open_domain(
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(take_over_orphans, domain, placement, name="failover")
+            nursery.start_soon(follow_emergency_stop, domain, name="emergency stop")
             try:
                 yield domain
             finally:

@@ -176,3 +176,85 @@ def test_the_outbox_sends_from_one_node_and_moves_when_it_dies(
             for node in nodes:
                 if node.proc.poll() is None:
                     node.kill()
+
+
+CALC = '/tool calculator {"expr": "6*7"}'
+
+
+def wait_status(node: ServerProcess, run_ids: list[str], status: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for run_id in run_ids:
+        while True:
+            got = httpx.get(f"{node.url}/v1/runs/{run_id}", headers=HEADERS, timeout=10)
+            if got.status_code == 200 and got.json()["status"] == status:
+                break
+            assert time.monotonic() < deadline, f"{run_id}: {got.status_code} {got.text}"
+            time.sleep(0.05)
+
+
+def wake_status(node: ServerProcess) -> int:
+    response = httpx.post(
+        f"{node.url}/v1/agents/default/wake",
+        json={"message": "hi", "mode": "async"},
+        headers=HEADERS,
+        timeout=10,
+    )
+    return response.status_code
+
+
+def test_an_emergency_stop_on_one_node_stops_and_holds_runs_on_every_node(
+    tmp_path: Path,
+) -> None:
+    """Runs waiting for approval on both nodes; a held stop sent to a cancels a's runs at once
+    and b's as b follows the log, and both refuse new runs; a release sent to b lets both
+    take runs again."""
+    with fresh_database() as url:
+        nodes: list[ServerProcess] = []
+        try:
+            nodes.append(a := start_node(tmp_path, url, "a"))
+            nodes.append(b := start_node(tmp_path, url, "b"))
+            created = httpx.post(
+                f"{a.url}/v1/agents",
+                json={"id": "careful", "tools": ["calculator"], "approval": "ask"},
+                headers=HEADERS,
+            )
+            assert created.status_code == 201, created.text
+            runs = {node.url: [] for node in nodes}  # type: dict[str, list[str]]
+            for i in range(4):
+                node = nodes[i % 2]
+                response = httpx.post(
+                    f"{node.url}/v1/agents/careful/wake",
+                    json={"message": CALC, "mode": "async", "session_key": f"s{i}"},
+                    headers=HEADERS,
+                    timeout=10,
+                )
+                assert response.status_code == 202, response.text
+                runs[node.url].append(response.json()["run_id"])
+            for node in nodes:
+                wait_status(node, runs[node.url], "waiting_approval", 20)
+
+            stopped = httpx.post(
+                f"{a.url}/v1/emergency-stop", json={"hold": True}, headers=HEADERS, timeout=10
+            )
+            assert stopped.status_code == 200, stopped.text
+            assert stopped.json()["cancelled_runs"] == 2 and stopped.json()["stopped"] is True
+            started = time.monotonic()
+            wait_status(b, runs[b.url] + runs[a.url], "cancelled", 10)
+            print(f"\nb's runs cancelled {time.monotonic() - started:.2f} s after a's stop")
+            assert wake_status(a) == 503
+            assert wake_status(b) == 503
+            health = httpx.get(f"{b.url}/health", headers=HEADERS, timeout=5).json()
+            assert health["emergency_stop"] is True
+
+            released = httpx.post(f"{b.url}/v1/emergency-stop/release", headers=HEADERS)
+            assert released.status_code == 200, released.text
+            assert wake_status(b) == 202
+            deadline = time.monotonic() + 10
+            while (status := wake_status(a)) == 503:
+                assert time.monotonic() < deadline, "a still holds new runs"
+                time.sleep(0.05)
+            assert status == 202
+        finally:
+            for node in nodes:
+                if node.proc.poll() is None:
+                    node.kill()
