@@ -315,12 +315,15 @@ class Domain:
         while len(self._queued) > QUEUED_HINTS:
             del self._queued[next(iter(self._queued))]
 
-    async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
-        """The run's current view; a queued run that has not started yet is reported queued."""
+    async def get_run(
+        self, run_id: str, *, caller: Caller = ADMIN, session_key: str | None = None
+    ) -> RunView:
+        """The run's current view; a queued run that has not started yet is reported queued
+        (found through `session_key` when another process queued it)."""
         try:
             view: RunView = await self.system.ref(RUN, run_id).ask(GetRun(caller))
         except NotFound:
-            session_key = self._queued.get(run_id)
+            session_key = self._queued.get(run_id) or session_key
             if session_key is None:
                 raise
             try:

@@ -258,3 +258,45 @@ def test_an_emergency_stop_on_one_node_stops_and_holds_runs_on_every_node(
             for node in nodes:
                 if node.proc.poll() is None:
                     node.kill()
+
+
+def test_a_run_queued_through_one_node_is_found_from_the_other(tmp_path: Path) -> None:
+    """A run queued behind one waiting for approval, in a session a owns: b answers
+    `GET /v1/runs/{id}` for it as queued (through the catalog and the session's owner), and
+    once the first run is cancelled through b it starts and completes, seen from b too."""
+    with fresh_database() as url:
+        nodes: list[ServerProcess] = []
+        try:
+            nodes.append(a := start_node(tmp_path, url, "a"))
+            nodes.append(b := start_node(tmp_path, url, "b"))
+            created = httpx.post(
+                f"{a.url}/v1/agents",
+                json={"id": "careful", "tools": ["calculator"], "approval": "ask"},
+                headers=HEADERS,
+            )
+            assert created.status_code == 201, created.text
+            ids = []
+            for message in (CALC, "after"):
+                response = httpx.post(
+                    f"{a.url}/v1/agents/careful/wake",
+                    json={"message": message, "mode": "async", "session_key": "one"},
+                    headers=HEADERS,
+                    timeout=10,
+                )
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["run_id"])
+            first, queued = ids
+            wait_status(a, [first], "waiting_approval", 20)
+            wait_status(a, [queued], "queued", 5)
+            wait_status(b, [queued], "queued", 10)
+            missing = httpx.get(f"{b.url}/v1/runs/run_nosuchrun000", headers=HEADERS)
+            assert missing.status_code == 404
+
+            cancelled = httpx.post(f"{b.url}/v1/runs/{first}/cancel", headers=HEADERS, timeout=10)
+            assert cancelled.status_code == 200, cancelled.text
+            wait_status(b, [first], "cancelled", 10)
+            wait_status(b, [queued], "completed", 20)
+        finally:
+            for node in nodes:
+                if node.proc.poll() is None:
+                    node.kill()
