@@ -531,9 +531,7 @@ class Loops:
         """Keep the fold current with loops changed by other processes on the log (cluster
         mode), from the log's head on."""
         prefix = stream_prefix(LOOP)
-        async for record in self.log.subscribe(self.log.head().seq):
-            if not record.stream.startswith(prefix):
-                continue
+        async for record in self.log.subscribe(self.log.head().seq, prefix):
             state = self._loops.get(record.stream.removeprefix(prefix))
             if state is None or state.version < record.version:
                 async with self._lock:
