@@ -45,7 +45,7 @@ from cuelog.actors._events import (
     RunStarted,
     SessionCreated,
 )
-from cuelog.actors._failover import take_over_orphans
+from cuelog.actors._failover import follow_emergency_stop, take_over_orphans
 from cuelog.actors._idempotency import Claim, claim_request
 from cuelog.actors._keys import KeyStore
 from cuelog.actors._messages import ChatMessage, Usage
@@ -325,12 +325,15 @@ class Domain:
         while len(self._queued) > QUEUED_HINTS:
             del self._queued[next(iter(self._queued))]
 
-    async def get_run(self, run_id: str, *, caller: Caller = ADMIN) -> RunView:
-        """The run's current view; a queued run that has not started yet is reported queued."""
+    async def get_run(
+        self, run_id: str, *, caller: Caller = ADMIN, session_key: str | None = None
+    ) -> RunView:
+        """The run's current view; a queued run that has not started yet is reported queued
+        (found through `session_key` when another process queued it)."""
         try:
             view: RunView = await self.system.ref(RUN, run_id).ask(GetRun(caller))
         except NotFound:
-            session_key = self._queued.get(run_id)
+            session_key = self._queued.get(run_id) or session_key
             if session_key is None:
                 raise
             try:
@@ -780,7 +783,14 @@ class Domain:
                 nursery.start_soon(self._cancel_quietly, run_id)
         await self.log.append(
             SYSTEM_STREAM,
-            [EmergencyStopChanged(stopped=self.registry.stopped, cancelled_runs=len(active))],
+            [
+                EmergencyStopChanged(
+                    stopped=self.registry.stopped,
+                    cancelled_runs=len(active),
+                    node=self._node,
+                    stop=True,
+                )
+            ],
             actor=by,
         )
         return len(active)
@@ -792,7 +802,15 @@ class Domain:
     async def release_emergency_stop(self, *, by: str | None = None) -> None:
         """Allow new runs again."""
         self.registry.stopped = False
-        await self.log.append(SYSTEM_STREAM, [EmergencyStopChanged(stopped=False)], actor=by)
+        await self.log.append(
+            SYSTEM_STREAM, [EmergencyStopChanged(stopped=False, node=self._node)], actor=by
+        )
+
+    @property
+    def _node(self) -> str | None:
+        """This process's node name in cluster mode (None when it runs alone)."""
+        placement = self.system.placement
+        return placement.node if placement is not None else None
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -879,6 +897,7 @@ async def open_domain(
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(take_over_orphans, domain, placement, name="failover")
+            nursery.start_soon(follow_emergency_stop, domain, name="emergency stop")
             try:
                 yield domain
             finally:

@@ -286,6 +286,10 @@ class EmergencyStopChanged(Event, tag="EmergencyStopChanged", frozen=True):
 
     stopped: bool
     cancelled_runs: int = 0
+    # Cluster mode: the node that recorded it, and whether it was a stop (every node cancels its
+    # active runs) rather than a release.
+    node: str | None = None
+    stop: bool = False
 
 
 # -- MCP servers -------------------------------------------------------------------------------

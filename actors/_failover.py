@@ -6,6 +6,9 @@ flight: the run actor rehydrates here under a new lease epoch, a run that was ru
 as `interrupted` and its session is told (so its queued successor runs), and a run waiting for
 approval keeps waiting. Nodes race for an orphan; its lease goes to one of them, the others are
 refused and move on.
+
+Every node also follows the emergency stop other nodes record: a stop cancels this node's active
+runs too, and its hold (or release) applies here from then on.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import structlog
 import trio
 
 from cuelog.actors._errors import NotFound
-from cuelog.actors._events import DOMAIN_CODEC, RunStarted
-from cuelog.actors._names import RUN, SESSION, run_stream, stream_id
-from cuelog.runtime import ActorError, LeaseTable, LogError
+from cuelog.actors._events import DOMAIN_CODEC, EmergencyStopChanged, RunStarted
+from cuelog.actors._names import RUN, SESSION, SYSTEM_STREAM, run_stream, stream_id
+from cuelog.runtime import ActorError, CuelogError, LeaseTable, LogError
 
 if TYPE_CHECKING:
     from cuelog.actors._domain import Domain
@@ -74,3 +77,37 @@ def _session_of(domain: Domain, run_id: str) -> str | None:
         return None
     event = DOMAIN_CODEC.decode(first[0].type, first[0].data)
     return event.session_key if isinstance(event, RunStarted) else None
+
+
+async def follow_emergency_stop(domain: Domain) -> None:
+    """Take up the emergency-stop changes other nodes record from now on (see the module)."""
+    log = domain.log
+    node = domain.lease_statistics()
+    here = node.node if node is not None else None
+    async for record in log.subscribe_stream(SYSTEM_STREAM, log.stream_version(SYSTEM_STREAM)):
+        if record.type != "EmergencyStopChanged":
+            continue
+        event = DOMAIN_CODEC.decode(record.type, record.data)
+        if not isinstance(event, EmergencyStopChanged) or event.node == here:
+            continue
+        domain.registry.stopped = event.stopped
+        if not event.stop:
+            logger.info("emergency stop changed on another node", stopped=event.stopped)
+            continue
+        active = list(domain.registry.active)
+        logger.warning(
+            "emergency stop on another node: cancelling this node's runs",
+            node=event.node,
+            runs=len(active),
+            hold=event.stopped,
+        )
+        async with trio.open_nursery() as nursery:
+            for run_id in active:
+                nursery.start_soon(_cancel, domain, run_id)
+
+
+async def _cancel(domain: Domain, run_id: str) -> None:
+    try:
+        await domain.cancel_run(run_id, reason="emergency stop")
+    except CuelogError as exc:  # moved or ended meanwhile
+        logger.info("run not cancelled", run_id=run_id, error=str(exc))

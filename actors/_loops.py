@@ -44,7 +44,7 @@ from cuelog.actors._idempotency import request_digest
 from cuelog.actors._messages import ChatMessage
 from cuelog.actors._names import LOOP, is_valid_id, loop_stream, run_stream, stream_prefix
 from cuelog.actors._webhooks import Webhooks
-from cuelog.runtime import NO_STREAM, CuelogError, EventLog, WrongExpectedVersion
+from cuelog.runtime import NO_STREAM, CuelogError, EventLog, LeaseTable, WrongExpectedVersion
 
 logger = structlog.get_logger("cuelog.loops")
 
@@ -527,6 +527,28 @@ class Loops:
             logger.info("started the runs of interrupted loop fires", count=found)
         return found
 
+    async def follow(self) -> None:
+        """Keep the fold current with loops changed by other processes on the log (cluster
+        mode), from the log's head on."""
+        prefix = stream_prefix(LOOP)
+        async for record in self.log.subscribe(self.log.head().seq, prefix):
+            state = self._loops.get(record.stream.removeprefix(prefix))
+            if state is None or state.version < record.version:
+                async with self._lock:
+                    self._reload(record.stream.removeprefix(prefix))
+                self._changed.set()
+
+    async def run_as_owner(self) -> None:
+        """The scheduler, while this node holds the loops' service lease (cluster mode): read
+        every loop again first, as another node may have fired since."""
+        async with self._lock:
+            after: str | None = None
+            while names := self.log.list_streams(stream_prefix(LOOP), after=after, limit=500):
+                after = names[-1]
+                for name in names:
+                    self._reload(name.removeprefix(stream_prefix(LOOP)))
+        await self.run()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The scheduler: fire what is due, then sleep until the next slot or a change."""
         await self.recover()
@@ -575,11 +597,18 @@ async def open_loops(
     misfire_grace: float = 60.0,
     schedule: bool = True,
     webhooks: Webhooks | None = None,
+    leases: LeaseTable | None = None,
 ) -> AsyncIterator[Loops]:
-    """Fold the loops and, with `schedule`, run their scheduler until the block ends."""
+    """Fold the loops and, with `schedule`, run their scheduler until the block ends. With
+    `leases` (cluster mode) the fold follows the log, and the scheduler runs only while this
+    node holds the service lease `service:loops`."""
     loops = Loops(domain, now=now, misfire_grace=misfire_grace, webhooks=webhooks)
     async with trio.open_nursery() as nursery:
-        if schedule:
+        if leases is not None:
+            nursery.start_soon(loops.follow)
+            if schedule:
+                nursery.start_soon(leases.run_service, "loops", loops.run_as_owner)
+        elif schedule:
             await nursery.start(lambda task_status: loops.run(task_status=task_status))
         yield loops
         nursery.cancel_scope.cancel()

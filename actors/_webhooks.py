@@ -36,6 +36,7 @@ import msgspec
 import structlog
 import trio
 
+from cuelog.actors._commands import RunView
 from cuelog.actors._domain import Domain
 from cuelog.actors._errors import Conflict, Invalid, NotFound, ToolError
 from cuelog.actors._events import (
@@ -58,6 +59,8 @@ from cuelog.actors._names import (
     stream_prefix,
     webhook_stream,
 )
+from cuelog.actors._readers import decode_event
+from cuelog.actors._run import RunState, fold_run, run_view
 from cuelog.actors._sealed import KeyFile
 from cuelog.actors._tools_net import (
     MAX_URL_CHARS,
@@ -73,8 +76,10 @@ from cuelog.actors._webhook_secrets import (
 )
 from cuelog.runtime import (
     NO_STREAM,
+    ActorOwnedElsewhere,
     CuelogError,
     EventLog,
+    LeaseTable,
     LogClosed,
     RecordedEvent,
     WrongExpectedVersion,
@@ -251,6 +256,9 @@ class Webhooks:
         self._requested: dict[str, str] = {}  # run id -> url, until its outcome is queued
         self._pending: dict[str, Delivery] = {}  # delivery id -> delivery not yet final
         self._sending: set[str] = set()
+        # Whether this process sends (and so keeps the outbox in memory): always when it runs
+        # alone; in cluster mode only while it holds the outbox's service lease.
+        self._sender = True
         self._followed = 0  # the last seq the follower has taken in
         self._changed = trio.Event()
         self._limiter = trio.CapacityLimiter(max(1, settings.concurrency))
@@ -314,10 +322,21 @@ class Webhooks:
             )
         except WrongExpectedVersion:
             return
+        if not self._sender:
+            return  # the sending node's follower takes the request up
         self._requested[run_id] = url
         settled = self._settling_event(run_id)
         if settled is not None:
             await self._queue(run_id, settled)
+
+    def _folded_run(self, run_id: str) -> RunView:
+        state = RunState()
+        records = self.log.read_stream(run_stream(run_id))
+        for record in records:
+            event = decode_event(record)
+            if event is not None:
+                state = fold_run(state, event)
+        return run_view(run_id, state, len(records))
 
     def _settling_event(self, run_id: str) -> RecordedEvent | None:
         stream = run_stream(run_id)
@@ -333,7 +352,10 @@ class Webhooks:
         if url is None:
             return
         delivery_id = settled.hash.hex()
-        view = await self.domain.get_run(run_id)
+        try:
+            view = await self.domain.get_run(run_id)
+        except ActorOwnedElsewhere:  # cluster mode: read the settled run from the log
+            view = self._folded_run(run_id)
         body = _body.encode(
             {
                 "id": delivery_id,
@@ -442,8 +464,9 @@ class Webhooks:
         except WrongExpectedVersion:
             raise Conflict(f"delivery {delivery_id!r} changed meanwhile; try again") from None
         delivery.apply(event)
-        self._pending[delivery_id] = delivery
-        self._changed.set()
+        if self._sender:
+            self._pending[delivery_id] = delivery
+            self._changed.set()
         return delivery
 
     # -- sending -------------------------------------------------------------------------------
@@ -474,6 +497,23 @@ class Webhooks:
                         wake_at = min(wake_at, delivery.next_at)
                 with trio.move_on_after(max(0.0, wake_at - self._now())):
                     await self._changed.wait()
+
+    async def run_as_owner(self) -> None:
+        """Send as the cluster's one sender while this node holds the outbox's lease: start
+        afresh from the checkpoint (the previous sender kept it), so deliveries go on where
+        they were left; an attempt cut off with the previous sender is sent again, with the
+        same delivery id."""
+        self._requested.clear()
+        self._pending.clear()
+        self._sending.clear()
+        self._followed = 0
+        self._sender = True
+        try:
+            await self.run()
+        finally:
+            self._sender = False
+            self._pending.clear()
+            self._requested.clear()
 
     # -- following the log ---------------------------------------------------------------------
 
@@ -701,11 +741,16 @@ async def open_webhooks(
     send: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
     key_file: KeyFile | None = None,
+    leases: LeaseTable | None = None,
 ) -> AsyncIterator[Webhooks]:
-    """The outbox and, with `send`, its sender, until the block ends."""
+    """The outbox and, with `send`, its sender, until the block ends. With `leases` (cluster
+    mode) the sender runs only while this node holds the service lease `service:webhooks`."""
     webhooks = Webhooks(domain, settings, now=now, transport=transport, key_file=key_file)
     async with trio.open_nursery() as nursery:
-        if send:
+        if send and leases is not None:
+            webhooks._sender = False
+            nursery.start_soon(leases.run_service, "webhooks", webhooks.run_as_owner)
+        elif send:
             await nursery.start(lambda task_status: webhooks.run(task_status=task_status))
         yield webhooks
         nursery.cancel_scope.cancel()

@@ -215,6 +215,7 @@ def create_app(services: Services) -> QuartTrio:
                     auth_required=True,
                     node=leases.node if leases is not None else None,
                     leases=leases.held if leases is not None else None,
+                    services=list(leases.services) if leases is not None else None,
                 )
             )
         )

@@ -28,6 +28,14 @@ def _lease_metrics(leases: LeaseStatistics) -> Iterator[Any]:
     held = GaugeMetricFamily("cuelog_leases_held", "Actor leases held.", labels=["node"])
     held.add_metric(node, leases.held)
     yield held
+    running = GaugeMetricFamily(
+        "cuelog_service_owner",
+        "1 for each process-wide service (webhooks, loops, otel) that runs on this node.",
+        labels=["node", "service"],
+    )
+    for service in leases.services:
+        running.add_metric([leases.node, service], 1)
+    yield running
     for name, value, text in (
         ("acquired", leases.acquired, "Leases taken (new or taken back)."),
         ("takeovers", leases.takeovers, "Leases taken from another node after they expired."),

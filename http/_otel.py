@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from cuelog.actors import Trace, TraceExport
 from cuelog.http._config import OtelSection
-from cuelog.runtime import EventLog, ProjectionStore
+from cuelog.runtime import EventLog, LeaseTable, ProjectionStore
 
 _SCOPE: Final = InstrumentationScope("cuelog")
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
@@ -84,9 +84,14 @@ class OtlpSink:
 
 @asynccontextmanager
 async def open_otel_export(
-    settings: OtelSection, log: EventLog, store: ProjectionStore
+    settings: OtelSection,
+    log: EventLog,
+    store: ProjectionStore,
+    leases: LeaseTable | None = None,
 ) -> AsyncIterator[TraceExport | None]:
-    """Export settled runs while the block runs, when `[otel] endpoint` is set (else None)."""
+    """Export settled runs while the block runs, when `[otel] endpoint` is set (else None).
+    With `leases` (cluster mode) only while this node holds the service lease `service:otel`:
+    the checkpoint is in the shared projection store, so a new holder goes on from it."""
     if settings.endpoint is None:
         yield None
         return
@@ -94,7 +99,10 @@ async def open_otel_export(
     export = TraceExport(log, store, sink)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(export.run)
+            if leases is not None:
+                nursery.start_soon(leases.run_service, "otel", export.run)
+            else:
+                await nursery.start(export.run)
             yield export
             nursery.cancel_scope.cancel()
     finally:

@@ -7,7 +7,7 @@ from typing import cast
 
 from quart import Response
 
-from cuelog.actors import RunFilter, RunRow, RunView
+from cuelog.actors import NotFound, RunFilter, RunRow, RunView
 from cuelog.http._auth import Routes, caller
 from cuelog.http._chat import run_frames
 from cuelog.http._params import (
@@ -144,8 +144,16 @@ def register_run_routes(routes: Routes, services: Services) -> None:
     async def get_run(run_id: str) -> Response:
         """A run's status, content, usage and pending approvals, with its duration, steps and
         tool calls from the runs catalog."""
-        view = await domain.get_run(run_id, caller=caller())
-        row = await services.models().row_of(run_id)
+        try:
+            view = await domain.get_run(run_id, caller=caller())
+            row = await services.models().row_of(run_id)
+        except NotFound:
+            # Cluster mode: a run queued through another process is found through its session
+            # (the catalog names it); a session owned elsewhere forwards the request there.
+            row = await services.models().row_of(run_id) if services.forwarder else None
+            if row is None or row.status != "queued" or not row.session_key:
+                raise
+            view = await domain.get_run(run_id, caller=caller(), session_key=row.session_key)
         return json_response(to_json(run_json(view, row)))
 
     @routes.add("/v1/runs/<run_id>/cancel", ["POST"], "chat", answers={200: Run})

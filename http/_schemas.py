@@ -47,6 +47,7 @@ class Health(msgspec.Struct, kw_only=True):
     auth_required: bool | None = None
     node: str | None = None  # cluster mode: this node's name and the leases it holds
     leases: int | None = None
+    services: list[str] | None = None  # cluster mode: the process-wide services running here
 
 
 class Model(msgspec.Struct, kw_only=True):

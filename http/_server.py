@@ -282,16 +282,25 @@ async def _serve(
             ping_interval=settings.mcp.ping_interval,
             ping_timeout=settings.mcp.ping_timeout,
         ).running() as mcp,
-        # Until some secret (the server's, an agent's or a key's) is set, no callback can be
-        # set, and the sender waits without following the log.
         _budgets_checked(domain, settings),
-        open_otel_export(settings.otel, event_log, projections) as trace_export,
-        open_webhooks(domain, webhook_settings(settings), key_file=key_file) as webhooks,
+        # In cluster mode each of these runs on one node at a time (see `LeaseTable.run_service`).
+        # Until some secret (the server's, an agent's or a key's) is set, no callback can be
+        # set, and the webhook sender waits without following the log.
+        open_otel_export(
+            settings.otel, event_log, projections, domain.system.placement
+        ) as trace_export,
+        open_webhooks(
+            domain,
+            webhook_settings(settings),
+            key_file=key_file,
+            leases=domain.system.placement,
+        ) as webhooks,
         open_loops(
             domain,
             misfire_grace=settings.loops.misfire_grace,
             schedule=settings.loops.enabled,
             webhooks=webhooks,
+            leases=domain.system.placement,
         ) as loops,
         open_forwarder(settings.cluster.node) as forwarder,
         trio.open_nursery() as nursery,

@@ -23,6 +23,11 @@ one actor's stream.
 - **Renewing**: one statement every `renew_interval` extends every held lease and the node's
   heartbeat; a lease that no longer matches (taken over while this process was paused) is
   reported lost, and the actor system drops the actor.
+- **Services**: a process-wide service (the webhook sender, the loop scheduler, trace export)
+  runs on one node at a time, the holder of its singleton lease `service:<name>` (`run_service`).
+  The others try to take it every `renew_interval`, so a dead holder's service moves within
+  `lease_ttl + renew_interval`. A node whose renewal finds the lease taken over, or that could not
+  renew it for `lease_ttl`, stops the service at once.
 - **Releasing**: a passivated actor's lease is released (expiry '-infinity') in a batch shortly
   after, as are idle actors' on a clean shutdown. A lease that expired without being released is
   an orphan: its node died with the actor live, or shut down while the actor was at work (those
@@ -36,7 +41,7 @@ their rows in key order too, so the two never deadlock.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -72,6 +77,7 @@ CREATE_TABLES: Final = (
 NODE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _RELEASE_DELAY: Final = 0.05  # passivations this close together are released in one statement
 _RETRY_SECONDS: Final = 0.5
+SERVICE: Final = "service"  # the kind of singleton leases: `service:<name>`
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +111,7 @@ class LeaseStatistics(msgspec.Struct, frozen=True, kw_only=True):
     fenced: int
     renewals: int
     renew_failures: int
+    services: tuple[str, ...] = ()  # process-wide services running here (their leases held)
 
 
 _ACQUIRE: Final = """
@@ -188,6 +195,9 @@ class LeaseTable:
         self._release_wanted = trio.Event()
         # Set by the actor system: called with the keys a renewal found taken over.
         self.on_lost: Callable[[list[str]], None] | None = None
+        # Service key -> the scope its service runs in while this node holds its lease.
+        self._services: dict[str, trio.CancelScope] = {}
+        self._renewed_at = 0.0  # trio time when the last renewal that worked began
         self._acquired = 0
         self._takeovers = 0
         self._refused = 0
@@ -243,6 +253,47 @@ class LeaseTable:
         keys = await self._run(self._orphans_sync, f"{kind}:%", limit)
         return [key for key in keys if key not in self.held]
 
+    def services(self) -> list[str]:
+        """The services (by name) running on this node because it holds their lease."""
+        return sorted(key.removeprefix(f"{SERVICE}:") for key in self._services)
+
+    async def run_service(self, name: str, service: Callable[[], Awaitable[object]]) -> None:
+        """Run `service` whenever this node holds the singleton lease `service:<name>`, until
+        cancelled: take the lease (or try again every `renew_interval`), run the service while
+        the lease is held (it is renewed with the others), and cancel it at once when the lease
+        is lost. A service that returns by itself keeps its lease until the node stops; cancelled,
+        it releases the lease."""
+        key = f"{SERVICE}:{name}"
+        interval = self.config.renew_interval
+        while True:
+            try:
+                await self.acquire(key)
+            except ActorOwnedElsewhere:
+                await trio.sleep(interval)
+                continue
+            except LogError as exc:
+                log.warning("cannot take a service lease", service=name, error=str(exc))
+                await trio.sleep(interval)
+                continue
+            log.info("service runs on this node", service=name, node=self.node)
+            with trio.CancelScope() as scope:
+                self._services[key] = scope
+                try:
+                    await service()
+                    await trio.sleep_forever()
+                finally:
+                    self._services.pop(key, None)
+                    self.release_soon(key)  # stopped here (not lost): others may take it now
+            log.warning("service stopped: its lease was lost", service=name, node=self.node)
+            await trio.sleep(interval)
+
+    def _lose_services(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            scope = self._services.pop(key, None)
+            if scope is not None:
+                self.forget(key)
+                scope.cancel()
+
     def statistics(self) -> LeaseStatistics:
         return LeaseStatistics(
             node=self.node,
@@ -255,6 +306,7 @@ class LeaseTable:
             fenced=self._fenced,
             renewals=self._renewals,
             renew_failures=self._renew_failures,
+            services=tuple(self.services()),
         )
 
     # -- what the log's commit calls (in its writer thread) ------------------------------------
@@ -348,15 +400,25 @@ class LeaseTable:
 
     async def _renew(self) -> None:
         held = dict(self.held)
+        started = trio.current_time()
         try:
             renewed = await self._run(self._renew_sync, held)
         except LogError as exc:
             self._renew_failures += 1
             log.warning("cannot renew leases", error=str(exc), held=len(held))
+            if self._services and trio.current_time() - self._renewed_at >= self.config.lease_ttl:
+                # Unrenewed for a whole TTL: another node may hold them now.
+                log.warning("services stopped: their leases could not be renewed")
+                self._lose_services(list(self._services))
             return
         self._renewals += 1
+        self._renewed_at = started
         # Lost: held when the renewal started, still held at that epoch, and not renewed.
         lost = [k for k, e in held.items() if k not in renewed and self.held.get(k) == e]
+        if lost:
+            services = [key for key in lost if key in self._services]
+            self._lose_services(services)
+            lost = [key for key in lost if key not in services]
         if lost:
             for key in lost:
                 self.forget(key)
@@ -394,6 +456,7 @@ class LeaseTable:
 
     async def _start(self) -> None:
         """Register the node (its address and a first heartbeat)."""
+        self._renewed_at = trio.current_time()
         await self._run(self._renew_sync, {})
 
     async def _stop(self) -> None:

@@ -3,7 +3,7 @@ database (two logs and two actor systems in one process, each a node of its own)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -332,3 +332,70 @@ async def test_an_unleased_actor_live_on_two_nodes_reads_the_others_writes(url: 
             assert (await a.system.ref("shared", "x").ask(Add(4))).total == 7
             assert a.system.is_live("shared", "x") and b.system.is_live("shared", "x")
             assert a.leases.statistics().held == 0
+
+
+async def test_a_service_runs_on_one_node_and_stops_at_once_when_its_lease_is_lost(
+    url: str,
+) -> None:
+    """`run_service`: the first node to take `service:s` runs it, the other waits; when the
+    lease is taken from the holder (as after a pause) the holder's service is cancelled at its
+    next renewal; once that lease expires one node runs it again; a holder that stops hands it
+    over to the other at once. Never two at a time."""
+    loads: list[tuple[str, str]] = []
+    running: dict[str, int] = {"a": 0, "b": 0}
+    most = [0]
+
+    def service(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            running[name] += 1
+            most[0] = max(most[0], sum(running.values()))
+            try:
+                await trio.sleep_forever()
+            finally:
+                running[name] -= 1
+
+        return run
+
+    with trio.fail_after(GUARD):
+        async with (
+            node(url, "a", loads, ttl=0.6, renew=0.15) as a,
+            trio.open_nursery() as nursery,
+        ):
+            on_a = trio.CancelScope()
+
+            async def run_on_a() -> None:
+                with on_a:
+                    await a.leases.run_service("s", service("a"))
+
+            nursery.start_soon(run_on_a)
+            await eventually(lambda: running["a"] == 1)
+            async with (
+                node(url, "b", loads, ttl=0.6, renew=0.15) as b,
+                trio.open_nursery() as on_b,
+            ):
+                on_b.start_soon(b.leases.run_service, "s", service("b"))
+                await trio.sleep(1.0)  # several renewals and retries
+                assert running == {"a": 1, "b": 0}
+                assert a.leases.services() == ["s"] and b.leases.services() == []
+                assert a.leases.statistics().services == ("s",)
+                # Taken from a behind its back: a stops it at its next renewal.
+                run_sql(
+                    url,
+                    "UPDATE cuelog_leases SET node = 'c', epoch = epoch + 1, "
+                    "expiry = clock_timestamp() + interval '1 hour' WHERE key = 'service:s'",
+                )
+                with trio.fail_after(1.0):
+                    await eventually(lambda: running["a"] == 0)
+                assert a.leases.services() == [] and running["b"] == 0
+                expire(url, "service:s")  # c died: one of a and b takes it over
+                await eventually(lambda: sum(running.values()) == 1)
+                if running["a"]:  # a stops its service: b takes it at its next try
+                    on_a.cancel()
+                    await eventually(lambda: running["b"] == 1)
+                    return
+                assert b.leases.services() == ["s"]
+                on_b.cancel_scope.cancel()
+            with trio.fail_after(1.0):  # b handed it over as it stopped: no TTL to wait out
+                await eventually(lambda: running["a"] == 1)
+            assert most[0] == 1
+            nursery.cancel_scope.cancel()
