@@ -74,6 +74,7 @@ from cuelog.runtime import (
     EventLog,
     EventSourcedActor,
     LogError,
+    PayloadTooLarge,
     RecordedEvent,
     TaskHandle,
     WrongExpectedVersion,
@@ -467,8 +468,11 @@ class RunActor(EventSourcedActor[RunState]):
             return await self.ctx.log.append(
                 part.stream, part.events, expected_version=part.expected_version, actor=part.actor
             )
-        except WrongExpectedVersion:
-            raise  # the run's stream moved: the engine catches up and decides again
+        except (WrongExpectedVersion, PayloadTooLarge):
+            # The run's stream moved (the engine catches up and decides again), or an event of
+            # the run is over the limit (the restart records the run as failed; no room is
+            # missing, so its waiters read that).
+            raise
         except LogError as exc:
             self._end_unrecorded(exc)
             raise
@@ -481,8 +485,8 @@ class RunActor(EventSourcedActor[RunState]):
             recorded: Sequence[RecordedEvent] = await self.ctx.system.ref(
                 SESSION, state.session_key
             ).ask(done)
-        except WrongExpectedVersion:
-            raise  # the run's stream moved: the engine catches up and decides again
+        except (WrongExpectedVersion, PayloadTooLarge):
+            raise  # as in `_append_alone`
         except LogError as exc:  # the log refused the commit: the end alone would fare no better
             self._end_unrecorded(exc)
             raise
