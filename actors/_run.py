@@ -74,8 +74,8 @@ from cuelog.runtime import (
     EventLog,
     EventSourcedActor,
     LogError,
-    PayloadTooLarge,
     RecordedEvent,
+    StorageFull,
     TaskHandle,
     WrongExpectedVersion,
 )
@@ -88,6 +88,13 @@ _STOPPED = "emergency stop: new runs are refused"
 UNRECORDED_ENDS = 1024
 
 _canonical = msgspec.json.Encoder(order="sorted")
+
+
+def refuses_writes(error: LogError) -> bool:
+    """Whether a failed append means the log takes no writes just now (full, or a commit that
+    failed in the store), rather than something about the append itself: a moved stream or
+    lease, an event over the limit, a closing log."""
+    return isinstance(error, StorageFull) or type(error) is LogError
 
 
 def args_digest(call: ToolCall) -> str:
@@ -468,13 +475,9 @@ class RunActor(EventSourcedActor[RunState]):
             return await self.ctx.log.append(
                 part.stream, part.events, expected_version=part.expected_version, actor=part.actor
             )
-        except (WrongExpectedVersion, PayloadTooLarge):
-            # The run's stream moved (the engine catches up and decides again), or an event of
-            # the run is over the limit (the restart records the run as failed; no room is
-            # missing, so its waiters read that).
-            raise
         except LogError as exc:
-            self._end_unrecorded(exc)
+            if refuses_writes(exc):
+                self._end_unrecorded(exc)
             raise
 
     async def _settle_with_session(
@@ -485,10 +488,13 @@ class RunActor(EventSourcedActor[RunState]):
             recorded: Sequence[RecordedEvent] = await self.ctx.system.ref(
                 SESSION, state.session_key
             ).ask(done)
-        except (WrongExpectedVersion, PayloadTooLarge):
-            raise  # as in `_append_alone`
-        except LogError as exc:  # the log refused the commit: the end alone would fare no better
-            self._end_unrecorded(exc)
+        except WrongExpectedVersion:
+            raise  # the run's stream moved: the engine catches up and decides again
+        except LogError as exc:
+            if not refuses_writes(exc):  # the session's own trouble (e.g. its lease moved)
+                logger.info("run end recorded without its session", run_id=self.ctx.id)
+                return None
+            self._end_unrecorded(exc)  # the end alone would fare no better
             raise
         except Exception as exc:  # the session cannot take it: record the end alone, then tell
             logger.info("run end recorded without its session", run_id=self.ctx.id, error=str(exc))
