@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
 from typing import Any, Final, TypeVar, final
 
 import msgspec
@@ -372,8 +372,9 @@ class Domain:
         (a `reject` session would otherwise refuse it as busy).
         """
         await self.get_run(run_id, caller=caller)  # ownership and existence
-        async for _ in follow_run(self.log, run_id):
-            pass
+        with self.registry.watch(run_id):  # raises the log's error if it refuses the run's end
+            async for _ in follow_run(self.log, run_id):
+                pass
         view = await self.get_run(run_id, caller=caller)
         await self._wait_settled(view.session_key, run_id)
         return view
@@ -387,10 +388,11 @@ class Domain:
         """
         state = RunState()
         version = 0
-        async for item in follow_run(self.log, sent.run_id):
-            if item.event is not None:
-                state = fold_run(state, item.event)
-            version = item.record.version
+        with self.registry.watch(sent.run_id):  # the log's error if it refuses the run's end
+            async for item in follow_run(self.log, sent.run_id):
+                if item.event is not None:
+                    state = fold_run(state, item.event)
+                version = item.record.version
         view = run_view(sent.run_id, state, version)
         if view.status in TERMINAL:
             if sent.session_version:
@@ -506,9 +508,10 @@ class Domain:
         sent = await self.send(
             INVOKE_AGENT, [ChatMessage(role="user", content=line)], caller=caller, spec=spec
         )
-        async for item in follow_run(self.log, sent.run_id):
-            if isinstance(item.event, ApprovalRequested):
-                break
+        with self.registry.watch(sent.run_id):
+            async for item in follow_run(self.log, sent.run_id):
+                if isinstance(item.event, ApprovalRequested):
+                    break
         return await self.get_run(sent.run_id, caller=caller)
 
     def pending_approvals(self) -> dict[str, str]:
@@ -822,7 +825,19 @@ class Domain:
         caller has just been given by `send`."""
         if caller is not None:
             await self.get_run(run_id, caller=caller)
-        return follow_run(self.log, run_id)
+        return self._follow_watched(run_id)
+
+    async def _follow_watched(self, run_id: str) -> AsyncIterator[RunEvent]:
+        """`follow_run`, raising the log's error if it refuses the run's end (see `watch`)."""
+        events = follow_run(self.log, run_id)
+        async with aclosing(events):
+            while True:
+                with self.registry.watch(run_id):
+                    try:
+                        item = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                yield item
 
     async def run_timeline(self, run_id: str, *, caller: Caller = ADMIN) -> list[TimelineRow]:
         await self.get_run(run_id, caller=caller)

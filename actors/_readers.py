@@ -4,7 +4,7 @@ a run's timeline. Readers pull from the log, so a slow consumer lags there and h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
@@ -41,7 +41,7 @@ def decode_event(record: RecordedEvent) -> Event | None:
     return DOMAIN_CODEC.decode(record.type, record.data)
 
 
-async def follow_run(log: EventLog, run_id: str) -> AsyncIterator[RunEvent]:
+async def follow_run(log: EventLog, run_id: str) -> AsyncGenerator[RunEvent]:
     """Every event of the run from its first, waiting for new ones; ends after its last."""
     async for record in log.subscribe_stream(run_stream(run_id)):
         item = RunEvent(record, decode_event(record))

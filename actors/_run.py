@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager, suppress
 from typing import Any, final
 
 import msgspec
@@ -73,7 +73,9 @@ from cuelog.runtime import (
     Event,
     EventLog,
     EventSourcedActor,
+    LogError,
     RecordedEvent,
+    StorageFull,
     TaskHandle,
     WrongExpectedVersion,
 )
@@ -82,7 +84,17 @@ logger = structlog.get_logger("cuelog.run")
 
 _STOPPED = "emergency stop: new runs are refused"
 
+# Runs whose end the log refused, remembered for the waiters that come later (oldest forgotten).
+UNRECORDED_ENDS = 1024
+
 _canonical = msgspec.json.Encoder(order="sorted")
+
+
+def refuses_writes(error: LogError) -> bool:
+    """Whether a failed append means the log takes no writes just now (full, or a commit that
+    failed in the store), rather than something about the append itself: a moved stream or
+    lease, an event over the limit, a closing log."""
+    return isinstance(error, StorageFull) or type(error) is LogError
 
 
 def args_digest(call: ToolCall) -> str:
@@ -136,6 +148,45 @@ class RunRegistry:
         self.finished: collections.Counter[str] = collections.Counter()
         self.pending_approvals: dict[str, str] = {}  # approval id -> run id
         self.stopped = False
+        # Runs whose end the log refused (full, or failing): the error, for their waiters.
+        self.unrecorded: dict[str, LogError] = {}
+        self._watching: dict[str, set[trio.CancelScope]] = {}
+
+    def end_unrecorded(self, run_id: str, error: LogError) -> None:
+        """The log refused the run's end: its waiters (`watch`) stop waiting and raise `error`.
+
+        The run is closed as interrupted once the log takes writes again (its actor restarts,
+        or the next process loads it), like a run a crash cut short."""
+        self.unrecorded.pop(run_id, None)
+        self.unrecorded[run_id] = error
+        while len(self.unrecorded) > UNRECORDED_ENDS:
+            del self.unrecorded[next(iter(self.unrecorded))]
+        for scope in self._watching.pop(run_id, ()):
+            scope.cancel()
+
+    def end_recorded(self, run_id: str) -> None:
+        """The run's end is in the log after all: waiters follow it there."""
+        self.unrecorded.pop(run_id, None)
+
+    @contextmanager
+    def watch(self, run_id: str) -> Iterator[None]:
+        """Wait for the run inside: if the log refuses its end (or did already), the body is
+        cancelled and the log's error raised, instead of waiting for an end that never comes."""
+        scope = trio.CancelScope()
+        scopes = self._watching.setdefault(run_id, set())
+        scopes.add(scope)
+        try:
+            with scope:
+                if run_id in self.unrecorded:
+                    scope.cancel()
+                yield
+        finally:
+            scopes.discard(scope)
+            if not scopes and self._watching.get(run_id) is scopes:
+                del self._watching[run_id]
+        error = self.unrecorded.get(run_id)
+        if scope.cancelled_caught and error is not None:
+            raise error.with_traceback(None) from None
 
     def statistics(self) -> RunRegistryStatistics:
         return RunRegistryStatistics(
@@ -411,10 +462,23 @@ class RunActor(EventSourcedActor[RunState]):
         self, state: RunState, part: AppendPart
     ) -> Awaitable[Sequence[RecordedEvent] | None] | None:
         """The run's end goes into its session's commit, with the session's settlement: one
-        commit for both instead of one each."""
-        if state.status not in TERMINAL or not state.session_key:
+        commit for both instead of one each. Its other commits are its own, appended here so
+        that a log refusing one (full) fails the run's waiters too (`RunRegistry.watch`)."""
+        if not state.session_key:
             return None
+        if state.status not in TERMINAL:
+            return self._append_alone(part)
         return self._settle_with_session(state, part)
+
+    async def _append_alone(self, part: AppendPart) -> Sequence[RecordedEvent]:
+        try:
+            return await self.ctx.log.append(
+                part.stream, part.events, expected_version=part.expected_version, actor=part.actor
+            )
+        except LogError as exc:
+            if refuses_writes(exc):
+                self._end_unrecorded(exc)
+            raise
 
     async def _settle_with_session(
         self, state: RunState, part: AppendPart
@@ -426,11 +490,25 @@ class RunActor(EventSourcedActor[RunState]):
             ).ask(done)
         except WrongExpectedVersion:
             raise  # the run's stream moved: the engine catches up and decides again
+        except LogError as exc:
+            if not refuses_writes(exc):  # the session's own trouble (e.g. its lease moved)
+                logger.info("run end recorded without its session", run_id=self.ctx.id)
+                return None
+            self._end_unrecorded(exc)  # the end alone would fare no better
+            raise
         except Exception as exc:  # the session cannot take it: record the end alone, then tell
             logger.info("run end recorded without its session", run_id=self.ctx.id, error=str(exc))
-            return None
+            return await self._append_alone(part)
         self._settled = True
         return recorded
+
+    def _end_unrecorded(self, error: LogError) -> None:
+        """A commit of the run failed, so its end will not come as the driver meant it: its
+        waiters hear the error now rather than wait; the actor fails, and its restart closes the
+        run as interrupted once the log takes writes again (as after a crash)."""
+        logger.warning("run end not recorded", run_id=self.ctx.id, error=str(error))
+        self.registry.active.discard(self.ctx.id)
+        self.registry.end_unrecorded(self.ctx.id, error)
 
     def after_commit(
         self, state: RunState, command: Any, recorded: Sequence[RecordedEvent]
@@ -443,6 +521,7 @@ class RunActor(EventSourcedActor[RunState]):
         self._track_approvals(state)
         if state.status in TERMINAL:
             self.registry.active.discard(self.ctx.id)
+            self.registry.end_recorded(self.ctx.id)
             if self._driver is not None and not self._driver.done:
                 self._driver.cancel()
             if any(r.type in TERMINAL_EVENTS for r in recorded):

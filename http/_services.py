@@ -34,6 +34,7 @@ from cuelog.actors import (
     is_valid_id,
     request_digest,
 )
+from cuelog.http._answers import error_answer
 from cuelog.http._auth import STATIC_KEY_ID, Authenticator, Principal, principal
 from cuelog.http._config import Settings
 from cuelog.http._errors import error_body
@@ -280,7 +281,15 @@ class Services:
                             if ended:
                                 break
                 if failure:
-                    raise failure[0]
+                    error = failure[0]
+                    if not isinstance(error, CuelogError):
+                        raise error
+                    # The response has begun: the error goes in a last frame, in the same shape
+                    # as an error answer (e.g. a log too full to take the run's end).
+                    answer = error_answer(error)
+                    body = error_body(answer.status, answer.message, code=answer.code)
+                    yield sse_frame(body, event="error")
+                    return
                 if self.stopping:
                     yield sse_frame(to_json({"reason": "server shutting down"}), event="shutdown")
             finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cuelog.http._app import error_answer
+from cuelog.http._answers import error_answer
 from cuelog.runtime import ActorStopped, CuelogError, LogClosed, MailboxFull
 from tests.http.operator_support import bearer, serving
 
