@@ -331,7 +331,11 @@ class Domain:
         """The run's current view; a queued run that has not started yet is reported queued
         (found through `session_key` when another process queued it)."""
         try:
-            view: RunView = await self.system.ref(RUN, run_id).ask(GetRun(caller))
+            ref = self.system.ref(RUN, run_id)
+        except ValueError:  # not an id any run can have (empty, NUL, too long)
+            raise NotFound(f"no run {run_id!r}") from None
+        try:
+            view: RunView = await ref.ask(GetRun(caller))
         except NotFound:
             session_key = self._queued.get(run_id) or session_key
             if session_key is None:

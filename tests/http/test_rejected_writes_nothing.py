@@ -25,6 +25,10 @@ REFUSED: list[tuple[str, str, Any]] = [
         "/v1/responses",
         {"model": "default", "input": "x", "previous_response_id": "resp_run_ghost"},
     ),
+    # Ids no run can have: empty, with a NUL, too long for a stream name.
+    ("POST", "/v1/responses", {"model": "default", "input": "x", "previous_response_id": ""}),
+    ("POST", "/v1/responses", {"input": "x", "previous_response_id": "resp_\u0000"}),
+    ("POST", "/v1/responses", {"input": "x", "previous_response_id": "r" * 300}),
     ("GET", "/v1/responses/resp_run_ghost", None),
     ("POST", "/v1/responses/resp_run_ghost/cancel", None),
     ("GET", "/v1/runs/run_ghost", None),
