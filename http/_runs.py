@@ -85,9 +85,23 @@ def run_summary(row: RunRow) -> RunSummary:
     )
 
 
-def _run_cursor() -> int | None:
-    after = RUN_CURSOR.get()
-    return after or None
+async def runs_page(services: Services) -> tuple[list[RunRow], str | None]:
+    """The catalog's page of runs the key may see, as the query's filters, cursor and limit
+    ask (the parameters of `GET /v1/runs`), and the next page's cursor."""
+    status = STATUS.get()
+    filters = RunFilter(
+        agent_id=AGENT.get(),
+        session_key=SESSION.get(),
+        user_id=USER.get(),
+        loop_id=LOOP.get(),
+        status=None if status == "any" else status,
+        since=FROM.get(),
+        until=TO.get(),
+    )
+    rows, next_seq = await services.models().list_runs(
+        filters, caller=caller(), after=RUN_CURSOR.get() or None, limit=RUNS_LIMIT.get()
+    )
+    return rows, None if next_seq is None else str(next_seq)
 
 
 def run_json(view: RunView, row: RunRow | None = None) -> Run:
@@ -124,20 +138,7 @@ def register_run_routes(routes: Routes, services: Services) -> None:
     )
     async def list_runs() -> Response:
         """Runs the key may see, newest first, filtered, with cursor pagination."""
-        status = STATUS.get()
-        filters = RunFilter(
-            agent_id=AGENT.get(),
-            session_key=SESSION.get(),
-            user_id=USER.get(),
-            loop_id=LOOP.get(),
-            status=None if status == "any" else status,
-            since=FROM.get(),
-            until=TO.get(),
-        )
-        rows, next_seq = await services.models().list_runs(
-            filters, caller=caller(), after=_run_cursor(), limit=RUNS_LIMIT.get()
-        )
-        next_cursor = None if next_seq is None else str(next_seq)
+        rows, next_cursor = await runs_page(services)
         return page_json([run_summary(row) for row in rows], next_cursor)
 
     @routes.add("/v1/runs/<run_id>", ["GET"], "read", answers={200: Run})

@@ -7,7 +7,7 @@ from typing import cast
 
 from quart import Response
 
-from cuelog.actors import RunFilter, RunRow, Span, trace_id
+from cuelog.actors import RunRow, Span, trace_id
 from cuelog.actors import Trace as RunTrace
 from cuelog.http._auth import Routes, caller
 from cuelog.http._runs import (
@@ -20,6 +20,7 @@ from cuelog.http._runs import (
     STATUS,
     TO,
     USER,
+    runs_page,
 )
 from cuelog.http._schemas import RunStatus, Trace, TraceList, TraceSpan, TraceSummary
 from cuelog.http._services import Services, page_json
@@ -95,21 +96,7 @@ def register_trace_routes(routes: Routes, services: Services) -> None:
     async def list_traces() -> Response:
         """Runs the key may see as traces, newest first, filtered like /v1/runs, with cursor
         pagination."""
-        status = STATUS.get()
-        filters = RunFilter(
-            agent_id=AGENT.get(),
-            session_key=SESSION.get(),
-            user_id=USER.get(),
-            loop_id=LOOP.get(),
-            status=None if status == "any" else status,
-            since=FROM.get(),
-            until=TO.get(),
-        )
-        after = RUN_CURSOR.get() or None
-        rows, next_seq = await services.models().list_runs(
-            filters, caller=caller(), after=after, limit=RUNS_LIMIT.get()
-        )
-        next_cursor = None if next_seq is None else str(next_seq)
+        rows, next_cursor = await runs_page(services)
         return page_json([trace_summary(row) for row in rows], next_cursor)
 
     @routes.add("/v1/traces/<run_id>", ["GET"], "read", answers={200: Trace})
