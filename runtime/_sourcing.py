@@ -304,25 +304,17 @@ class SourcingEngine:
         if state is None:
             state = actor.initial_state()
         cell.snapshot_version = version
-        codec = cls.codec
-        while True:
-            limit = _REPLAY_PAGE
-            page = self.log.read_stream(cell.stream, version + 1, limit=limit)
-            for record in page:
-                if record.type != ACTOR_FAILED:
-                    state = actor.evolve(state, codec.decode(record.type, record.data))
-                version = record.version
-            self.events_replayed += len(page)
-            if len(page) < limit:
-                break
-        actor._state = state
-        actor._version = version
+        self._fold_from(cell, actor, state, version)
 
     def catch_up(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
         """Fold the events appended to the actor's stream since its state's version (by another
         process sharing the log): one read, usually empty."""
-        state = actor._state
-        version = actor._version
+        self._fold_from(cell, actor, actor._state, actor._version)
+
+    def _fold_from(
+        self, cell: _Cell, actor: EventSourcedActor[Any], state: Any, version: int
+    ) -> None:
+        """Fold the stream's events after `version` into `state`; that is the actor's state."""
         codec = type(actor).codec
         while True:
             page = self.log.read_stream(cell.stream, version + 1, limit=_REPLAY_PAGE)
