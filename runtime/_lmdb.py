@@ -888,6 +888,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
     ) -> list[RecordedEvent]:
         """Up to `limit` events with seq > `after_seq`, in order (and, like `read_stream`, no
         more once `max_bytes` of records are read)."""
+        limit = self._visible(after_seq, limit)
 
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
@@ -905,7 +906,16 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         result: list[RecordedEvent] = self._read(run)
         return result
 
+    def _visible(self, after_seq: int, limit: int) -> int:
+        """How many of `limit` events after `after_seq` a reader may see. The writer's readers
+        see what its commits have finished: a group is in LMDB as soon as its transaction
+        commits in the worker thread, but its stream-index entries join the in-memory tail only
+        after that, so an event read sooner could not be found by its stream yet."""
+        return limit if self.readonly else min(limit, self._tail_seq - after_seq)
+
     def read_event(self, seq: int) -> RecordedEvent | None:
+        if not self.readonly and seq > self._tail_seq:
+            return None
         value = self._read(lambda txn: txn.get(_U64.pack(seq), db=self._events_db))
         return None if value is None else decode_record(value)
 
@@ -913,6 +923,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         self, after_seq: int = 0, limit: int = 1000, *, max_bytes: int | None = None
     ) -> list[StoredRecord]:
         """Like `read_all`, with each event's exact hashed body, for export."""
+        limit = self._visible(after_seq, limit)
 
         def run(txn: Any) -> list[StoredRecord]:
             out: list[StoredRecord] = []

@@ -324,8 +324,10 @@ class LmdbProjectionStore(ProjectionStore):
             return self._read_checkpoint(txn, name)
 
     async def apply(self, projection: Projection, events: Sequence[RecordedEvent]) -> Checkpoint:
-        db = self._db(projection.name)
         async with self._lock:
+            # Opening a table takes LMDB's write lock in this thread, holding the GIL: only
+            # while no batch of this store is being written in a worker thread.
+            db = self._db(projection.name)
             return await trio.to_thread.run_sync(self._apply_sync, projection, db, events)
 
     def _apply_sync(
@@ -353,17 +355,18 @@ class LmdbProjectionStore(ProjectionStore):
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
     async def reset(self, projection: Projection) -> None:
-        db = self._db(projection.name)
-
         def run() -> None:
             with self._env.begin(write=True) as txn:
                 txn.drop(db, delete=False)
                 self._write_checkpoint(txn, projection.name, Checkpoint(0, projection.version))
 
         async with self._lock:
+            db = self._db(projection.name)
             await trio.to_thread.run_sync(run)
 
     def read(self, name: str, fn: Callable[[ProjectionState], T]) -> T:
+        # Opens the table on a first read: do that before any batch of this store is in flight
+        # (as the domain's read models do at start), for the reason `apply` gives.
         db = self._db(name)
         with self._env.begin() as txn:
             return fn(_LmdbState(txn, db))
