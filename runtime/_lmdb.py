@@ -37,7 +37,6 @@ from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
     decode_record,
-    encode_record,
     genesis_hash,
     now_us,
 )
@@ -688,28 +687,13 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             currents.append(current)
         seq, prev = plan.tail_seq, plan.tail_hash
         records: list[RecordedEvent] = []
-        for (part_stream, events, _, part_actor), base in zip(request.parts, currents, strict=True):
-            version = base
-            for type_name, data in events:
-                seq += 1
-                version += 1
-                record, value = encode_record(
-                    seq,
-                    part_stream,
-                    version,
-                    type_name,
-                    ts,
-                    request.causation,
-                    request.correlation,
-                    part_actor,
-                    data,
-                    prev,
-                )
-                plan.events.append((_U64.pack(seq), value))
-                plan.index.append((part_stream, version, seq))
-                records.append(record)
-                prev = record.hash
-            plan.versions[part_stream] = version
+        for record, value in request.encode(currents, seq, prev, ts):
+            plan.events.append((_U64.pack(record.seq), value))
+            plan.index.append((record.stream, record.version, record.seq))
+            records.append(record)
+            seq, prev = record.seq, record.hash
+        for (part_stream, events, _, _), base in zip(request.parts, currents, strict=True):
+            plan.versions[part_stream] = base + len(events)
         plan.tail_seq, plan.tail_hash = seq, prev
         request.result = records
         if request.idem is not None:

@@ -9,7 +9,14 @@ from typing import Any, final
 import trio
 
 from cuelog.runtime._codec import Event
-from cuelog.runtime._envelope import AppendPart, RawEvent, check_name, encode_events, request_digest
+from cuelog.runtime._envelope import (
+    AppendPart,
+    RawEvent,
+    check_name,
+    encode_events,
+    encode_record,
+    request_digest,
+)
 from cuelog.runtime._errors import LogClosed
 from cuelog.runtime._records import RecordedEvent
 
@@ -68,6 +75,34 @@ class PendingAppend:
         self.error: BaseException | None = None
         self.taken = False  # the writer has it: too late to withdraw
         self.task: trio.lowlevel.Task | None = None
+
+    def encode(
+        self, currents: Sequence[int], seq: int, prev: bytes, ts: int
+    ) -> list[tuple[RecordedEvent, bytes]]:
+        """Every part's events as chained records after `seq` (whose hash is `prev`), each
+        part's versions going on from its current version in `currents`: (record, stored
+        value) pairs, in commit order."""
+        out: list[tuple[RecordedEvent, bytes]] = []
+        for (stream, events, _, actor), current in zip(self.parts, currents, strict=True):
+            version = current
+            for type_name, data in events:
+                seq += 1
+                version += 1
+                record, value = encode_record(
+                    seq,
+                    stream,
+                    version,
+                    type_name,
+                    ts,
+                    self.causation,
+                    self.correlation,
+                    actor,
+                    data,
+                    prev,
+                )
+                out.append((record, value))
+                prev = record.hash
+        return out
 
     @classmethod
     def of_parts(

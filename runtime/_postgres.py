@@ -44,7 +44,6 @@ from cuelog.runtime._envelope import (
     BODY_OFFSET,
     HASH_SIZE,
     decode_record,
-    encode_record,
     genesis_hash,
     now_us,
 )
@@ -549,32 +548,15 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
             if request.error is not None:
                 continue
             records: list[RecordedEvent] = []
-            for (part_stream, events, _, part_actor), base in zip(
-                request.parts, currents, strict=True
-            ):
-                version = base
-                for type_name, data in events:
-                    seq += 1
-                    version += 1
-                    record, value = encode_record(
-                        seq,
-                        part_stream,
-                        version,
-                        type_name,
-                        ts,
-                        request.causation,
-                        request.correlation,
-                        part_actor,
-                        data,
-                        prev,
-                    )
-                    rows_seq.append(seq)
-                    rows_stream.append(part_stream)
-                    rows_version.append(version)
-                    rows_record.append(value)
-                    records.append(record)
-                    prev = record.hash
-                versions[part_stream] = touched[part_stream] = version
+            for record, value in request.encode(currents, seq, prev, ts):
+                rows_seq.append(record.seq)
+                rows_stream.append(record.stream)
+                rows_version.append(record.version)
+                rows_record.append(value)
+                records.append(record)
+                seq, prev = record.seq, record.hash
+            for (part_stream, events, _, _), base in zip(request.parts, currents, strict=True):
+                versions[part_stream] = touched[part_stream] = base + len(events)
             request.result = records
             if request.idem is not None:
                 claimed[request.idem] = request
