@@ -19,7 +19,7 @@ from typing import Final, Literal, final
 import msgspec
 
 from cuelog.actors._commands import Caller
-from cuelog.actors._errors import BudgetExceeded
+from cuelog.actors._errors import BudgetExceeded, Unavailable
 from cuelog.actors._events import AgentSpec, Budget, BudgetPeriod
 from cuelog.actors._keys import KeyStore
 from cuelog.actors._read_models import ReadModels
@@ -169,7 +169,7 @@ class Budgets:
 
     def __init__(
         self,
-        models: ReadModels,
+        models: ReadModels | None,
         keys: KeyStore,
         prices: Prices,
         *,
@@ -193,6 +193,11 @@ class Budgets:
 
     async def use(self, owner: BudgetOwner, name: str, budget: Budget) -> BudgetUse:
         """What has been spent against one budget, as of the log's head."""
+        if self.models is None:
+            raise Unavailable(
+                f"the {owner} {name!r} has a budget, and budgets are kept by the read models, "
+                "which are off on this server: set log.read_models = true"
+            )
         now = self._now()
         since = window_since(budget.period, now)
         spend = await self.models.spend(owner, name, since * 1_000_000, int(now * 1_000_000))

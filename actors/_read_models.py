@@ -35,6 +35,7 @@ from cuelog.actors._usage import (
 from cuelog.runtime import (
     EventLog,
     Projection,
+    ProjectionGroup,
     ProjectionRunner,
     ProjectionState,
     ProjectionStatus,
@@ -197,8 +198,8 @@ def _nothing(state: ProjectionState) -> None:
 
 @asynccontextmanager
 async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterator[ReadModels]:
-    """The read models, each projection catching up then following the log until the block
-    ends (or the log ends its subscriptions)."""
+    """The read models, caught up then following the log together (one read of each batch,
+    one transaction a batch) until the block ends (or the log ends its subscriptions)."""
     models = ReadModels(log, store)
     for name in models.runners:
         # Open each projection's table before any batch is in flight: an LMDB store opens a
@@ -206,7 +207,7 @@ async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterat
         # a batch another runner is writing in a worker thread.
         store.read(name, _nothing)
     async with trio.open_nursery() as nursery:
-        for runner in models.runners.values():
-            await nursery.start(runner.run)
+        await nursery.start(ProjectionGroup(list(models.runners.values())).run)
+        nursery.start_soon(store.keep_synced)
         yield models
         nursery.cancel_scope.cancel()

@@ -37,7 +37,7 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._names import LOOP, RUN, SESSION, stream_id
-from cuelog.actors._usage import record_usage
+from cuelog.actors._usage import UsageCounts, record_usage
 from cuelog.runtime import Projection, ProjectionState, RecordedEvent, event_type
 
 _U64: Final = struct.Struct(">Q")
@@ -125,6 +125,11 @@ class RunsCatalog(Projection):
     name = "runs"
     version = 2  # 2: the budgets' spend by key and by agent
 
+    def __init__(self) -> None:
+        # The rows this batch changed, and the index values each had before it.
+        self._pending: dict[str, tuple[RunRow, tuple[str, str, str]]] = {}
+        self._usage = UsageCounts()  # and the usage it added
+
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
         if event.type not in _WANTED:
             return
@@ -136,7 +141,7 @@ class RunsCatalog(Projection):
                 known = _SessionRow(agent_id, user if isinstance(user, str) else None)
                 state.put(b"k:" + name.encode(), _row_encoder.encode(known))
             case MessageAccepted(run_id=run_id, metadata=metadata) if kind == SESSION:
-                row, before = self._row(state, run_id, event)
+                row = self._row(state, run_id, event)
                 row.session_key = name
                 session = state.get(b"k:" + name.encode())
                 if session is not None:
@@ -146,18 +151,15 @@ class RunsCatalog(Projection):
                 user = metadata.get("user_id")
                 if isinstance(user, str):
                     row.user_id = user
-                self._save(state, row, before)
             case LoopFired(run_id=run_id) if kind == LOOP:
-                row, before = self._row(state, run_id, event)
-                row.loop_id = name
-                self._save(state, row, before)
+                self._row(state, run_id, event).loop_id = name
             case _ if kind == RUN:
                 self._apply_run(stream_id(event.stream, RUN), payload, event, state)
 
     def _apply_run(
         self, run_id: str, payload: object, event: RecordedEvent, state: ProjectionState
     ) -> None:
-        row, before = self._row(state, run_id, event)
+        row = self._row(state, run_id, event)
         match payload:
             case RunStarted(session_key=session_key, agent_id=agent_id, spec=spec, owner=owner):
                 first_start = row.started_at is None
@@ -171,7 +173,7 @@ class RunsCatalog(Projection):
                 if row.user_id is None and spec.request is not None:
                     row.user_id = spec.request.end_user
                 if first_start:  # a restarted run is one run
-                    record_usage(state, event.ts, _dims(row), runs=1)
+                    record_usage(self._usage, event.ts, _dims(row), runs=1)
             case ModelRequested(step=step):
                 row.steps = max(row.steps, step)
             case ToolCallRequested():
@@ -185,7 +187,7 @@ class RunsCatalog(Projection):
                     row.status = "running"
             case AssistantMessage(usage=usage):
                 row.usage = row.usage + usage
-                record_usage(state, event.ts, _dims(row), usage=usage)
+                record_usage(self._usage, event.ts, _dims(row), usage=usage)
             case RunCompleted(finish_reason=finish_reason):
                 self._end(row, "completed", event)
                 row.finish_reason = finish_reason
@@ -195,7 +197,6 @@ class RunsCatalog(Projection):
             case RunCancelled(reason=reason):
                 self._end(row, "cancelled", event)
                 row.error = reason
-        self._save(state, row, before)
 
     @staticmethod
     def _end(row: RunRow, status: str, event: RecordedEvent) -> None:
@@ -205,29 +206,38 @@ class RunsCatalog(Projection):
         if row.started_at is None:
             row.started_at = event.ts
 
-    @staticmethod
-    def _row(
-        state: ProjectionState, run_id: str, event: RecordedEvent
-    ) -> tuple[RunRow, tuple[str, str, str]]:
-        """The run's row (new when this event is the first to name it), and the values its
-        indexes hold now."""
+    def _row(self, state: ProjectionState, run_id: str, event: RecordedEvent) -> RunRow:
+        """The run's row as this batch has it (new when this event is the first to name it);
+        changed in place, it is written once, with its indexes, when the batch ends."""
+        pending = self._pending.get(run_id)
+        if pending is not None:
+            return pending[0]
         raw = state.get(_run_key(run_id))
         if raw is None:
             state.put(b"t:" + _U64.pack(event.seq), run_id.encode())
-            return RunRow(id=run_id, seq=event.seq, created_at=event.ts), ("", "", "")
-        row = _row_decoder.decode(raw)
-        return row, (row.agent_id, row.session_key, row.owner or "")
+            row, before = RunRow(id=run_id, seq=event.seq, created_at=event.ts), ("", "", "")
+        else:
+            row = _row_decoder.decode(raw)
+            before = (row.agent_id, row.session_key, row.owner or "")
+        self._pending[run_id] = (row, before)
+        return row
 
-    @staticmethod
-    def _save(state: ProjectionState, row: RunRow, before: tuple[str, str, str]) -> None:
-        now = (row.agent_id, row.session_key, row.owner or "")
-        for prefix, value, was in zip((b"a:", b"s:", b"o:"), now, before, strict=True):
-            if value != was:
-                if was:
-                    state.delete(_index(prefix, was, row.seq))
-                if value:
-                    state.put(_index(prefix, value, row.seq), row.id.encode())
-        state.put(_run_key(row.id), _row_encoder.encode(row))
+    def flush(self, state: ProjectionState) -> None:
+        for row, before in self._pending.values():
+            now = (row.agent_id, row.session_key, row.owner or "")
+            for prefix, value, was in zip((b"a:", b"s:", b"o:"), now, before, strict=True):
+                if value != was:
+                    if was:
+                        state.delete(_index(prefix, was, row.seq))
+                    if value:
+                        state.put(_index(prefix, value, row.seq), row.id.encode())
+            state.put(_run_key(row.id), _row_encoder.encode(row))
+        self._pending.clear()
+        self._usage.write(state)
+
+    def discard(self) -> None:
+        self._pending.clear()
+        self._usage.clear()
 
 
 class RunFilter(msgspec.Struct, frozen=True, kw_only=True):

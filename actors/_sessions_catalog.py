@@ -134,6 +134,10 @@ class SessionsCatalog(Projection):
     name = "sessions"
     version = 1
 
+    def __init__(self) -> None:
+        # The rows this batch changed (None: deleted), each with the indexes stored for it.
+        self._pending: dict[str, tuple[SessionRow | None, set[bytes]]] = {}
+
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
         if event.type not in _SESSION_EVENTS:
             return
@@ -141,9 +145,13 @@ class SessionsCatalog(Projection):
         if kind != SESSION:
             return
         payload = DOMAIN_CODEC.decode(event.type, event.data)
-        raw = state.get(_session_key(key))
-        row = None if raw is None else _session_row.decode(raw)
-        before = set() if row is None else _indexes(row)
+        pending = self._pending.get(key)
+        if pending is None:
+            raw = state.get(_session_key(key))
+            row = None if raw is None else _session_row.decode(raw)
+            before = set() if row is None else _indexes(row)
+        else:
+            row, before = pending
         match payload:
             case SessionCreated():
                 row = SessionRow(
@@ -177,16 +185,25 @@ class SessionsCatalog(Projection):
             case SessionPatched(metadata=metadata) if metadata is not None:
                 if "user_id" in metadata:
                     row.user_id = _user_of(metadata)
-        after = set() if row is None else _indexes(row)
-        for index in before - after:
-            state.delete(index)
-        for index in after - before:
-            state.put(index, b"")
-        if row is None:
-            state.delete(_session_key(key))
-        else:
+        if row is not None:
             row.updated_at = event.ts
-            state.put(_session_key(key), _encoder.encode(row))
+        self._pending[key] = (row, before)
+
+    def flush(self, state: ProjectionState) -> None:
+        for key, (row, before) in self._pending.items():
+            after = set() if row is None else _indexes(row)
+            for index in before - after:
+                state.delete(index)
+            for index in after - before:
+                state.put(index, b"")
+            if row is None:
+                state.delete(_session_key(key))
+            else:
+                state.put(_session_key(key), _encoder.encode(row))
+        self._pending.clear()
+
+    def discard(self) -> None:
+        self._pending.clear()
 
 
 def session_row(state: ProjectionState, key: str) -> SessionRow | None:

@@ -98,12 +98,9 @@ class TraceExport:
         checkpoint = self.store.checkpoint(self.projection.name)
         if checkpoint.version == self.projection.version:
             return checkpoint.seq
-        await self.store.reset(self.projection)
         head = self.log.head().seq
-        if head == 0:
-            return 0
-        last = self.log.read_all(head - 1, 1)
-        return (await self.store.apply(self.projection, last)).seq
+        await self.store.reset(self.projection, head)
+        return head
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send what settled after the checkpoint, then each run as it settles, until the log

@@ -68,8 +68,40 @@ class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
 
 
+class UsageCounts:
+    """Runs and tokens added during a batch, by bucket key, written to the state once for the
+    batch (`write`): a busy hour's bucket is read and written once a batch, not once a run."""
+
+    __slots__ = ("_deltas",)
+
+    def __init__(self) -> None:
+        self._deltas: dict[bytes, list[int]] = {}
+
+    def add(self, key: bytes, runs: int, usage: Usage | None) -> None:
+        delta = self._deltas.get(key)
+        if delta is None:
+            delta = self._deltas[key] = [0, 0, 0, 0]
+        delta[0] += runs
+        if usage is not None:
+            delta[1] += usage.prompt_tokens
+            delta[2] += usage.completion_tokens
+            delta[3] += usage.total_tokens
+
+    def write(self, state: ProjectionState) -> None:
+        for key, delta in self._deltas.items():
+            raw = state.get(key)
+            stored = _counts_decoder.decode(raw) if raw is not None else (0, 0, 0, 0)
+            state.put(
+                key, _dims_encoder.encode([a + b for a, b in zip(stored, delta, strict=True)])
+            )
+        self._deltas.clear()
+
+    def clear(self) -> None:
+        self._deltas.clear()
+
+
 def record_usage(
-    state: ProjectionState,
+    counts: UsageCounts,
     ts: int,
     dims: tuple[str, str, str, str, str],
     *,
@@ -79,16 +111,16 @@ def record_usage(
     """Add a run start and/or a model call's tokens to the hour of `ts`, and to the all-time
     counters of its agent and model."""
     hour = _U64.pack(ts // HOUR_US)
-    _add(state, _PREFIX + hour + _dims_encoder.encode(dims), runs, usage)
-    _add(state, _TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
+    counts.add(_PREFIX + hour + _dims_encoder.encode(dims), runs, usage)
+    counts.add(_TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
     if usage is not None and usage.total_tokens:
         owner, agent, _provider, model, _user = dims
         day = _U64.pack(ts // DAY_US)
         for kind, name in (("key", owner), ("agent", agent)):
             if name:
                 prefix = spend_prefix(kind, name)
-                _add(state, prefix + b"h" + hour + model.encode(), 0, usage)
-                _add(state, prefix + b"d" + day + model.encode(), 0, usage)
+                counts.add(prefix + b"h" + hour + model.encode(), 0, usage)
+                counts.add(prefix + b"d" + day + model.encode(), 0, usage)
 
 
 def spend_prefix(kind: str, name: str) -> bytes:
@@ -128,17 +160,6 @@ def spend_since(
     out += [(d * 24, 24, m, t) for d, m, t in _spend(state, prefix + b"d", first_day, this_day)]
     out += [(h, 1, m, t) for h, m, t in _spend(state, prefix + b"h", this_day * 24, 1 << 62)]
     return out
-
-
-def _add(state: ProjectionState, key: bytes, runs: int, usage: Usage | None) -> None:
-    raw = state.get(key)
-    counts = list(_counts_decoder.decode(raw)) if raw is not None else [0, 0, 0, 0]
-    counts[0] += runs
-    if usage is not None:
-        counts[1] += usage.prompt_tokens
-        counts[2] += usage.completion_tokens
-        counts[3] += usage.total_tokens
-    state.put(key, _dims_encoder.encode(counts))
 
 
 def _rows(

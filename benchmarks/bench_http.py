@@ -8,6 +8,7 @@ same JSON body the pipeline does, with no auth, actors or log: non-streaming cha
 synchronous wakes are measured against it. Then one client alone: synchronous wake p50/p99 and
 the server's CPU per wake, and a streamed chat's time to its first frame. Then SSE: events/s
 delivered to 1 and to 32 clients following `GET /v1/events` while runs are being produced.
+Then the read models' cost: chat with the projections live and without them, rounds alternating.
 Set CUELOG_BENCH_SCALE=0.25 for a quick run.
 """
 
@@ -627,7 +628,66 @@ def main() -> None:
         finally:
             bare.stop()
             full.stop()
+        print("-- the read models' cost: chat with and without them, wrk as above", flush=True)
+        read_models_cost(cuelog, auth, workdir)
         postgres_chat(cuelog, auth, chat.rate)
+
+
+READ_MODELS_ROUNDS = 4 if SCALE >= 1 else 2
+READ_MODELS_TARGET = 0.05
+
+
+def read_models_cost(cuelog: str, auth: dict[str, str], workdir: str) -> None:
+    """Chat throughput and server CPU a chat with the read models live and without them
+    (`log.read_models = false`), in alternating rounds on two servers side by side."""
+    raw = json.dumps(CHAT_BODY).encode()
+    servers = {
+        live: Server(
+            [
+                cuelog,
+                "serve",
+                "--port",
+                "0",
+                "--api-key",
+                API_KEY,
+                "--data-dir",
+                f"{workdir}/{live}",
+            ],
+            env={"CUELOG_LOG_READ_MODELS": "true" if live else "false"},
+        )
+        for live in (True, False)
+    }
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for round_ in range(READ_MODELS_ROUNDS):
+            for live in (True, False) if round_ % 2 == 0 else (False, True):
+                server = servers[live]
+                result = run_wrk(
+                    server.url + "/v1/chat/completions",
+                    raw,
+                    auth,
+                    duration=max(DURATION / 2, 1.0),
+                    connections=WRK_CONNECTIONS,
+                    server_pid=server.proc.pid,
+                )
+                rates[live].append(result.rate)
+                cpu[live].append(result.server_cpu / result.rate * 1e3 if result.rate else 0.0)
+    finally:
+        for server in servers.values():
+            server.stop()
+    on, off = (sum(rates[live]) / len(rates[live]) for live in (True, False))
+    cpu_on, cpu_off = (sum(cpu[live]) / len(cpu[live]) for live in (True, False))
+    cost = 1 - on / off if off else float("nan")
+    verdict = "meets" if cost <= READ_MODELS_TARGET else "ABOVE"
+    print(
+        f"   chat with read models {on:7.0f} req/s, {cpu_on:4.2f} ms server CPU a chat\n"
+        f"   chat without them     {off:7.0f} req/s, {cpu_off:4.2f} ms server CPU a chat\n"
+        f"   their cost: {cost:.1%} of chat throughput ({verdict} the "
+        f"{READ_MODELS_TARGET:.0%} target), {1 - cpu_off / cpu_on:.1%} of the server's CPU "
+        f"({READ_MODELS_ROUNDS} alternating rounds each)",
+        flush=True,
+    )
 
 
 POSTGRES = os.environ.get("CUELOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")

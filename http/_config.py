@@ -61,6 +61,10 @@ class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     anchor_key_file: Path | None = None
     max_event_bytes: int = 1 << 20  # the largest event; bigger input is refused with 413
     content_threshold: int = 64 << 10  # a tool output over this many bytes is stored by digest
+    # Keep the read models (runs list, sessions catalog, usage, costs, traces, budgets) live
+    # beside the log. Off, their routes answer 503, budgets refuse runs they apply to, and
+    # start-up folds every session; `cuelog projections` still builds them from the log.
+    read_models: bool = True
 
 
 class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

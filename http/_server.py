@@ -274,7 +274,7 @@ async def _serve(
                 passivate_after=settings.server.passivate_after,
             ),
             cluster=cluster_config(settings, sockets[0].getsockname()[:2] if sockets else None),
-            projections=projections,
+            projections=projections if settings.log.read_models else None,
         ) as domain,
         McpServers(
             event_log,
@@ -355,8 +355,6 @@ async def _serve(
 async def _budgets_checked(domain: Domain, settings: Settings) -> AsyncIterator[None]:
     """Check budgets before every run the domain sends from now on (loops' fires too), against
     the spend its read models keep."""
-    if domain.read_models is None:
-        raise RuntimeError("budgets need the domain's read models (open it with projections)")
     prices = {model: (price.input, price.output) for model, price in settings.prices.items()}
     domain.budgets = Budgets(domain.read_models, domain.keys, prices)
     try:

@@ -57,6 +57,7 @@ from cuelog.runtime._projection import Checkpoint as Checkpoint
 from cuelog.runtime._projection import LmdbProjectionStore as LmdbProjectionStore
 from cuelog.runtime._projection import MemoryProjectionStore as MemoryProjectionStore
 from cuelog.runtime._projection import Projection as Projection
+from cuelog.runtime._projection import ProjectionGroup as ProjectionGroup
 from cuelog.runtime._projection import ProjectionRunner as ProjectionRunner
 from cuelog.runtime._projection import ProjectionState as ProjectionState
 from cuelog.runtime._projection import ProjectionStatus as ProjectionStatus
@@ -118,6 +119,7 @@ __all__ = [
     "PayloadTooLarge",
     "Projection",
     "ProjectionFailed",
+    "ProjectionGroup",
     "ProjectionRunner",
     "ProjectionState",
     "ProjectionStatus",

@@ -105,9 +105,17 @@ class PullSubscriptions(ABC):
     @abstractmethod
     def _follow(
         self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncIterator[list[RecordedEvent]]:
         """Yield each batch `next_batch` reads; when one is empty, wait for the next commit
         (touching `stream`, when given), or end once the log closes or subscriptions end."""
+
+    def follow_batches(
+        self, next_batch: Callable[[], list[RecordedEvent]]
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Each non-empty batch `next_batch` reads, calling it again at once after each one and
+        after each commit: a follower that keeps its own position (it reads from wherever it
+        has got to) and wakes on every commit."""
+        return self._follow(next_batch)
 
     async def subscribe(
         self, after_seq: int = 0, stream_prefix: str | None = None, *, batch: int = 256
@@ -119,10 +127,11 @@ class PullSubscriptions(ABC):
         def next_batch() -> list[RecordedEvent]:
             return self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
 
-        async for event in self._follow(next_batch):
-            cursor = event.seq
-            if stream_prefix is None or event.stream.startswith(stream_prefix):
-                yield event
+        async for events in self._follow(next_batch):
+            for event in events:
+                cursor = event.seq
+                if stream_prefix is None or event.stream.startswith(stream_prefix):
+                    yield event
 
     async def subscribe_stream(
         self, stream: str, after_version: int = 0, *, batch: int = 256
@@ -136,6 +145,7 @@ class PullSubscriptions(ABC):
                 stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
             )
 
-        async for event in self._follow(next_batch, stream):
-            version = event.version
-            yield event
+        async for events in self._follow(next_batch, stream):
+            for event in events:
+                version = event.version
+                yield event

@@ -954,7 +954,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
 
     async def _follow(
         self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncIterator[list[RecordedEvent]]:
         """Yield batches as `next_batch` finds them; between batches wait for the next commit
         (touching `stream`, when given), or poll when another process writes, until the log
         closes."""
@@ -965,9 +965,8 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             while True:
                 committed = self._commits.waiter(stream)
                 events = next_batch()
-                for event in events:
-                    yield event
                 if events:
+                    yield events
                     continue
                 if self._closed or self._subscriptions_ended:
                     return

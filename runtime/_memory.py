@@ -289,7 +289,7 @@ class MemoryEventLog(PullSubscriptions):
 
     async def _follow(
         self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncIterator[list[RecordedEvent]]:
         self._subscribers += 1
         if stream is not None:
             self._commits.follow(stream)
@@ -297,9 +297,8 @@ class MemoryEventLog(PullSubscriptions):
             while True:
                 committed = self._commits.waiter(stream)
                 events = next_batch()
-                for event in events:
-                    yield event
                 if events:
+                    yield events
                     # Reading a list never blocks: give other tasks a turn between batches.
                     await trio.lowlevel.checkpoint()
                     continue

@@ -745,7 +745,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
 
     async def _follow(
         self, next_batch: Callable[[], list[RecordedEvent]], stream: str | None = None
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncIterator[list[RecordedEvent]]:
         """Yield batches as `next_batch` finds them; between batches wait for a commit (touching
         `stream`, when given: another process's commit wakes everyone), a notification or the
         next poll, until the log closes. A lost connection makes the subscriber wait and retry,
@@ -764,9 +764,8 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
                     log.warning("subscriber cannot read the log; retrying", error=str(exc))
                     await trio.sleep(_RETRY_SECONDS)
                     continue
-                for event in events:
-                    yield event
                 if events:
+                    yield events
                     await trio.lowlevel.checkpoint()
                     continue
                 if self._closed or self._subscriptions_ended:

@@ -39,6 +39,15 @@ logger = structlog.get_logger("cuelog.projection")
 # How long a runner waits before trying a store it could not reach again.
 RETRY_SECONDS: Final = 1.0
 
+# How long a caught-up group of projections lets commits gather before it reads them (a reader
+# waiting for the head cuts it short): fewer, larger batches while the log is busy.
+GATHER_SECONDS: Final = 0.02
+
+# A batch of at most this many events is applied in the event loop's thread: a worker thread
+# would run the same Python under the GIL, and make the loop wait for the GIL after each of its
+# system calls. A larger batch (a catch-up) goes to a worker thread, so the loop stays free.
+INLINE_EVENTS: Final = 256
+
 # Events one transaction applies at most: a crash loses at most this much catch-up work.
 BATCH_EVENTS: Final = 512
 
@@ -74,6 +83,14 @@ class Projection(ABC):
     @abstractmethod
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None: ...
 
+    def flush(self, state: ProjectionState) -> None:  # noqa: B027 (optional hook)
+        """The batch's last event was applied: write what `apply` kept in memory (rows an
+        event of the batch changed, written once for the batch). Called in the batch's
+        transaction, before its checkpoint is written."""
+
+    def discard(self) -> None:  # noqa: B027 (optional hook)
+        """The batch failed and its transaction is not kept: forget what `apply` kept."""
+
 
 class Checkpoint(msgspec.Struct, frozen=True, array_like=True):
     """What a store records beside a projection's state."""
@@ -105,20 +122,38 @@ def _apply_batch(
     state: ProjectionState,
     checkpoint: Checkpoint,
     events: Sequence[RecordedEvent],
+    store_errors: tuple[type[BaseException], ...] = (),
 ) -> Checkpoint:
     """Apply the events after `checkpoint` (an event at or before it was already applied,
     by this process or another one sharing the store); raise `ProjectionFailed` on the first
-    one that fails."""
+    one that fails (an error of the store itself, `store_errors`, goes through as it is).
+    Events that do not follow on from the checkpoint are not applied: another process moved
+    it back (a rebuild), and the caller reads again from where it is."""
     seq = checkpoint.seq
-    for event in events:
-        if event.seq <= seq:
-            continue
+    try:
+        for event in events:
+            if event.seq <= seq:
+                continue
+            if event.seq != seq + 1:
+                break
+            try:
+                projection.apply(event, state)
+            except store_errors:
+                raise  # the store's, not the projection's: retried, never a failure
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                raise ProjectionFailed(projection.name, event.seq, error) from exc
+            seq = event.seq
         try:
-            projection.apply(event, state)
+            projection.flush(state)
+        except store_errors:
+            raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise ProjectionFailed(projection.name, event.seq, error) from exc
-        seq = event.seq
+            error = f"{type(exc).__name__}: {exc} (writing the batch)"
+            raise ProjectionFailed(projection.name, seq, error) from exc
+    except BaseException:
+        projection.discard()
+        raise
     return Checkpoint(seq, projection.version)
 
 
@@ -134,12 +169,31 @@ class ProjectionStore(ABC):
         `ProjectionFailed` nothing of the batch is kept and the failure is recorded."""
 
     @abstractmethod
-    async def reset(self, projection: Projection) -> None:
-        """Drop the projection's state and set its checkpoint to 0 (version: the projection's)."""
+    async def reset(self, projection: Projection, seq: int = 0) -> None:
+        """Drop the projection's state and set its checkpoint to `seq` (version: the
+        projection's): 0 folds the whole log again; the head starts it with what comes next."""
 
     @abstractmethod
     def read(self, name: str, fn: Callable[[ProjectionState], T]) -> T:
         """Call `fn` with the projection's state as of one committed batch."""
+
+    async def keep_synced(self) -> None:
+        """Run beside the runners: sync what a store does not sync commit by commit (every
+        `SYNC_INTERVAL`; the rest is synced on close)."""
+        await trio.sleep_forever()
+
+    async def apply_all(
+        self, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
+        """`apply` for each projection: its new checkpoint, or how it failed (a failure leaves
+        the others applied)."""
+        done: list[Checkpoint | ProjectionFailed] = []
+        for projection in projections:
+            try:
+                done.append(await self.apply(projection, events))
+            except ProjectionFailed as failed:
+                done.append(failed)
+        return done
 
 
 # -- in memory ----------------------------------------------------------------------------------
@@ -210,9 +264,9 @@ class MemoryProjectionStore(ProjectionStore):
         self._checkpoints[name] = done
         return done
 
-    async def reset(self, projection: Projection) -> None:
+    async def reset(self, projection: Projection, seq: int = 0) -> None:
         self._data[projection.name] = {}
-        self._checkpoints[projection.name] = Checkpoint(0, projection.version)
+        self._checkpoints[projection.name] = Checkpoint(seq, projection.version)
 
     def read(self, name: str, fn: Callable[[ProjectionState], T]) -> T:
         return fn(_MemoryState(self._data.setdefault(name, {})))
@@ -284,24 +338,114 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 _CHECKPOINTS_DB: Final = b"_checkpoints"
 
 
+def boot_id() -> str | None:
+    """This boot of the machine, where the system tells it (Linux), else None."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The marker an LMDB store keeps while it holds commits not yet synced to disk, naming the boot
+# they were made in: found after a reboot, the store may have lost or torn them.
+UNSYNCED_MARKER: Final = "unsynced"
+# How often a store with unsynced commits syncs them.
+SYNC_INTERVAL: Final = 1.0
+
+
 @final
 class LmdbProjectionStore(ProjectionStore):
     """State in an LMDB environment of its own: a named db per projection, and the
-    checkpoints in a db beside them, written in the same transaction."""
+    checkpoints in a db beside them, written in the same transaction.
+
+    Its commits are not synced one by one: the state is the log's, folded, so it is synced
+    every `SYNC_INTERVAL` (`keep_synced`) and on close, and marked meanwhile. A process
+    killed between syncs loses nothing (its commits are in the system's page cache); a store
+    found marked by an earlier boot (a power cut, a kernel crash) is emptied at open and the
+    runners fold the log into it again. Where the system names no boot, each commit is synced.
+    """
 
     def __init__(self, path: Path, *, sync: bool = True, map_size: int = 1 << 30) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._sync = sync
+        self._boot = boot_id()
+        self._sync_each = sync and self._boot is None
+        self._marker = path / UNSYNCED_MARKER
+        self._forget_torn_state()
+        self._marked = self._marker.exists()  # this boot's, from a process that died
+        self._writes = 0  # batches written, so a sync knows whether one came after it began
         self._env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=64, sync=sync, metasync=sync, readahead=False
+            str(path),
+            map_size=map_size,
+            max_dbs=64,
+            sync=self._sync_each,
+            metasync=self._sync_each,
+            readahead=False,
         )
         self._env.reader_check()
         self._checkpoints = self._env.open_db(_CHECKPOINTS_DB)
         self._dbs: dict[str, Any] = {}
         self._lock = trio.Lock()  # one write transaction of this process at a time
 
+    def _forget_torn_state(self) -> None:
+        try:
+            marked_in = self._marker.read_text().strip()
+        except FileNotFoundError:
+            return
+        if self._boot is None or marked_in == self._boot:
+            return
+        logger.warning(
+            "projection store was not synced before the machine restarted: folding the log "
+            "into it again",
+            path=str(self.path),
+        )
+        for name in ("data.mdb", "lock.mdb"):
+            (self.path / name).unlink(missing_ok=True)
+        self._marker.unlink()
+        _fsync_dir(self.path)
+
+    def _mark(self) -> None:
+        """Before a commit that will not be synced at once: say so, durably, once."""
+        self._writes += 1
+        if self._marked or self._boot is None:
+            return
+        with open(self._marker, "w") as marker:
+            marker.write(self._boot + "\n")
+            marker.flush()
+            os.fsync(marker.fileno())
+        _fsync_dir(self.path)
+        self._marked = True
+
+    async def sync_unsynced(self) -> None:
+        """Sync the commits made so far; unmark the store if none came while syncing."""
+        async with self._lock:  # no batch in flight: every write counted so far has committed
+            if not self._marked:
+                return
+            writes = self._writes
+        await trio.to_thread.run_sync(self._env.sync, True)
+        async with self._lock:
+            if self._writes == writes and self._marked:
+                self._marker.unlink(missing_ok=True)
+                self._marked = False
+
+    async def keep_synced(self) -> None:
+        while True:
+            await trio.sleep(SYNC_INTERVAL)
+            await self.sync_unsynced()
+
     def close(self) -> None:
+        if self._marked:
+            self._env.sync(True)
+            self._marker.unlink(missing_ok=True)
+            self._marked = False
         self._env.close()
 
     def _db(self, name: str) -> Any:
@@ -334,12 +478,15 @@ class LmdbProjectionStore(ProjectionStore):
         self, projection: Projection, db: Any, events: Sequence[RecordedEvent]
     ) -> Checkpoint:
         name = projection.name
+        self._mark()
         while True:
             try:
                 with self._env.begin(write=True) as txn:
                     # Read under the writer lock: another process may have moved it.
                     current = self._read_checkpoint(txn, name)
-                    done = _apply_batch(projection, _LmdbState(txn, db), current, events)
+                    done = _apply_batch(
+                        projection, _LmdbState(txn, db), current, events, (lmdb.Error,)
+                    )
                     self._write_checkpoint(txn, name, done)
                 return done
             except ProjectionFailed as failed:
@@ -354,11 +501,48 @@ class LmdbProjectionStore(ProjectionStore):
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
-    async def reset(self, projection: Projection) -> None:
+    async def apply_all(
+        self, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
+        async with self._lock:
+            dbs = [self._db(projection.name) for projection in projections]
+            if len(events) <= INLINE_EVENTS:
+                return self._apply_all_sync(projections, dbs, events)
+            return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
+
+    def _apply_all_sync(
+        self, projections: Sequence[Projection], dbs: Sequence[Any], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
+        """One transaction for every projection; if one fails, each in its own instead, so the
+        failure is recorded and the others' batches kept."""
+        self._mark()
+        try:
+            with self._env.begin(write=True) as txn:
+                done: list[Checkpoint | ProjectionFailed] = []
+                for projection, db in zip(projections, dbs, strict=True):
+                    current = self._read_checkpoint(txn, projection.name)
+                    applied = _apply_batch(
+                        projection, _LmdbState(txn, db), current, events, (lmdb.Error,)
+                    )
+                    self._write_checkpoint(txn, projection.name, applied)
+                    done.append(applied)
+                return done
+        except (ProjectionFailed, lmdb.MapFullError):
+            pass
+        one_by_one: list[Checkpoint | ProjectionFailed] = []
+        for projection, db in zip(projections, dbs, strict=True):
+            try:
+                one_by_one.append(self._apply_sync(projection, db, events))
+            except ProjectionFailed as failed:
+                one_by_one.append(failed)
+        return one_by_one
+
+    async def reset(self, projection: Projection, seq: int = 0) -> None:
         def run() -> None:
+            self._mark()
             with self._env.begin(write=True) as txn:
                 txn.drop(db, delete=False)
-                self._write_checkpoint(txn, projection.name, Checkpoint(0, projection.version))
+                self._write_checkpoint(txn, projection.name, Checkpoint(seq, projection.version))
 
         async with self._lock:
             db = self._db(projection.name)
@@ -421,6 +605,8 @@ class ProjectionRunner:
         self._batch = batch
         self._phase: ProjectionPhase = "idle"
         self._advanced = trio.Event()
+        self.waiting = 0  # readers waiting for it to reach a seq
+        self.on_wait: Callable[[], None] | None = None  # told when one starts to wait
 
     @property
     def name(self) -> str:
@@ -467,9 +653,7 @@ class ProjectionRunner:
             except ProjectionFailed as failed:
                 self._phase = "failed"
                 self._wake()
-                logger.error(
-                    "projection failed", projection=self.name, seq=failed.seq, error=failed.error
-                )
+                _log_failure(failed)
                 raise
             self._wake()
             if progress is not None:
@@ -501,25 +685,18 @@ class ProjectionRunner:
     async def _follow(self) -> None:
         checkpoint = await self.catch_up()
         self._phase = "live"
-        # The subscription wakes on each commit; what it yields at or before the checkpoint
-        # was already applied, read in a batch with the event that woke it.
-        async for event in self.log.subscribe(checkpoint.seq, batch=self._batch):
-            if event.seq <= checkpoint.seq:
-                continue
-            events = [event]
-            events += self.log.read_all(
-                event.seq, self._batch - 1, max_bytes=SUBSCRIBER_BATCH_BYTES * 4
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.log.read_all(
+                checkpoint.seq, self._batch, max_bytes=SUBSCRIBER_BATCH_BYTES * 4
             )
+
+        async for events in self.log.follow_batches(next_batch):
             try:
                 checkpoint = await self.store.apply(self.projection, events)
             except ProjectionFailed as failed:
                 self._phase = "failed"
-                logger.error(
-                    "projection failed",
-                    projection=self.name,
-                    seq=failed.seq,
-                    error=failed.error,
-                )
+                _log_failure(failed)
                 raise
             self._wake()
 
@@ -529,11 +706,120 @@ class ProjectionRunner:
 
     async def wait_caught_up(self, seq: int) -> bool:
         """Wait until the projection has applied seq `seq`; False if it failed or stopped."""
-        while True:
-            advanced = self._advanced
-            status = self.status()
-            if status.checkpoint >= seq:
-                return True
-            if status.phase in ("failed", "stopped"):
-                return False
-            await advanced.wait()
+        self.waiting += 1
+        if self.on_wait is not None:
+            self.on_wait()
+        try:
+            while True:
+                advanced = self._advanced
+                status = self.status()
+                if status.checkpoint >= seq:
+                    return True
+                if status.phase in ("failed", "stopped"):
+                    return False
+                await advanced.wait()
+        finally:
+            self.waiting -= 1
+
+
+def _log_failure(failed: ProjectionFailed) -> None:
+    logger.error("projection failed", projection=failed.name, seq=failed.seq, error=failed.error)
+
+
+@final
+class ProjectionGroup:
+    """Several projections of one store kept current together: one follower reads each batch
+    of the log once, and the store applies it to all of them in one transaction. Each keeps
+    its own checkpoint (a batch skips what a projection already has); the group reads on from
+    the lowest. A projection that fails stops alone, with a `failed` status."""
+
+    def __init__(self, runners: Sequence[ProjectionRunner], *, batch: int = BATCH_EVENTS) -> None:
+        if not runners:
+            raise ValueError("a projection group needs at least one projection")
+        self.runners = list(runners)
+        self.log = runners[0].log
+        self.store = runners[0].store
+        self._batch = batch
+        self._wanted = trio.Event()  # set when a reader starts to wait for a projection
+        for runner in self.runners:
+            runner.on_wait = self._want
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Catch every projection up, then apply each commit as it comes, until the log ends
+        its subscriptions; a store that cannot be reached is retried every second."""
+        task_status.started()
+        try:
+            while True:
+                try:
+                    await self._follow()
+                    return
+                except LogUnavailable as exc:
+                    logger.warning("projection store unavailable", error=str(exc))
+                    await trio.sleep(RETRY_SECONDS)
+        finally:
+            for runner in self.runners:
+                if runner._phase != "failed":
+                    runner._phase = "stopped"
+                runner._wake()
+
+    async def _starting(self) -> tuple[list[ProjectionRunner], int]:
+        """The projections to keep (not failed), each at the version it is now, and the seq the
+        group reads on from."""
+        live: list[ProjectionRunner] = []
+        seqs: list[int] = []
+        for runner in self.runners:
+            checkpoint = self.store.checkpoint(runner.name)
+            if checkpoint.failed_seq is not None:
+                runner._phase = "failed"
+                runner._wake()
+                continue
+            if checkpoint.version != runner.projection.version:
+                await self.store.reset(runner.projection)  # another shape of state: start over
+                checkpoint = self.store.checkpoint(runner.name)
+            live.append(runner)
+            seqs.append(checkpoint.seq)
+        return live, min(seqs, default=0)
+
+    async def _follow(self) -> None:
+        live, cursor = await self._starting()
+        target = self.log.head().seq  # caught up, a projection goes live
+        for runner in live:
+            caught_up = self.store.checkpoint(runner.name).seq >= target
+            runner._phase = "live" if caught_up else "catching_up"
+
+        def next_batch() -> list[RecordedEvent]:
+            return self.log.read_all(cursor, self._batch, max_bytes=SUBSCRIBER_BATCH_BYTES * 4)
+
+        if not live:
+            return
+        async for events in self.log.follow_batches(next_batch):
+            results = await self.store.apply_all([runner.projection for runner in live], events)
+            going: list[ProjectionRunner] = []
+            seqs: list[int] = []
+            for runner, result in zip(live, results, strict=True):
+                if isinstance(result, ProjectionFailed):
+                    runner._phase = "failed"
+                    _log_failure(result)
+                else:
+                    going.append(runner)
+                    seqs.append(result.seq)
+                    if result.seq >= target:
+                        runner._phase = "live"
+                runner._wake()
+            if not going:
+                return
+            live, cursor = going, min(seqs)
+            if len(events) < self._batch:
+                await self._gather(live)
+
+    async def _gather(self, live: Sequence[ProjectionRunner]) -> None:
+        """Caught up: let the next commits gather into one batch for a moment, unless a reader
+        waits for a projection to reach the head."""
+        if any(runner.waiting for runner in live):
+            return
+        self._wanted = trio.Event()
+        with trio.move_on_after(GATHER_SECONDS):
+            await self._wanted.wait()
+
+    def _want(self) -> None:
+        self._wanted.set()

@@ -133,6 +133,9 @@ class PostgresProjectionStore(ProjectionStore):
         self._reader = self._connect()
         self._reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._writer.execute(_SCHEMA)
+        # A batch's commit does not wait for its WAL flush: the state is the log's, folded, and
+        # a crash can only take the last batches with their checkpoint (applied again at start).
+        self._writer.execute("SET synchronous_commit TO off")
         self._lock = trio.Lock()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -166,7 +169,9 @@ class PostgresProjectionStore(ProjectionStore):
             try:
                 with conn.transaction():
                     current = _lock_checkpoint(conn, name)
-                    done = _apply_batch(projection, _PostgresState(conn, name), current, events)
+                    done = _apply_batch(
+                        projection, _PostgresState(conn, name), current, events, (psycopg.Error,)
+                    )
                     _write_checkpoint(conn, name, done)
                 return done
             except ProjectionFailed as failed:
@@ -181,14 +186,14 @@ class PostgresProjectionStore(ProjectionStore):
         except psycopg.Error as exc:
             raise LogUnavailable(f"projection {name!r} could not be written: {exc}") from None
 
-    async def reset(self, projection: Projection) -> None:
+    async def reset(self, projection: Projection, seq: int = 0) -> None:
         name = projection.name
 
         def run() -> None:
             with self._writer.transaction():
                 _lock_checkpoint(self._writer, name)
                 self._writer.execute("DELETE FROM cuelog_projection_state WHERE name = %s", (name,))
-                _write_checkpoint(self._writer, name, Checkpoint(0, projection.version))
+                _write_checkpoint(self._writer, name, Checkpoint(seq, projection.version))
 
         async with self._lock:
             try:

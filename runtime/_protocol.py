@@ -6,7 +6,7 @@ Backends (LMDB, in-memory) implement it; this module imports none of them, as py
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -103,6 +103,13 @@ class EventLog(Protocol):
     def subscribe_stream(
         self, stream: str, after_version: int = 0, *, batch: int = 256
     ) -> AsyncIterator[RecordedEvent]: ...
+
+    def follow_batches(
+        self, next_batch: Callable[[], list[RecordedEvent]]
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Each non-empty batch `next_batch` reads, reading again at once after each one and
+        after each commit (a follower that keeps its own position)."""
+        ...
 
     def end_subscriptions(self) -> None:
         """Make every subscriber return once it has caught up (a server shutting down)."""

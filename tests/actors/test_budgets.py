@@ -12,7 +12,7 @@ import pytest
 
 from cuelog.actors import Budget, Usage
 from cuelog.actors._budgets import budget_use, calendar_window
-from cuelog.actors._usage import HOUR_US, UsageTotals, record_usage, spend_since
+from cuelog.actors._usage import HOUR_US, UsageCounts, UsageTotals, record_usage, spend_since
 
 
 def _at(text: str) -> int:
@@ -112,12 +112,16 @@ def test_spend_read_by_day_and_hour_adds_up_to_what_was_spent_in_the_window(days
     state = _State()
     now = _at("2026-11-30T12:30:00") * 1_000_000
     calls: list[tuple[int, str, int]] = []  # time, key, tokens
+    counts = UsageCounts()  # written every few calls, as batches are: added to what is stored
     for i in range(40 * 24 // 5):
         ts = now - i * 5 * HOUR_US - 7_000_000
         key, model, tokens = f"key_{i % 2}", f"m{i % 3 % 2}", 1 + i % 11
         usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
-        record_usage(state, ts, (key, "a", "p", model, ""), usage=usage)
+        record_usage(counts, ts, (key, "a", "p", model, ""), usage=usage)
         calls.append((ts, key, tokens))
+        if i % 3 == 0:
+            counts.write(state)
+    counts.write(state)
     since = now - int(days * 24 * HOUR_US)
     first = since // HOUR_US * HOUR_US
     for kind, name in (("agent", "a"), ("key", "key_1")):

@@ -280,3 +280,28 @@ async def test_a_retried_request_attaches_to_its_run_after_the_budget_is_spent(
         )
         _refused(fresh, "agent 'capped'")
         assert await live.head_seq() == head
+
+
+async def test_without_the_read_models_their_routes_and_budgeted_runs_answer_503(
+    tmp_path: Path,
+) -> None:
+    """`log.read_models = false`: chats without a budget run; the runs list, usage and traces
+    answer 503 saying why; a run a budget applies to is refused (503, nothing written), since
+    its spend cannot be read; the agent's budget can still be set and changed."""
+    async with live_server(tmp_path / "data", log_settings={"read_models": False}) as live:
+        client = live.client
+        free = {"model": "default", "messages": [{"role": "user", "content": "hello"}]}
+        answered = await client.post("/v1/chat/completions", json=free)
+        assert answered.status_code == 200, answered.text
+        for path in ("/v1/runs", "/v1/usage/summary", "/v1/traces", "/v1/costs/summary"):
+            off = await client.get(path)
+            assert off.status_code == 503, (path, off.text)
+            assert "read models" in off.json()["error"]["message"]
+        budget = {"period": "day", "max_tokens": 5}
+        made = await client.post("/v1/agents", json={"id": "capped", "budgets": [budget]})
+        assert made.status_code == 201, made.text
+        head = await live.head_seq()
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503, refused.text
+        assert "log.read_models" in refused.json()["error"]["message"]
+        assert await live.head_seq() == head

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -19,6 +20,7 @@ from cuelog.runtime import (
     EventLog,
     Projection,
     ProjectionFailed,
+    ProjectionGroup,
     ProjectionRunner,
     ProjectionState,
     ProjectionStore,
@@ -27,6 +29,7 @@ from cuelog.runtime import (
     open_event_log,
     open_projection_store,
 )
+from cuelog.runtime._projection import UNSYNCED_MARKER, LmdbProjectionStore, boot_id
 from tests.postgres import fresh_database
 from tests.runtime.projection_models import Tally, snapshot, tally, tick
 
@@ -231,3 +234,107 @@ def test_sigkill_during_catch_up_resumes_without_double_counting(tmp_path: Path)
             assert store.read("tally", tally) == expected(total)
 
     trio.run(resume)
+
+
+class Evens(Tally):
+    """A second projection: fails on a poisoned event only if its seq is even."""
+
+    name = "evens"
+
+    def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
+        if event.type == "Poison" and event.seq % 2:
+            event = msgspec.structs.replace(event, type="Tick")
+        super().apply(event, state)
+
+
+class Clean(Tally):
+    """A third: never fails."""
+
+    name = "clean"
+
+    def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
+        if event.type == "Poison":
+            event = msgspec.structs.replace(event, type="Tick")
+        super().apply(event, state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_group_applies_each_batch_to_all_and_a_failure_stops_one_alone(
+    backend: str, tmp_path: Path
+) -> None:
+    """Projections at different checkpoints catch up together from the lowest, each applying
+    every event once; one that fails stops with its status while the others follow the log."""
+    async with opened(backend, tmp_path) as (log, store):
+        await append_ticks(log, 30)
+        await ProjectionRunner(log, store, Clean()).catch_up()  # ahead of the others
+        runners = [ProjectionRunner(log, store, p) for p in (Tally(), Evens(), Clean())]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ProjectionGroup(runners, batch=8).run)
+            assert all([await r.wait_caught_up(30) for r in runners])
+            await append_ticks(log, 20, stream="t")
+            assert all([await r.wait_caught_up(50) for r in runners])
+            assert {r.name: r.status().phase for r in runners} == dict.fromkeys(
+                ("tally", "evens", "clean"), "live"
+            )
+            await log.append("u", [RawEvent("Poison", tick(0))])  # seq 51: odd
+            await append_ticks(log, 9, stream="u")
+            assert not await runners[0].wait_caught_up(60)
+            assert await runners[1].wait_caught_up(60)
+            assert await runners[2].wait_caught_up(60)
+            await append_ticks(log, 5, stream="v")
+            assert await runners[2].wait_caught_up(65)
+            log.end_subscriptions()
+        tally_status, evens_status, clean_status = (r.status() for r in runners)
+        assert (tally_status.phase, tally_status.failed_seq) == ("failed", 51)
+        assert store.read("tally", tally) == expected(50)
+        assert (evens_status.phase, clean_status.phase) == ("stopped", "stopped")
+        assert store.read("evens", tally) == expected(65)
+        assert store.read("clean", tally) == expected(65)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_batch_that_does_not_follow_the_checkpoint_is_not_applied(
+    backend: str, tmp_path: Path
+) -> None:
+    """A process whose checkpoint was moved back under it (another process rebuilds) applies
+    nothing past the gap: it reads again from the checkpoint, so no event is skipped."""
+    async with opened(backend, tmp_path) as (log, store):
+        await append_ticks(log, 20)
+        await store.apply(Tally(), log.read_all(0, 5))
+        later = log.read_all(10, 5)
+        assert (await store.apply(Tally(), later)).seq == 5
+        assert store.read("tally", tally) == expected(5)
+        assert (await store.apply(Tally(), log.read_all(3, 10))).seq == 13
+        assert store.read("tally", tally) == expected(13)
+
+
+async def test_an_lmdb_store_is_synced_on_close_and_refolded_after_a_reboot(
+    tmp_path: Path,
+) -> None:
+    """An LMDB store's commits are synced every second and on close, marked unsynced meanwhile;
+    a marker left by this boot (a killed process) keeps the state, one left by another boot (a
+    power cut) empties the store so the log is folded into it again."""
+    if boot_id() is None:
+        pytest.skip("this system names no boot")
+    location = tmp_path / "data"
+    marker = location / "projections" / UNSYNCED_MARKER
+    async with open_event_log(location) as log:
+        await append_ticks(log, 12)
+        async with open_projection_store(location) as store:
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            assert marker.read_text().strip() == boot_id()
+            assert isinstance(store, LmdbProjectionStore)
+            await store.sync_unsynced()
+            assert not marker.exists()  # synced, no commit since
+            await append_ticks(log, 3)
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            assert marker.exists()
+        assert not marker.exists()  # close syncs
+        marker.write_text(f"{boot_id()}\n")  # a process of this boot was killed
+        async with open_projection_store(location) as store:
+            assert store.checkpoint("tally").seq == 15
+        marker.write_text("an-earlier-boot\n")
+        async with open_projection_store(location) as store:
+            assert store.checkpoint("tally").seq == 0
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            assert store.read("tally", tally) == expected(15)
