@@ -59,6 +59,7 @@ class ReadModels:
         self.log = log
         self.store = store
         self.runners = {p.name: ProjectionRunner(log, store, p) for p in domain_projections()}
+        self.group = ProjectionGroup(list(self.runners.values()))
 
     def runner(self, name: str) -> ProjectionRunner:
         try:
@@ -69,6 +70,11 @@ class ReadModels:
 
     def statuses(self) -> list[ProjectionStatus]:
         return [runner.status() for runner in self.runners.values()]
+
+    def cpu_seconds(self) -> float:
+        """CPU time the read models have taken in this process: reading the log's batches and
+        applying them."""
+        return self.group.read_seconds + self.store.apply_seconds
 
     async def _fresh(self, name: str) -> None:
         """Wait (briefly) until the projection has applied what the log held now: a run
@@ -207,7 +213,7 @@ async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterat
         # a batch another runner is writing in a worker thread.
         store.read(name, _nothing)
     async with trio.open_nursery() as nursery:
-        await nursery.start(ProjectionGroup(list(models.runners.values())).run)
+        await nursery.start(models.group.run)
         nursery.start_soon(store.keep_synced)
         yield models
         nursery.cancel_scope.cancel()

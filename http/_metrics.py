@@ -113,6 +113,11 @@ class _StateCollector(Collector):
         yield from _gc_metrics()
         if services.read_models is not None:
             yield from _projection_metrics(services.read_models.statuses())
+            yield CounterMetricFamily(
+                "cuelog_projection_cpu_seconds",
+                "CPU time the read models took in this process (reading the log, applying it).",
+                value=services.read_models.cpu_seconds(),
+            )
             yield from _token_metrics(services.read_models.token_totals())
 
 

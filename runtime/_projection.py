@@ -16,6 +16,7 @@ the process that uses it). `open_projection_store` picks the store for a log loc
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -159,6 +160,9 @@ def _apply_batch(
 
 class ProjectionStore(ABC):
     """Every projection's state and checkpoint, written together."""
+
+    # CPU seconds spent applying batches, in whichever thread applied them (for metrics).
+    apply_seconds: float = 0.0
 
     @abstractmethod
     def checkpoint(self, name: str) -> Checkpoint: ...
@@ -515,6 +519,15 @@ class LmdbProjectionStore(ProjectionStore):
     ) -> list[Checkpoint | ProjectionFailed]:
         """One transaction for every projection; if one fails, each in its own instead, so the
         failure is recorded and the others' batches kept."""
+        started = time.thread_time()
+        try:
+            return self._apply_all_in_txn(projections, dbs, events)
+        finally:
+            self.apply_seconds += time.thread_time() - started
+
+    def _apply_all_in_txn(
+        self, projections: Sequence[Projection], dbs: Sequence[Any], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
         self._mark()
         try:
             with self._env.begin(write=True) as txn:
@@ -741,6 +754,7 @@ class ProjectionGroup:
         self.store = runners[0].store
         self._batch = batch
         self._wanted = trio.Event()  # set when a reader starts to wait for a projection
+        self.read_seconds = 0.0  # CPU seconds spent reading the log's batches
         for runner in self.runners:
             runner.on_wait = self._want
 
@@ -788,7 +802,11 @@ class ProjectionGroup:
             runner._phase = "live" if caught_up else "catching_up"
 
         def next_batch() -> list[RecordedEvent]:
-            return self.log.read_all(cursor, self._batch, max_bytes=SUBSCRIBER_BATCH_BYTES * 4)
+            started = time.thread_time()
+            try:
+                return self.log.read_all(cursor, self._batch, max_bytes=SUBSCRIBER_BATCH_BYTES * 4)
+            finally:
+                self.read_seconds += time.thread_time() - started
 
         if not live:
             return

@@ -37,6 +37,10 @@ async def test_status_and_rebuild_beside_a_running_server(tmp_path: Path) -> Non
         metrics = (await live.client.get("/metrics")).text
         assert 'cuelog_projection_lag_events{projection="runs"} 0.0' in metrics
         assert f'cuelog_projection_checkpoint_seq{{projection="runs"}} {float(head)}' in metrics
+        [cpu] = [
+            ln for ln in metrics.splitlines() if ln.startswith("cuelog_projection_cpu_seconds")
+        ]
+        assert cpu.startswith("cuelog_projection_cpu_seconds_total ") and float(cpu.split()[1]) > 0
         rebuilt = await trio.run_process(
             [CUELOG, "projections", "rebuild", "runs", str(data_dir)], capture_stdout=True
         )
