@@ -42,7 +42,7 @@ RETRY_SECONDS: Final = 1.0
 
 # How long a caught-up group of projections lets commits gather before it reads them (a reader
 # waiting for the head cuts it short): fewer, larger batches while the log is busy.
-GATHER_SECONDS: Final = 0.02
+GATHER_SECONDS: Final = 0.05
 
 # A batch of at most this many events is applied in the event loop's thread: a worker thread
 # would run the same Python under the GIL, and make the loop wait for the GIL after each of its
