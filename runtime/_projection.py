@@ -674,44 +674,9 @@ class ProjectionRunner:
             await trio.lowlevel.checkpoint()  # a store that applies inline still lets others run
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Catch up, then apply each commit as it comes, until the log ends its subscriptions.
-        A failing event stops it with a `failed` status (it does not take the caller down); a
-        store that cannot be reached is retried every second."""
-        task_status.started()
-        try:
-            while True:
-                try:
-                    await self._follow()
-                    return
-                except LogUnavailable as exc:
-                    logger.warning(
-                        "projection store unavailable", projection=self.name, error=str(exc)
-                    )
-                    await trio.sleep(RETRY_SECONDS)
-        except ProjectionFailed:
-            return
-        finally:
-            if self._phase != "failed":
-                self._phase = "stopped"
-            self._wake()
-
-    async def _follow(self) -> None:
-        checkpoint = await self.catch_up()
-        self._phase = "live"
-
-        def next_batch() -> list[RecordedEvent]:
-            return self.log.read_all(
-                checkpoint.seq, self._batch, max_bytes=SUBSCRIBER_BATCH_BYTES * 4
-            )
-
-        async for events in self.log.follow_batches(next_batch):
-            try:
-                checkpoint = await self.store.apply(self.projection, events)
-            except ProjectionFailed as failed:
-                self._phase = "failed"
-                _log_failure(failed)
-                raise
-            self._wake()
+        """Catch up, then apply each commit as it comes, until the log ends its subscriptions:
+        a group of one (see `ProjectionGroup`)."""
+        await ProjectionGroup([self], batch=self._batch).run(task_status)
 
     def _wake(self) -> None:
         woken, self._advanced = self._advanced, trio.Event()
