@@ -267,10 +267,18 @@ def _open_key(key: str) -> bytes:
 
 class OpenRunsCatalog(Projection):
     """Folds what a crash can leave in flight: runs started and not ended, and sessions with a
-    current run or queued messages (deleted sessions excepted, as recovery leaves them)."""
+    current run or queued messages (deleted sessions excepted, as recovery leaves them).
+
+    A batch keeps the rows it changes in memory (None: gone) and writes each once at its end."""
 
     name = "open_runs"
     version = 1
+
+    def __init__(self) -> None:
+        self._runs: dict[str, OpenRun | None] = {}
+        self._sessions: dict[str, OpenSession | None] = {}
+        self._deleted: dict[str, bool] = {}  # session key -> deleted now (its tombstone)
+        self._seen_deleted: dict[str, bool] = {}  # tombstones read in this batch
 
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
         kind, _, name = event.stream.partition(":")
@@ -279,20 +287,21 @@ class OpenRunsCatalog(Projection):
         elif kind == SESSION and event.type in _SESSION_EVENTS:
             self._apply_session(name, event, state)
 
-    @staticmethod
-    def _apply_run(run_id: str, event: RecordedEvent, state: ProjectionState) -> None:
-        key = _run_key(run_id)
+    def _apply_run(self, run_id: str, event: RecordedEvent, state: ProjectionState) -> None:
         if event.type in TERMINAL_EVENTS:
-            state.delete(key)
+            self._runs[run_id] = None
             return
         payload = DOMAIN_CODEC.decode(event.type, event.data)
         if isinstance(payload, RunStarted):
-            state.put(key, _encoder.encode(OpenRun(session_key=payload.session_key)))
+            self._runs[run_id] = OpenRun(session_key=payload.session_key)
             return
-        raw = state.get(key)
-        if raw is None:
+        if run_id in self._runs:
+            run = self._runs[run_id]
+        else:
+            raw = state.get(_run_key(run_id))
+            run = None if raw is None else _open_run.decode(raw)
+        if run is None:
             return
-        run = _open_run.decode(raw)
         if isinstance(payload, ApprovalRequested):
             run.pending_approvals += 1
             run.status = "waiting_approval"
@@ -300,24 +309,28 @@ class OpenRunsCatalog(Projection):
             run.pending_approvals = max(run.pending_approvals - 1, 0)
             if run.pending_approvals == 0:
                 run.status = "running"
-        state.put(key, _encoder.encode(run))
+        self._runs[run_id] = run
 
-    @staticmethod
-    def _apply_session(key: str, event: RecordedEvent, state: ProjectionState) -> None:
+    def _apply_session(self, key: str, event: RecordedEvent, state: ProjectionState) -> None:
         payload = DOMAIN_CODEC.decode(event.type, event.data)
-        tombstone = b"d:" + key.encode()
         if isinstance(payload, SessionCreated):  # a session begins anew (as its fold does)
-            state.delete(tombstone)
-            state.delete(_open_key(key))
+            self._deleted[key] = False
+            self._sessions[key] = None
             return
         if isinstance(payload, SessionDeleted):
-            state.put(tombstone, b"")
-            state.delete(_open_key(key))
+            self._deleted[key] = True
+            self._sessions[key] = None
             return
-        if state.get(tombstone) is not None:
+        deleted = self._deleted.get(key, self._seen_deleted.get(key))
+        if deleted is None:
+            deleted = self._seen_deleted[key] = state.get(b"d:" + key.encode()) is not None
+        if deleted:
             return
-        raw = state.get(_open_key(key))
-        work = OpenSession() if raw is None else _open_session.decode(raw)
+        if key in self._sessions:
+            work = self._sessions[key] or OpenSession()
+        else:
+            raw = state.get(_open_key(key))
+            work = OpenSession() if raw is None else _open_session.decode(raw)
         match payload:
             case MessageAccepted(run_id=run_id):
                 work.queued.append(run_id)
@@ -328,10 +341,31 @@ class OpenRunsCatalog(Projection):
                 work.current_run = None
             case _:
                 return
-        if work.current_run is None and not work.queued:
-            state.delete(_open_key(key))
-        else:
-            state.put(_open_key(key), _encoder.encode(work))
+        self._sessions[key] = None if work.current_run is None and not work.queued else work
+
+    def flush(self, state: ProjectionState) -> None:
+        for run_id, run in self._runs.items():
+            if run is None:
+                state.delete(_run_key(run_id))
+            else:
+                state.put(_run_key(run_id), _encoder.encode(run))
+        for key, deleted in self._deleted.items():
+            if deleted:
+                state.put(b"d:" + key.encode(), b"")
+            else:
+                state.delete(b"d:" + key.encode())
+        for key, work in self._sessions.items():
+            if work is None:
+                state.delete(_open_key(key))
+            else:
+                state.put(_open_key(key), _encoder.encode(work))
+        self.discard()
+
+    def discard(self) -> None:
+        self._runs.clear()
+        self._sessions.clear()
+        self._deleted.clear()
+        self._seen_deleted.clear()
 
 
 class OpenWork(msgspec.Struct, frozen=True):

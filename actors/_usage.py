@@ -69,35 +69,60 @@ class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageCounts:
-    """Runs and tokens added during a batch, by bucket key, written to the state once for the
-    batch (`write`): a busy hour's bucket is read and written once a batch, not once a run."""
+    """Runs and tokens added during a batch, by hour and by who and what they count under,
+    written to the state's buckets once for the batch (`write`): a busy hour's buckets are read
+    and written once a batch, not once a run."""
 
     __slots__ = ("_deltas",)
 
     def __init__(self) -> None:
-        self._deltas: dict[bytes, list[int]] = {}
+        # (hour, dims) -> runs, tokens (prompt, completion, total), and the tokens of model
+        # calls that spent any (the budgets' spend)
+        self._deltas: dict[tuple[int, tuple[str, str, str, str, str]], list[int]] = {}
 
-    def add(self, key: bytes, runs: int, usage: Usage | None) -> None:
+    def add(
+        self, ts: int, dims: tuple[str, str, str, str, str], runs: int, usage: Usage | None
+    ) -> None:
+        key = (ts // HOUR_US, dims)
         delta = self._deltas.get(key)
         if delta is None:
-            delta = self._deltas[key] = [0, 0, 0, 0]
+            delta = self._deltas[key] = [0, 0, 0, 0, 0, 0, 0]
         delta[0] += runs
         if usage is not None:
             delta[1] += usage.prompt_tokens
             delta[2] += usage.completion_tokens
             delta[3] += usage.total_tokens
+            if usage.total_tokens:
+                delta[4] += usage.prompt_tokens
+                delta[5] += usage.completion_tokens
+                delta[6] += usage.total_tokens
 
     def write(self, state: ProjectionState) -> None:
-        for key, delta in self._deltas.items():
-            raw = state.get(key)
-            stored = _counts_decoder.decode(raw) if raw is not None else (0, 0, 0, 0)
-            state.put(
-                key, _dims_encoder.encode([a + b for a, b in zip(stored, delta, strict=True)])
-            )
+        for (hour_number, dims), delta in self._deltas.items():
+            hour = _U64.pack(hour_number)
+            counts = delta[:4]
+            _add(state, _PREFIX + hour + _dims_encoder.encode(dims), counts)
+            _add(state, _TOTALS + _dims_encoder.encode((dims[1], dims[3])), counts)
+            if delta[6]:
+                owner, agent, _provider, model, _user = dims
+                day = _U64.pack(hour_number * HOUR_US // DAY_US)
+                spent = [0, *delta[4:]]
+                for kind, name in (("key", owner), ("agent", agent)):
+                    if name:
+                        prefix = spend_prefix(kind, name)
+                        _add(state, prefix + b"h" + hour + model.encode(), spent)
+                        _add(state, prefix + b"d" + day + model.encode(), spent)
         self._deltas.clear()
 
     def clear(self) -> None:
         self._deltas.clear()
+
+
+def _add(state: ProjectionState, key: bytes, counts: list[int]) -> None:
+    raw = state.get(key)
+    if raw is not None:
+        counts = [a + b for a, b in zip(_counts_decoder.decode(raw), counts, strict=True)]
+    state.put(key, _dims_encoder.encode(counts))
 
 
 def record_usage(
@@ -108,19 +133,9 @@ def record_usage(
     runs: int = 0,
     usage: Usage | None = None,
 ) -> None:
-    """Add a run start and/or a model call's tokens to the hour of `ts`, and to the all-time
-    counters of its agent and model."""
-    hour = _U64.pack(ts // HOUR_US)
-    counts.add(_PREFIX + hour + _dims_encoder.encode(dims), runs, usage)
-    counts.add(_TOTALS + _dims_encoder.encode((dims[1], dims[3])), runs, usage)
-    if usage is not None and usage.total_tokens:
-        owner, agent, _provider, model, _user = dims
-        day = _U64.pack(ts // DAY_US)
-        for kind, name in (("key", owner), ("agent", agent)):
-            if name:
-                prefix = spend_prefix(kind, name)
-                counts.add(prefix + b"h" + hour + model.encode(), 0, usage)
-                counts.add(prefix + b"d" + day + model.encode(), 0, usage)
+    """Add a run start and/or a model call's tokens to the hour of `ts` (and the day, for the
+    budgets' spend), and to the all-time counters of its agent and model."""
+    counts.add(ts, dims, runs, usage)
 
 
 def spend_prefix(kind: str, name: str) -> bytes:
