@@ -511,6 +511,8 @@ class LmdbProjectionStore(ProjectionStore):
         async with self._lock:
             dbs = [self._db(projection.name) for projection in projections]
             if len(events) <= INLINE_EVENTS:
+                if not self._marked and self._boot is not None:
+                    await trio.to_thread.run_sync(self._mark)  # two fsyncs: not in the loop
                 return self._apply_all_sync(projections, dbs, events)
             return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
 
