@@ -200,6 +200,29 @@ class ProjectionStore(ABC):
         return done
 
 
+def apply_together_or_alone(
+    projections: Sequence[Projection],
+    together: Callable[[], list[Checkpoint]],
+    alone: Callable[[Projection], Checkpoint],
+    retried_alone: tuple[type[BaseException], ...] = (),
+) -> list[Checkpoint | ProjectionFailed]:
+    """A batch for several projections in one transaction (`together`); if one of them fails
+    (or the store raises one of `retried_alone`), each in a transaction of its own (`alone`),
+    so the failure is recorded and the others' batches kept."""
+    caught: tuple[type[BaseException], ...] = (ProjectionFailed, *retried_alone)
+    try:
+        return list(together())
+    except caught:
+        pass
+    one_by_one: list[Checkpoint | ProjectionFailed] = []
+    for projection in projections:
+        try:
+            one_by_one.append(alone(projection))
+        except ProjectionFailed as failed:
+            one_by_one.append(failed)
+    return one_by_one
+
+
 # -- in memory ----------------------------------------------------------------------------------
 
 
@@ -531,9 +554,11 @@ class LmdbProjectionStore(ProjectionStore):
         self, projections: Sequence[Projection], dbs: Sequence[Any], events: Sequence[RecordedEvent]
     ) -> list[Checkpoint | ProjectionFailed]:
         self._mark()
-        try:
+        table = dict(zip((p.name for p in projections), dbs, strict=True))
+
+        def together() -> list[Checkpoint]:
             with self._env.begin(write=True) as txn:
-                done: list[Checkpoint | ProjectionFailed] = []
+                done: list[Checkpoint] = []
                 for projection, db in zip(projections, dbs, strict=True):
                     current = self._read_checkpoint(txn, projection.name)
                     applied = _apply_batch(
@@ -542,15 +567,13 @@ class LmdbProjectionStore(ProjectionStore):
                     self._write_checkpoint(txn, projection.name, applied)
                     done.append(applied)
                 return done
-        except (ProjectionFailed, lmdb.MapFullError):
-            pass
-        one_by_one: list[Checkpoint | ProjectionFailed] = []
-        for projection, db in zip(projections, dbs, strict=True):
-            try:
-                one_by_one.append(self._apply_sync(projection, db, events))
-            except ProjectionFailed as failed:
-                one_by_one.append(failed)
-        return one_by_one
+
+        return apply_together_or_alone(
+            projections,
+            together,
+            lambda projection: self._apply_sync(projection, table[projection.name], events),
+            (lmdb.MapFullError,),
+        )
 
     async def reset(self, projection: Projection, seq: int = 0) -> None:
         def run() -> None:

@@ -19,6 +19,7 @@ from cuelog.runtime._projection import (
     ProjectionStore,
     _apply_batch,
     _prefix_end,
+    apply_together_or_alone,
 )
 from cuelog.runtime._records import RecordedEvent
 
@@ -185,6 +186,41 @@ class PostgresProjectionStore(ProjectionStore):
                 raise
         except psycopg.Error as exc:
             raise LogUnavailable(f"projection {name!r} could not be written: {exc}") from None
+
+    async def apply_all(
+        self, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._apply_all_sync, projections, events)
+
+    def _apply_all_sync(
+        self, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    ) -> list[Checkpoint | ProjectionFailed]:
+        conn = self._writer
+
+        def together() -> list[Checkpoint]:
+            # Checkpoint rows are locked in one order (the group's) by every process.
+            with conn.transaction():
+                done: list[Checkpoint] = []
+                for projection in projections:
+                    current = _lock_checkpoint(conn, projection.name)
+                    applied = _apply_batch(
+                        projection,
+                        _PostgresState(conn, projection.name),
+                        current,
+                        events,
+                        (psycopg.Error,),
+                    )
+                    _write_checkpoint(conn, projection.name, applied)
+                    done.append(applied)
+                return done
+
+        try:
+            return apply_together_or_alone(
+                projections, together, lambda p: self._apply_sync(p, events)
+            )
+        except psycopg.Error as exc:
+            raise LogUnavailable(f"projections could not be written: {exc}") from None
 
     async def reset(self, projection: Projection, seq: int = 0) -> None:
         name = projection.name
