@@ -416,6 +416,10 @@ class LmdbProjectionStore(ProjectionStore):
             sync=self._sync_each,
             metasync=self._sync_each,
             readahead=False,
+            # Pages are written in the map, not copied out at each commit: a commit that is not
+            # synced costs no write calls. (Every process opening the store decides the same
+            # way, as LMDB asks: by whether the system names its boot.)
+            writemap=self._boot is not None,
         )
         self._env.reader_check()
         self._checkpoints = self._env.open_db(_CHECKPOINTS_DB)
