@@ -317,7 +317,7 @@ async def test_a_schema_2_log_gets_the_lease_tables_when_opened_for_writing(url:
     loads: list[tuple[str, str]] = []
     async with node(url, "a", loads) as a:
         assert (await a.system.ref("counter", "9").ask(Add(1))).total == 1
-    assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"3",)]
+    assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"4",)]
 
 
 async def test_an_unleased_actor_live_on_two_nodes_reads_the_others_writes(url: str) -> None:
