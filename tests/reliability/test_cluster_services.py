@@ -424,6 +424,10 @@ def test_provider_and_mcp_secrets_set_through_one_node_open_on_another(tmp_path:
                 created = httpx.post(f"{a.url}{path}", json=body, headers=HEADERS, timeout=10)
                 assert created.status_code == 201, created.text
             assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(2,)]
+            # At once through b: b looks in the log for a provider or server it does not know.
+            agent = {"id": "uses-up", "provider": "up", "model": "m", "tools": ["remote.*"]}
+            made = httpx.post(f"{b.url}/v1/agents", json=agent, headers=HEADERS, timeout=10)
+            assert made.status_code == 201, made.text
             seen = until_found(b, "/v1/providers/up")
             assert seen["status"] == "ready" and seen["has_api_key"], seen
             server = until_found(b, "/v1/mcp/servers/remote")
