@@ -13,13 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, TypeVar, final
 
+import structlog
+import trio
+
 from cuelog.actors._errors import Conflict
 from cuelog.actors._events import DOMAIN_CODEC
-from cuelog.runtime import Event, EventLog, WrongExpectedVersion
+from cuelog.runtime import Event, EventLog, LogClosed, LogError, WrongExpectedVersion
 
+logger = structlog.get_logger("cuelog.domain")
 T = TypeVar("T")
 
 _APPEND_ATTEMPTS: Final = 5  # other processes changing the stream meanwhile: decide again
+_RETRY_SECONDS: Final = 0.5
 
 
 @final
@@ -46,10 +51,18 @@ class SharedStream:
         return changed
 
     async def follow(self) -> None:
-        """Take up changes other processes record, as they come (until cancelled)."""
+        """Take up changes other processes record, as they come (until cancelled or the log
+        closes); a change that cannot be read just now (the database unreachable, a data key
+        with it) is read again until it is."""
         async for record in self.log.subscribe_stream(self.stream, self.version):
-            if record.version > self.version:
-                self.catch_up()
+            while record.version > self.version:
+                try:
+                    self.catch_up()
+                except LogClosed:
+                    return
+                except LogError as exc:
+                    logger.warning("cannot take a change up", stream=self.stream, error=str(exc))
+                    await trio.sleep(_RETRY_SECONDS)
 
     async def record(self, event: Event, decide: Callable[[], T], *, actor: str | None) -> T:
         """Catch up, `decide` on the change (raise to refuse it; return what the caller needs
