@@ -146,23 +146,31 @@ def post(http: httpx.Client, base: str, key: str, request: Request) -> tuple[str
             raise Unacknowledged
         assert response.status_code == 200, response.read()
         run_id = response.headers["X-Run-Id"]  # the run is in the log: acknowledged
-        text: list[str] = []
-        failed = False
-        for line in response.iter_lines():
-            if line.startswith("event: error"):
-                raise Unacknowledged(run_id)  # the stream broke off (not the run): send again
-            if not line.startswith("data: "):
-                continue
-            data = line.removeprefix("data: ")
-            if data == "[DONE]":
-                return run_id, None if failed else "".join(text)
-            chunk = json.loads(data)
-            if "error" in chunk:
-                assert chunk["error"]["code"] == "run_failed", chunk
-                failed = True
-                continue
-            assert chunk["id"] == f"chatcmpl-{run_id}", chunk
-            text.extend(c["delta"].get("content") or "" for c in chunk["choices"])
+        try:
+            return read_stream(response, run_id)
+        except httpx.HTTPError as exc:  # its node died mid-stream
+            raise Unacknowledged(run_id) from exc
+
+
+def read_stream(response: httpx.Response, run_id: str) -> tuple[str, str | None]:
+    """A streamed chat's run and text (None if the run failed), once its `[DONE]` came."""
+    text: list[str] = []
+    failed = False
+    for line in response.iter_lines():
+        if line.startswith("event: error"):
+            raise Unacknowledged(run_id)  # the stream broke off (not the run): send again
+        if not line.startswith("data: "):
+            continue
+        data = line.removeprefix("data: ")
+        if data == "[DONE]":
+            return run_id, None if failed else "".join(text)
+        chunk = json.loads(data)
+        if "error" in chunk:
+            assert chunk["error"]["code"] == "run_failed", chunk
+            failed = True
+            continue
+        assert chunk["id"] == f"chatcmpl-{run_id}", chunk
+        text.extend(c["delta"].get("content") or "" for c in chunk["choices"])
     raise Unacknowledged(run_id)  # cut before [DONE]
 
 
@@ -183,6 +191,7 @@ class Clients:
         self.answers: dict[str, str | None] = {}  # chats: the answer's text, None if it failed
         self.stop = threading.Event()
         self.retries = 0
+        self.cut = 0  # streams cut after naming their run, then sent again
 
     def run(self, client: int) -> None:
         rng = random.Random(client)
@@ -205,6 +214,7 @@ class Clients:
                             self.retries += 1
                             if isinstance(exc, Unacknowledged) and exc.run_id is not None:
                                 self.ack(key, exc.run_id)
+                                self.cut += 1
                         time.sleep(0.02)
                         continue
                     with self.lock:
@@ -372,7 +382,8 @@ def test_a_cluster_loses_nothing_acknowledged_and_runs_nothing_twice_under_sigki
         print(
             f"\ncluster: {counts['wake']} wakes, {counts['chat']} chats, {counts['stream']} "
             f"streamed chats acknowledged ({len(acked) - len(chats) - counts['wake']} chats "
-            f"ended without an answer), {clients.retries} retries, {KILLS} kills; dead node's "
+            f"ended without an answer), {clients.retries} retries ({clients.cut} of streams "
+            f"cut after naming their run), {KILLS} kills; dead node's "
             f"leases moved after max {max(moved_after):.2f} s, "
             f"mean {sum(moved_after) / len(moved_after):.2f} s (lease TTL {TTL} s)"
         )
