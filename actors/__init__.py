@@ -99,7 +99,9 @@ from cuelog.actors._run import RunState as RunState
 from cuelog.actors._run import fold_run as fold_run
 from cuelog.actors._runs_catalog import RunFilter as RunFilter
 from cuelog.actors._runs_catalog import RunRow as RunRow
+from cuelog.actors._sealed import DataKeys as DataKeys
 from cuelog.actors._sealed import KeyFile as KeyFile
+from cuelog.actors._sealed import SharedKeys as SharedKeys
 from cuelog.actors._session import Sent as Sent
 from cuelog.actors._session import SessionView as SessionView
 from cuelog.actors._session_fold import SessionState as SessionState
@@ -178,6 +180,7 @@ __all__ = [
     "ChatMessage",
     "Claim",
     "Conflict",
+    "DataKeys",
     "Delivery",
     "DeliveryStatus",
     "Divergence",
@@ -235,6 +238,7 @@ __all__ = [
     "Sent",
     "SessionState",
     "SessionView",
+    "SharedKeys",
     "Span",
     "TextDelta",
     "TimelineRow",

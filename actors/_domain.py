@@ -102,6 +102,7 @@ from cuelog.runtime import (
     ClusterConfig,
     EventLog,
     LeaseStatistics,
+    LogError,
     ProjectionStore,
     RecordedEvent,
     open_actor_system,
@@ -244,6 +245,7 @@ class Domain:
             if claim.repeated and self.log.stream_version(run_stream(run)) > 0:
                 # The first request's run has started, so its message is in: attach to it
                 # (however many runs the session has had since).
+                await self._wait_where_it_runs(run)
                 return Sent(key, run, queued=False)
         sent: Sent = await self.system.ref(SESSION, key).ask(
             Send(
@@ -258,6 +260,20 @@ class Domain:
         )
         self._remember_queued(run, key)
         return sent
+
+    async def _wait_where_it_runs(self, run_id: str) -> None:
+        """In cluster mode, a repeat attaching to a run that runs on another node is sent there
+        (`ActorOwnedElsewhere`): only the run's node hears of an end the log refused (a full
+        database), so only a waiter there is told instead of waiting for an end that never
+        comes. A run that ended (or whose node died) is waited for here, in the log."""
+        placement = self.system.placement
+        stream = run_stream(run_id)
+        if placement is None or placement.holds(stream):
+            return
+        with suppress(LogError):  # the lease table unreachable: follow the log here
+            moved = await placement.owner(stream)
+            if moved is not None:
+                raise moved
 
     async def check_budgets(self, agent_id: str, spec: AgentSpec, caller: Caller) -> None:
         """Refuse (`BudgetExceeded`) a run the agent's or the caller's budget has no room for."""

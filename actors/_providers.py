@@ -1,9 +1,11 @@
 """The provider registry: OpenAI-compatible upstreams added while the server runs.
 
 A provider's config is an event on stream `providers`; its API key and header values are sealed
-with AES-GCM under a key of its own, kept in a key file outside the log. Deleting a provider
-(or changing its secrets) destroys that key, so what the log keeps can no longer be opened.
-Providers go into the run settings' provider map, so an agent naming one uses it on its next run.
+with AES-GCM under a key of its own, kept outside the log (a key file, or the table beside a
+PostgreSQL log). Deleting a provider (or changing its secrets) destroys that key, so what the log
+keeps can no longer be opened. Providers go into the run settings' provider map, so an agent
+naming one uses it on its next run. Processes sharing a PostgreSQL log each follow the stream, so
+a provider added through one is used by all (see `SharedStream`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import trio
 from cryptography.exceptions import InvalidTag
 
 from cuelog.actors._errors import Conflict, Invalid, ModelError, NotFound
-from cuelog.actors._events import DOMAIN_CODEC, ProviderDeleted, ProviderSaved
+from cuelog.actors._events import ProviderDeleted, ProviderSaved
 from cuelog.actors._messages import ChatMessage
 from cuelog.actors._models import Finished, ModelChunk, ModelProvider, ModelRequest
 from cuelog.actors._models_openai import OpenAIConfig, OpenAIModel
 from cuelog.actors._names import PROVIDERS_STREAM
-from cuelog.actors._sealed import KeyFile, open_sealed, seal
+from cuelog.actors._sealed import DataKeys, open_sealed, seal
+from cuelog.actors._shared_stream import SharedStream
 from cuelog.runtime import EventLog
 
 PROVIDER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -155,7 +158,7 @@ class Providers:
     def __init__(
         self,
         event_log: EventLog,
-        key_file: KeyFile,
+        key_file: DataKeys,
         models: MutableMapping[str, ModelProvider],
         *,
         reserved: Mapping[str, object] | None = None,
@@ -165,12 +168,22 @@ class Providers:
         self._models = models
         self._reserved = set(reserved if reserved is not None else models)
         self._providers: dict[str, _Provider] = {}
-        for record in event_log.read_stream(PROVIDERS_STREAM):
-            event = DOMAIN_CODEC.decode(record.type, record.data)
-            if isinstance(event, ProviderSaved):
-                self._apply(event)
-            elif isinstance(event, ProviderDeleted):
-                self._drop(event.provider_id)
+        self._stream = SharedStream(event_log, PROVIDERS_STREAM, self._apply_event)
+        self._stream.catch_up()
+
+    def catch_up(self) -> None:
+        """Take up what was recorded since (through any process sharing the log)."""
+        self._stream.catch_up()
+
+    async def follow(self) -> None:
+        """Take up changes other processes record, as they come (until cancelled)."""
+        await self._stream.follow()
+
+    def _apply_event(self, event: object) -> None:
+        if isinstance(event, ProviderSaved):
+            self._apply(event)
+        elif isinstance(event, ProviderDeleted):
+            self._drop(event.provider_id)
 
     def _apply(self, event: ProviderSaved) -> _Provider:
         config = ProviderConfig(
@@ -239,17 +252,23 @@ class Providers:
         provider's old key is destroyed once the new config is in the log."""
         if not PROVIDER_ID_RE.fullmatch(provider_id):
             raise Invalid("id must be 1-64 letters, digits, _ or -", param="id")
-        old = self._providers.get(provider_id)
-        if create:
-            if provider_id in self._reserved:
-                raise Conflict(f"provider {provider_id!r} is configured by the server")
-            if old is not None:
-                raise Conflict(f"provider {provider_id!r} exists")
-            if len(self._providers) >= MAX_PROVIDERS:
-                raise Conflict(f"at most {MAX_PROVIDERS} providers")
-        elif old is None:
-            raise NotFound(f"no provider {provider_id!r}")
         check_provider_config(config)
+
+        def decide() -> str | None:  # the key of the config replaced
+            old = self._providers.get(provider_id)
+            if create:
+                if provider_id in self._reserved:
+                    raise Conflict(f"provider {provider_id!r} is configured by the server")
+                if old is not None:
+                    raise Conflict(f"provider {provider_id!r} exists")
+                if len(self._providers) >= MAX_PROVIDERS:
+                    raise Conflict(f"at most {MAX_PROVIDERS} providers")
+            elif old is None:
+                raise NotFound(f"no provider {provider_id!r}")
+            return old.key_id if old is not None else None
+
+        self._stream.catch_up()
+        decide()  # refused before a key is made
         key_id, key = self._keys.add()
         event = ProviderSaved(
             provider_id=provider_id,
@@ -266,23 +285,22 @@ class Providers:
         )
         recorded = False
         try:
-            await self._log.append(PROVIDERS_STREAM, [event], actor=actor)
+            old_key = await self._stream.record(event, decide, actor=actor)
             recorded = True
         finally:
             if not recorded:
                 self._keys.destroy(key_id)  # the log refused: the new key seals nothing
-        provider = self._apply(event)
-        if old is not None:
-            self._keys.destroy(old.key_id)
-        return provider.state()
+        if old_key is not None:
+            self._keys.destroy(old_key)
+        return self._provider(provider_id).state()
 
     async def delete(self, provider_id: str, *, actor: str | None = None) -> None:
         """Remove a provider and destroy its key: the log keeps ciphertext nobody can open."""
-        provider = self._provider(provider_id)
         event = ProviderDeleted(provider_id=provider_id)
-        await self._log.append(PROVIDERS_STREAM, [event], actor=actor)
-        self._drop(provider_id)
-        self._keys.destroy(provider.key_id)
+        key_id = await self._stream.record(
+            event, lambda: self._provider(provider_id).key_id, actor=actor
+        )
+        self._keys.destroy(key_id)
 
     def model(self, provider_id: str) -> RegistryModel:
         provider = self._provider(provider_id)

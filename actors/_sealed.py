@@ -1,7 +1,9 @@
-"""Secrets sealed for the log: AES-GCM under data keys kept in a key file outside the log.
+"""Secrets sealed for the log: AES-GCM under data keys kept outside the log.
 
-Each owner (a provider, an MCP server) gets a data key of its own; destroying the key (on delete,
-or when the secrets change) leaves the log with ciphertext nobody can open.
+Each owner (a provider, an MCP server, a webhook signer) gets a data key of its own; destroying
+the key (on delete, or when the secrets change) leaves the log with ciphertext nobody can open.
+The keys live in a key file next to an LMDB log (`KeyFile`), or in a table beside a PostgreSQL log
+(`SharedKeys`), where every process sharing the log finds them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import base64
 import os
 import secrets
 from pathlib import Path
-from typing import final
+from typing import Protocol, final
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,6 +20,65 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cuelog.actors._errors import Invalid
 
 _keys_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+class DataKeys(Protocol):
+    """Where data keys are kept: read one, make one, destroy one."""
+
+    def get(self, key_id: str) -> bytes | None: ...
+
+    def add(self) -> tuple[str, bytes]: ...
+
+    def destroy(self, key_id: str) -> None: ...
+
+
+class KeyStore(Protocol):
+    """A table of data keys beside the log (`cuelog.runtime.PostgresKeyStore`)."""
+
+    def get(self, key_id: str) -> bytes | None: ...
+
+    def put(self, key_id: str, key: bytes) -> None: ...
+
+    def delete(self, key_id: str) -> None: ...
+
+    def ids(self) -> set[str]: ...
+
+
+def _new_key() -> tuple[str, bytes]:
+    return "pk_" + secrets.token_hex(8), AESGCM.generate_key(bit_length=256)
+
+
+@final
+class SharedKeys:
+    """Data keys in a table beside the log, so every process sharing the log opens what any of
+    them sealed; each call is one statement, committed before it returns."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+
+    def get(self, key_id: str) -> bytes | None:
+        return self._store.get(key_id)
+
+    def add(self) -> tuple[str, bytes]:
+        key_id, key = _new_key()
+        self._store.put(key_id, key)
+        return key_id, key
+
+    def destroy(self, key_id: str) -> None:
+        self._store.delete(key_id)
+
+    def take_over(self, key_file: KeyFile) -> int:
+        """Move the keys of a key file (a server's from before its log was shared) into the
+        table, then out of the file, so a key destroyed later is gone from both; return how
+        many moved."""
+        held = self._store.ids()
+        moved = 0
+        for key_id, key in key_file.items():
+            if key_id not in held:
+                self._store.put(key_id, key)
+                moved += 1
+            key_file.destroy(key_id)
+        return moved
 
 
 @final
@@ -37,9 +98,11 @@ class KeyFile:
     def get(self, key_id: str) -> bytes | None:
         return self._keys.get(key_id)
 
+    def items(self) -> list[tuple[str, bytes]]:
+        return list(self._keys.items())
+
     def add(self) -> tuple[str, bytes]:
-        key_id = "pk_" + secrets.token_hex(8)
-        key = AESGCM.generate_key(bit_length=256)
+        key_id, key = _new_key()
         self._keys[key_id] = key
         self._write()
         return key_id, key

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, final
 
@@ -23,13 +23,13 @@ from cryptography.exceptions import InvalidTag
 
 from cuelog.actors._errors import Conflict, Invalid, NotFound, ToolError
 from cuelog.actors._events import (
-    DOMAIN_CODEC,
     McpServerConfig,
     McpServerDeleted,
     McpServerSaved,
 )
 from cuelog.actors._names import MCP_STREAM
-from cuelog.actors._sealed import KeyFile, open_sealed, seal
+from cuelog.actors._sealed import DataKeys, open_sealed, seal
+from cuelog.actors._shared_stream import SharedStream
 from cuelog.runtime import EventLog
 
 log = structlog.get_logger("cuelog.mcp")
@@ -311,7 +311,7 @@ class McpServers:
     def __init__(
         self,
         event_log: EventLog,
-        key_file: KeyFile,
+        key_file: DataKeys,
         *,
         ping_interval: float = 15.0,
         ping_timeout: float = 10.0,
@@ -329,17 +329,38 @@ class McpServers:
         self.backoff_max = backoff_max
         self._servers: dict[str, _Server] = {}
         self._nursery: trio.Nursery | None = None
-        for record in event_log.read_stream(MCP_STREAM):
-            event = DOMAIN_CODEC.decode(record.type, record.data)
-            if isinstance(event, McpServerSaved):
-                self._servers[event.server_id] = self._opened(event)
-            elif isinstance(event, McpServerDeleted):
-                self._servers.pop(event.server_id, None)
-                self._key_ids.pop(event.server_id, None)
+        self._stream = SharedStream(event_log, MCP_STREAM, self._apply)
+        self._stream.catch_up()
+
+    def catch_up(self) -> None:
+        """Take up what was recorded since (through any process sharing the log)."""
+        self._stream.catch_up()
+
+    async def follow(self) -> None:
+        """Take up changes other processes record, as they come (until cancelled)."""
+        await self._stream.follow()
+
+    def _apply(self, event: object) -> None:
+        """Bring the servers up to a recorded change: a saved config replaces the server's
+        connection with one under the new config (once `running`), a deletion ends it."""
+        if isinstance(event, McpServerSaved):
+            old = self._servers.get(event.server_id)
+            server = self._opened(event)
+            if old is not None:
+                self._stop(old)
+                server.stderr = old.stderr
+            self._servers[event.server_id] = server
+            self._start(server)
+        elif isinstance(event, McpServerDeleted):
+            gone = self._servers.pop(event.server_id, None)
+            if gone is not None:
+                self._stop(gone)
+            self._key_ids.pop(event.server_id, None)
 
     def _opened(self, event: McpServerSaved) -> _Server:
-        """The server of a recorded config, its secrets unsealed with the key file."""
+        """The server of a recorded config, its secrets unsealed with their data key."""
         config, locked = event.config, None
+        self._key_ids.pop(event.server_id, None)
         if event.key_id:
             self._key_ids[event.server_id] = event.key_id
             key = self._keys.get(event.key_id)
@@ -358,9 +379,18 @@ class McpServers:
         server.locked = locked
         return server
 
-    async def _record(self, server_id: str, config: McpServerConfig, actor: str | None) -> None:
-        """Append the config with its env and header values sealed under a new data key; the
-        server's previous key is destroyed once the new config is in the log."""
+    async def _record(
+        self,
+        server_id: str,
+        config: McpServerConfig,
+        actor: str | None,
+        decide: Callable[[], object],
+    ) -> None:
+        """Append the config with its env and header values sealed under a new data key, once
+        `decide` (on the state caught up to) lets it; the server's previous key is destroyed
+        once the new config is in the log."""
+        self._stream.catch_up()
+        decide()  # refused before a key is made
         key_id, sealed = "", ""
         if config.env or config.headers:
             key_id, key = self._keys.add()
@@ -370,18 +400,20 @@ class McpServers:
             config, env=dict.fromkeys(config.env, ""), headers=dict.fromkeys(config.headers, "")
         )
         event = McpServerSaved(server_id=server_id, config=blank, key_id=key_id, sealed=sealed)
+
+        def retired() -> str | None:
+            decide()
+            return self._key_ids.get(server_id)
+
         recorded = False
         try:
-            await self._log.append(MCP_STREAM, [event], actor=actor)
+            old_key = await self._stream.record(event, retired, actor=actor)
             recorded = True
         finally:
             if not recorded and key_id:
                 self._keys.destroy(key_id)
-        old_key = self._key_ids.pop(server_id, None)
         if old_key:
             self._keys.destroy(old_key)
-        if key_id:
-            self._key_ids[server_id] = key_id
 
     # -- the tool source -----------------------------------------------------------------------
 
@@ -426,35 +458,34 @@ class McpServers:
     ) -> McpServerState:
         if not SERVER_ID_RE.fullmatch(server_id):
             raise Invalid(f"name must be {SERVER_ID_RULE}", param="name")
-        if server_id in self._servers:
-            raise Conflict(f"MCP server {server_id!r} exists")
-        if len(self._servers) >= MAX_SERVERS:
-            raise Conflict(f"at most {MAX_SERVERS} MCP servers")
         check_server_config(config)
-        await self._record(server_id, config, actor)
-        server = self._servers[server_id] = _Server(server_id, config, self)
-        self._start(server)
-        return server.state()
+
+        def decide() -> None:
+            if server_id in self._servers:
+                raise Conflict(f"MCP server {server_id!r} exists")
+            if len(self._servers) >= MAX_SERVERS:
+                raise Conflict(f"at most {MAX_SERVERS} MCP servers")
+
+        await self._record(server_id, config, actor, decide)
+        return self._server(server_id).state()
 
     async def update(
         self, server_id: str, config: McpServerConfig, *, actor: str | None = None
     ) -> McpServerState:
         """Replace a server's config and reconnect it under the new one."""
-        old = self._server(server_id)
+        self._server(server_id)
         check_server_config(config)
-        await self._record(server_id, config, actor)
-        self._stop(old)
-        server = self._servers[server_id] = _Server(server_id, config, self)
-        server.stderr = old.stderr
-        self._start(server)
-        return server.state()
+        await self._record(server_id, config, actor, lambda: self._server(server_id))
+        return self._server(server_id).state()
 
     async def delete(self, server_id: str, *, actor: str | None = None) -> None:
-        server = self._server(server_id)
-        await self._log.append(MCP_STREAM, [McpServerDeleted(server_id=server_id)], actor=actor)
-        self._stop(server)
-        del self._servers[server_id]
-        key_id = self._key_ids.pop(server_id, None)
+        event = McpServerDeleted(server_id=server_id)
+
+        def retired() -> str | None:
+            self._server(server_id)
+            return self._key_ids.get(server_id)
+
+        key_id = await self._stream.record(event, retired, actor=actor)
         if key_id:
             self._keys.destroy(key_id)  # what the log keeps of its secrets can't be opened now
 

@@ -1,9 +1,13 @@
 """Webhook signing secrets of agents and API keys, sealed for the log.
 
 A secret is recorded on stream `webhook_secrets` only as AES-GCM ciphertext under a data key of
-its own in the key file kept outside the log (the one that seals provider and MCP secrets), so
-neither the log nor its export can reveal it. Setting a new secret or clearing it destroys the
-old data key. The plaintext lives in memory only, for signing; no answer ever carries it.
+its own kept outside the log (with the keys that seal provider and MCP secrets: a key file, or
+the table beside a PostgreSQL log), so neither the log nor its export can reveal it. Setting a
+new secret or clearing it destroys the old data key. The plaintext lives in memory only, for
+signing; no answer ever carries it.
+
+Several processes sharing a PostgreSQL log each hold the secrets: each catches up with the stream
+before it signs, and `follow` takes up what the others record as it comes (see `SharedStream`).
 
 A delivery is signed with the most specific secret there is: its agent's, else its API key's,
 else the server's `webhooks.secret`. The `Cuelog-Signer` header names which one.
@@ -11,14 +15,16 @@ else the server's `webhooks.secret`. The `Cuelog-Signer` header names which one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, final
 
 from cryptography.exceptions import InvalidTag
 
 from cuelog.actors._errors import Invalid
-from cuelog.actors._events import DOMAIN_CODEC, WebhookSecretCleared, WebhookSecretSet
+from cuelog.actors._events import WebhookSecretCleared, WebhookSecretSet
 from cuelog.actors._names import WEBHOOK_SECRETS_STREAM
-from cuelog.actors._sealed import KeyFile, open_sealed, seal
+from cuelog.actors._sealed import DataKeys, open_sealed, seal
+from cuelog.actors._shared_stream import SharedStream
 from cuelog.runtime import EventLog
 
 MIN_SECRET_CHARS: Final = 16
@@ -44,15 +50,31 @@ def check_secret(secret: str, param: str = "webhook_secret") -> None:
 @final
 class WebhookSecrets:
     """The secrets by owner (`agent:<id>`, `key:<id>`), folded from their stream at start and
-    kept current as they change."""
+    kept current as they change (here or, sharing a PostgreSQL log, in another process)."""
 
-    def __init__(self, log: EventLog, key_file: KeyFile | None) -> None:
-        self._log = log
+    def __init__(self, log: EventLog, key_file: DataKeys | None) -> None:
         self._keys = key_file
         self._secrets: dict[str, str] = {}
         self._key_ids: dict[str, str] = {}
-        for record in log.read_stream(WEBHOOK_SECRETS_STREAM):
-            self._apply(DOMAIN_CODEC.decode(record.type, record.data))
+        self._stream = SharedStream(log, WEBHOOK_SECRETS_STREAM, self._apply)
+        self._stream.catch_up()
+
+    @property
+    def on_change(self) -> Callable[[], None] | None:
+        """Called after catching up took up a change."""
+        return self._stream.on_change
+
+    @on_change.setter
+    def on_change(self, callback: Callable[[], None] | None) -> None:
+        self._stream.on_change = callback
+
+    def catch_up(self) -> None:
+        """Take up what was recorded since (through any process)."""
+        self._stream.catch_up()
+
+    async def follow(self) -> None:
+        """Take up changes other processes record, as they come (until cancelled)."""
+        await self._stream.follow()
 
     def _apply(self, event: object) -> None:
         if isinstance(event, WebhookSecretSet):
@@ -92,25 +114,22 @@ class WebhookSecrets:
         )
         recorded = False
         try:
-            await self._log.append(WEBHOOK_SECRETS_STREAM, [event], actor=actor)
+            old = await self._stream.record(event, lambda: self._key_ids.get(owner), actor=actor)
             recorded = True
         finally:
             if not recorded:
                 self._keys.destroy(key_id)  # the log refused: the new key seals nothing
-        old = self._key_ids.get(owner)
-        self._apply(event)
         if old is not None:
             self._keys.destroy(old)
 
     async def clear(self, owner: str, *, actor: str | None = None) -> None:
         """Forget the owner's secret and destroy its key (nothing to do without one)."""
-        old = self._key_ids.get(owner)
-        if old is None:
+        self.catch_up()
+        if owner not in self._key_ids:
             return
         event = WebhookSecretCleared(owner=owner)
-        await self._log.append(WEBHOOK_SECRETS_STREAM, [event], actor=actor)
-        self._apply(event)
-        if self._keys is not None:
+        old = await self._stream.record(event, lambda: self._key_ids.get(owner), actor=actor)
+        if old is not None and self._keys is not None:
             self._keys.destroy(old)
 
 

@@ -61,7 +61,7 @@ from cuelog.actors._names import (
 )
 from cuelog.actors._readers import decode_event
 from cuelog.actors._run import RunState, fold_run, run_view
-from cuelog.actors._sealed import KeyFile
+from cuelog.actors._sealed import DataKeys
 from cuelog.actors._tools_net import (
     MAX_URL_CHARS,
     IPAddress,
@@ -242,13 +242,14 @@ class Webhooks:
         *,
         now: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
-        key_file: KeyFile | None = None,
+        key_file: DataKeys | None = None,
     ) -> None:
         self.domain = domain
         self.secrets = WebhookSecrets(domain.log, key_file)
         self._signing = trio.Event()  # set once some secret can sign: the sender starts then
         if settings.secret or self.secrets.any():
             self._signing.set()
+        self.secrets.on_change = self._secrets_changed
         self.log: EventLog = domain.log
         self.settings = settings
         self._now = now
@@ -277,12 +278,18 @@ class Webhooks:
         """Refuse a callback URL that is malformed or whose host the address policy refuses
         (resolved now; every attempt checks again). Also refuses when no secret could sign its
         deliveries: the server's, the agent's, the API key's, or one given with it."""
-        if not (
-            secret_given
-            or self.settings.secret
-            or (agent_id is not None and self.secrets.has(agent_signer(agent_id)))
-            or (key_id is not None and self.secrets.has(key_signer(key_id)))
-        ):
+
+        def signable() -> bool:
+            return bool(
+                secret_given
+                or self.settings.secret
+                or (agent_id is not None and self.secrets.has(agent_signer(agent_id)))
+                or (key_id is not None and self.secrets.has(key_signer(key_id)))
+            )
+
+        if not signable():
+            self.secrets.catch_up()  # set through another process a moment ago?
+        if not signable():
             raise Invalid(
                 "callback_url needs a webhook secret: webhooks.secret on the server, or a "
                 "webhook_secret on the agent or the API key",
@@ -297,8 +304,15 @@ class Webhooks:
         await self.secrets.set(owner, secret, actor=actor)
         self._signing.set()
 
+    def _secrets_changed(self) -> None:
+        if self.secrets.any():
+            self._signing.set()
+
     def signer(self, delivery: Delivery) -> tuple[str, str] | None:
-        """The most specific secret set for a delivery, and whose it is."""
+        """The most specific secret set for a delivery, and whose it is (as recorded by the
+        time of asking, through whichever process)."""
+        with suppress(CuelogError):  # the log unreachable: sign with what is known
+            self.secrets.catch_up()
         owners = [agent_signer(delivery.agent_id)] if delivery.agent_id else []
         if delivery.key_id is not None:
             owners.append(key_signer(delivery.key_id))
@@ -740,13 +754,15 @@ async def open_webhooks(
     now: Callable[[], float] = time.time,
     send: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
-    key_file: KeyFile | None = None,
+    key_file: DataKeys | None = None,
     leases: LeaseTable | None = None,
 ) -> AsyncIterator[Webhooks]:
     """The outbox and, with `send`, its sender, until the block ends. With `leases` (cluster
     mode) the sender runs only while this node holds the service lease `service:webhooks`."""
     webhooks = Webhooks(domain, settings, now=now, transport=transport, key_file=key_file)
     async with trio.open_nursery() as nursery:
+        if leases is not None:  # other nodes set secrets too: take them up as they come
+            nursery.start_soon(webhooks.secrets.follow, name="webhook secrets")
         if send and leases is not None:
             webhooks._sender = False
             nursery.start_soon(leases.run_service, "webhooks", webhooks.run_as_owner)

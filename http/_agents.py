@@ -50,6 +50,8 @@ def check_spec(services: Services, spec: AgentSpec) -> None:
     """Refuse an agent this server could not run: a provider it has not configured, or a tool
     it does not know (an unknown name would only fail at the agent's first call)."""
     settings = services.domain.settings
+    if spec.provider not in settings.providers and services.providers is not None:
+        services.providers.catch_up()  # added through another process a moment ago?
     if spec.provider not in settings.providers:
         known = ", ".join(sorted(settings.providers))
         raise ApiError(
@@ -59,6 +61,8 @@ def check_spec(services: Services, spec: AgentSpec) -> None:
             param="provider",
         )
     known_tools = set(settings.tools.names())
+    if services.mcp is not None and any(name not in known_tools for name in spec.tools):
+        services.mcp.catch_up()  # a server added through another process a moment ago?
     servers = {state.id for state in services.mcp.all()} if services.mcp is not None else set()
 
     def granted(name: str) -> bool:

@@ -112,7 +112,7 @@ def register_chat_routes(routes: Routes, services: Services) -> None:
         if respond_async:
             return await accepted(services, sent, {"Preference-Applied": "respond-async"})
         view = await services.wait_for(sent)
-        raise_for_run(view)
+        raise_for_run(view, run_headers(sent))
         created = int(time.time())
         return json_response(
             chat_completion(
@@ -257,12 +257,16 @@ async def stored_response(services: Services, response_id: str) -> dict[str, Any
     return response_object(view.id, view.agent_id, created, outcome_of(view), ResponseEcho())
 
 
-def raise_for_run(view: RunView) -> None:
+def raise_for_run(view: RunView, headers: dict[str, str]) -> None:
+    """The error for a run that ended without an answer; `headers` name the run, so a client
+    can look it up (the same Idempotency-Key answers the same error)."""
     if view.status == "completed":
         return
     if view.status == "cancelled":
-        raise ApiError(409, f"the run was cancelled: {view.error}", code="run_cancelled")
-    raise ApiError(502, f"the run failed: {view.error}", code="run_failed")
+        raise ApiError(
+            409, f"the run was cancelled: {view.error}", code="run_cancelled", headers=headers
+        )
+    raise ApiError(502, f"the run failed: {view.error}", code="run_failed", headers=headers)
 
 
 async def run_frames(

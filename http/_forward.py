@@ -5,7 +5,9 @@ The request goes as it came (method, path, query, body, the client's own credent
 owner checks them itself), marked with `X-Cuelog-Forwarded-By`; a forwarded request is never
 forwarded again (two nodes that disagree about an owner answer 503 `owned_elsewhere` rather than
 bounce a request between them). Work a node did before it found the owner is safe to repeat:
-an Idempotency-Key claim is found again by the owner and attaches to the same run.
+an Idempotency-Key claim is found again by the owner and attaches to the same run. A message
+this node could not record because it lost the actor's lease meanwhile (fenced: nothing of it
+was written) reaches here the same way, with the node that took the lease over.
 """
 
 from __future__ import annotations

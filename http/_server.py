@@ -26,6 +26,7 @@ from cuelog.actors import (
     AgentSpec,
     Budgets,
     BuiltinTools,
+    DataKeys,
     Domain,
     EchoModel,
     HttpFetchConfig,
@@ -37,6 +38,7 @@ from cuelog.actors import (
     OpenAIModel,
     Providers,
     RunSettings,
+    SharedKeys,
     ToolRegistry,
     ToolsConfig,
     WebhookSettings,
@@ -53,8 +55,10 @@ from cuelog.http._otel import open_otel_export
 from cuelog.http._services import Services
 from cuelog.runtime import (
     ActorConfig,
+    EventLog,
     open_event_log,
     open_projection_store,
+    shared_data_keys,
     tune_gc_for_serving,
 )
 
@@ -162,6 +166,26 @@ def provider_key_file(settings: Settings) -> Path:
     return settings.providers.key_file or settings.log.data_dir / "provider-keys.json"
 
 
+@asynccontextmanager
+async def open_data_keys(settings: Settings, event_log: EventLog) -> AsyncIterator[DataKeys]:
+    """The data keys that seal provider, MCP and webhook secrets: the key file, or with a
+    PostgreSQL log the table beside it (every node of a cluster opens what any node sealed),
+    into which the key file's keys are moved first."""
+    try:
+        key_file = KeyFile(provider_key_file(settings))
+    except Invalid as exc:
+        raise ConfigError(f"providers.key_file: {exc}") from None
+    store = shared_data_keys(event_log)
+    if store is None:
+        yield key_file
+        return
+    shared = SharedKeys(store)
+    moved = shared.take_over(key_file)
+    if moved:
+        log.info("data keys moved into the log's database", count=moved, key_file=key_file.path)
+    yield shared
+
+
 def tools_config(settings: Settings) -> ToolsConfig:
     """The built-in tools as `[server] enabled_tools` and `[tools]` set them; the files
     sandbox is made if missing."""
@@ -243,10 +267,6 @@ async def _serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     stop = trio.Event() if shutdown is None else shutdown
-    try:
-        key_file = KeyFile(provider_key_file(settings))
-    except Invalid as exc:
-        raise ConfigError(f"providers.key_file: {exc}") from None
     tools_settings = tools_config(settings)
     tools = ToolRegistry.builtins(tools_settings)
     run_settings = RunSettings(
@@ -262,6 +282,7 @@ async def _serve(
             max_map_size=settings.log.max_size,
             max_event_bytes=settings.log.max_event_bytes,
         ) as event_log,
+        open_data_keys(settings, event_log) as key_file,
         open_projection_store(
             settings.log.url or settings.log.data_dir, sync=settings.log.sync
         ) as projections,
@@ -315,11 +336,14 @@ async def _serve(
         services.trace_export = trace_export
         services.mcp = mcp
         services.builtin_tools = builtin_tools
-        services.providers = Providers(event_log, key_file, run_settings.providers)
+        services.providers = providers = Providers(event_log, key_file, run_settings.providers)
         services.loops = loops if settings.loops.enabled else None
         services.webhooks = webhooks
         services.forwarder = forwarder
         app = create_app(services)
+        if settings.cluster.node is not None:  # other nodes change these registries too
+            nursery.start_soon(providers.follow, name="providers")
+            nursery.start_soon(mcp.follow, name="mcp servers")
         if handle_signals:
             nursery.start_soon(_stop_on_signals, stop)
         nursery.start_soon(_end_streams_on_stop, stop, services)

@@ -53,6 +53,8 @@ from cuelog.runtime._logging import configure_logging as configure_logging
 from cuelog.runtime._open import LogLocation as LogLocation
 from cuelog.runtime._open import open_event_log as open_event_log
 from cuelog.runtime._open import parse_log_location as parse_log_location
+from cuelog.runtime._open import shared_data_keys as shared_data_keys
+from cuelog.runtime._postgres_keys import PostgresKeyStore as PostgresKeyStore
 from cuelog.runtime._projection import Checkpoint as Checkpoint
 from cuelog.runtime._projection import LmdbProjectionStore as LmdbProjectionStore
 from cuelog.runtime._projection import MemoryProjectionStore as MemoryProjectionStore
@@ -117,6 +119,7 @@ __all__ = [
     "MailboxFull",
     "MemoryProjectionStore",
     "PayloadTooLarge",
+    "PostgresKeyStore",
     "Projection",
     "ProjectionFailed",
     "ProjectionGroup",
@@ -141,5 +144,6 @@ __all__ = [
     "open_leases",
     "open_projection_store",
     "parse_log_location",
+    "shared_data_keys",
     "tune_gc_for_serving",
 ]

@@ -17,7 +17,9 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   kind with a history is rehydrated only after this node took its lease (a new one takes it
   before its first append); a lease held by another live node
   fails the messages with `ActorOwnedElsewhere`, and an actor whose lease was lost stops
-  without recording a failure (the new owner has it). A retiring actor releases its lease.
+  without recording a failure (the new owner has it): what it had not recorded fails with
+  `LeaseLost`, which `ask` turns into the new owner (or sends again here when nobody took the
+  lease). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
   drops it (before handling) or discards the reply (after), never blocking.
 """
@@ -371,7 +373,28 @@ class ActorRef:
 
         Cancelling the caller leaves nothing behind: a message not yet taken is dropped, and a
         reply to a message being handled is discarded.
+
+        With placement, a message the actor could not record because this node lost its lease
+        (`LeaseLost` for its own stream: nothing of it was written) goes where the actor is
+        now: `ActorOwnedElsewhere` names the node that took it over, and when nobody did (the
+        lease merely expired) it is sent once more here, where a new incarnation takes the
+        lease back.
         """
+        try:
+            return await self._ask(msg)
+        except LeaseLost as exc:
+            placement = self._system.placement
+            if placement is None or exc.stream != f"{self.address[0]}:{self.address[1]}":
+                raise
+            try:
+                moved = await placement.owner(exc.stream)
+            except LogError:
+                raise exc from None
+            if moved is not None:
+                raise moved from None
+        return await self._ask(msg)
+
+    async def _ask(self, msg: Any) -> Any:
         system = self._system
         env = _Envelope(msg, trio.lowlevel.current_task())
         system._asks += 1

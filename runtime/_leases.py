@@ -124,7 +124,7 @@ RETURNING l.epoch, (SELECT node FROM prev)
 """
 
 _OWNER: Final = """
-SELECT l.node, coalesce(n.address, '') FROM cuelog_leases l
+SELECT l.node, coalesce(n.address, ''), l.expiry > clock_timestamp() FROM cuelog_leases l
 LEFT JOIN cuelog_nodes n ON n.node = l.node WHERE l.key = %s
 """
 
@@ -232,6 +232,14 @@ class LeaseTable:
             self._takeovers += 1
             log.info("lease taken over", key=key, previous_node=previous, epoch=epoch)
         return epoch
+
+    async def owner(self, key: str) -> ActorOwnedElsewhere | None:
+        """Another node that holds `key`'s lease now, with its address; None when nobody else
+        does (the lease expired, was released, or is this node's)."""
+        row = await self._run(self._owner_sync, key)
+        if row is None or row.node == self.node:
+            return None
+        return row
 
     def release_soon(self, key: str) -> None:
         """Give the lease on `key` up (the actor passivated): forgotten now, released in the
@@ -366,9 +374,14 @@ class LeaseTable:
         )
         if rows:
             return int(rows[0][0]), rows[0][1]
-        owner = self._execute(_OWNER, [key])
-        node, address = (str(owner[0][0]), str(owner[0][1])) if owner else ("?", "")
-        return ActorOwnedElsewhere(key, node, address)
+        return self._owner_sync(key, live=False) or ActorOwnedElsewhere(key, "?", "")
+
+    def _owner_sync(self, key: str, *, live: bool = True) -> ActorOwnedElsewhere | None:
+        """The lease's node and its address; None without a row, or (`live`) when it expired."""
+        rows = self._execute(_OWNER, [key])
+        if not rows or (live and not rows[0][2]):
+            return None
+        return ActorOwnedElsewhere(key, str(rows[0][0]), str(rows[0][1]))
 
     def _orphans_sync(self, pattern: str, limit: int) -> list[str]:
         return [str(key) for (key,) in self._execute(_ORPHANS, [pattern, limit])]

@@ -20,7 +20,8 @@ from cuelog.runtime._envelope import now_us
 from cuelog.runtime._errors import LogError
 from cuelog.runtime._lmdb import open_lmdb_event_log
 from cuelog.runtime._memory import MemoryEventLog
-from cuelog.runtime._postgres import open_postgres_event_log, redact_url
+from cuelog.runtime._postgres import PostgresEventLog, open_postgres_event_log, redact_url
+from cuelog.runtime._postgres_keys import PostgresKeyStore
 from cuelog.runtime._protocol import EventLog
 
 _POSTGRES = ("postgresql", "postgres")
@@ -123,3 +124,9 @@ async def open_event_log(
         commit_in_thread=commit_in_thread,
     ) as lmdb_log:
         yield lmdb_log
+
+
+def shared_data_keys(log: EventLog) -> PostgresKeyStore | None:
+    """The table of data keys beside the log, when it has one (PostgreSQL: every process sharing
+    the log reads it); None for a log whose keys live in a key file of the process."""
+    return log.data_keys if isinstance(log, PostgresEventLog) else None

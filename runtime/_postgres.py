@@ -11,6 +11,7 @@ Tables, in the connection's current schema (see docs/log-format.md):
     cuelog_content    digest -> blob (the content store)
     cuelog_leases     actor key -> node, epoch, expiry (cluster mode, see cuelog.runtime._leases)
     cuelog_nodes      node -> internal address, heartbeat
+    cuelog_data_keys  key id -> a data key sealing secrets (see cuelog.runtime._postgres_keys)
 
 One writer task per process gathers pending appends into one transaction (group commit) that
 starts by locking the head row: writers in several processes queue on that row, so seqs stay
@@ -61,6 +62,8 @@ from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
 from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
+from cuelog.runtime._postgres_keys import CREATE_TABLE as CREATE_KEYS_TABLE
+from cuelog.runtime._postgres_keys import PostgresKeyStore
 from cuelog.runtime._records import (
     Anchor,
     Head,
@@ -75,7 +78,7 @@ from cuelog.runtime._verify import verify_chain
 log = structlog.get_logger("cuelog.log")
 
 T = TypeVar("T")
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # Taken while creating or migrating the schema, so two processes opening a new log at once
 # create it once.
 _SCHEMA_LOCK: Final = 0x6375656C6F67  # "cuelog"
@@ -114,6 +117,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     (CREATE_TABLE,),
     CREATE_LEASE_TABLES,
+    (CREATE_KEYS_TABLE,),
 )
 
 
@@ -219,6 +223,10 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
         self.url = url
         self.readonly = readonly
         self.content = PostgresContentStore(
+            lambda: _connect(url, readonly=readonly), readonly=readonly
+        )
+        # The keys sealing secrets recorded in the log (see cuelog.runtime._postgres_keys).
+        self.data_keys = PostgresKeyStore(
             lambda: _connect(url, readonly=readonly), readonly=readonly
         )
         self.max_event_bytes = max_event_bytes
@@ -925,6 +933,7 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
     def _close(self) -> None:
         self._closed = True
         self._wake_subscribers()
+        self.data_keys.close()
         _close_quietly(self._reader)
         self._reader = None
         _close_quietly(self._writer_conn)

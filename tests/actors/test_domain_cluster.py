@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from cuelog.actors import AgentSpec, Domain, open_domain
+from cuelog.actors import AgentSpec, Domain, IdempotencyKey, open_domain
 from cuelog.actors._events import ApprovalRequested, RunFailed, RunStarted
 from cuelog.actors._run import RunSettings
-from cuelog.runtime import ActorOwnedElsewhere, ClusterConfig, LeaseLost, open_event_log
+from cuelog.runtime import ActorOwnedElsewhere, ClusterConfig, StorageFull, open_event_log
 from tests.actors.domain_support import (
     SlowModel,
     decoded,
@@ -94,8 +94,9 @@ async def test_a_paused_owners_run_is_taken_over_closed_as_interrupted_and_its_q
             version = b.log.stream_version("run:run_a")
             await trio.sleep(0.2)
             assert b.log.stream_version("run:run_a") == version
-            # a's session actor is still live there; its next write is fenced, then refused.
-            with pytest.raises(LeaseLost, match="node 'b' holds it now"):
+            # a's session actor is still live there; its next write is fenced (nothing of it is
+            # written), and the sender hears which node has the session now.
+            with pytest.raises(ActorOwnedElsewhere, match="node 'b'"):
                 await a.send("default", [user("C")], session_key="s")
             with pytest.raises(ActorOwnedElsewhere, match="node 'b'"):
                 await a.get_session("s")
@@ -145,3 +146,30 @@ async def test_a_node_shutting_down_hands_its_running_work_over(url: str) -> Non
             assert (done_b.status, done_b.content) == ("completed", "Echo: B")
             assert (await b.get_run("run_a")).error == "interrupted"
             assert run_sql(url, "SELECT node FROM cuelog_nodes") == [("b",)]
+
+
+async def test_a_repeat_attaching_to_a_run_on_another_node_is_sent_there(url: str) -> None:
+    """A request repeated (same Idempotency-Key) through node b while its run streams on node a
+    is refused with a's name, to be forwarded there: only a hears of an end the log refused,
+    and a's waiter is told (`StorageFull`). Once a's leases expire, b attaches to the run
+    itself."""
+    slow = SlowModel(words=100_000, delay=0.01)
+    key = IdempotencyKey(scope="local", key="repeat-me", route="wake", digest="d1")
+    with trio.fail_after(GUARD):
+        async with (
+            cluster_node(url, "a", make_settings(slow), renew=60) as a,
+            cluster_node(url, "b", make_settings(slow)) as b,
+        ):
+            first = await a.send("default", [user("A")], session_key="s", idempotency=key)
+            await wait_for_event(a.log, f"run:{first.run_id}", "AssistantDelta")
+            with pytest.raises(ActorOwnedElsewhere, match="node 'a'"):
+                await b.send("default", [user("A")], session_key="s", idempotency=key)
+            a.registry.end_unrecorded(first.run_id, StorageFull("the log is full"))
+            again = await a.send("default", [user("A")], session_key="s", idempotency=key)
+            assert again.run_id == first.run_id
+            with pytest.raises(StorageFull):
+                await a.wait_sent(again)
+            expire_node(url, "a")
+            there = await b.send("default", [user("A")], session_key="s", idempotency=key)
+            assert there.run_id == first.run_id
+            assert types_of(b.log, f"run:{first.run_id}").count("RunStarted") == 1

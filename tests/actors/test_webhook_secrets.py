@@ -14,6 +14,7 @@ from cuelog.actors import (
     AgentSpec,
     Invalid,
     KeyFile,
+    SharedKeys,
     WebhookSettings,
     agent_signer,
     key_signer,
@@ -21,9 +22,10 @@ from cuelog.actors import (
     open_webhooks,
 )
 from cuelog.actors._webhook_secrets import WebhookSecrets
-from cuelog.runtime import open_event_log
+from cuelog.runtime import open_event_log, shared_data_keys
 from tests.actors.domain_support import make_settings, user
 from tests.http.webhook_receiver import receiver
+from tests.postgres import fresh_database
 
 AGENT_SECRET = "agent-secret-0123456789-abcdef"
 
@@ -84,3 +86,47 @@ async def test_an_outbox_without_a_server_secret_starts_when_an_agent_secret_is_
                     await trio.sleep(0.02)
             [got] = hook.successes()
             assert got.signed and got.headers["Cuelog-Signer"] == "agent:hooked"
+
+
+async def test_secrets_sealed_by_one_process_open_in_another_sharing_a_postgres_log(
+    tmp_path: Path,
+) -> None:
+    """Two processes' stores on one PostgreSQL log, their data keys in the table beside it: a
+    key file's keys move into the table (and out of the file); a secret set through one is
+    read by the other once it catches up (or follows); changes through both leave one key per
+    owner in the table (each destroys the key its change retired)."""
+    keys_path = tmp_path / "keys.json"
+    with fresh_database() as url:
+        async with open_event_log(url) as first_log, open_event_log(url) as second_log:
+            old_file = KeyFile(keys_path)
+            before = WebhookSecrets(first_log, old_file)
+            await before.set(key_signer("key_1"), "sealed-under-a-key-file")
+            table = shared_data_keys(first_log)
+            assert table is not None and not table.ids()
+            first_keys = SharedKeys(table)
+            assert first_keys.take_over(KeyFile(keys_path)) == 1
+            assert msgspec.json.decode(keys_path.read_bytes()) == {}
+            second_table = shared_data_keys(second_log)
+            assert second_table is not None
+            first = WebhookSecrets(first_log, first_keys)
+            second = WebhookSecrets(second_log, SharedKeys(second_table))
+            assert second.get(key_signer("key_1")) == "sealed-under-a-key-file"
+
+            changed = trio.Event()
+            second.on_change = changed.set
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second.follow)
+                await first.set(agent_signer("a"), AGENT_SECRET)
+                with trio.fail_after(10):
+                    await changed.wait()
+                nursery.cancel_scope.cancel()
+            assert second.get(agent_signer("a")) == AGENT_SECRET
+            await second.set(agent_signer("a"), "set-through-the-second-one")
+            await first.set(agent_signer("a"), "set-through-the-first-again")  # catches up
+            await second.clear(key_signer("key_1"))
+            first.catch_up()
+            second.catch_up()
+            for store in (first, second):
+                assert store.get(agent_signer("a")) == "set-through-the-first-again"
+                assert store.get(key_signer("key_1")) is None
+            assert len(table.ids()) == 1

@@ -65,3 +65,27 @@ async def test_chat_stream_frames_carry_log_seqs_and_end_with_done(
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
         ids = [i for i in (frame_id(f) for f in frames) if i is not None]
         assert len(ids) > 2 and ids == sorted(set(ids))
+
+
+async def test_a_chat_whose_run_fails_names_the_run(tmp_path: Path) -> None:
+    """A chat whose run fails (its provider cannot be reached) answers 502 `run_failed` with the
+    run in X-Run-Id; the same Idempotency-Key answers the same run again, and it is failed."""
+    provider = {"id": "down", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+    agent = {"id": "a", "provider": "down", "model": "m"}
+    async with live_server(tmp_path / "data") as live:
+        assert (await live.client.post("/v1/providers", json=provider)).status_code == 201
+        assert (await live.client.post("/v1/agents", json=agent)).status_code == 201
+        body = {"model": "a", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Idempotency-Key": "failing-chat"}
+        answers = [
+            await live.client.post("/v1/chat/completions", json=body, headers=headers)
+            for _ in range(2)
+        ]
+        for answer in answers:
+            assert answer.status_code == 502, answer.text
+            assert answer.json()["error"]["code"] == "run_failed"
+        run_id = answers[0].headers["x-run-id"]
+        assert answers[1].headers["x-run-id"] == run_id
+        assert answers[0].headers["x-session-key"]
+        run = (await live.client.get(f"/v1/runs/{run_id}")).json()
+        assert run["status"] == "failed"

@@ -1,7 +1,8 @@
 """Three real `cuelog serve` nodes on one PostgreSQL log while one of them is SIGKILLed again and
-again: clients spread idempotent wakes over all three and retry what was not acknowledged on
-another node. Every acknowledged wake is in the log exactly once, no run starts twice, every run
-settles, the chain verifies, and the time until a dead node's actors are owned elsewhere is
+again: clients spread idempotent wakes and chat completions (answered whole or streamed) over all
+three and send what was not acknowledged again on another node. Every acknowledged request is in
+the log exactly once, no run starts twice, every run settles, every chat answered got its own
+answer, the chain verifies, and the time until a dead node's actors are owned elsewhere is
 printed.
 
 CUELOG_CLUSTER_KILLS sets the number of kills (10 by default; `make soak` runs 200).
@@ -9,6 +10,7 @@ CUELOG_CLUSTER_KILLS sets the number of kills (10 by default; `make soak` runs 2
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -33,7 +35,6 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 KILLS = int(os.environ.get("CUELOG_CLUSTER_KILLS", "10"))
 TTL = 2.0
 NODES = ("a", "b", "c")
-CLIENTS = 4
 TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
 
 
@@ -79,48 +80,154 @@ class Cluster:
             return [s.url for s in self.servers.values() if s.proc.poll() is None]
 
 
+# What each client thread sends: async wakes, chat completions (the answer waits for the run),
+# streamed chat completions.
+KINDS = ("wake", "wake", "chat", "chat", "stream")
+
+
+class Request(msgspec.Struct, frozen=True):
+    """One client request: where it goes, what it says, and the session it continues."""
+
+    kind: str
+    path: str
+    body: dict[str, Any]
+    text: str
+    session: str | None = None  # a chat's session (a wake names its own in the body)
+
+    def headers(self, key: str) -> dict[str, str]:
+        headers = {"Idempotency-Key": key}
+        if self.session is not None:
+            headers["X-Session-Key"] = self.session
+        return headers
+
+
+def request_for(kind: str, client: int, number: int) -> tuple[str, Request]:
+    key = f"{kind[0]}{client}-{number}"
+    text = f"hello {key}"
+    if kind == "wake":
+        body: dict[str, Any] = {"message": text, "session_key": f"s{client}", "mode": "async"}
+        return key, Request(kind, "/v1/agents/default/wake", body, text)
+    body = {"model": "default", "messages": [{"role": "user", "content": text}]}
+    if kind == "stream":
+        body["stream"] = True
+    return key, Request(kind, "/v1/chat/completions", body, text, f"chat{client}")
+
+
+class Unacknowledged(Exception):
+    """The request's answer never came whole (its node died, say): send it again elsewhere.
+    `run_id` is the run a stream had named before it broke off."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def post(http: httpx.Client, base: str, key: str, request: Request) -> tuple[str, str | None]:
+    """Send `request` to the node at `base`; the run it made and, for a chat that finished, the
+    answer's text. Raises `Unacknowledged` when it has to be sent again."""
+    url = base + request.path
+    if request.kind != "stream":
+        response = http.post(url, json=request.body, headers=request.headers(key))
+        if response.status_code == 503:
+            raise Unacknowledged
+        if request.kind == "wake":
+            assert response.status_code == 202, response.text
+            return str(response.json()["run_id"]), None
+        # A chat whose run ended without an answer (its node died mid-run: `interrupted`)
+        # still made its run, and the error names it.
+        if response.status_code == 502 and response.json()["error"]["code"] == "run_failed":
+            return response.headers["X-Run-Id"], None
+        assert response.status_code == 200, response.text
+        run_id = response.headers["X-Run-Id"]
+        assert response.json()["id"] == f"chatcmpl-{run_id}"
+        return run_id, response.json()["choices"][0]["message"]["content"]
+    with http.stream("POST", url, json=request.body, headers=request.headers(key)) as response:
+        if response.status_code == 503:
+            raise Unacknowledged
+        assert response.status_code == 200, response.read()
+        run_id = response.headers["X-Run-Id"]  # the run is in the log: acknowledged
+        try:
+            return read_stream(response, run_id)
+        except httpx.HTTPError as exc:  # its node died mid-stream
+            raise Unacknowledged(run_id) from exc
+
+
+def read_stream(response: httpx.Response, run_id: str) -> tuple[str, str | None]:
+    """A streamed chat's run and text (None if the run failed), once its `[DONE]` came."""
+    text: list[str] = []
+    failed = False
+    for line in response.iter_lines():
+        if line.startswith("event: error"):
+            raise Unacknowledged(run_id)  # the stream broke off (not the run): send again
+        if not line.startswith("data: "):
+            continue
+        data = line.removeprefix("data: ")
+        if data == "[DONE]":
+            return run_id, None if failed else "".join(text)
+        chunk = json.loads(data)
+        if "error" in chunk:
+            assert chunk["error"]["code"] == "run_failed", chunk
+            failed = True
+            continue
+        assert chunk["id"] == f"chatcmpl-{run_id}", chunk
+        text.extend(c["delta"].get("content") or "" for c in chunk["choices"])
+    raise Unacknowledged(run_id)  # cut before [DONE]
+
+
 class Clients:
-    """Threads waking the default agent on random nodes with unique Idempotency-Keys, each on a
+    """Threads sending wakes and chats to random nodes with unique Idempotency-Keys, each on a
     session of its own (so sessions are owned by some node and requests for them are forwarded),
-    retrying a request on another node until it is acknowledged."""
+    sending a request again on another node until its answer came whole.
+
+    A request is acknowledged once a node answered with its run; a streamed chat's answer is
+    whole once its stream reached `[DONE]` (a stream cut by a kill is sent again with the same
+    key, and replays the same run)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.lock = threading.Lock()
         self.acked: dict[str, str] = {}
+        self.requests: dict[str, Request] = {}
+        self.answers: dict[str, str | None] = {}  # chats: the answer's text, None if it failed
         self.stop = threading.Event()
         self.retries = 0
+        self.cut = 0  # streams cut after naming their run, then sent again
 
     def run(self, client: int) -> None:
         rng = random.Random(client)
+        kind = KINDS[client]
         number = 0
         with httpx.Client(timeout=10, headers=HEADERS) as http:
             while not self.stop.is_set():
-                key = f"c{client}-{number}"
-                body = {"message": f"hello {key}", "session_key": f"s{client}", "mode": "async"}
+                key, request = request_for(kind, client, number)
+                with self.lock:
+                    self.requests[key] = request
                 while not self.stop.is_set():
                     urls = self.cluster.urls()
                     if not urls:
                         time.sleep(0.02)
                         continue
                     try:
-                        response = http.post(
-                            f"{rng.choice(urls)}/v1/agents/default/wake",
-                            json=body,
-                            headers={"Idempotency-Key": key},
-                        )
-                    except httpx.HTTPError:
-                        response = None
-                    if response is None or response.status_code == 503:
+                        run_id, answer = post(http, rng.choice(urls), key, request)
+                    except (httpx.HTTPError, Unacknowledged) as exc:
                         with self.lock:
                             self.retries += 1
+                            if isinstance(exc, Unacknowledged) and exc.run_id is not None:
+                                self.ack(key, exc.run_id)
+                                self.cut += 1
                         time.sleep(0.02)
                         continue
-                    assert response.status_code == 202, response.text
                     with self.lock:
-                        self.acked[key] = response.json()["run_id"]
+                        self.ack(key, run_id)
+                        if kind != "wake":
+                            self.answers[key] = answer
                     break
                 number += 1
+
+    def ack(self, key: str, run_id: str) -> None:
+        """Record `key`'s run (under the lock); every answer for one key names the same run."""
+        first = self.acked.setdefault(key, run_id)
+        assert first == run_id, f"{key} made runs {first} and {run_id}"
 
 
 def stream_events(url: str, prefix: str) -> list[tuple[str, str, bytes]]:
@@ -196,15 +303,17 @@ def owned_by(url: str, node: str) -> int:
 def test_a_cluster_loses_nothing_acknowledged_and_runs_nothing_twice_under_sigkill(
     tmp_path: Path, url: str
 ) -> None:
-    """After repeated SIGKILLs of one of three nodes under load: each acknowledged wake has
-    exactly one MessageAccepted and its run one RunStarted and one end; retries of acknowledged
-    keys on any node return the same run; the dead node's work moves within the lease TTL plus a
-    little; `cuelog verify` passes."""
+    """After repeated SIGKILLs of one of three nodes under load: each acknowledged wake and chat
+    has exactly one MessageAccepted and its run one RunStarted and one end; each chat answered
+    answers its own message; repeats of acknowledged keys on any node return the same run; the
+    dead node's work moves within the lease TTL plus a little; `cuelog verify` passes."""
     cluster = Cluster(tmp_path, url)
     for name in NODES:
         cluster.start(name)
     clients = Clients(cluster)
-    threads = [threading.Thread(target=clients.run, args=(i,), daemon=True) for i in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=clients.run, args=(i,), daemon=True) for i in range(len(KINDS))
+    ]
     for thread in threads:
         thread.start()
     rng = random.Random(4321)
@@ -248,33 +357,35 @@ def test_a_cluster_loses_nothing_acknowledged_and_runs_nothing_twice_under_sigki
             assert sum(t in TERMINAL for t in types) == 1, (run_id, types)
         accepted = accepted_runs(url)
         assert not [r for r, n in accepted.items() if n > 1], "a message was accepted twice"
-        assert set(acked.values()) <= set(accepted), "an acknowledged wake is missing"
-        # Retries of acknowledged keys, on any node, attach to the same run and add nothing
-        # (a session remembers its last 50 runs: each client's latest keys are retried).
+        assert set(acked.values()) <= set(accepted), "an acknowledged request is missing"
+        chats = {k: v for k, v in clients.answers.items() if v is not None}
+        for key, answer in chats.items():
+            assert answer == f"Echo: {clients.requests[key].text}", (key, answer)
+        assert chats, "no chat was answered"
+        assert any(r.kind == "stream" for k, r in clients.requests.items() if k in chats)
+        # Repeats of acknowledged keys, on any node, attach to the same run and add nothing
+        # (a session remembers its last 50 runs: each client's latest keys are sent again).
         latest: dict[str, list[str]] = {}
         for key in acked:
             latest.setdefault(key.split("-")[0], []).append(key)
         with httpx.Client(headers=HEADERS, timeout=10) as http:
             for keys in latest.values():
                 for key in sorted(keys, key=lambda k: int(k.split("-")[1]))[-5:]:
-                    client = key.split("-")[0][1:]
-                    again = http.post(
-                        f"{rng.choice(cluster.urls())}/v1/agents/default/wake",
-                        json={
-                            "message": f"hello {key}",
-                            "session_key": f"s{client}",
-                            "mode": "async",
-                        },
-                        headers={"Idempotency-Key": key},
+                    again, replayed = post(
+                        http, rng.choice(cluster.urls()), key, clients.requests[key]
                     )
-                    assert again.status_code == 202, again.text
-                    assert again.json()["run_id"] == acked[key]
+                    assert again == acked[key], key
+                    if key in chats:
+                        assert replayed == chats[key], key
         assert accepted_runs(url) == accepted
+        counts = Counter(clients.requests[key].kind for key in acked)
         print(
-            f"\ncluster: {len(acked)} acknowledged wakes, {clients.retries} retries, "
-            f"{KILLS} kills; dead node's leases moved after "
-            f"max {max(moved_after):.2f} s, mean {sum(moved_after) / len(moved_after):.2f} s "
-            f"(lease TTL {TTL} s)"
+            f"\ncluster: {counts['wake']} wakes, {counts['chat']} chats, {counts['stream']} "
+            f"streamed chats acknowledged ({len(acked) - len(chats) - counts['wake']} chats "
+            f"ended without an answer), {clients.retries} retries ({clients.cut} of streams "
+            f"cut after naming their run), {KILLS} kills; dead node's "
+            f"leases moved after max {max(moved_after):.2f} s, "
+            f"mean {sum(moved_after) / len(moved_after):.2f} s (lease TTL {TTL} s)"
         )
         assert max(moved_after) < TTL + 3
     finally:

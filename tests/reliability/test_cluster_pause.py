@@ -53,11 +53,13 @@ def events_of(url: str, stream: str) -> list[str]:
     return [decode_record(row[0]).type for row in rows if isinstance(row[0], bytes)]
 
 
-def node(tmp_path: Path, url: str, name: str) -> ServerProcess:
+def node(
+    tmp_path: Path, url: str, name: str, ttl: float = TTL, renew: float = 0.25
+) -> ServerProcess:
     config = tmp_path / "cuelog.toml"
     config.write_text(CONFIG)
-    os.environ["CUELOG_CLUSTER_LEASE_TTL"] = str(TTL)
-    os.environ["CUELOG_CLUSTER_RENEW_INTERVAL"] = "0.25"
+    os.environ["CUELOG_CLUSTER_LEASE_TTL"] = str(ttl)
+    os.environ["CUELOG_CLUSTER_RENEW_INTERVAL"] = str(renew)
     try:
         return start_server(
             tmp_path / name,
@@ -175,3 +177,56 @@ def test_a_paused_node_loses_its_actors_and_cannot_append_for_them(
         [CUELOG, "verify", url], check=False, capture_output=True, text=True, timeout=60
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def metric(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_message_fenced_by_a_lost_lease_goes_to_the_new_owner(tmp_path: Path, url: str) -> None:
+    """a owns a session; b takes its lease (as after a pause) before a's renewal notices: a wake
+    without an Idempotency-Key sent to a is fenced there (nothing of it written), and a sends it
+    on to b, which records it once; a wake already forwarded once is answered 503 with
+    Retry-After instead. Renewals are slow here, so only the fence can tell a."""
+    a = node(tmp_path, url, "a", ttl=30, renew=10)
+    b = node(tmp_path, url, "b", ttl=30, renew=10)
+    try:
+        with httpx.Client(timeout=10, headers=HEADERS) as http:
+
+            def wake(text: str, headers: dict[str, str] | None = None) -> httpx.Response:
+                body = {"message": text, "session_key": "moving", "mode": "async"}
+                return http.post(f"{a.url}/v1/agents/default/wake", json=body, headers=headers)
+
+            first = wake("first")
+            assert first.status_code == 202, first.text
+            wait_until(
+                lambda: http.get(f"{a.url}/v1/sessions/moving").json()["current_run"] is None
+            )
+            assert run_sql(url, "SELECT node FROM cuelog_leases WHERE key = 'session:moving'") == [
+                ("a",)
+            ]
+            run_sql(
+                url,
+                "UPDATE cuelog_leases SET node = 'b', epoch = epoch + 1 "
+                "WHERE key = 'session:moving'",
+            )
+            before = events_of(url, "session:moving")
+            moved = wake("second")
+            assert moved.status_code == 202, moved.text
+            assert metric(http.get(f"{a.url}/metrics").text, "cuelog_leases_fenced_total") >= 1
+            after = events_of(url, "session:moving")
+            assert after[: len(before)] == before
+            assert after.count("MessageAccepted") == 2
+            assert run_sql(url, "SELECT node FROM cuelog_leases WHERE key = 'session:moving'") == [
+                ("b",)
+            ]
+            # Not forwarded again: the answer says where to retry.
+            refused = wake("third", headers=ONCE)
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "owned_elsewhere"
+            assert events_of(url, "session:moving").count("MessageAccepted") == 2
+    finally:
+        for server in (a, b):
+            if server.proc.poll() is None:
+                server.terminate()

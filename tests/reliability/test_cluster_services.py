@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.http.webhook_receiver import Received, verify
+from tests.http.webhook_receiver import Receiver as SignedReceiver
+from tests.http.webhook_receiver import receiver as signed_receiver
 from tests.postgres import fresh_database, run_sql
 from tests.support import ServerProcess, start_server
 
@@ -86,14 +89,17 @@ def receiver() -> Iterator[Receiver]:
         hook.server.server_close()
 
 
-def start_node(tmp_path: Path, url: str, name: str) -> ServerProcess:
+def start_node(
+    tmp_path: Path, url: str, name: str, secret: str | None = "cluster-services-webhook-secret"
+) -> ServerProcess:
     env = {
         "CUELOG_CLUSTER_LEASE_TTL": str(TTL),
         "CUELOG_CLUSTER_RENEW_INTERVAL": str(RENEW),
-        "CUELOG_WEBHOOKS_SECRET": "cluster-services-webhook-secret",
         "CUELOG_WEBHOOKS_ALLOW_PRIVATE": "true",
         "CUELOG_WEBHOOKS_TIMEOUT": "60",
     }
+    if secret is not None:
+        env["CUELOG_WEBHOOKS_SECRET"] = secret
     os.environ.update(env)
     try:
         return start_server(tmp_path / name, "--log", url, "--node", name, "--api-key", KEY)
@@ -296,6 +302,159 @@ def test_a_run_queued_through_one_node_is_found_from_the_other(tmp_path: Path) -
             assert cancelled.status_code == 200, cancelled.text
             wait_status(b, [first], "cancelled", 10)
             wait_status(b, [queued], "completed", 20)
+        finally:
+            for node in nodes:
+                if node.proc.poll() is None:
+                    node.kill()
+
+
+AGENT_SECRET = "agent-secret-set-through-b-0123"
+ROTATED_SECRET = "agent-secret-rotated-through-a-4567"
+
+
+def delivered(hook: SignedReceiver, run_id: str, timeout: float = 20) -> Received:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [r for r in hook.received if run_id.encode() in r.body]
+        if got:
+            return got[0]
+        assert time.monotonic() < deadline, f"{run_id} was not delivered"
+        time.sleep(0.05)
+
+
+def test_a_webhook_secret_set_through_one_node_signs_deliveries_from_another(
+    tmp_path: Path,
+) -> None:
+    """No server secret: an agent's secret set through b (whose data key goes to the table
+    beside the log) signs the deliveries a sends; rotated through a, the old key is destroyed
+    and, once a is killed, b sends signed with the new secret. No data key stays in a key file
+    and the secrets are in no event."""
+    with fresh_database() as url:
+        nodes: list[ServerProcess] = []
+        try:
+            nodes.append(a := start_node(tmp_path, url, "a", secret=None))
+            nodes.append(b := start_node(tmp_path, url, "b", secret=None))
+            assert services(a) == ["loops", "webhooks"]
+            created = httpx.post(
+                f"{b.url}/v1/agents",
+                json={"id": "signed", "webhook_secret": AGENT_SECRET},
+                headers=HEADERS,
+                timeout=10,
+            )
+            assert created.status_code == 201, created.text
+            assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(1,)]
+
+            def signed_wake(node: ServerProcess, hook_url: str) -> str:
+                # Through the node that did not set the secret: a, just after b set it.
+                response = httpx.post(
+                    f"{node.url}/v1/agents/signed/wake",
+                    json={"message": "hi", "mode": "async", "callback_url": hook_url},
+                    headers=HEADERS,
+                    timeout=10,
+                )
+                assert response.status_code == 202, response.text
+                return str(response.json()["run_id"])
+
+            with signed_receiver(secret=AGENT_SECRET) as hook:
+                got = delivered(hook, signed_wake(a, hook.url))
+                assert got.signed and got.answered == 200
+                assert got.headers["Cuelog-Signer"] == "agent:signed"
+
+            patched = httpx.patch(
+                f"{a.url}/v1/agents/signed",
+                json={"webhook_secret": ROTATED_SECRET},
+                headers=HEADERS,
+                timeout=10,
+            )
+            assert patched.status_code == 200, patched.text
+            assert patched.json()["has_webhook_secret"] is True
+            assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(1,)]
+            a.kill()
+            deadline = time.monotonic() + TTL + RENEW + 10
+            while services(b) != ["loops", "webhooks"]:
+                assert time.monotonic() < deadline, "b did not take the services over"
+                time.sleep(0.05)
+            with signed_receiver(secret=ROTATED_SECRET) as hook:
+                got = delivered(hook, signed_wake(b, hook.url))
+                assert got.signed and got.answered == 200
+                assert not verify(AGENT_SECRET, got.headers, got.body)
+            for name in ("a", "b"):
+                key_file = tmp_path / name / "provider-keys.json"
+                assert not key_file.exists() or json.loads(key_file.read_text()) == {}
+            events = run_sql(url, "SELECT record FROM cuelog_events")
+            for (record,) in events:
+                assert isinstance(record, bytes)
+                assert AGENT_SECRET.encode() not in record
+                assert ROTATED_SECRET.encode() not in record
+        finally:
+            for node in nodes:
+                if node.proc.poll() is None:
+                    node.kill()
+
+
+def until_found(node: ServerProcess, path: str, timeout: float = 10) -> dict[str, Any]:
+    """GET `path` on `node` until it is there (another node recorded it a moment ago)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = httpx.get(f"{node.url}{path}", headers=HEADERS, timeout=10)
+        if got.status_code == 200:
+            return dict(got.json())
+        assert got.status_code == 404 and time.monotonic() < deadline, got.text
+        time.sleep(0.05)
+
+
+def test_provider_and_mcp_secrets_set_through_one_node_open_on_another(tmp_path: Path) -> None:
+    """A provider and an MCP server added through a, their secrets sealed under data keys in
+    the table beside the log, are usable on b (their secrets open there); replaced through b,
+    a takes the change up and the replaced keys are destroyed; deleted through a, b drops
+    them and the table holds no key."""
+    provider = {"id": "up", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-cluster-0123"}
+    mcp = {
+        "name": "remote",
+        "url": "http://127.0.0.1:9/mcp",
+        "headers": {"Authorization": "Bearer mcp-cluster-secret"},
+        "enabled": False,
+    }
+    with fresh_database() as url:
+        nodes: list[ServerProcess] = []
+        try:
+            nodes.append(a := start_node(tmp_path, url, "a"))
+            nodes.append(b := start_node(tmp_path, url, "b"))
+            for path, body in (("/v1/providers", provider), ("/v1/mcp/servers", mcp)):
+                created = httpx.post(f"{a.url}{path}", json=body, headers=HEADERS, timeout=10)
+                assert created.status_code == 201, created.text
+            assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(2,)]
+            # At once through b: b looks in the log for a provider or server it does not know.
+            agent = {"id": "uses-up", "provider": "up", "model": "m", "tools": ["remote.*"]}
+            made = httpx.post(f"{b.url}/v1/agents", json=agent, headers=HEADERS, timeout=10)
+            assert made.status_code == 201, made.text
+            seen = until_found(b, "/v1/providers/up")
+            assert seen["status"] == "ready" and seen["has_api_key"], seen
+            server = until_found(b, "/v1/mcp/servers/remote")
+            assert server["status"] == "disabled", server
+
+            patched = httpx.patch(
+                f"{b.url}/v1/providers/up",
+                json={"default_model": "changed-through-b"},
+                headers=HEADERS,
+                timeout=10,
+            )
+            assert patched.status_code == 200, patched.text
+            deadline = time.monotonic() + 10
+            while until_found(a, "/v1/providers/up").get("default_model") != "changed-through-b":
+                assert time.monotonic() < deadline, "a did not take b's change up"
+                time.sleep(0.05)
+            assert until_found(a, "/v1/providers/up")["status"] == "ready"
+            assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(2,)]
+
+            for path in ("/v1/providers/up", "/v1/mcp/servers/remote"):
+                gone = httpx.delete(f"{a.url}{path}", headers=HEADERS, timeout=10)
+                assert gone.status_code in (200, 204), gone.text
+                deadline = time.monotonic() + 10
+                while httpx.get(f"{b.url}{path}", headers=HEADERS, timeout=10).status_code != 404:
+                    assert time.monotonic() < deadline, f"b still has {path}"
+                    time.sleep(0.05)
+            assert run_sql(url, "SELECT count(*) FROM cuelog_data_keys") == [(0,)]
         finally:
             for node in nodes:
                 if node.proc.poll() is None:

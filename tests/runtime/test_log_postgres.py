@@ -198,4 +198,4 @@ async def test_stored_contents_are_shared_verified_and_migrated(url: str) -> Non
     async with open_event_log(url) as log:
         assert log.content is not None
         assert await log.content.put(blob) == digest
-    assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"3",)]
+    assert run_sql(url, "SELECT value FROM cuelog_meta WHERE key = 'schema'") == [(b"4",)]
