@@ -320,6 +320,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         if self.readonly and not (self.path / "data.mdb").exists():
             raise LogFormatError(f"no cuelog log at {self.path} (data.mdb is missing)")
         lock = not (self.readonly and self._lock_file_unwritable())
+        self._env_locked = lock
         if not lock:
             self._share_lock()
         try:
@@ -1009,9 +1010,11 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
+        jobs: int = 1,
     ) -> VerifyReport:
         """Walk the chain and the stream index in a worker thread (the event loop keeps serving);
-        name the first bad seq and why."""
+        name the first bad seq and why. `jobs` > 1 splits the hashing over that many worker
+        processes, each reading its range of seqs through a read-only open of its own."""
         from cuelog.runtime._verify import verify_environment
 
         if anchor is None:
@@ -1027,6 +1030,8 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 anchor=anchor,
                 anchor_key=anchor_key,
                 progress=progress,
+                jobs=jobs,
+                lock=self._env_locked,
             )
         )
         return await with_content_check(report, self.content)
