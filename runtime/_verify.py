@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 
 from cuelog.runtime._envelope import HASH_SIZE
 from cuelog.runtime._lmdb_index import stored_watermark
@@ -51,6 +52,8 @@ from cuelog.runtime._verify_range import (
     check_records,
     index_fingerprint,
 )
+
+log = structlog.get_logger("cuelog.verify")
 
 Pairs = Iterable[tuple[bytes, bytes]]
 Lookup = Callable[[bytes], bytes | None]
@@ -295,17 +298,25 @@ def check_in_workers(
                 subprocess.Popen(
                     [sys.executable, "-P", str(_WORKER), *args],
                     stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,  # a worker's failure is logged, not printed
                     stdin=subprocess.DEVNULL,
                     env=environ,
                 )
             )
         answers = _collect(workers, total, progress)
+    except OSError as exc:
+        log.warning("cannot start verify workers; verifying in one process", error=str(exc))
+        return _RETRY
     finally:
+        errors = []
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-            worker.wait()
-    if any(worker.returncode != 0 for worker in workers) or len(answers) != len(workers):
+            errors.append(worker.communicate()[1])  # waits, and closes the pipes
+    failed = [error for worker, error in zip(workers, errors, strict=True) if worker.returncode]
+    if failed or len(answers) != len(workers):
+        last_line = failed[0].decode(errors="replace").strip().splitlines()[-1:] if failed else []
+        log.warning("a verify worker failed; verifying in one process", error=last_line)
         return _RETRY
     results: list[RangeCheck | None] = []
     index: tuple[int, int] | None = None
