@@ -158,7 +158,18 @@ def _drop_index(seq: int) -> Callable[[Raw], None]:
     return lambda db: db.txn.delete(index_key(f"stream-{i % 4}", i // 4 + 1), db=db.streams)
 
 
+def _junk_key(seq: int) -> Callable[[Raw], None]:
+    """An extra record under a 9-byte key right after seq's."""
+    return lambda db: db.txn.put(key(seq) + b"j", b"\x00" * 100, db=db.events)
+
+
+def _junk_index_entry(seq: int) -> Callable[[Raw], None]:
+    return lambda db: db.txn.put(index_key(f"ghost-{seq}", 1), b"", db=db.streams)
+
+
 TAMPERS = {
+    "junk key": _junk_key,
+    "junk index entry": _junk_index_entry,
     "edit": _edit,
     "remove": _remove,
     "swap": _swap,
