@@ -15,7 +15,9 @@ from pathlib import Path
 
 import lmdb
 import pytest
+import trio
 
+import tests.runtime.test_log_lmdb as lmdb_tests
 from cuelog.runtime import VerifyReport, open_event_log
 from cuelog.runtime._envelope import genesis_hash
 from cuelog.runtime._verify import check_in_workers, split_ranges
@@ -206,3 +208,26 @@ async def test_tampering_in_any_range_is_caught_by_the_workers(tmp_path: Path, k
         one, split = await verify(path, 1), await verify(path, JOBS)
         assert not one.ok, (kind, seq, one)
         assert split == one, (kind, seq)
+
+
+async def test_verify_with_jobs_beside_a_running_writer(tmp_path: Path) -> None:
+    """While a writer process appends, a read-only verify with jobs reports its own read txn's
+    commit intact (workers that saw a later commit make it check in one process instead)."""
+    await write_log(tmp_path)
+    writer = lmdb_tests.WriterProcess(tmp_path)
+    try:
+
+        async def keep_appending() -> None:
+            while True:
+                await trio.to_thread.run_sync(writer.append, 20)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_appending)
+            for _ in range(3):
+                report = await verify(tmp_path, JOBS)
+                assert report.ok, report
+                assert report.checked >= EVENTS
+            nursery.cancel_scope.cancel()
+    finally:
+        writer.stop()
+    assert (await verify(tmp_path, JOBS)).ok
