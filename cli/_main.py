@@ -117,9 +117,20 @@ def _first_cuelog_error(group: BaseExceptionGroup[BaseException]) -> CuelogError
     help="An anchor kept outside the data dir (the JSON POST /v1/audit/anchor answered); "
     "catches a whole data dir put back from an older copy. Needs --anchor-key-file.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes that split the hashing of an LMDB log (default: one per CPU for "
+    "logs of 100,000 events or more, else 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_command(
-    data_dir: Location, anchor_key_file: Path | None, anchor_file: Path | None, as_json: bool
+    data_dir: Location,
+    anchor_key_file: Path | None,
+    anchor_file: Path | None,
+    jobs: int | None,
+    as_json: bool,
 ) -> None:
     """Verify the hash chain and indexes of a log (read-only; safe beside a running server).
 
@@ -129,7 +140,7 @@ def verify_command(
 
     if anchor_file is not None and anchor_key_file is None:
         raise click.UsageError("--anchor-file needs --anchor-key-file (the key that sealed it)")
-    sys.exit(run_verify(data_dir, anchor_key_file, anchor_file, as_json=as_json))
+    sys.exit(run_verify(data_dir, anchor_key_file, anchor_file, as_json=as_json, jobs=jobs))
 
 
 main.add_command(keys)

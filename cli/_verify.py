@@ -12,7 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from cuelog.cli._location import Location
 from cuelog.http.api import Anchored
-from cuelog.runtime import Anchor, LogError, LogFormatError, VerifyReport, open_event_log
+from cuelog.runtime import (
+    Anchor,
+    LogError,
+    LogFormatError,
+    VerifyReport,
+    default_verify_jobs,
+    open_event_log,
+)
 
 EXIT_OK, EXIT_TAMPERED, EXIT_UNREADABLE = 0, 1, 2
 
@@ -25,14 +32,20 @@ def read_anchor(path: Path) -> Anchor:
 
 
 def run_verify(
-    data_dir: Location, anchor_key_file: Path | None, anchor_file: Path | None, *, as_json: bool
+    data_dir: Location,
+    anchor_key_file: Path | None,
+    anchor_file: Path | None,
+    *,
+    as_json: bool,
+    jobs: int | None = None,
 ) -> int:
+    """`jobs` None: one per CPU for a large log (`default_verify_jobs`), else 1."""
     err = Console(stderr=True)
     key = anchor_key_file.read_bytes().strip() if anchor_key_file else None
     show_progress = sys.stderr.isatty() and not as_json
     try:
         anchor = read_anchor(anchor_file) if anchor_file is not None else None
-        report = trio.run(_verify, data_dir, key, anchor, show_progress)
+        report = trio.run(_verify, data_dir, key, anchor, show_progress, jobs)
     except LogError as exc:
         err.print(f"cuelog verify: {exc}")
         return EXIT_UNREADABLE
@@ -50,12 +63,18 @@ def run_verify(
 
 
 async def _verify(
-    data_dir: Location, key: bytes | None, anchor: Anchor | None, show_progress: bool
+    data_dir: Location,
+    key: bytes | None,
+    anchor: Anchor | None,
+    show_progress: bool,
+    jobs: int | None,
 ) -> VerifyReport:
     async with open_event_log(data_dir, readonly=True) as log:
         total = log.head().seq
+        if jobs is None:
+            jobs = default_verify_jobs(total)
         if not show_progress:
-            return await log.verify(anchor_key=key, anchor=anchor)
+            return await log.verify(anchor_key=key, anchor=anchor, jobs=jobs)
         with Progress(
             "verifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
         ) as bar:
@@ -64,4 +83,5 @@ async def _verify(
                 anchor_key=key,
                 anchor=anchor,
                 progress=lambda done, _total: bar.update(task, completed=done),
+                jobs=jobs,
             )

@@ -72,6 +72,7 @@ from cuelog.runtime._records import LogStatistics as LogStatistics
 from cuelog.runtime._records import RecordedEvent as RecordedEvent
 from cuelog.runtime._records import StoredRecord as StoredRecord
 from cuelog.runtime._records import VerifyReport as VerifyReport
+from cuelog.runtime._verify import default_verify_jobs as default_verify_jobs
 
 __all__ = [
     "NO_STREAM",
@@ -137,6 +138,7 @@ __all__ = [
     "configure_logging",
     "copy_log",
     "decode_record",
+    "default_verify_jobs",
     "event_type",
     "gc_probe",
     "open_actor_system",

@@ -72,6 +72,8 @@ class CommitSignal:
         """A commit touched `streams` (None: any of them, or the log is closing)."""
         woken, self._any = self._any, trio.Event()
         woken.set()
+        if not self._streams:
+            return  # nobody follows a stream: `streams` need not even be walked
         if streams is None:
             for followers in self._streams.values():
                 followers.wake()

@@ -320,6 +320,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         if self.readonly and not (self.path / "data.mdb").exists():
             raise LogFormatError(f"no cuelog log at {self.path} (data.mdb is missing)")
         lock = not (self.readonly and self._lock_file_unwritable())
+        self._env_locked = lock
         if not lock:
             self._share_lock()
         try:
@@ -671,6 +672,9 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 if self._is_repeat(plan, request, bytes(stored[_IDEM.size :])):
                     request.result = self._read_range(txn, first_seq, count)
                 return
+        if len(request.parts) == 1:
+            self._absorb_single(plan, inflight, txn, request, ts)
+            return
         # Every part's expected version is checked before anything is planned: a conflict in
         # any part fails the whole append and writes nothing.
         currents: list[int] = []
@@ -700,6 +704,35 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
             plan.claimed[request.idem] = request
             plan.idem.append(
                 (request.idem.encode(), _IDEM.pack(records[0].seq, len(records)) + request.digest)
+            )
+
+    def _absorb_single(
+        self, plan: _Plan, inflight: _Plan | None, txn: Any, request: PendingAppend, ts: int
+    ) -> None:
+        """`_absorb_one` for an append to one stream (nearly every append), with less work."""
+        stream, events, expected, actor = request.parts[0]
+        current = plan.versions.get(stream)
+        if current is None and inflight is not None:
+            current = inflight.versions.get(stream)
+        if current is None:
+            current = self._version_in(txn, stream)
+        if expected is not None and expected != current:
+            plan.conflicts += 1
+            request.error = WrongExpectedVersion(stream, expected, current)
+            return
+        seq, prev = plan.tail_seq, plan.tail_hash
+        first = seq + 1
+        records = request.encode_part(
+            stream, events, actor, current, seq, prev, ts, plan.events, plan.index
+        )
+        last = records[-1]
+        plan.versions[stream] = last.version
+        plan.tail_seq, plan.tail_hash = last.seq, last.hash
+        request.result = records
+        if request.idem is not None:
+            plan.claimed[request.idem] = request
+            plan.idem.append(
+                (request.idem.encode(), _IDEM.pack(first, len(records)) + request.digest)
             )
 
     def _is_repeat(self, plan: _Plan, request: PendingAppend, original_digest: bytes) -> bool:
@@ -1008,9 +1041,11 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
+        jobs: int = 1,
     ) -> VerifyReport:
         """Walk the chain and the stream index in a worker thread (the event loop keeps serving);
-        name the first bad seq and why."""
+        name the first bad seq and why. `jobs` > 1 splits the hashing over that many worker
+        processes, each reading its range of seqs through a read-only open of its own."""
         from cuelog.runtime._verify import verify_environment
 
         if anchor is None:
@@ -1026,6 +1061,8 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 anchor=anchor,
                 anchor_key=anchor_key,
                 progress=progress,
+                jobs=jobs,
+                lock=self._env_locked,
             )
         )
         return await with_content_check(report, self.content)

@@ -327,8 +327,10 @@ class MemoryEventLog(PullSubscriptions):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
+        jobs: int = 1,
     ) -> VerifyReport:
-        """Walk the stored bytes of the chain and the stream index, as LMDB's verify does."""
+        """Walk the stored bytes of the chain and the stream index, as LMDB's verify does (in
+        one walk, whatever `jobs`)."""
         await trio.lowlevel.checkpoint()
         count = len(self._values)
         values = self._values

@@ -3,6 +3,7 @@ queues for its writer task, and how an appender parks until the commit that cove
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any, final
 
@@ -19,6 +20,8 @@ from cuelog.runtime._envelope import (
 )
 from cuelog.runtime._errors import LogClosed
 from cuelog.runtime._records import RecordedEvent
+
+_U64 = struct.Struct(">Q")
 
 
 @final
@@ -102,6 +105,36 @@ class PendingAppend:
                 )
                 out.append((record, value))
                 prev = record.hash
+        return out
+
+    def encode_part(
+        self,
+        stream: str,
+        events: list[tuple[str, bytes]],
+        actor: str | None,
+        current: int,
+        seq: int,
+        prev: bytes,
+        ts: int,
+        values: list[tuple[bytes, bytes]],
+        index: list[tuple[str, int, int]],
+    ) -> list[RecordedEvent]:
+        """One part's events as chained records after `seq` (whose hash is `prev`), versions
+        going on from `current`; each record's (u64be seq, stored value) joins `values` and its
+        (stream, version, seq) joins `index`."""
+        out: list[RecordedEvent] = []
+        causation, correlation = self.causation, self.correlation
+        version = current
+        for type_name, data in events:
+            seq += 1
+            version += 1
+            record, value = encode_record(
+                seq, stream, version, type_name, ts, causation, correlation, actor, data, prev
+            )
+            out.append(record)
+            values.append((_U64.pack(seq), value))
+            index.append((stream, version, seq))
+            prev = record.hash
         return out
 
     @classmethod

@@ -867,9 +867,10 @@ class PostgresEventLog(GroupCommitAppends, PullSubscriptions):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
+        jobs: int = 1,
     ) -> VerifyReport:
         """Walk the chain, the stream index, the stream versions and the head row in one snapshot
-        in a worker thread; name the first bad seq and why."""
+        in a worker thread; name the first bad seq and why (in one process, whatever `jobs`)."""
         if anchor is None:
             anchor = self.stored_anchor()
         genesis = self._genesis

@@ -133,10 +133,12 @@ class EventLog(Protocol):
         anchor_key: bytes | None = None,
         anchor: Anchor | None = None,
         progress: Progress | None = None,
+        jobs: int = 1,
     ) -> VerifyReport:
         """Walk the chain and the stream index, then re-hash the content store's blobs; name
         the first bad seq (or blob) and why. Without `anchor`, the stored anchor is checked
-        (when `anchor_key` is given)."""
+        (when `anchor_key` is given). `jobs` > 1 lets a backend that can (LMDB) split the
+        hashing over that many processes; the others verify in one."""
         ...
 
     async def copy_to(self, dest: Path) -> None:

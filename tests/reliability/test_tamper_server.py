@@ -268,3 +268,27 @@ def test_an_older_copy_put_in_place_is_caught_by_the_kept_anchor(
     assert "truncated" in (report.reason or ""), report
     # The same kept anchor accepts the real, current data dir.
     assert verify_with(written.data, anchor_key=ANCHOR_KEY, anchor=kept_anchor(written.anchor)).ok
+
+
+def test_verify_with_jobs_reports_what_one_job_reports(written: Written, copy: Path) -> None:
+    """`cuelog verify --jobs N` splits the hashing over N processes: the untouched data dir
+    verifies with its anchor, an edited event fails at its seq in the same words as with one
+    job, and a job count below 1 is a usage error."""
+    head = written.events[-1].seq
+
+    def run(data: Path, *more: str) -> subprocess.CompletedProcess[str]:
+        args = [CUELOG, "verify", str(data), "--anchor-key-file", str(written.key_file), *more]
+        return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+    intact = run(written.data, "--jobs", "3")
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert f"anchored at seq {head}" in intact.stdout
+    seq = seq_of(written, "ToolCallCompleted")
+    with tampered(copy) as db:
+        value = bytes(db.txn.get(_U64.pack(seq), db=db.events))
+        db.txn.put(_U64.pack(seq), value.replace(b"calculator", b"calculatoR"), db=db.events)
+    one, split = run(copy, "--jobs", "1"), run(copy, "--jobs", "2")
+    assert (one.returncode, split.returncode) == (1, 1), one.stdout + split.stdout
+    assert f"TAMPERED at seq {seq}:" in split.stdout
+    assert split.stdout == one.stdout
+    assert run(copy, "--jobs", "0").returncode == 2
