@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import final
+from typing import Final, final
 
 import trio
 
@@ -86,6 +86,79 @@ class CommitSignal:
     @property
     def followed_streams(self) -> int:
         return len(self._streams)
+
+
+# What a writer keeps of its latest commits for the subscribers that keep up with it.
+RECENT_EVENTS: Final = 4096
+RECENT_BYTES: Final = 4 << 20  # of payloads
+
+
+@final
+class RecentEvents:
+    """The events a log's own writer committed last, in seq order, bounded by count and by
+    payload bytes: a subscriber that keeps up (a projection, an SSE stream of the whole log)
+    reads them here instead of from the log. A gap (a commit it did not see) starts it over."""
+
+    __slots__ = ("_bytes", "_events", "_head", "_max_bytes", "_max_events")
+
+    def __init__(self, max_events: int = RECENT_EVENTS, max_bytes: int = RECENT_BYTES) -> None:
+        self._events: list[RecordedEvent] = []
+        self._head = 0  # index of the oldest event kept
+        self._bytes = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event kept (0: none)."""
+        return self._events[-1].seq if len(self._events) > self._head else 0
+
+    def add(self, events: Iterable[RecordedEvent]) -> None:
+        """Events just committed, in seq order (ones already kept, such as an idempotent
+        repeat's, are skipped)."""
+        events_list = self._events
+        for event in events:
+            if len(events_list) > self._head:
+                last = events_list[-1].seq
+                if event.seq <= last:
+                    continue
+                if event.seq != last + 1:
+                    self.clear()
+            events_list.append(event)
+            self._bytes += len(event.data)
+        while len(events_list) - self._head > self._max_events or (
+            self._bytes > self._max_bytes and len(events_list) - self._head > 1
+        ):
+            self._bytes -= len(events_list[self._head].data)
+            self._head += 1
+        if self._head > self._max_events:
+            del events_list[: self._head]
+            self._head = 0
+
+    def after(
+        self, after_seq: int, limit: int, max_bytes: int | None = None
+    ) -> list[RecordedEvent] | None:
+        """Up to `limit` events after `after_seq` (fewer once `max_bytes` of payloads are
+        taken), or None when the oldest of them is no longer kept."""
+        events = self._events
+        if len(events) <= self._head:
+            return None
+        start = self._head + after_seq + 1 - events[self._head].seq
+        if start < self._head:
+            return None
+        out = events[start : start + max(limit, 0)]
+        if max_bytes is not None:
+            size = 0
+            for i, event in enumerate(out):
+                size += len(event.data)
+                if size >= max_bytes:
+                    return out[: i + 1]
+        return out
+
+    def clear(self) -> None:
+        self._events.clear()
+        self._head = 0
+        self._bytes = 0
 
 
 class PullSubscriptions(ABC):

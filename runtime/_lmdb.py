@@ -50,7 +50,7 @@ from cuelog.runtime._errors import (
     StorageFull,
     WrongExpectedVersion,
 )
-from cuelog.runtime._follow import CommitSignal, PullSubscriptions
+from cuelog.runtime._follow import CommitSignal, PullSubscriptions, RecentEvents
 from cuelog.runtime._lmdb_index import WATERMARK, IndexTail, read_tail
 from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._records import (
@@ -186,6 +186,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         self._other: list[_OtherWrite] = []
         self._wake_writer = trio.Event()
         self._commits = CommitSignal()
+        self._recent = RecentEvents()  # this writer's latest commits, for subscribers
         self._versions: dict[str, int] = {}
         # The index entries of committed events after the watermark (a writer's, kept as its
         # commits land; a reader's, rebuilt from the records its read txn sees).
@@ -620,6 +621,10 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         for write in plan.other:
             write.error = error
             write.done.set()
+        if error is None:
+            for request in plan.requests:
+                if request.result:
+                    self._recent.add(request.result)
         self._wake_subscribers(
             part[0] for request in plan.requests if request.result for part in request.parts
         )
@@ -906,6 +911,10 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         """Up to `limit` events with seq > `after_seq`, in order (and, like `read_stream`, no
         more once `max_bytes` of records are read)."""
         limit = self._visible(after_seq, limit)
+        if not self.readonly and self._recent.last_seq == self._tail_seq:
+            recent = self._recent.after(after_seq, limit, max_bytes)
+            if recent is not None:
+                return recent
 
         def run(txn: Any) -> list[RecordedEvent]:
             out: list[RecordedEvent] = []
