@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeAlias, final
+from typing import Any, Protocol, TypeAlias, cast, final
 
 import msgspec
 import outcome
@@ -120,28 +120,34 @@ ActorFactory: TypeAlias = Callable[["ActorContext"], "Actor | EventSourcedActor[
 
 
 class _Envelope:
-    """One message in a mailbox; `task` is the asker waiting for the reply (None for tell)."""
+    """One message in a mailbox; `task` is the asker waiting for the reply (None for tell).
 
-    __slots__ = ("abandoned", "msg", "task")
+    An asker that runs its command itself (`ActorSystem._ask_inline`) is not parked: the answer
+    waits in `result` until it parks (`inline` false), if it ever does."""
 
-    def __init__(self, msg: Any, task: trio.lowlevel.Task | None) -> None:
+    __slots__ = ("abandoned", "inline", "msg", "result", "task")
+
+    def __init__(self, msg: Any, task: trio.lowlevel.Task | None, inline: bool = False) -> None:
         self.msg = msg
         self.task = task
         self.abandoned = False
+        self.inline = inline
+        self.result: outcome.Outcome[Any] | None = None
 
     def reply(self, value: Any) -> None:
-        task = self.task
-        if task is not None:
-            self.task = None
-            if not self.abandoned:
-                trio.lowlevel.reschedule(task, outcome.Value(value))
+        self._settle(outcome.Value(value))
 
     def fail(self, error: BaseException) -> None:
+        self._settle(outcome.Error(error))
+
+    def _settle(self, result: outcome.Outcome[Any]) -> None:
         task = self.task
         if task is not None:
             self.task = None
-            if not self.abandoned:
-                trio.lowlevel.reschedule(task, outcome.Error(error))
+            if self.inline:
+                self.result = result
+            elif not self.abandoned:
+                trio.lowlevel.reschedule(task, result)
 
 
 @final
@@ -176,11 +182,13 @@ class _Cell:
         "failures",
         "incarnation",
         "last_active",
+        "lent",
         "queue",
         "refusal",
         "retire_when_idle",
         "room",
         "snapshot_version",
+        "sourced",
         "stop_reason",
         "stop_requested",
         "stream",
@@ -194,8 +202,12 @@ class _Cell:
         self.address = address
         self.stream = f"{address[0]}:{address[1]}"
         self.actor: Actor | EventSourcedActor[Any] | None = None
+        self.sourced = False  # the actor is an `EventSourcedActor`
         self.queue: deque[_Envelope] = deque()
         self.waiter: trio.lowlevel.Task | None = None  # the actor task, parked for a message
+        # An asker runs a command in its own task (`ActorSystem._ask_inline`): the actor task
+        # stays parked, and nothing wakes it until the asker hands the actor back.
+        self.lent = False
         self.room: trio.lowlevel.ParkingLot | None = None  # senders waiting for room
         self.current: Sequence[_Envelope] = ()  # envelopes being handled
         self.tasks: set[TaskHandle] = set()
@@ -213,7 +225,20 @@ class _Cell:
         self.last_active = trio.current_time()
 
     def is_idle(self) -> bool:
-        return self.waiter is not None and not self.tasks
+        return self.waiter is not None and not self.lent and not self.tasks
+
+    def can_lend(self) -> bool:
+        """Whether an asker may run a command in its own task: an event-sourced actor whose
+        task is parked with nothing to do (no message, no error or stop to act on)."""
+        return (
+            self.waiter is not None
+            and self.sourced
+            and not self.lent
+            and not self.queue
+            and self.task_error is None
+            and self.refusal is None
+            and not self.stop_requested
+        )
 
     def put(self, env: _Envelope) -> None:
         self.queue.append(env)
@@ -221,7 +246,7 @@ class _Cell:
 
     def wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None:
+        if waiter is not None and not self.lent:
             self.waiter = None
             trio.lowlevel.reschedule(waiter)
 
@@ -373,22 +398,20 @@ class ActorRef:
         reply to a message being handled is discarded.
         """
         system = self._system
+        cell = system._live.get(self.address) if system._accepting else None
+        if cell is not None and cell.can_lend():
+            return await system._ask_inline(cell, msg)
         env = _Envelope(msg, trio.lowlevel.current_task())
         system._asks += 1
         try:
             # Fast path: a live actor with room. No checkpoint is needed before parking: if the
             # caller is already cancelled, the park aborts at once and the message is dropped.
-            cell = system._live.get(self.address) if system._accepting else None
             if cell is not None and len(cell.queue) < system.config.mailbox_size:
                 cell.put(env)
             else:
                 await system._send(self.address, env)
 
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                env.abandoned = True
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            return await trio.lowlevel.wait_task_rescheduled(abort)
+            return await _wait_for_answer(env)
         finally:
             system._asks -= 1
 
@@ -622,8 +645,9 @@ class ActorSystem:
             await placement.acquire(cell.stream)
         actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
-        if isinstance(actor, EventSourcedActor):
-            await self._sourcing.rehydrate(cell, actor)
+        cell.sourced = isinstance(actor, EventSourcedActor)
+        if cell.sourced:
+            await self._sourcing.rehydrate(cell, actor)  # type: ignore[arg-type]
 
     async def _serve(self, cell: _Cell) -> None:
         actor = cell.actor
@@ -729,6 +753,77 @@ class ActorSystem:
 
     # -- handling -------------------------------------------------------------------------------
 
+    async def _ask_inline(self, cell: _Cell, msg: Any) -> Any:
+        """Run an ask to an idle event-sourced actor in the asker's task (see `_Cell.can_lend`):
+        no hop through the actor's task and back.
+
+        The actor is lent to the asker: its task stays parked, and messages arriving meanwhile
+        queue behind the command, so it is still one command at a time in mailbox order. The
+        command's decision may be cancelled with the asker (nothing is written; the command is
+        dropped, as a message not yet taken); from its commit on it is shielded, so the state,
+        the log and the effects stay in step. A command that fails is handed to the actor's
+        task, which records the failure and restarts the actor as for any other command; the
+        asker hears of it once the failure is durable.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        actor = cast("EventSourcedActor[Any]", cell.actor)  # `can_lend`: a sourced actor
+        env = _Envelope(msg, trio.lowlevel.current_task(), inline=True)
+        version = actor._version
+        cell.lent = True
+        cell.queue.append(env)
+        self._asks += 1
+        try:
+            try:
+                if self.placement is not None and not self.placement.covers(cell.stream):
+                    self._sourcing.catch_up(cell, actor)
+                await self._sourcing.run_commands(cell, actor, inline=True)
+            except Exception as exc:
+                # The actor fails as if its task had run the command.
+                cell.task_error = exc
+                env.inline = False
+                self._give_back(cell)
+                if env.task is not None:
+                    return await _wait_for_answer(env)
+            except BaseException:
+                # Cancelled while deciding: nothing was written, the command is dropped.
+                if env.task is not None:
+                    env.task = None
+                    env.abandoned = True
+                cell.current = ()
+                if cell.queue and cell.queue[0] is env:
+                    cell.queue.popleft()
+                self._give_back(cell)
+                raise
+            else:
+                self._give_back(cell)
+                if env.task is not None:  # not answered yet: wait like any asker
+                    env.inline = False
+                    return await _wait_for_answer(env)
+                if actor._version == version:
+                    # Nothing was written (so nothing checkpointed): let other tasks run.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+            assert env.result is not None
+            return env.result.unwrap()
+        finally:
+            self._asks -= 1
+
+    def _give_back(self, cell: _Cell) -> None:
+        """An asker is done with the actor it ran a command for: wake the actor's task if there
+        is work (messages queued meanwhile, an error, a stop), else it is idle from now."""
+        cell.lent = False
+        if cell.waiter is None:
+            return  # its task was cancelled meanwhile (the system is shutting down)
+        if (
+            cell.queue
+            or cell.stop_requested
+            or cell.task_error is not None
+            or cell.refusal is not None
+            or (cell.retire_when_idle and not cell.tasks)
+        ):
+            cell.wake()
+        else:
+            self._went_idle(cell)
+
     async def _run_message(self, cell: _Cell, actor: Actor) -> None:
         env = cell.take_one()
         if env is None:
@@ -801,6 +896,16 @@ class ActorSystem:
             cell.wake()
             if cell.room is not None:
                 cell.room.unpark_all()
+
+
+async def _wait_for_answer(env: _Envelope) -> Any:
+    """Park the asker of `env` until it is answered; cancelling it abandons the envelope."""
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        env.abandoned = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _lease_key(error: ActorOwnedElsewhere | LeaseLost) -> str:
