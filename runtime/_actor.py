@@ -20,6 +20,11 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   without recording a failure (the new owner has it). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
   drops it (before handling) or discards the reply (after), never blocking.
+- An ask to an event-sourced actor whose task is parked with nothing to do runs the command in
+  the asker's task (`ActorSystem._ask_inline`): the actor is lent (`_Cell.lent`), nothing wakes
+  its task meanwhile and it is not idle, so messages queue behind the command; handing it back
+  wakes the task if anything arrived. The state changes only by a commit, and from the commit
+  on the asker cannot be cancelled.
 """
 
 from __future__ import annotations
