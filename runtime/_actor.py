@@ -128,31 +128,41 @@ class _Envelope:
     """One message in a mailbox; `task` is the asker waiting for the reply (None for tell).
 
     An asker that runs its command itself (`ActorSystem._ask_inline`) is not parked: the answer
-    waits in `result` until it parks (`inline` false), if it ever does."""
+    waits in `value` or `error` until it parks (`inline` false), if it ever does."""
 
-    __slots__ = ("abandoned", "inline", "msg", "result", "task")
+    __slots__ = ("abandoned", "error", "inline", "msg", "task", "value")
 
     def __init__(self, msg: Any, task: trio.lowlevel.Task | None, inline: bool = False) -> None:
         self.msg = msg
         self.task = task
         self.abandoned = False
         self.inline = inline
-        self.result: outcome.Outcome[Any] | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def reply(self, value: Any) -> None:
-        self._settle(outcome.Value(value))
-
-    def fail(self, error: BaseException) -> None:
-        self._settle(outcome.Error(error))
-
-    def _settle(self, result: outcome.Outcome[Any]) -> None:
         task = self.task
         if task is not None:
             self.task = None
             if self.inline:
-                self.result = result
+                self.value = value
             elif not self.abandoned:
-                trio.lowlevel.reschedule(task, result)
+                trio.lowlevel.reschedule(task, outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            if self.inline:
+                self.error = error
+            elif not self.abandoned:
+                trio.lowlevel.reschedule(task, outcome.Error(error))
+
+    def answer(self) -> Any:
+        """The answer an inline asker got (see `reply` and `fail`)."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 @final
@@ -775,42 +785,48 @@ class ActorSystem:
         env = _Envelope(msg, trio.lowlevel.current_task(), inline=True)
         version = actor._version
         cell.lent = True
-        cell.queue.append(env)
         self._asks += 1
         try:
-            try:
-                if self.placement is not None and not self.placement.covers(cell.stream):
+            if self.placement is not None and not self.placement.covers(cell.stream):
+                try:
                     self._sourcing.catch_up(cell, actor)
-                await self._sourcing.run_commands(cell, actor, inline=True)
+                except Exception as exc:
+                    # As in the actor's task: it fails, and takes the command once restarted.
+                    cell.queue.appendleft(env)
+                    return await self._hand_over_failure(cell, env, exc)
+            try:
+                await self._sourcing.run_commands(cell, actor, env)
             except Exception as exc:
-                # The actor fails as if its task had run the command.
-                cell.task_error = exc
-                env.inline = False
-                self._give_back(cell)
-                if env.task is not None:
-                    return await _wait_for_answer(env)
+                return await self._hand_over_failure(cell, env, exc)
             except BaseException:
                 # Cancelled while deciding: nothing was written, the command is dropped.
                 if env.task is not None:
                     env.task = None
                     env.abandoned = True
                 cell.current = ()
-                if cell.queue and cell.queue[0] is env:
-                    cell.queue.popleft()
                 self._give_back(cell)
                 raise
-            else:
-                self._give_back(cell)
-                if env.task is not None:  # not answered yet: wait like any asker
-                    env.inline = False
-                    return await _wait_for_answer(env)
-                if actor._version == version:
-                    # Nothing was written (so nothing checkpointed): let other tasks run.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            assert env.result is not None
-            return env.result.unwrap()
+            self._give_back(cell)
+            if env.task is not None:  # not answered yet: wait like any asker
+                env.inline = False
+                return await _wait_for_answer(env)
+            if actor._version == version:
+                # Nothing was written (so nothing checkpointed): let other tasks run.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return env.answer()
         finally:
             self._asks -= 1
+
+    async def _hand_over_failure(self, cell: _Cell, env: _Envelope, error: Exception) -> Any:
+        """A command run in the asker's task failed: the actor fails as if its own task had run
+        it (the failure is recorded, the commands in `cell.current` fail, it restarts); the
+        asker waits for its answer like any other."""
+        cell.task_error = error
+        env.inline = False
+        self._give_back(cell)
+        if env.task is None:
+            return env.answer()  # answered before the failure (e.g. by a later snapshot)
+        return await _wait_for_answer(env)
 
     def _give_back(self, cell: _Cell) -> None:
         """An asker is done with the actor it ran a command for: wake the actor's task if there

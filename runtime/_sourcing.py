@@ -68,18 +68,20 @@ class SourcingEngine:
         await self._maybe_snapshot(cell, actor)
 
     async def run_commands(
-        self, cell: _Cell, actor: EventSourcedActor[Any], inline: bool = False
+        self, cell: _Cell, actor: EventSourcedActor[Any], asked: _Envelope | None = None
     ) -> None:
         """Decide every queued command in order against the evolving state, append all their
         events in one write, then run each command's effects and reply: one commit per batch
         instead of one per command.
 
-        `inline`: an asker runs its command in its own task (`ActorSystem._ask_inline`), and may
-        be cancelled. It is, only where nothing is written: while deciding, or by an append the
-        log withdraws (a cancelled append writes nothing); `trio.Cancelled` then propagates and
-        the state is as before. Whatever else writes (another actor committing a part, a lease,
-        a snapshot) is shielded, and after the commit nothing awaits but the snapshot."""
-        envs = cell.take()
+        `asked`: instead of the queued commands, the one an asker runs in its own task
+        (`ActorSystem._ask_inline`). The asker may be cancelled, but only where nothing is
+        written: while deciding, or by an append the log withdraws (a cancelled append writes
+        nothing); `trio.Cancelled` then propagates and the state is as before. Whatever else
+        writes (another actor committing a part, a lease, a snapshot) is shielded, and after
+        the commit nothing awaits but the snapshot."""
+        inline = asked is not None
+        envs = [asked] if asked is not None else cell.take()
         if not envs:
             return
         # A command handed with records goes first in a batch: they are folded before it.
