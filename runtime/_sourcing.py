@@ -90,6 +90,7 @@ class SourcingEngine:
                 cell.push_back(envs[index:])
                 envs = envs[:index]
                 break
+        cell.current = envs  # whatever fails from here on fails them
         handed: Sequence[RecordedEvent] = ()
         first = envs[0].msg
         if isinstance(first, Handed):
