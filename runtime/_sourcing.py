@@ -119,7 +119,7 @@ class SourcingEngine:
             recorded: list[RecordedEvent] = []
             extra: tuple[list[RecordedEvent], list[RecordedEvent]] = ([], [])
             if events or parts[0] or parts[1]:
-                if events:
+                if events and self.placement is not None:
                     # A new actor runs unleased until its first write: take the lease now (a
                     # node that got there first refuses it; the version check catches a race).
                     await self._lease(cell, inline)
