@@ -66,6 +66,7 @@ from cuelog.actors._read_models import ReadModels, open_read_models
 from cuelog.actors._readers import (
     RunEvent,
     TimelineRow,
+    decode_event,
     follow_run,
     follow_session,
     run_timeline,
@@ -115,12 +116,23 @@ QUEUED_HINTS = 100_000
 T = TypeVar("T")
 _payload_size = msgspec.msgpack.Encoder()  # the same size as the log's encoding of an event
 _MAX_VERSION = (1 << 32) - 1  # the widest version a reference can carry
+_SETTLED_READ = 64  # session events read at once while looking for a run's settlement
 INVOKE_AGENT = "tools"  # the agent id `invoke_tool` runs are recorded under (no agent is needed)
 # Listing pages read at most SCAN_PER_PAGE streams, SCAN_BATCH at a time with a checkpoint in
 # between: one batch of session folds takes a few milliseconds, so no listing holds the event
 # loop for long however few of the streams the caller may see.
 SCAN_PER_PAGE = 2_000
 SCAN_BATCH = 64
+
+
+def _settles(record: RecordedEvent, run_id: str) -> bool:
+    """Whether a session's record settles the run (or deletes the session: nothing will)."""
+    if record.type == SESSION_DELETED:
+        return True
+    if record.type == RUN_SETTLED:
+        event = DOMAIN_CODEC.decode(record.type, record.data)
+        return isinstance(event, RunSettled) and event.run_id == run_id
+    return False
 
 
 def random_id(prefix: str) -> str:
@@ -409,10 +421,17 @@ class Domain:
         state = RunState()
         version = 0
         with self.registry.watch(sent.run_id):  # the log's error if it refuses the run's end
-            async for item in follow_run(self.log, sent.run_id):
-                if item.event is not None:
-                    state = fold_run(state, item.event)
-                version = item.record.version
+            # A plain loop over the subscription, closed here: no generator around it, and
+            # none left for the garbage collector to finish in a task of its own.
+            records = self.log.subscribe_stream(run_stream(sent.run_id))
+            async with aclosing(records):  # type: ignore[type-var]
+                async for record in records:
+                    event = decode_event(record)
+                    if event is not None:
+                        state = fold_run(state, event)
+                    version = record.version
+                    if record.type in TERMINAL_EVENTS:
+                        break
         view = run_view(sent.run_id, state, version)
         if view.status in TERMINAL:
             if sent.session_version:
@@ -433,12 +452,15 @@ class Domain:
     async def _wait_settled_after(self, session_key: str, run_id: str, version: int) -> None:
         """Until the session records `RunSettled` for the run (or is deleted) after `version`."""
         stream = session_stream(session_key)
-        async for record in self.log.subscribe_stream(stream, version):
-            if record.type == SESSION_DELETED:
+        # Usually the commit that ended the run settled it: one read finds it, no subscription.
+        for record in self.log.read_stream(stream, version + 1, limit=_SETTLED_READ):
+            if _settles(record, run_id):
                 return
-            if record.type == RUN_SETTLED:
-                event = DOMAIN_CODEC.decode(record.type, record.data)
-                if isinstance(event, RunSettled) and event.run_id == run_id:
+            version = record.version
+        records = self.log.subscribe_stream(stream, version)
+        async with aclosing(records):  # type: ignore[type-var]
+            async for record in records:
+                if _settles(record, run_id):
                     return
 
     async def cancel_run(

@@ -5,6 +5,7 @@ a run's timeline. Readers pull from the log, so a slow consumer lags there and h
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import msgspec
 
@@ -43,11 +44,13 @@ def decode_event(record: RecordedEvent) -> Event | None:
 
 async def follow_run(log: EventLog, run_id: str) -> AsyncGenerator[RunEvent]:
     """Every event of the run from its first, waiting for new ones; ends after its last."""
-    async for record in log.subscribe_stream(run_stream(run_id)):
-        item = RunEvent(record, decode_event(record))
-        yield item
-        if item.terminal:
-            return
+    records = log.subscribe_stream(run_stream(run_id))
+    async with aclosing(records):  # type: ignore[type-var]
+        async for record in records:
+            item = RunEvent(record, decode_event(record))
+            yield item
+            if item.terminal:
+                return
 
 
 async def follow_session(

@@ -22,6 +22,11 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
   lease). A retiring actor releases its lease.
 - Each ask envelope is settled at most once; a cancelled asker marks it abandoned and the actor
   drops it (before handling) or discards the reply (after), never blocking.
+- An ask to an event-sourced actor whose task is parked with nothing to do runs the command in
+  the asker's task (`ActorSystem._ask_inline`): the actor is lent (`_Cell.lent`), nothing wakes
+  its task meanwhile and it is not idle, so messages queue behind the command; handing it back
+  wakes the task if anything arrived. The state changes only by a commit, and from the commit
+  on the asker cannot be cancelled.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeAlias, final
+from typing import Any, Protocol, TypeAlias, cast, final
 
 import msgspec
 import outcome
@@ -122,28 +127,44 @@ ActorFactory: TypeAlias = Callable[["ActorContext"], "Actor | EventSourcedActor[
 
 
 class _Envelope:
-    """One message in a mailbox; `task` is the asker waiting for the reply (None for tell)."""
+    """One message in a mailbox; `task` is the asker waiting for the reply (None for tell).
 
-    __slots__ = ("abandoned", "msg", "task")
+    An asker that runs its command itself (`ActorSystem._ask_inline`) is not parked: the answer
+    waits in `value` or `error` until it parks (`inline` false), if it ever does."""
 
-    def __init__(self, msg: Any, task: trio.lowlevel.Task | None) -> None:
+    __slots__ = ("abandoned", "error", "inline", "msg", "task", "value")
+
+    def __init__(self, msg: Any, task: trio.lowlevel.Task | None, inline: bool = False) -> None:
         self.msg = msg
         self.task = task
         self.abandoned = False
+        self.inline = inline
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def reply(self, value: Any) -> None:
         task = self.task
         if task is not None:
             self.task = None
-            if not self.abandoned:
+            if self.inline:
+                self.value = value
+            elif not self.abandoned:
                 trio.lowlevel.reschedule(task, outcome.Value(value))
 
     def fail(self, error: BaseException) -> None:
         task = self.task
         if task is not None:
             self.task = None
-            if not self.abandoned:
+            if self.inline:
+                self.error = error
+            elif not self.abandoned:
                 trio.lowlevel.reschedule(task, outcome.Error(error))
+
+    def answer(self) -> Any:
+        """The answer an inline asker got (see `reply` and `fail`)."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 @final
@@ -178,11 +199,13 @@ class _Cell:
         "failures",
         "incarnation",
         "last_active",
+        "lent",
         "queue",
         "refusal",
         "retire_when_idle",
         "room",
         "snapshot_version",
+        "sourced",
         "stop_reason",
         "stop_requested",
         "stream",
@@ -196,8 +219,12 @@ class _Cell:
         self.address = address
         self.stream = f"{address[0]}:{address[1]}"
         self.actor: Actor | EventSourcedActor[Any] | None = None
+        self.sourced = False  # the actor is an `EventSourcedActor`
         self.queue: deque[_Envelope] = deque()
         self.waiter: trio.lowlevel.Task | None = None  # the actor task, parked for a message
+        # An asker runs a command in its own task (`ActorSystem._ask_inline`): the actor task
+        # stays parked, and nothing wakes it until the asker hands the actor back.
+        self.lent = False
         self.room: trio.lowlevel.ParkingLot | None = None  # senders waiting for room
         self.current: Sequence[_Envelope] = ()  # envelopes being handled
         self.tasks: set[TaskHandle] = set()
@@ -215,7 +242,20 @@ class _Cell:
         self.last_active = trio.current_time()
 
     def is_idle(self) -> bool:
-        return self.waiter is not None and not self.tasks
+        return self.waiter is not None and not self.lent and not self.tasks
+
+    def can_lend(self) -> bool:
+        """Whether an asker may run a command in its own task: an event-sourced actor whose
+        task is parked with nothing to do (no message, no error or stop to act on)."""
+        return (
+            self.waiter is not None
+            and self.sourced
+            and not self.lent
+            and not self.queue
+            and self.task_error is None
+            and self.refusal is None
+            and not self.stop_requested
+        )
 
     def put(self, env: _Envelope) -> None:
         self.queue.append(env)
@@ -223,7 +263,7 @@ class _Cell:
 
     def wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None:
+        if waiter is not None and not self.lent:
             self.waiter = None
             trio.lowlevel.reschedule(waiter)
 
@@ -396,22 +436,20 @@ class ActorRef:
 
     async def _ask(self, msg: Any) -> Any:
         system = self._system
+        cell = system._live.get(self.address) if system._accepting else None
+        if cell is not None and cell.can_lend():
+            return await system._ask_inline(cell, msg)
         env = _Envelope(msg, trio.lowlevel.current_task())
         system._asks += 1
         try:
             # Fast path: a live actor with room. No checkpoint is needed before parking: if the
             # caller is already cancelled, the park aborts at once and the message is dropped.
-            cell = system._live.get(self.address) if system._accepting else None
             if cell is not None and len(cell.queue) < system.config.mailbox_size:
                 cell.put(env)
             else:
                 await system._send(self.address, env)
 
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                env.abandoned = True
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            return await trio.lowlevel.wait_task_rescheduled(abort)
+            return await _wait_for_answer(env)
         finally:
             system._asks -= 1
 
@@ -645,8 +683,9 @@ class ActorSystem:
             await placement.acquire(cell.stream)
         actor = self._factories[cell.address[0]](ActorContext(self, cell))
         cell.actor = actor
-        if isinstance(actor, EventSourcedActor):
-            await self._sourcing.rehydrate(cell, actor)
+        cell.sourced = isinstance(actor, EventSourcedActor)
+        if cell.sourced:
+            await self._sourcing.rehydrate(cell, actor)  # type: ignore[arg-type]
 
     async def _serve(self, cell: _Cell) -> None:
         actor = cell.actor
@@ -752,6 +791,83 @@ class ActorSystem:
 
     # -- handling -------------------------------------------------------------------------------
 
+    async def _ask_inline(self, cell: _Cell, msg: Any) -> Any:
+        """Run an ask to an idle event-sourced actor in the asker's task (see `_Cell.can_lend`):
+        no hop through the actor's task and back.
+
+        The actor is lent to the asker: its task stays parked, and messages arriving meanwhile
+        queue behind the command, so it is still one command at a time in mailbox order. The
+        command's decision may be cancelled with the asker (nothing is written; the command is
+        dropped, as a message not yet taken); from its commit on it is shielded, so the state,
+        the log and the effects stay in step. A command that fails is handed to the actor's
+        task, which records the failure and restarts the actor as for any other command; the
+        asker hears of it once the failure is durable.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        actor = cast("EventSourcedActor[Any]", cell.actor)  # `can_lend`: a sourced actor
+        env = _Envelope(msg, trio.lowlevel.current_task(), inline=True)
+        version = actor._version
+        cell.lent = True
+        self._asks += 1
+        try:
+            if self.placement is not None and not self.placement.covers(cell.stream):
+                try:
+                    self._sourcing.catch_up(cell, actor)
+                except Exception as exc:
+                    # As in the actor's task: it fails, and takes the command once restarted.
+                    cell.queue.appendleft(env)
+                    return await self._hand_over_failure(cell, env, exc)
+            try:
+                await self._sourcing.run_commands(cell, actor, env)
+            except Exception as exc:
+                return await self._hand_over_failure(cell, env, exc)
+            except BaseException:
+                # Cancelled while deciding: nothing was written, the command is dropped.
+                if env.task is not None:
+                    env.task = None
+                    env.abandoned = True
+                cell.current = ()
+                self._give_back(cell)
+                raise
+            self._give_back(cell)
+            if env.task is not None:  # not answered yet: wait like any asker
+                env.inline = False
+                return await _wait_for_answer(env)
+            if actor._version == version:
+                # Nothing was written (so nothing checkpointed): let other tasks run.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return env.answer()
+        finally:
+            self._asks -= 1
+
+    async def _hand_over_failure(self, cell: _Cell, env: _Envelope, error: Exception) -> Any:
+        """A command run in the asker's task failed: the actor fails as if its own task had run
+        it (the failure is recorded, the commands in `cell.current` fail, it restarts); the
+        asker waits for its answer like any other."""
+        cell.task_error = error
+        env.inline = False
+        self._give_back(cell)
+        if env.task is None:
+            return env.answer()  # answered before the failure (e.g. by a later snapshot)
+        return await _wait_for_answer(env)
+
+    def _give_back(self, cell: _Cell) -> None:
+        """An asker is done with the actor it ran a command for: wake the actor's task if there
+        is work (messages queued meanwhile, an error, a stop), else it is idle from now."""
+        cell.lent = False
+        if cell.waiter is None:
+            return  # its task was cancelled meanwhile (the system is shutting down)
+        if (
+            cell.queue
+            or cell.stop_requested
+            or cell.task_error is not None
+            or cell.refusal is not None
+            or (cell.retire_when_idle and not cell.tasks)
+        ):
+            cell.wake()
+        else:
+            self._went_idle(cell)
+
     async def _run_message(self, cell: _Cell, actor: Actor) -> None:
         env = cell.take_one()
         if env is None:
@@ -824,6 +940,16 @@ class ActorSystem:
             cell.wake()
             if cell.room is not None:
                 cell.room.unpark_all()
+
+
+async def _wait_for_answer(env: _Envelope) -> Any:
+    """Park the asker of `env` until it is answered; cancelling it abandons the envelope."""
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        env.abandoned = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _lease_key(error: ActorOwnedElsewhere | LeaseLost) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from typing import Final, final
 
 import trio
@@ -202,11 +203,14 @@ class PullSubscriptions(ABC):
         def next_batch() -> list[RecordedEvent]:
             return self.read_all(cursor, batch, max_bytes=SUBSCRIBER_BATCH_BYTES)
 
-        async for events in self._follow(next_batch):
-            for event in events:
-                cursor = event.seq
-                if stream_prefix is None or event.stream.startswith(stream_prefix):
-                    yield event
+        # Closed here when the subscriber stops: not left for the collector to finish.
+        batches = self._follow(next_batch)
+        async with aclosing(batches):  # type: ignore[type-var]
+            async for events in batches:
+                for event in events:
+                    cursor = event.seq
+                    if stream_prefix is None or event.stream.startswith(stream_prefix):
+                        yield event
 
     async def subscribe_stream(
         self, stream: str, after_version: int = 0, *, batch: int = 256
@@ -220,7 +224,9 @@ class PullSubscriptions(ABC):
                 stream, version + 1, limit=batch, max_bytes=SUBSCRIBER_BATCH_BYTES
             )
 
-        async for events in self._follow(next_batch, stream):
-            for event in events:
-                version = event.version
-                yield event
+        batches = self._follow(next_batch, stream)
+        async with aclosing(batches):  # type: ignore[type-var]
+            async for events in batches:
+                for event in events:
+                    version = event.version
+                    yield event

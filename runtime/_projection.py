@@ -19,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, final
 
@@ -804,25 +804,27 @@ class ProjectionGroup:
 
         if not live:
             return
-        async for events in self.log.follow_batches(next_batch):
-            results = await self.store.apply_all([runner.projection for runner in live], events)
-            going: list[ProjectionRunner] = []
-            seqs: list[int] = []
-            for runner, result in zip(live, results, strict=True):
-                if isinstance(result, ProjectionFailed):
-                    runner._phase = "failed"
-                    _log_failure(result)
-                else:
-                    going.append(runner)
-                    seqs.append(result.seq)
-                    if result.seq >= target:
-                        runner._phase = "live"
-                runner._wake()
-            if not going:
-                return
-            live, cursor = going, min(seqs)
-            if len(events) < self._batch:
-                await self._gather(live)
+        batches = self.log.follow_batches(next_batch)
+        async with aclosing(batches):  # type: ignore[type-var]
+            async for events in batches:
+                results = await self.store.apply_all([runner.projection for runner in live], events)
+                going: list[ProjectionRunner] = []
+                seqs: list[int] = []
+                for runner, result in zip(live, results, strict=True):
+                    if isinstance(result, ProjectionFailed):
+                        runner._phase = "failed"
+                        _log_failure(result)
+                    else:
+                        going.append(runner)
+                        seqs.append(result.seq)
+                        if result.seq >= target:
+                            runner._phase = "live"
+                    runner._wake()
+                if not going:
+                    return
+                live, cursor = going, min(seqs)
+                if len(events) < self._batch:
+                    await self._gather(live)
 
     async def _gather(self, live: Sequence[ProjectionRunner]) -> None:
         """Caught up: let the next commits gather into one batch for a moment, unless a reader

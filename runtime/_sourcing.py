@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 import msgspec
 import structlog
+import trio
 
 from cuelog.runtime._actor_sourced import ACTOR_FAILED, EventSourcedActor, Handed
 from cuelog.runtime._codec import Event
@@ -66,11 +67,21 @@ class SourcingEngine:
             await self._record(cell, actor, repairs)
         await self._maybe_snapshot(cell, actor)
 
-    async def run_commands(self, cell: _Cell, actor: EventSourcedActor[Any]) -> None:
+    async def run_commands(
+        self, cell: _Cell, actor: EventSourcedActor[Any], asked: _Envelope | None = None
+    ) -> None:
         """Decide every queued command in order against the evolving state, append all their
         events in one write, then run each command's effects and reply: one commit per batch
-        instead of one per command."""
-        envs = cell.take()
+        instead of one per command.
+
+        `asked`: instead of the queued commands, the one an asker runs in its own task
+        (`ActorSystem._ask_inline`). The asker may be cancelled, but only where nothing is
+        written: while deciding, or by an append the log withdraws (a cancelled append writes
+        nothing); `trio.Cancelled` then propagates and the state is as before. Whatever else
+        writes (another actor committing a part, a lease, a snapshot) is shielded, and after
+        the commit nothing awaits but the snapshot."""
+        inline = asked is not None
+        envs = [asked] if asked is not None else cell.take()
         if not envs:
             return
         # A command handed with records goes first in a batch: they are folded before it.
@@ -79,11 +90,12 @@ class SourcingEngine:
                 cell.push_back(envs[index:])
                 envs = envs[:index]
                 break
+        cell.current = envs  # whatever fails from here on fails them
         handed: Sequence[RecordedEvent] = ()
         first = envs[0].msg
         if isinstance(first, Handed):
             # Records another actor wrote for this one: it owns its stream from here on.
-            await self._lease(cell)
+            await self._lease(cell, inline)
             handed = first.records
             self._fold_handed(cell, actor, handed)
             envs[0].msg = first.command
@@ -107,13 +119,15 @@ class SourcingEngine:
             recorded: list[RecordedEvent] = []
             extra: tuple[list[RecordedEvent], list[RecordedEvent]] = ([], [])
             if events or parts[0] or parts[1]:
-                if events:
+                if events and self.placement is not None:
                     # A new actor runs unleased until its first write: take the lease now (a
                     # node that got there first refuses it; the version check catches a race).
-                    await self._lease(cell)
+                    await self._lease(cell, inline)
                 # Any other append error fails the actor and every command in `cell.current`.
                 try:
-                    recorded, extra = await self._commit(cell, actor, who, events, decided, parts)
+                    recorded, extra = await self._commit(
+                        cell, actor, who, events, decided, parts, inline
+                    )
                 except WrongExpectedVersion as exc:
                     # Someone else wrote to the stream: catch up and decide again, once.
                     self.load(cell, actor)
@@ -159,19 +173,21 @@ class SourcingEngine:
                 env.reply(value)
         cell.current = ()
         if actor._version - cell.snapshot_version >= self.snapshot_every > 0:
-            await self._maybe_snapshot(cell, actor)
+            with trio.CancelScope(shield=inline):
+                await self._maybe_snapshot(cell, actor)
         if failure is not None:
             cell.current = envs[-1:]
             raise failure[1]
 
-    async def _lease(self, cell: _Cell) -> None:
+    async def _lease(self, cell: _Cell, shield: bool = False) -> None:
         """In cluster mode, take the lease of an actor that has none yet (a new actor)."""
-        await self._lease_stream(cell.stream)
+        await self._lease_stream(cell.stream, shield)
 
-    async def _lease_stream(self, stream: str) -> None:
+    async def _lease_stream(self, stream: str, shield: bool = False) -> None:
         placement = self.placement
         if placement is not None and placement.covers(stream) and not placement.holds(stream):
-            await placement.acquire(stream)
+            with trio.CancelScope(shield=shield):
+                await placement.acquire(stream)
 
     async def _commit(
         self,
@@ -181,16 +197,18 @@ class SourcingEngine:
         events: list[Event],
         decided: list[_Decided],
         parts: _Parts,
+        shield: bool,
     ) -> tuple[list[RecordedEvent], tuple[list[RecordedEvent], list[RecordedEvent]]]:
         """Append a batch's events: alone, with other actors' parts, or as another actor's part
         (`commit_with`). Returns the batch's own records and those of the parts before and after
-        them."""
+        them. `shield`: the caller may be cancelled; only a withdrawn append may be."""
         own = AppendPart(cell.stream, events, expected_version=actor._version, actor=who)
         before, after = parts
         if not before and not after:
             committing = actor.commit_with(decided[-1][2], own)
             if committing is not None:
-                recorded = await committing
+                with trio.CancelScope(shield=shield):
+                    recorded = await committing
                 if recorded is not None:
                     self._handed.pop(cell.stream, None)  # folded here, as they come back
                     return list(recorded), ([], [])
@@ -200,7 +218,7 @@ class SourcingEngine:
         # Records written for another actor are folded by it when handed over; one that loads
         # before that takes them as its live start, not a crash's leftovers (see `Handed`).
         for part in (*before, *after):
-            await self._lease_stream(part.stream)  # in cluster mode, before anyone loads it
+            await self._lease_stream(part.stream, shield)  # in cluster mode, before a load
         marked = [
             part.stream
             for part in (*before, *after)
