@@ -44,10 +44,10 @@ RETRY_SECONDS: Final = 1.0
 # waiting for the head cuts it short): fewer, larger batches while the log is busy.
 GATHER_SECONDS: Final = 0.05
 
-# A batch of at most this many events is applied in the event loop's thread: a worker thread
-# would run the same Python under the GIL, and make the loop wait for the GIL after each of its
-# system calls. A larger batch (a catch-up) goes to a worker thread, so the loop stays free.
-INLINE_EVENTS: Final = 256
+# Events a group of projections reads and applies at once. An LMDB store applies a group's batch
+# in the event loop's thread (a few milliseconds): in a worker thread the same Python would run
+# under the GIL anyway, and the loop would wait for the GIL after each of its system calls.
+GROUP_BATCH_EVENTS: Final = 256
 
 # Events one transaction applies at most: a crash loses at most this much catch-up work.
 BATCH_EVENTS: Final = 512
@@ -537,11 +537,13 @@ class LmdbProjectionStore(ProjectionStore):
     ) -> list[Checkpoint | ProjectionFailed]:
         async with self._lock:
             dbs = [self._db(projection.name) for projection in projections]
-            if len(events) <= INLINE_EVENTS:
-                if not self._marked and self._boot is not None:
-                    await trio.to_thread.run_sync(self._mark)  # two fsyncs: not in the loop
-                return self._apply_all_sync(projections, dbs, events)
-            return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
+            if self._sync_each:  # each commit fsyncs: not in the loop's thread
+                return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
+            if not self._marked and self._boot is not None:
+                await trio.to_thread.run_sync(self._mark)  # two fsyncs: not in the loop
+            # In the loop's thread (see `GROUP_BATCH_EVENTS`); a commit that is not synced
+            # writes nothing out.
+            return self._apply_all_sync(projections, dbs, events)
 
     def _apply_all_sync(
         self, projections: Sequence[Projection], dbs: Sequence[Any], events: Sequence[RecordedEvent]
@@ -740,7 +742,9 @@ class ProjectionGroup:
     its own checkpoint (a batch skips what a projection already has); the group reads on from
     the lowest. A projection that fails stops alone, with a `failed` status."""
 
-    def __init__(self, runners: Sequence[ProjectionRunner], *, batch: int = BATCH_EVENTS) -> None:
+    def __init__(
+        self, runners: Sequence[ProjectionRunner], *, batch: int = GROUP_BATCH_EVENTS
+    ) -> None:
         if not runners:
             raise ValueError("a projection group needs at least one projection")
         self.runners = list(runners)
