@@ -684,11 +684,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         # any part fails the whole append and writes nothing.
         currents: list[int] = []
         for part_stream, _, expected, _ in request.parts:
-            current = plan.versions.get(part_stream)
-            if current is None and inflight is not None:
-                current = inflight.versions.get(part_stream)
-            if current is None:
-                current = self._version_in(txn, part_stream)
+            current = self._planned_version(plan, inflight, txn, part_stream)
             if expected is not None and expected != current:
                 plan.conflicts += 1
                 request.error = WrongExpectedVersion(part_stream, expected, current)
@@ -711,16 +707,20 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                 (request.idem.encode(), _IDEM.pack(records[0].seq, len(records)) + request.digest)
             )
 
+    def _planned_version(self, plan: _Plan, inflight: _Plan | None, txn: Any, stream: str) -> int:
+        """A stream's version after the groups planned so far (this one, the one committing),
+        else as committed."""
+        current = plan.versions.get(stream)
+        if current is None and inflight is not None:
+            current = inflight.versions.get(stream)
+        return self._version_in(txn, stream) if current is None else current
+
     def _absorb_single(
         self, plan: _Plan, inflight: _Plan | None, txn: Any, request: PendingAppend, ts: int
     ) -> None:
         """`_absorb_one` for an append to one stream (nearly every append), with less work."""
         stream, events, expected, actor = request.parts[0]
-        current = plan.versions.get(stream)
-        if current is None and inflight is not None:
-            current = inflight.versions.get(stream)
-        if current is None:
-            current = self._version_in(txn, stream)
+        current = self._planned_version(plan, inflight, txn, stream)
         if expected is not None and expected != current:
             plan.conflicts += 1
             request.error = WrongExpectedVersion(stream, expected, current)

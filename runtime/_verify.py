@@ -48,6 +48,7 @@ from cuelog.runtime._records import Anchor, Progress, VerifyReport
 from cuelog.runtime._verify_range import (
     PROGRESS_EVERY,
     RangeCheck,
+    _head,
     check_pairs,
     check_records,
     index_fingerprint,
@@ -60,15 +61,6 @@ Lookup = Callable[[bytes], bytes | None]
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
-
-
-class _BodyHead(msgspec.Struct, array_like=True):
-    seq: int
-    stream: str
-    version: int
-
-
-_head = msgspec.msgpack.Decoder(_BodyHead)
 
 
 class _Bad(Exception):
