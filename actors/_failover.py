@@ -13,6 +13,7 @@ runs too, and its hold (or release) applies here from then on.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("cuelog.failover")
 
 _BATCH = 100
+_AT_ONCE = 8  # orphans taken over at once
 
 
 async def take_over_orphans(domain: Domain, leases: LeaseTable) -> None:
@@ -42,9 +44,12 @@ async def take_over_orphans(domain: Domain, leases: LeaseTable) -> None:
 
 
 async def take_over_once(domain: Domain, leases: LeaseTable) -> int:
-    """Touch every orphaned run, then every orphaned session; return how many this node took."""
+    """Touch every orphaned run, then every orphaned session, `_AT_ONCE` at a time; return how
+    many this node took."""
     taken = 0
-    for key in await leases.orphaned(RUN, _BATCH):
+
+    async def take_run(key: str) -> None:
+        nonlocal taken
         run_id = stream_id(key, RUN)
         try:
             # The session first: a run and its session must land on one node, or the run's end
@@ -56,18 +61,36 @@ async def take_over_once(domain: Domain, leases: LeaseTable) -> int:
             await domain.get_run(run_id)  # closes it if it was running, tells the session
         except (NotFound, ActorError, LogError) as exc:
             logger.info("orphaned run not taken", key=key, error=str(exc))
-            continue
+            return
         taken += 1
-    for key in await leases.orphaned(SESSION, _BATCH):
+
+    async def take_session(key: str) -> None:
+        nonlocal taken
         try:
             await domain.get_session(stream_id(key, SESSION))
         except (NotFound, ActorError, LogError) as exc:
             logger.info("orphaned session not taken", key=key, error=str(exc))
-            continue
+            return
         taken += 1
+
+    await _each(await leases.orphaned(RUN, _BATCH), take_run)
+    await _each(await leases.orphaned(SESSION, _BATCH), take_session)
     if taken:
         logger.info("took over actors of a dead node", count=taken, node=leases.node)
     return taken
+
+
+async def _each(keys: list[str], take: Callable[[str], Awaitable[None]]) -> None:
+    """`take` every key, at most `_AT_ONCE` at a time: each waits on its own reads and commit."""
+    limit = trio.CapacityLimiter(_AT_ONCE)
+
+    async def one(key: str) -> None:
+        async with limit:
+            await take(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(one, key)
 
 
 def _session_of(domain: Domain, run_id: str) -> str | None:
