@@ -37,7 +37,7 @@ from cuelog.actors._events import (
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._names import LOOP, RUN, SESSION, stream_id
-from cuelog.actors._usage import UsageCounts, record_usage
+from cuelog.actors._usage import UsageCounts
 from cuelog.runtime import Projection, ProjectionState, RecordedEvent, event_type
 
 _U64: Final = struct.Struct(">Q")
@@ -173,7 +173,7 @@ class RunsCatalog(Projection):
                 if row.user_id is None and spec.request is not None:
                     row.user_id = spec.request.end_user
                 if first_start:  # a restarted run is one run
-                    record_usage(self._usage, event.ts, _dims(row), runs=1)
+                    self._usage.add(event.ts, _dims(row), runs=1)
             case ModelRequested(step=step):
                 row.steps = max(row.steps, step)
             case ToolCallRequested():
@@ -187,7 +187,7 @@ class RunsCatalog(Projection):
                     row.status = "running"
             case AssistantMessage(usage=usage):
                 row.usage = row.usage + usage
-                record_usage(self._usage, event.ts, _dims(row), usage=usage)
+                self._usage.add(event.ts, _dims(row), usage=usage)
             case RunCompleted(finish_reason=finish_reason):
                 self._end(row, "completed", event)
                 row.finish_reason = finish_reason

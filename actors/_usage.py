@@ -81,8 +81,15 @@ class UsageCounts:
         self._deltas: dict[tuple[int, tuple[str, str, str, str, str]], list[int]] = {}
 
     def add(
-        self, ts: int, dims: tuple[str, str, str, str, str], runs: int, usage: Usage | None
+        self,
+        ts: int,
+        dims: tuple[str, str, str, str, str],
+        *,
+        runs: int = 0,
+        usage: Usage | None = None,
     ) -> None:
+        """Add a run start and/or a model call's tokens to the hour of `ts` (and the day, for
+        the budgets' spend), and to the all-time counters of its agent and model."""
         key = (ts // HOUR_US, dims)
         delta = self._deltas.get(key)
         if delta is None:
@@ -123,19 +130,6 @@ def _add(state: ProjectionState, key: bytes, counts: list[int]) -> None:
     if raw is not None:
         counts = [a + b for a, b in zip(_counts_decoder.decode(raw), counts, strict=True)]
     state.put(key, _dims_encoder.encode(counts))
-
-
-def record_usage(
-    counts: UsageCounts,
-    ts: int,
-    dims: tuple[str, str, str, str, str],
-    *,
-    runs: int = 0,
-    usage: Usage | None = None,
-) -> None:
-    """Add a run start and/or a model call's tokens to the hour of `ts` (and the day, for the
-    budgets' spend), and to the all-time counters of its agent and model."""
-    counts.add(ts, dims, runs, usage)
 
 
 def spend_prefix(kind: str, name: str) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from cuelog.actors import Budget, Usage
 from cuelog.actors._budgets import budget_use, calendar_window
-from cuelog.actors._usage import HOUR_US, UsageCounts, UsageTotals, record_usage, spend_since
+from cuelog.actors._usage import HOUR_US, UsageCounts, UsageTotals, spend_since
 
 
 def _at(text: str) -> int:
@@ -117,7 +117,7 @@ def test_spend_read_by_day_and_hour_adds_up_to_what_was_spent_in_the_window(days
         ts = now - i * 5 * HOUR_US - 7_000_000
         key, model, tokens = f"key_{i % 2}", f"m{i % 3 % 2}", 1 + i % 11
         usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
-        record_usage(counts, ts, (key, "a", "p", model, ""), usage=usage)
+        counts.add(ts, (key, "a", "p", model, ""), usage=usage)
         calls.append((ts, key, tokens))
         if i % 3 == 0:
             counts.write(state)
