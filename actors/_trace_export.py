@@ -6,7 +6,8 @@ events it folds the trace of every run the batch settles, hands them to the sink
 the sink has taken them moves the checkpoint past the batch (in one transaction with the record
 of what was sent). A sink that fails is retried with backoff, and nothing after the batch is
 sent meanwhile. A crash after the sink took a batch and before the checkpoint moved sends that
-batch again on restart: delivery is at least once, at most one batch twice; trace and span ids
+batch again on restart: delivery is at least once, at most one batch twice (a stop waits for
+the sink's call in flight and records what it took); trace and span ids
 come from the run id, so a repeat carries the same ids.
 
 The first time it runs it starts at the log's head: runs settled before export was turned on
@@ -128,7 +129,10 @@ class TraceExport:
                 traces.append(trace)
         if traces:
             await self._deliver(traces)
-        return (await self.store.apply(self.projection, events)).seq
+        # Once the sink took them, a cancellation (a stop) must not leave them unrecorded: the
+        # next start would send them again.
+        with trio.CancelScope(shield=bool(traces)):
+            return (await self.store.apply(self.projection, events)).seq
 
     async def _deliver(self, traces: list[Trace]) -> None:
         wait = self._retry_first

@@ -64,7 +64,12 @@ def otel_spans(trace: Trace, resource: Resource) -> list[ReadableSpan]:
 
 
 class OtlpSink:
-    """Sends a batch of traces in one OTLP request (the SDK's exporter, in a worker thread)."""
+    """Sends a batch of traces in one OTLP request (the SDK's exporter, in a worker thread).
+
+    A call in flight is waited for, not abandoned, when its task is cancelled: an abandoned
+    request could still reach the collector after the checkpoint was left behind, and the
+    next start would send its traces again. `close` first stops the exporter's retries, so a
+    stop waits for one request at most (`timeout`)."""
 
     def __init__(self, settings: OtelSection) -> None:
         assert settings.endpoint is not None
@@ -72,14 +77,17 @@ class OtlpSink:
         self.exporter = OTLPSpanExporter(
             endpoint=settings.endpoint, headers=dict(settings.headers), timeout=settings.timeout
         )
+        self._closed = False
 
     async def __call__(self, traces: list[Trace]) -> bool:
         spans = [span for trace in traces for span in otel_spans(trace, self.resource)]
-        result = await trio.to_thread.run_sync(self.exporter.export, spans, abandon_on_cancel=True)
+        result = await trio.to_thread.run_sync(self.exporter.export, spans)
         return bool(result == SpanExportResult.SUCCESS)
 
     def close(self) -> None:
-        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+        if not self._closed:
+            self._closed = True
+            self.exporter.shutdown()  # type: ignore[no-untyped-call]
 
 
 @asynccontextmanager
@@ -103,7 +111,10 @@ async def open_otel_export(
                 nursery.start_soon(leases.run_service, "otel", export.run)
             else:
                 await nursery.start(export.run)
-            yield export
-            nursery.cancel_scope.cancel()
+            try:
+                yield export
+            finally:
+                sink.close()  # no more retries; the request in flight is waited for
+                nursery.cancel_scope.cancel()
     finally:
         sink.close()

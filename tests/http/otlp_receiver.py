@@ -46,6 +46,7 @@ class OtlpReceiver:
     status: int = 200  # what every request is answered
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
+    held: threading.Event | None = None  # set: each request waits for it before it is answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_trace(self, trace_id: str) -> list[ReceivedSpan]:
@@ -70,6 +71,8 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
                 status = receiver.status
             if self.path != "/v1/traces":
                 status = 404
+            if receiver.held is not None:
+                receiver.held.wait(timeout=30)
             if status == 200:
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)

@@ -5,6 +5,7 @@ re-send a settled run's trace."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,30 @@ async def test_restarts_neither_lose_nor_resend_and_a_down_endpoint_only_delays(
     assert before["trace_id"] not in sent
     assert sent == {while_down["trace_id"]: 1, after["trace_id"]: 1, last["trace_id"]: 1}
     assert len(receiver.by_trace(while_down["trace_id"])) == 2  # the run and its model call
+
+
+async def test_a_stop_waits_for_the_export_in_flight_and_records_it(tmp_path: Path) -> None:
+    """A stop while the collector has not answered yet waits for its answer, and records the
+    batch it took: the next start does not send it again."""
+    data = tmp_path / "data"
+    with otlp_receiver() as receiver:
+        receiver.held = threading.Event()
+        async with live_server(data, sections=_otel(receiver)) as live:
+            held = await _trace(live.client, await _chat(live, "held"))
+            with trio.fail_after(20):
+                while True:
+                    if receiver.requests > 0:  # the request is at the collector, unanswered
+                        break
+                    await trio.sleep(0.05)
+            # The collector answers (200) a moment after the server began to stop.
+            threading.Timer(0.5, receiver.held.set).start()
+        assert receiver.held.is_set()  # the stop waited for the answer
+        assert Counter(receiver.trace_ids()) == {held["trace_id"]: 1}
+        async with live_server(data, sections=_otel(receiver)) as live:
+            later = await _trace(live.client, await _chat(live, "later"))
+            await _received(receiver, later["trace_id"], 2)
+        sent = Counter(receiver.trace_ids())
+    assert sent == {held["trace_id"]: 1, later["trace_id"]: 1}
 
 
 def test_a_bad_otel_section_is_refused() -> None:
