@@ -132,7 +132,8 @@ class TraceExport:
         # Once the sink took them, a cancellation (a stop) must not leave them unrecorded: the
         # next start would send them again.
         with trio.CancelScope(shield=bool(traces)):
-            return (await self.store.apply(self.projection, events)).seq
+            done = await self.store.apply(self.projection, events)
+        return done.seq
 
     async def _deliver(self, traces: list[Trace]) -> None:
         wait = self._retry_first
