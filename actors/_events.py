@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from cuelog.actors._messages import ChatMessage, ToolCall, ToolSpec, Usage
-from cuelog.runtime import Event, EventCodec, event_type
+from cuelog.runtime import Event, EventCodec, RecordedEvent, event_type
 
 ApprovalPolicy = Literal["auto", "ask", "reject"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
@@ -546,6 +546,23 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
 )
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)
+
+# Payloads decoded lately, by (type, data): the read models apply one after another over the
+# same batch of events (at most 256), so each event is decoded once for all of them.
+_DECODED_KEPT: Final = 256
+_decoded: dict[tuple[str, bytes], Event] = {}
+
+
+def decoded(event: RecordedEvent) -> Event:
+    """The event's payload, as `DOMAIN_CODEC` decodes it (shared: payloads are frozen)."""
+    key = (event.type, event.data)
+    payload = _decoded.get(key)
+    if payload is None:
+        if len(_decoded) >= _DECODED_KEPT:
+            _decoded.clear()
+        payload = _decoded[key] = DOMAIN_CODEC.decode(event.type, event.data)
+    return payload
+
 
 # Event type names as recorded (`RecordedEvent.type`), derived from the structs' tags.
 RUN_ASSIGNED: Final = event_type(RunAssigned)

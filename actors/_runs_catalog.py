@@ -20,7 +20,6 @@ import msgspec
 
 from cuelog.actors._commands import ADMIN, Caller
 from cuelog.actors._events import (
-    DOMAIN_CODEC,
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -34,6 +33,7 @@ from cuelog.actors._events import (
     RunStarted,
     SessionCreated,
     ToolCallRequested,
+    decoded,
 )
 from cuelog.actors._messages import Usage
 from cuelog.actors._names import LOOP, RUN, SESSION, stream_id
@@ -133,7 +133,7 @@ class RunsCatalog(Projection):
     def apply(self, event: RecordedEvent, state: ProjectionState) -> None:
         if event.type not in _WANTED:
             return
-        payload = DOMAIN_CODEC.decode(event.type, event.data)
+        payload = decoded(event)
         kind, _, name = event.stream.partition(":")
         match payload:
             case SessionCreated(agent_id=agent_id, metadata=metadata) if kind == SESSION:

@@ -23,7 +23,6 @@ import msgspec
 
 from cuelog.actors._commands import ADMIN, Caller
 from cuelog.actors._events import (
-    DOMAIN_CODEC,
     TERMINAL_EVENTS,
     ApprovalDenied,
     ApprovalGranted,
@@ -36,6 +35,7 @@ from cuelog.actors._events import (
     SessionDeleted,
     SessionPatched,
     SessionReset,
+    decoded,
 )
 from cuelog.actors._names import RUN, SESSION
 from cuelog.runtime import Projection, ProjectionState, RecordedEvent, event_type
@@ -144,7 +144,7 @@ class SessionsCatalog(Projection):
         kind, _, key = event.stream.partition(":")
         if kind != SESSION:
             return
-        payload = DOMAIN_CODEC.decode(event.type, event.data)
+        payload = decoded(event)
         pending = self._pending.get(key)
         if pending is None:
             raw = state.get(_session_key(key))
@@ -291,7 +291,7 @@ class OpenRunsCatalog(Projection):
         if event.type in TERMINAL_EVENTS:
             self._runs[run_id] = None
             return
-        payload = DOMAIN_CODEC.decode(event.type, event.data)
+        payload = decoded(event)
         if isinstance(payload, RunStarted):
             self._runs[run_id] = OpenRun(session_key=payload.session_key)
             return
@@ -312,7 +312,7 @@ class OpenRunsCatalog(Projection):
         self._runs[run_id] = run
 
     def _apply_session(self, key: str, event: RecordedEvent, state: ProjectionState) -> None:
-        payload = DOMAIN_CODEC.decode(event.type, event.data)
+        payload = decoded(event)
         if isinstance(payload, SessionCreated):  # a session begins anew (as its fold does)
             self._deleted[key] = False
             self._sessions[key] = None

@@ -131,6 +131,7 @@ def _apply_batch(
     Events that do not follow on from the checkpoint are not applied: another process moved
     it back (a rebuild), and the caller reads again from where it is."""
     seq = checkpoint.seq
+    apply = projection.apply
     try:
         for event in events:
             if event.seq <= seq:
@@ -138,7 +139,7 @@ def _apply_batch(
             if event.seq != seq + 1:
                 break
             try:
-                projection.apply(event, state)
+                apply(event, state)
             except store_errors:
                 raise  # the store's, not the projection's: retried, never a failure
             except Exception as exc:
