@@ -246,8 +246,9 @@ class _Retry:
 
 _RETRY = _Retry()
 # Weight of an index entry against a record in splitting the work: the index walk goes to the
-# last worker, whose range of records is that much shorter.
-_INDEX_WEIGHT = 0.25
+# last worker, whose range of records is that much shorter. (Measured: 0.35-0.42 µs an entry
+# against 2.2-2.8 µs a record, both in one worker.)
+_INDEX_WEIGHT = 0.15
 _WORKER = Path(__file__).with_name("_verify_range.py")
 
 
