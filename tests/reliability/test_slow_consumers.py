@@ -124,7 +124,7 @@ def rss(server: ServerProcess) -> int:
 
 def test_stalled_sse_clients_cost_bounded_memory_and_no_wake_latency(tmp_path: Path) -> None:
     """With 200 SSE clients that never read, the server's RSS grows by well under 150 MB and a
-    fast client's median wake latency stays under twice the median without them."""
+    fast client's median wake latency stays under twice the median without them (plus 5 ms)."""
     server = start(tmp_path, stall_timeout=600)
     try:
         with (
@@ -152,7 +152,8 @@ def test_stalled_sse_clients_cost_bounded_memory_and_no_wake_latency(tmp_path: P
             f"wake p50 {baseline * 1000:.1f} ms -> {with_stalled * 1000:.1f} ms"
         )
         assert runs >= FILL_RUNS, "the writer produced too little to fill the stalled streams"
-        assert with_stalled < 2 * baseline, (baseline, with_stalled)
+        # A few ms of slack for a noisy machine; streams that cost work per commit add tens.
+        assert with_stalled < 2 * baseline + 0.005, (baseline, with_stalled)
         assert grown_mb < 150, grown_mb
     finally:
         assert server.terminate() == 0
