@@ -477,7 +477,7 @@ def gc_counters(client: httpx.Client) -> dict[str, float]:
     return values
 
 
-def stalls(url: str, auth: dict[str, str], duration: float) -> None:
+def stalls(url: str, auth: dict[str, str], duration: float, pid: int) -> None:
     """/health latency, probed every 5 ms from another thread, while wrk sends asynchronous
     wakes (a new session each) from STALL_CLIENTS connections; and the collector's pauses."""
     probes: list[float] = []
@@ -503,6 +503,7 @@ def stalls(url: str, auth: dict[str, str], duration: float) -> None:
                 auth,
                 duration=duration,
                 connections=STALL_CLIENTS,
+                server_pid=pid,
             )
         finally:
             done.set()
@@ -607,7 +608,7 @@ def main() -> None:
                 f"{STALL_DURATION:g} s",
                 flush=True,
             )
-            stalls(full.url, auth, STALL_DURATION)
+            stalls(full.url, auth, STALL_DURATION, full.proc.pid)
             print(
                 f"-- SSE fan-out: {SSE_CLIENTS} followers of GET /v1/events read the log",
                 flush=True,
