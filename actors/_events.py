@@ -547,21 +547,33 @@ DOMAIN_EVENTS: tuple[type[Event], ...] = (
 
 DOMAIN_CODEC = EventCodec(DOMAIN_EVENTS)
 
-# Payloads decoded lately, by (type, data): the read models apply one after another over the
-# same batch of events (at most 256), so each event is decoded once for all of them.
-_DECODED_KEPT: Final = 256
-_decoded: dict[tuple[str, bytes], Event] = {}
+
+class _RecentPayloads:
+    """Payloads decoded lately, by (type, data): the read models apply one after another over
+    the same batch of events (at most 256), so each event is decoded once for all of them.
+    Emptied when it holds 256 events or 4 MiB of their bytes."""
+
+    KEPT: Final = 256
+    BYTES: Final = 4 << 20
+
+    def __init__(self) -> None:
+        self._payloads: dict[tuple[str, bytes], Event] = {}
+        self._bytes = 0
+
+    def __call__(self, event: RecordedEvent) -> Event:
+        """The event's payload, as `DOMAIN_CODEC` decodes it (shared: payloads are frozen)."""
+        key = (event.type, event.data)
+        payload = self._payloads.get(key)
+        if payload is None:
+            if len(self._payloads) >= self.KEPT or self._bytes >= self.BYTES:
+                self._payloads.clear()
+                self._bytes = 0
+            payload = self._payloads[key] = DOMAIN_CODEC.decode(event.type, event.data)
+            self._bytes += len(event.data)
+        return payload
 
 
-def decoded(event: RecordedEvent) -> Event:
-    """The event's payload, as `DOMAIN_CODEC` decodes it (shared: payloads are frozen)."""
-    key = (event.type, event.data)
-    payload = _decoded.get(key)
-    if payload is None:
-        if len(_decoded) >= _DECODED_KEPT:
-            _decoded.clear()
-        payload = _decoded[key] = DOMAIN_CODEC.decode(event.type, event.data)
-    return payload
+decoded: Final = _RecentPayloads()
 
 
 # Event type names as recorded (`RecordedEvent.type`), derived from the structs' tags.
