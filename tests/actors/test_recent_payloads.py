@@ -35,11 +35,13 @@ def test_a_payload_is_decoded_once_and_equals_the_codecs() -> None:
     # Another event with the same body (another log, a test's fabricated event) is the same
     # payload; another body is another payload.
     assert recent(_event(7, "a")) == first
-    assert recent(_event(1, "b")).session_key == "b"
+    assert recent(_event(1, "b")) == SessionCreated(session_key="b", agent_id="default")
 
 
 def test_it_keeps_a_bounded_number_of_payloads() -> None:
     recent = _RecentPayloads()
     for seq in range(3 * _RecentPayloads.KEPT):
-        assert recent(_event(seq, f"s{seq}")).session_key == f"s{seq}"
+        assert recent(_event(seq, f"s{seq}")) == SessionCreated(
+            session_key=f"s{seq}", agent_id="default"
+        )
         assert len(recent._payloads) <= _RecentPayloads.KEPT
