@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import trio
 
 from cuelog.actors import (
@@ -27,11 +28,29 @@ from cuelog.runtime import (
     Event,
     EventLog,
     RecordedEvent,
+    event_type,
     open_event_log,
     open_projection_store,
 )
 
 CALCULATOR: Final = AgentSpec(name="calc", tools=["calculator"])
+
+
+def as_record(event: Event, *, seq: int = 1, stream: str = "run:r") -> RecordedEvent:
+    """`event` as the record at `seq` of `stream`, unchained (for code that reads one record)."""
+    return RecordedEvent(
+        seq=seq,
+        stream=stream,
+        version=1,
+        type=event_type(type(event)),
+        ts=0,
+        causation=None,
+        correlation=None,
+        actor=None,
+        data=msgspec.msgpack.encode(event),
+        prev=b"",
+        hash=b"",
+    )
 
 
 def user(text: str) -> ChatMessage:

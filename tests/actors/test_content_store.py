@@ -27,11 +27,9 @@ from cuelog.actors._run import RunSettings
 from cuelog.runtime import (
     ContentMissing,
     LocalContentStore,
-    RecordedEvent,
-    event_type,
     open_event_log,
 )
-from tests.actors.domain_support import decoded, runtime_at, tool_line, user
+from tests.actors.domain_support import as_record, decoded, runtime_at, tool_line, user
 from tests.postgres import fresh_database
 
 BIG: Final = 2 * 1024 * 1024 + 17  # over the log's 1 MiB event limit
@@ -133,24 +131,8 @@ async def test_a_rerun_with_another_content_threshold_finds_no_divergence(tmp_pa
         output_size=BIG,
     )
     other = msgspec.structs.replace(stored, output_digest=hashlib.sha256(b"other").hexdigest())
-    assert _same_event(_recorded(inline), _recorded(stored))
-    assert not _same_event(_recorded(inline), _recorded(other))
-
-
-def _recorded(event: ToolCallCompleted) -> RecordedEvent:
-    return RecordedEvent(
-        seq=1,
-        stream="run:r",
-        version=1,
-        type=event_type(ToolCallCompleted),
-        ts=0,
-        causation=None,
-        correlation=None,
-        actor=None,
-        data=msgspec.msgpack.encode(event),
-        prev=b"",
-        hash=b"",
-    )
+    assert _same_event(as_record(inline), as_record(stored))
+    assert not _same_event(as_record(inline), as_record(other))
 
 
 async def test_a_corrupted_blob_fails_verify_and_a_missing_one_fails_the_next_run(

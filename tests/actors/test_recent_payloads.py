@@ -3,27 +3,14 @@ bounded number of them kept."""
 
 from __future__ import annotations
 
-import msgspec
-
 from cuelog.actors._events import DOMAIN_CODEC, SessionCreated, _RecentPayloads
 from cuelog.runtime import RecordedEvent
+from tests.actors.domain_support import as_record
 
 
 def _event(seq: int, key: str) -> RecordedEvent:
     payload = SessionCreated(session_key=key, agent_id="default")
-    return RecordedEvent(
-        seq=seq,
-        stream=f"session:{key}",
-        version=1,
-        type="SessionCreated",
-        ts=0,
-        causation=None,
-        correlation=None,
-        actor=None,
-        data=msgspec.msgpack.encode(payload),
-        prev=b"",
-        hash=b"",
-    )
+    return as_record(payload, seq=seq, stream=f"session:{key}")
 
 
 def test_a_payload_is_decoded_once_and_equals_the_codecs() -> None:
