@@ -19,18 +19,10 @@ import msgspec
 
 from cuelog.runtime._envelope import HASH_SIZE
 from cuelog.runtime._errors import LogFormatError
+from cuelog.runtime._verify_range import body_head
 
 WATERMARK: Final = b"watermark"
 _U64 = struct.Struct(">Q")
-
-
-class _BodyHead(msgspec.Struct, array_like=True):
-    seq: int
-    stream: str
-    version: int
-
-
-_head = msgspec.msgpack.Decoder(_BodyHead)
 
 
 class IndexTail:
@@ -108,7 +100,7 @@ def read_tail(
         expected = known.head + 1
         for value in cursor.iternext(keys=False, values=True):
             try:
-                body = _head.decode(value[2 * HASH_SIZE :])
+                body = body_head.decode(value[2 * HASH_SIZE :])
             except msgspec.DecodeError:
                 body = None
             if body is None or body.seq != expected:

@@ -48,7 +48,7 @@ from cuelog.runtime._records import Anchor, Progress, VerifyReport
 from cuelog.runtime._verify_range import (
     PROGRESS_EVERY,
     RangeCheck,
-    _head,
+    body_head,
     check_pairs,
     check_records,
     index_fingerprint,
@@ -379,7 +379,7 @@ def _walk_chain(
     anchored seq)."""
     sha256 = hashlib.sha256
     unpack = _U64.unpack
-    decode_head = _head.decode
+    decode_head = body_head.decode
     anchor_seq = anchor.seq if anchor is not None else -1
     hash_at_anchor: bytes | None = None
     prev = genesis
@@ -416,7 +416,7 @@ def _walk_chain(
 
 def _diagnose_link(value: bytes, seq: int) -> str:
     try:
-        head = _head.decode(value[2 * HASH_SIZE :])
+        head = body_head.decode(value[2 * HASH_SIZE :])
     except msgspec.DecodeError:
         return "record body is not a valid envelope"
     if head.seq != seq:
@@ -457,7 +457,7 @@ def _find_bad_index_entry(
         seq = _U64.unpack(key)[0]
         if seq > indexed:
             break
-        head = _head.decode(value[2 * HASH_SIZE :])
+        head = body_head.decode(value[2 * HASH_SIZE :])
         index_key = head.stream.encode() + b"\x00" + _U32.pack(head.version)
         found = get_index(index_key)
         if found is None:
@@ -479,7 +479,7 @@ def _find_bad_index_entry(
             raise _Bad(
                 seq, f"stream index entry {key!r} names seq {seq}, past its watermark {indexed}"
             )
-        head = _head.decode(record[2 * HASH_SIZE :])
+        head = body_head.decode(record[2 * HASH_SIZE :])
         if head.stream.encode() + b"\x00" + _U32.pack(head.version) != key:
             raise _Bad(seq, f"stream index entry {key!r} points to seq {seq}, another event's")
     raise _Bad(0, "the stream index does not match the events (an entry was added or changed)")

@@ -37,13 +37,15 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
 
-class _BodyHead(msgspec.Struct, array_like=True):
+class BodyHead(msgspec.Struct, array_like=True):
+    """The first three fields of a stored record's body (the rest is not decoded)."""
+
     seq: int
     stream: str
     version: int
 
 
-_head = msgspec.msgpack.Decoder(_BodyHead)
+body_head = msgspec.msgpack.Decoder(BodyHead)
 
 
 class RangeCheck(NamedTuple):
@@ -97,7 +99,7 @@ def _walk(
     progress: Callable[[int], None] | None,
 ) -> RangeCheck | None:
     sha256 = hashlib.sha256
-    decode_head = _head.decode
+    decode_head = body_head.decode
     pack32 = _U32.pack
     end = last if last is not None else 1 << 63
     seq = first - 1
