@@ -45,8 +45,10 @@ typecheck:
 layers:
 	$(BIN)/lint-imports
 
+# Several workers (one per CPU, at most 4): most tests wait on servers, fsyncs and subprocesses.
+PYTEST_WORKERS ?= auto
 pytest:
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist worksteal
 
 # The HTTP benchmark drives load with wrk (a C load generator): installed here when apt can.
 bench: install
