@@ -368,6 +368,8 @@ def test_loops_page_shows_next_fire_and_history_and_toggles_and_runs(console: Co
         datetime.fromtimestamp(next_fire, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     )
     row.locator("button.run-loop").click()
+    # The list shows the fire's run once the server took it (the page the link opens then has it).
+    expect(row.locator("td:nth-child(6) .badge")).to_have_count(1)
     row.locator("a").click()
     expect(page.locator("#fires tr")).to_have_count(1)
     expect(page.locator("#fires tr .badge")).to_have_text("completed")
