@@ -181,6 +181,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
         self._commit_in_thread = commit_in_thread
         self._lock_fd: int | None = None
         self._lock_file_id: tuple[int, int] | None = None
+        self._data_file = str(path / "data.mdb")  # stat'ed at every wake of the writer
         self._closed = False
         self._pending: list[PendingAppend] = []
         self._other: list[_OtherWrite] = []
@@ -303,7 +304,7 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
     def _check_still_writer(self) -> None:
         """Raise `LogLost` when data.mdb was removed or replaced under this writer."""
         try:
-            current = _file_id(os.stat(self.path / "data.mdb"))
+            current = _file_id(os.stat(self._data_file))
         except OSError:
             current = None
         if current != self._lock_file_id:
