@@ -46,9 +46,11 @@ layers:
 	$(BIN)/lint-imports
 
 # Several workers (one per CPU, at most 4): most tests wait on servers, fsyncs and subprocesses.
+# Tests marked `serial` compare timings they measure, so they run alone afterwards.
 PYTEST_WORKERS ?= auto
 pytest:
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist worksteal
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist worksteal -m "not slow and not serial"
+	$(BIN)/pytest -m "serial and not slow" || [ $$? -eq 5 ]
 
 # The HTTP benchmark drives load with wrk (a C load generator): installed here when apt can.
 bench: install

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
+import pytest
 
 from tests.support import ServerProcess, start_server
 
@@ -122,6 +123,7 @@ def rss(server: ServerProcess) -> int:
     return int(psutil.Process(server.proc.pid).memory_info().rss)
 
 
+@pytest.mark.serial  # compares two wake latencies: other tests' load would skew one
 def test_stalled_sse_clients_cost_bounded_memory_and_no_wake_latency(tmp_path: Path) -> None:
     """With 200 SSE clients that never read, the server's RSS grows by well under 150 MB and a
     fast client's median wake latency stays under twice the median without them (plus 5 ms)."""
