@@ -62,6 +62,7 @@ from cuelog.actors._names import (
     stream_id,
     stream_prefix,
 )
+from cuelog.actors._projector import ProjectorMode
 from cuelog.actors._read_models import ReadModels, open_read_models
 from cuelog.actors._readers import (
     RunEvent,
@@ -920,6 +921,7 @@ async def open_domain(
     recover: bool = True,
     cluster: ClusterConfig | None = None,
     projections: ProjectionStore | None = None,
+    projector: ProjectorMode = "inline",
 ) -> AsyncIterator[Domain]:
     """Open the actor system, register the domain actors, seed agents, take up the emergency
     stop and recover interrupted work.
@@ -927,11 +929,14 @@ async def open_domain(
     With `cluster` (several processes on one PostgreSQL log), sessions and runs are leased to
     one node at a time, and this node takes over what dead nodes left in flight. With
     `projections`, the domain's read models run over that store until the block ends
-    (`Domain.read_models`), and recovery and the session listing read their catalogs."""
+    (`Domain.read_models`), and recovery and the session listing read their catalogs; with an
+    LMDB store, `projector` says when a projector process keeps them (see `_projector`)."""
     async with AsyncExitStack() as stack:
         read_models = None
         if projections is not None:
-            read_models = await stack.enter_async_context(open_read_models(log, projections))
+            read_models = await stack.enter_async_context(
+                open_read_models(log, projections, projector=projector)
+            )
         placement = None
         if cluster is not None:
             placement = await stack.enter_async_context(open_leases(log, cluster, [SESSION, RUN]))

@@ -11,6 +11,7 @@ import trio
 
 from cuelog.actors._commands import ADMIN, Caller
 from cuelog.actors._errors import NotFound
+from cuelog.actors._projector import Projector, ProjectorMode
 from cuelog.actors._runs_catalog import RunFilter, RunRow, RunsCatalog, list_runs, run_row
 from cuelog.actors._sessions_catalog import (
     OpenRunsCatalog,
@@ -34,6 +35,7 @@ from cuelog.actors._usage import (
 )
 from cuelog.runtime import (
     EventLog,
+    LmdbProjectionStore,
     Projection,
     ProjectionGroup,
     ProjectionRunner,
@@ -60,6 +62,7 @@ class ReadModels:
         self.store = store
         self.runners = {p.name: ProjectionRunner(log, store, p) for p in domain_projections()}
         self.group = ProjectionGroup(list(self.runners.values()))
+        self.projector: Projector | None = None  # when a projector process may keep them
 
     def runner(self, name: str) -> ProjectionRunner:
         try:
@@ -72,9 +75,10 @@ class ReadModels:
         return [runner.status() for runner in self.runners.values()]
 
     def cpu_seconds(self) -> float:
-        """CPU time the read models have taken in this process: reading the log's batches and
-        applying them."""
-        return self.group.read_seconds + self.store.apply_seconds
+        """CPU time the read models have taken: reading the log's batches and applying them,
+        in this process and in its projector processes."""
+        elsewhere = self.projector.cpu_seconds() if self.projector is not None else 0.0
+        return self.group.read_seconds + self.store.apply_seconds + elsewhere
 
     async def _fresh(self, name: str) -> None:
         """Wait (briefly) until the projection has applied what the log held now: a run
@@ -203,9 +207,13 @@ def _nothing(state: ProjectionState) -> None:
 
 
 @asynccontextmanager
-async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterator[ReadModels]:
+async def open_read_models(
+    log: EventLog, store: ProjectionStore, *, projector: ProjectorMode = "inline"
+) -> AsyncIterator[ReadModels]:
     """The read models, caught up then following the log together (one read of each batch,
-    one transaction a batch) until the block ends (or the log ends its subscriptions)."""
+    one transaction a batch) until the block ends (or the log ends its subscriptions). With
+    an LMDB store, `projector` says when a projector process keeps them instead of this
+    process's event loop (see `cuelog.actors._projector`)."""
     models = ReadModels(log, store)
     for name in models.runners:
         # Open each projection's table before any batch is in flight: an LMDB store opens a
@@ -213,7 +221,11 @@ async def open_read_models(log: EventLog, store: ProjectionStore) -> AsyncIterat
         # a batch another runner is writing in a worker thread.
         store.read(name, _nothing)
     async with trio.open_nursery() as nursery:
-        await nursery.start(models.group.run)
+        if projector != "inline" and isinstance(store, LmdbProjectionStore):
+            models.projector = Projector(models.group, store.path.parent, projector)
+            await nursery.start(models.projector.run)
+        else:
+            await nursery.start(models.group.run)
         nursery.start_soon(store.keep_synced)
         yield models
         nursery.cancel_scope.cancel()

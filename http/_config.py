@@ -11,7 +11,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -65,6 +65,10 @@ class LogSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # beside the log. Off, their routes answer 503, budgets refuse runs they apply to, and
     # start-up folds every session; `cuelog projections` still builds them from the log.
     read_models: bool = True
+    # Who applies the log to the read models of an LMDB data dir: "auto" (the server, until
+    # they take a noticeable share of a core, then a projector process beside it, on another
+    # core), "process" (a projector process from the start) or "inline" (always the server).
+    projector: Literal["auto", "process", "inline"] = "auto"
 
 
 class ModelSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -115,9 +115,22 @@ class _StateCollector(Collector):
             yield from _projection_metrics(services.read_models.statuses())
             yield CounterMetricFamily(
                 "cuelog_projection_cpu_seconds",
-                "CPU time the read models took in this process (reading the log, applying it).",
+                "CPU time the read models took (reading the log, applying it), in the server "
+                "and in its projector processes.",
                 value=services.read_models.cpu_seconds(),
             )
+            projector = services.read_models.projector
+            if projector is not None:
+                yield GaugeMetricFamily(
+                    "cuelog_projector_process",
+                    "1 while a projector process keeps the read models, 0 while the server does.",
+                    value=1 if projector.through_process else 0,
+                )
+                yield CounterMetricFamily(
+                    "cuelog_projector_starts",
+                    "Projector processes started.",
+                    value=projector.starts,
+                )
             yield from _token_metrics(services.read_models.token_totals())
 
 

@@ -296,6 +296,7 @@ async def _serve(
             ),
             cluster=cluster_config(settings, sockets[0].getsockname()[:2] if sockets else None),
             projections=projections if settings.log.read_models else None,
+            projector=settings.log.projector,
         ) as domain,
         McpServers(
             event_log,

@@ -60,6 +60,7 @@ from cuelog.runtime._projection import LmdbProjectionStore as LmdbProjectionStor
 from cuelog.runtime._projection import MemoryProjectionStore as MemoryProjectionStore
 from cuelog.runtime._projection import Projection as Projection
 from cuelog.runtime._projection import ProjectionGroup as ProjectionGroup
+from cuelog.runtime._projection import ProjectionPhase as ProjectionPhase
 from cuelog.runtime._projection import ProjectionRunner as ProjectionRunner
 from cuelog.runtime._projection import ProjectionState as ProjectionState
 from cuelog.runtime._projection import ProjectionStatus as ProjectionStatus
@@ -124,6 +125,7 @@ __all__ = [
     "Projection",
     "ProjectionFailed",
     "ProjectionGroup",
+    "ProjectionPhase",
     "ProjectionRunner",
     "ProjectionState",
     "ProjectionStatus",

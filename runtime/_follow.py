@@ -185,6 +185,15 @@ class PullSubscriptions(ABC):
         """Yield each batch `next_batch` reads; when one is empty, wait for the next commit
         (touching `stream`, when given), or end once the log closes or subscriptions end."""
 
+    @abstractmethod
+    def _wake_subscribers(self, streams: Iterable[str] | None = None) -> None:
+        """After a commit that touched `streams` (None: wake every subscriber)."""
+
+    def poll_now(self) -> None:
+        """Another process says it has committed: subscribers that poll for other processes'
+        commits read now instead of at their next poll."""
+        self._wake_subscribers()
+
     def follow_batches(
         self, next_batch: Callable[[], list[RecordedEvent]]
     ) -> AsyncIterator[list[RecordedEvent]]:

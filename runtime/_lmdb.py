@@ -76,6 +76,8 @@ _IDEM = struct.Struct(">QI")
 _VERSION_CACHE_LIMIT = 100_000
 # How often an idle writer checks that data.mdb is still the file it locked.
 _WRITER_CHECK_INTERVAL = 1.0
+# How often a read-only open's subscribers look for another process's commits.
+POLL_SECONDS: Final = 0.05
 # A crowd of appends at least this large arriving while nothing commits may be split in two.
 _SPLIT_AT = 32
 # Weight of the newest sample in the moving averages that choose between the two ways of
@@ -1013,8 +1015,9 @@ class LmdbEventLog(GroupCommitAppends, PullSubscriptions):
                     continue
                 if self._closed or self._subscriptions_ended:
                     return
-                if self.readonly:
-                    await trio.sleep(0.05)  # another process writes: poll
+                if self.readonly:  # another process writes: poll (or be told, `poll_now`)
+                    with trio.move_on_after(POLL_SECONDS):
+                        await committed.wait()
                 else:
                     await committed.wait()
         finally:

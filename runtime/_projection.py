@@ -19,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, final
 
@@ -409,7 +409,6 @@ class LmdbProjectionStore(ProjectionStore):
         self._marker = path / UNSYNCED_MARKER
         self._forget_torn_state()
         self._marked = self._marker.exists()  # this boot's, from a process that died
-        self._writes = 0  # batches written, so a sync knows whether one came after it began
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -445,28 +444,62 @@ class LmdbProjectionStore(ProjectionStore):
         _fsync_dir(self.path)
 
     def _mark(self) -> None:
-        """Before a commit that will not be synced at once: say so, durably, once."""
-        self._writes += 1
-        if self._marked or self._boot is None:
+        """Before a commit that will not be synced at once: say so, durably. Called holding
+        LMDB's write lock (in a write transaction), so no process can unmark the store between
+        this and the commit (see `_unmark_if_unchanged`); another process may have unmarked it
+        since this one last looked, hence the stat."""
+        if self._boot is None or (self._marked and self._marker.exists()):
             return
+        self._write_marker()
+
+    def _write_marker(self) -> None:
         with open(self._marker, "w") as marker:
-            marker.write(self._boot + "\n")
+            marker.write(self._boot + "\n" if self._boot else "\n")
             marker.flush()
             os.fsync(marker.fileno())
         _fsync_dir(self.path)
         self._marked = True
 
-    async def sync_unsynced(self) -> None:
-        """Sync the commits made so far; unmark the store if none came while syncing."""
-        async with self._lock:  # no batch in flight: every write counted so far has committed
-            if not self._marked:
-                return
-            writes = self._writes
-        await trio.to_thread.run_sync(self._env.sync, True)
-        async with self._lock:
-            if self._writes == writes and self._marked:
+    def _premark(self) -> None:
+        """Mark the store ahead of a batch, outside LMDB's write lock (two fsyncs, in a worker
+        thread): the batch's own check then only stats the marker."""
+        if self._boot is not None and not self._marker.exists():
+            self._write_marker()
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A write transaction, with the store marked unsynced inside it (see `_mark`)."""
+        with self._env.begin(write=True) as txn:
+            self._mark()
+            yield txn
+
+    def _last_txn(self) -> int:
+        last: int = self._env.info()["last_txnid"]
+        return last
+
+    def _unmark_if_unchanged(self, synced_to: int) -> None:
+        """Remove the marker if no process has committed since the sync that covered
+        `synced_to` began. Checked under LMDB's write lock, which every marked commit holds
+        from its mark to its commit, so no commit of any process is left unsynced unmarked."""
+        txn = self._env.begin(write=True)
+        try:
+            if self._last_txn() == synced_to:
                 self._marker.unlink(missing_ok=True)
                 self._marked = False
+        finally:
+            txn.abort()
+
+    async def sync_unsynced(self) -> None:
+        """Sync the commits made so far, by any process sharing the store; unmark the store
+        if none came while syncing."""
+        async with self._lock:  # no batch of this process in flight
+            if not self._marker.exists():
+                self._marked = False
+                return
+            synced_to = self._last_txn()
+        await trio.to_thread.run_sync(self._env.sync, True)
+        async with self._lock:
+            await trio.to_thread.run_sync(self._unmark_if_unchanged, synced_to)
 
     async def keep_synced(self) -> None:
         while True:
@@ -474,10 +507,10 @@ class LmdbProjectionStore(ProjectionStore):
             await self.sync_unsynced()
 
     def close(self) -> None:
-        if self._marked:
+        if self._marked or self._marker.exists():
+            synced_to = self._last_txn()
             self._env.sync(True)
-            self._marker.unlink(missing_ok=True)
-            self._marked = False
+            self._unmark_if_unchanged(synced_to)
         self._env.close()
 
     def _db(self, name: str) -> Any:
@@ -510,10 +543,9 @@ class LmdbProjectionStore(ProjectionStore):
         self, projection: Projection, db: Any, events: Sequence[RecordedEvent]
     ) -> Checkpoint:
         name = projection.name
-        self._mark()
         while True:
             try:
-                with self._env.begin(write=True) as txn:
+                with self._writing() as txn:
                     # Read under the writer lock: another process may have moved it.
                     current = self._read_checkpoint(txn, name)
                     done = _apply_batch(
@@ -522,7 +554,7 @@ class LmdbProjectionStore(ProjectionStore):
                     self._write_checkpoint(txn, name, done)
                 return done
             except ProjectionFailed as failed:
-                with self._env.begin(write=True) as txn:
+                with self._writing() as txn:
                     current = self._read_checkpoint(txn, name)
                     self._write_checkpoint(
                         txn,
@@ -540,8 +572,8 @@ class LmdbProjectionStore(ProjectionStore):
             dbs = [self._db(projection.name) for projection in projections]
             if self._sync_each:  # each commit fsyncs: not in the loop's thread
                 return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
-            if not self._marked and self._boot is not None:
-                await trio.to_thread.run_sync(self._mark)  # two fsyncs: not in the loop
+            if self._boot is not None and not self._marker.exists():
+                await trio.to_thread.run_sync(self._premark)  # two fsyncs: not in the loop
             # In the loop's thread (see `GROUP_BATCH_EVENTS`); a commit that is not synced
             # writes nothing out.
             return self._apply_all_sync(projections, dbs, events)
@@ -560,11 +592,10 @@ class LmdbProjectionStore(ProjectionStore):
     def _apply_all_in_txn(
         self, projections: Sequence[Projection], dbs: Sequence[Any], events: Sequence[RecordedEvent]
     ) -> list[Checkpoint | ProjectionFailed]:
-        self._mark()
         table = dict(zip((p.name for p in projections), dbs, strict=True))
 
         def together() -> list[Checkpoint]:
-            with self._env.begin(write=True) as txn:
+            with self._writing() as txn:
                 done: list[Checkpoint] = []
                 for projection, db in zip(projections, dbs, strict=True):
                     current = self._read_checkpoint(txn, projection.name)
@@ -584,8 +615,7 @@ class LmdbProjectionStore(ProjectionStore):
 
     async def reset(self, projection: Projection, seq: int = 0) -> None:
         def run() -> None:
-            self._mark()
-            with self._env.begin(write=True) as txn:
+            with self._writing() as txn:
                 txn.drop(db, delete=False)
                 self._write_checkpoint(txn, projection.name, Checkpoint(seq, projection.version))
 
@@ -710,6 +740,17 @@ class ProjectionRunner:
         a group of one (see `ProjectionGroup`)."""
         await ProjectionGroup([self], batch=self._batch).run(task_status)
 
+    @property
+    def phase(self) -> ProjectionPhase:
+        """Where this process's runner is (a failure recorded in the store aside)."""
+        return self._phase
+
+    def observed(self, phase: ProjectionPhase) -> None:
+        """Another process applies this projection to the shared store and says it is at
+        `phase`, having applied a batch: take the phase and wake the readers waiting here."""
+        self._phase = phase
+        self._wake()
+
     def _wake(self) -> None:
         woken, self._advanced = self._advanced, trio.Event()
         woken.set()
@@ -744,7 +785,11 @@ class ProjectionGroup:
     the lowest. A projection that fails stops alone, with a `failed` status."""
 
     def __init__(
-        self, runners: Sequence[ProjectionRunner], *, batch: int = GROUP_BATCH_EVENTS
+        self,
+        runners: Sequence[ProjectionRunner],
+        *,
+        batch: int = GROUP_BATCH_EVENTS,
+        applied: Callable[[], None] | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a projection group needs at least one projection")
@@ -752,28 +797,44 @@ class ProjectionGroup:
         self.log = runners[0].log
         self.store = runners[0].store
         self._batch = batch
+        self._applied = applied  # told after each batch the store applied
         self._wanted = trio.Event()  # set when a reader starts to wait for a projection
+        self._want_pending = False  # a reader asked while the group was not gathering
+        self._scope: trio.CancelScope | None = None
+        self._handing_over = False
         self.read_seconds = 0.0  # CPU seconds spent reading the log's batches
         for runner in self.runners:
-            runner.on_wait = self._want
+            runner.on_wait = self.want
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch every projection up, then apply each commit as it comes, until the log ends
-        its subscriptions; a store that cannot be reached is retried every second."""
+        its subscriptions (or `hand_over`); a store that cannot be reached is retried every
+        second."""
+        self._handing_over = False
         task_status.started()
         try:
-            while True:
-                try:
-                    await self._follow()
-                    return
-                except LogUnavailable as exc:
-                    logger.warning("projection store unavailable", error=str(exc))
-                    await trio.sleep(RETRY_SECONDS)
+            with trio.CancelScope() as self._scope:
+                while True:
+                    try:
+                        await self._follow()
+                        return
+                    except LogUnavailable as exc:
+                        logger.warning("projection store unavailable", error=str(exc))
+                        await trio.sleep(RETRY_SECONDS)
         finally:
-            for runner in self.runners:
-                if runner._phase != "failed":
-                    runner._phase = "stopped"
-                runner._wake()
+            self._scope = None
+            if not self._handing_over:
+                for runner in self.runners:
+                    if runner._phase != "failed":
+                        runner._phase = "stopped"
+                    runner._wake()
+
+    def hand_over(self) -> None:
+        """Stop applying, leaving the projections' phases as they are: another process (which
+        shares the store) keeps them current from here. `run` returns at its next checkpoint."""
+        self._handing_over = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _starting(self) -> tuple[list[ProjectionRunner], int]:
         """The projections to keep (not failed), each at the version it is now, and the seq the
@@ -825,6 +886,8 @@ class ProjectionGroup:
                         if result.seq >= target:
                             runner._phase = "live"
                     runner._wake()
+                if self._applied is not None:
+                    self._applied()
                 if not going:
                     return
                 live, cursor = going, min(seqs)
@@ -834,11 +897,15 @@ class ProjectionGroup:
     async def _gather(self, live: Sequence[ProjectionRunner]) -> None:
         """Caught up: let the next commits gather into one batch for a moment, unless a reader
         waits for a projection to reach the head."""
-        if any(runner.waiting for runner in live):
+        if self._want_pending or any(runner.waiting for runner in live):
+            self._want_pending = False
             return
         self._wanted = trio.Event()
         with trio.move_on_after(GATHER_SECONDS):
             await self._wanted.wait()
+        self._want_pending = False
 
-    def _want(self) -> None:
+    def want(self) -> None:
+        """A reader waits for the head: read and apply now rather than after the gathering."""
+        self._want_pending = True
         self._wanted.set()

@@ -338,3 +338,43 @@ async def test_an_lmdb_store_is_synced_on_close_and_refolded_after_a_reboot(
             assert store.checkpoint("tally").seq == 0
             await ProjectionRunner(log, store, Tally()).catch_up()
             assert store.read("tally", tally) == expected(15)
+
+
+async def test_an_lmdb_store_shared_by_processes_is_never_left_unsynced_and_unmarked(
+    tmp_path: Path,
+) -> None:
+    """Processes sharing a store (a server and its projector, a rebuild beside a server) sync
+    and unmark it in turn. A process whose commits another one synced and unmarked marks the
+    store again before its next commit; a sync does not unmark the store when any process
+    committed after it began."""
+    if boot_id() is None:
+        pytest.skip("this system names no boot")
+    location = tmp_path / "data"
+    marker = location / "projections" / UNSYNCED_MARKER
+    other = (
+        "import sys; from pathlib import Path; "
+        "from cuelog.runtime._projection import LmdbProjectionStore; "
+        "LmdbProjectionStore(Path(sys.argv[1])).close()"
+    )
+    async with open_event_log(location) as log:
+        await append_ticks(log, 5)
+        async with open_projection_store(location) as store:
+            assert isinstance(store, LmdbProjectionStore)
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            assert marker.exists()
+            # Another process opens the store and closes it: it syncs everything, unmarks.
+            await trio.run_process([sys.executable, "-c", other, str(marker.parent)])
+            assert not marker.exists()
+            await append_ticks(log, 3)
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            assert marker.exists()  # marked again, though this process had marked it before
+
+            # A sync that began before a commit (of this process or any other) leaves the mark.
+            began = store._last_txn()
+            await append_ticks(log, 2)
+            await ProjectionRunner(log, store, Tally()).catch_up()
+            store._unmark_if_unchanged(began)
+            assert marker.exists()
+            await store.sync_unsynced()
+            assert not marker.exists()
+            assert store.read("tally", tally) == expected(10)
