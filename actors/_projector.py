@@ -126,6 +126,8 @@ class Projector:
         self._wanted.set()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply inline at once; per `mode`, start projectors and hand over to them, taking
+        the read models back whenever one ends; until cancelled."""
         async with trio.open_nursery() as nursery:
             await self._start_inline(nursery)
             task_status.started()
@@ -162,7 +164,11 @@ class Projector:
 
         async def inline(task_status: trio.TaskStatus[None]) -> None:
             try:
-                await self.group.run(task_status)
+                # Synced here while the server applies; a projector syncs what it applies.
+                async with trio.open_nursery() as syncing:
+                    syncing.start_soon(self.group.store.keep_synced)
+                    await self.group.run(task_status)
+                    syncing.cancel_scope.cancel()
             finally:
                 self._inline_running = False
                 self._inline_stopped.set()
@@ -243,6 +249,8 @@ class Projector:
                     await self._inline_stopped.wait()
                     self.through_process = True
                     logger.info("read models kept by a projector process", pid=self.pid)
+                    if any(runner.waiting for runner in runners.values()):
+                        self._wanted.set()  # a reader asked the server: ask the projector
                 for name, phase in report.phases.items():
                     runner = runners.get(name)
                     if runner is not None:

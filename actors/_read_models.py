@@ -223,9 +223,9 @@ async def open_read_models(
     async with trio.open_nursery() as nursery:
         if projector != "inline" and isinstance(store, LmdbProjectionStore):
             models.projector = Projector(models.group, store.path.parent, projector)
-            await nursery.start(models.projector.run)
+            await nursery.start(models.projector.run)  # syncs the store while it applies
         else:
             await nursery.start(models.group.run)
-        nursery.start_soon(store.keep_synced)
+            nursery.start_soon(store.keep_synced)
         yield models
         nursery.cancel_scope.cancel()
