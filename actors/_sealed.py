@@ -33,7 +33,7 @@ class DataKeys(Protocol):
 
 
 class KeyStore(Protocol):
-    """A table of data keys beside the log (`cuelog.runtime.PostgresKeyStore`)."""
+    """A table of data keys beside the log (`cuelog.runtime._postgres_keys.PostgresKeyStore`)."""
 
     def get(self, key_id: str) -> bytes | None: ...
 

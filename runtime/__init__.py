@@ -54,7 +54,6 @@ from cuelog.runtime._open import LogLocation as LogLocation
 from cuelog.runtime._open import open_event_log as open_event_log
 from cuelog.runtime._open import parse_log_location as parse_log_location
 from cuelog.runtime._open import shared_data_keys as shared_data_keys
-from cuelog.runtime._postgres_keys import PostgresKeyStore as PostgresKeyStore
 from cuelog.runtime._projection import Checkpoint as Checkpoint
 from cuelog.runtime._projection import LmdbProjectionStore as LmdbProjectionStore
 from cuelog.runtime._projection import MemoryProjectionStore as MemoryProjectionStore
@@ -121,7 +120,6 @@ __all__ = [
     "MailboxFull",
     "MemoryProjectionStore",
     "PayloadTooLarge",
-    "PostgresKeyStore",
     "Projection",
     "ProjectionFailed",
     "ProjectionGroup",

@@ -22,7 +22,6 @@ from cuelog.runtime._envelope import decode_record
 from cuelog.runtime._errors import LogError, LogFormatError
 from cuelog.runtime._lmdb import _IDEM, _U32, _U64, READABLE_FORMATS
 from cuelog.runtime._open import open_event_log, parse_log_location
-from cuelog.runtime._postgres import import_log
 from cuelog.runtime._records import Head, VerifyReport
 
 
@@ -70,6 +69,8 @@ async def _lmdb_into_postgres(path: Path, url: str) -> None:
 
 
 def _import_data_dir(path: Path, url: str) -> None:
+    from cuelog.runtime._postgres import import_log
+
     try:
         env: Any = lmdb.open(str(path), readonly=True, max_dbs=8, lock=True)
     except lmdb.Error as exc:

@@ -46,13 +46,14 @@ from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import msgspec
-import psycopg
 import structlog
 import trio
 
 from cuelog.runtime._errors import ActorOwnedElsewhere, LeaseLost, LogError, LogUnavailable
 
 if TYPE_CHECKING:
+    import psycopg  # imported where used: a server without cluster mode never loads it
+
     from cuelog.runtime._pending import PendingAppend
 
 log = structlog.get_logger("cuelog.leases")
@@ -352,6 +353,8 @@ class LeaseTable:
 
     def _execute(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """One statement on the lease connection (autocommit); reconnect once if it was lost."""
+        import psycopg
+
         for attempt in (1, 2):
             conn = self._conn or self._connect()
             self._conn = conn
@@ -489,6 +492,8 @@ class LeaseTable:
             await self._run(self._leave_sync)
         conn, self._conn = self._conn, None
         if conn is not None:
+            import psycopg
+
             with suppress(psycopg.Error):
                 conn.close()
 

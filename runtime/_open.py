@@ -8,11 +8,12 @@ here and nowhere else.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -20,11 +21,26 @@ from cuelog.runtime._envelope import now_us
 from cuelog.runtime._errors import LogError
 from cuelog.runtime._lmdb import open_lmdb_event_log
 from cuelog.runtime._memory import MemoryEventLog
-from cuelog.runtime._postgres import PostgresEventLog, open_postgres_event_log, redact_url
-from cuelog.runtime._postgres_keys import PostgresKeyStore
 from cuelog.runtime._protocol import EventLog
 
+if TYPE_CHECKING:  # the PostgreSQL backend (and psycopg) loads only for a PostgreSQL log
+    from cuelog.runtime._postgres import PostgresEventLog
+    from cuelog.runtime._postgres_keys import PostgresKeyStore
+
 _POSTGRES = ("postgresql", "postgres")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable PostgreSQL URL>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class LogLocation(msgspec.Struct, frozen=True):
@@ -106,6 +122,8 @@ async def open_event_log(
             memory._close()
         return
     if where.backend == "postgresql":
+        from cuelog.runtime._postgres import open_postgres_event_log
+
         assert where.url is not None
         async with open_postgres_event_log(
             where.url, readonly=readonly, max_event_bytes=max_event_bytes, clock=clock
@@ -129,4 +147,8 @@ async def open_event_log(
 def shared_data_keys(log: EventLog) -> PostgresKeyStore | None:
     """The table of data keys beside the log, when it has one (PostgreSQL: every process sharing
     the log reads it); None for a log whose keys live in a key file of the process."""
-    return log.data_keys if isinstance(log, PostgresEventLog) else None
+    postgres = sys.modules.get("cuelog.runtime._postgres")
+    if postgres is None:
+        return None  # never loaded: no log here is a PostgreSQL one
+    backend: type[PostgresEventLog] = postgres.PostgresEventLog
+    return log.data_keys if isinstance(log, backend) else None

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg
@@ -60,6 +59,7 @@ from cuelog.runtime._follow import CommitSignal, PullSubscriptions
 from cuelog.runtime._leases import CREATE_TABLES as CREATE_LEASE_TABLES
 from cuelog.runtime._leases import LeaseTable
 from cuelog.runtime._lmdb import prepare_copy_dest, write_data_dir
+from cuelog.runtime._open import redact_url
 from cuelog.runtime._pending import GroupCommitAppends, PendingAppend
 from cuelog.runtime._postgres_content import CREATE_TABLE, PostgresContentStore, import_blobs
 from cuelog.runtime._postgres_keys import CREATE_TABLE as CREATE_KEYS_TABLE
@@ -119,19 +119,6 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     CREATE_LEASE_TABLES,
     (CREATE_KEYS_TABLE,),
 )
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable PostgreSQL URL>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _prefix_end(prefix: str) -> str | None:

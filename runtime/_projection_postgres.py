@@ -11,7 +11,7 @@ import psycopg
 import trio
 
 from cuelog.runtime._errors import LogUnavailable, ProjectionFailed
-from cuelog.runtime._postgres import redact_url
+from cuelog.runtime._open import redact_url
 from cuelog.runtime._projection import (
     Checkpoint,
     Projection,
