@@ -69,6 +69,11 @@ STEADY_SECONDS: Final = 30.0
 # The projector reports at least this often while a phase is changing.
 REPORT_SECONDS: Final = 0.1
 
+# A projector that has not reported for this long while it had work to do is stuck: killed
+# (before its first report, which follows its start-up imports: `START_SECONDS`).
+STALL_SECONDS: Final = 10.0
+START_SECONDS: Final = 60.0
+
 WANT: Final = b"w"
 
 
@@ -114,6 +119,8 @@ class Projector:
         self._inline_running = False
         self._inline_stopped = trio.Event()
         self._wanted = trio.Event()
+        self._last_report = 0.0  # when the projector last reported (trio's clock)
+        self._reported = False  # the projector running now has reported
         for runner in group.runners:
             runner.on_wait = self._want
 
@@ -203,10 +210,13 @@ class Projector:
             return
         self.starts += 1
         self.pid = process.pid
+        self._last_report = trio.current_time()
+        self._reported = False
         assert process.stdin is not None and process.stdout is not None
         try:
             async with trio.open_nursery() as pipes:
                 pipes.start_soon(self._send_wants, process.stdin)
+                pipes.start_soon(self._watch, process)
                 await self._follow_reports(process.stdout)
                 pipes.cancel_scope.cancel()
         finally:
@@ -218,6 +228,26 @@ class Projector:
                 await _stop(process)
                 if not nursery.cancel_scope.cancel_called:
                     await self._start_inline(nursery)
+
+    async def _watch(self, process: trio.Process) -> None:
+        """Kill a projector that has said nothing for `STALL_SECONDS` while it had work to do
+        (it has not taken over yet, or a read model lags the log): it is stuck, and the
+        server applies the batches itself until another has started."""
+        while True:
+            await trio.sleep(STALL_SECONDS / 4)
+            quiet = trio.current_time() - self._last_report
+            if quiet < (STALL_SECONDS if self._reported else START_SECONDS):
+                continue
+            if self.through_process and not any(
+                status.lag > 0 and status.phase != "failed"
+                for status in (runner.status() for runner in self.group.runners)
+            ):
+                continue  # caught up, nothing to say
+            logger.error(
+                "projector process is stuck: killing it", pid=process.pid, quiet=round(quiet, 1)
+            )
+            process.kill()
+            return
 
     async def _send_wants(self, stdin: trio.abc.SendStream) -> None:
         while True:
@@ -242,6 +272,8 @@ class Projector:
                     logger.warning("projector said something unexpected", line=line[:200])
                     continue
                 self._cpu_current = report.cpu
+                self._last_report = trio.current_time()
+                self._reported = True
                 if not self.through_process:
                     if not all(p in ("live", "failed") for p in report.phases.values()):
                         continue

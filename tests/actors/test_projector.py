@@ -6,6 +6,7 @@ cost the server something."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -147,6 +148,38 @@ async def test_a_killed_projector_is_replaced_and_nothing_is_applied_twice_or_sk
             await until(functools.partial(replaced, projector, pid))
         assert projector.starts == 4
         await assert_equal_to_a_rebuild(rt, store)
+
+
+async def test_a_stuck_projector_is_killed_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A projector that stops answering (SIGSTOP) while the log grows is killed after
+    `STALL_SECONDS` of silence; the server applies meanwhile, and a new projector takes over."""
+    monkeypatch.setattr(_projector, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(_projector, "RESTART_MIN", 0.1)
+    async with domain_with(tmp_path, "process") as (rt, store):
+        projector = projector_of(rt)
+        await until(lambda: projector.through_process)
+        pid = projector.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await chats(rt, "while stopped", count=3)
+            await until(functools.partial(replaced, projector, pid))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert gone(pid)
+        await chats(rt, "after", count=3)
+        await assert_equal_to_a_rebuild(rt, store)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 async def test_auto_moves_the_read_models_to_a_process_only_when_they_cost_something(
