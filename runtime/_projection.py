@@ -448,13 +448,17 @@ class LmdbProjectionStore(ProjectionStore):
         LMDB's write lock (in a write transaction), so no process can unmark the store between
         this and the commit (see `_unmark_if_unchanged`); another process may have unmarked it
         since this one last looked, hence the stat."""
-        if self._boot is None or (self._marked and self._marker.exists()):
+        if self._boot is None:
+            return
+        if self._marker.exists():  # this process's mark or another's: it covers this commit
+            self._marked = True
             return
         self._write_marker()
 
     def _write_marker(self) -> None:
+        assert self._boot is not None
         with open(self._marker, "w") as marker:
-            marker.write(self._boot + "\n" if self._boot else "\n")
+            marker.write(self._boot + "\n")
             marker.flush()
             os.fsync(marker.fileno())
         _fsync_dir(self.path)
