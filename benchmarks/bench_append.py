@@ -8,9 +8,11 @@ fsynced transaction, as many events as the log's group commits held on average i
 (no chain, no index); a bare loop that cursor-reads the log file and SHA-256s each value, in one
 process, against verify with one job and with the default jobs (one per CPU). Events are
 500 bytes. The log runs with 64 and with 256 concurrent appenders (enough to fill the commit
-pipeline); each line names the appender count and the mean group size. Each append figure and
-its baseline are measured three times, alternated, and the best of each is compared (on a shared
-machine other load and the disk's flush latency shift from one run to the next). Set
+pipeline); each line names the appender count and the mean group size. Then the log as the run
+pipeline drives it: 64 appenders each calling `append_many` with a run's commit (two events of
+one stream and one of another), against raw LMDB at the group sizes that achieved. Each append
+figure and its baseline are measured three times, alternated, and the best of each is compared
+(on a shared machine other load and the disk's flush latency shift from one run to the next). Set
 CUELOG_BENCH_SCALE=0.1 for a quick run.
 
 PostgreSQL (when CUELOG_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432, answers):
@@ -33,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
@@ -308,19 +311,7 @@ def bench_appends(work: Path) -> None:
     best: tuple[float, int, AppendRun, float] | None = None
     for appenders in (64, 256):
         count = n_append * appenders // 64
-        runs: list[tuple[AppendRun, float]] = []
-        for k in range(REPEATS):
-            run = trio.run(
-                partial(bench_event_log, work / f"log-{appenders}-{k}", count, appenders=appenders)
-            )
-            # Raw LMDB at the very group size this run achieved, right after it.
-            raw_k = bench_raw_lmdb(
-                work / f"raw-{appenders}-{k}", count, chain=False, per_txn=round(run.mean_group)
-            )
-            runs.append((run, raw_k))
-        run = max(runs, key=lambda pair: pair[0].rate)[0]
-        raw = max(raw_k for _, raw_k in runs)
-        groups = "/".join(f"{r.mean_group:.0f}" for r, _ in runs)
+        run, raw, groups = against_raw(work, str(appenders), count, appenders=appenders)
         print(f"  raw LMDB, {groups} puts/sync txn   {raw:>10,.0f} ev/s")
         print(
             f"  EventLog.append, {appenders:>3} appenders    {run.rate:>10,.0f} ev/s  "
@@ -340,21 +331,25 @@ def bench_appends(work: Path) -> None:
     shaped_appends(work, n_append, sqlite_rate)
 
 
+def against_raw(work: Path, name: str, count: int, **options: Any) -> tuple[AppendRun, float, str]:
+    """`bench_event_log` (with `options`) `REPEATS` times, each followed by raw LMDB at the
+    very group size that run achieved: the best run, the best raw rate, the mean groups."""
+    runs: list[tuple[AppendRun, float]] = []
+    for k in range(REPEATS):
+        run = trio.run(partial(bench_event_log, work / f"log-{name}-{k}", count, **options))
+        raw_k = bench_raw_lmdb(
+            work / f"raw-{name}-{k}", count, chain=False, per_txn=round(run.mean_group)
+        )
+        runs.append((run, raw_k))
+    best = max(runs, key=lambda pair: pair[0].rate)[0]
+    groups = "/".join(f"{r.mean_group:.0f}" for r, _ in runs)
+    return best, max(raw_k for _, raw_k in runs), groups
+
+
 def shaped_appends(work: Path, count: int, sqlite_rate: float) -> None:
     """The log as the run pipeline drives it: each call a run's commit (`COMMIT_SHAPE`)."""
     label = " + ".join(str(n) for n in COMMIT_SHAPE)
-    runs: list[tuple[AppendRun, float]] = []
-    for k in range(REPEATS):
-        run = trio.run(
-            partial(bench_event_log, work / f"log-shaped-{k}", count, shape=COMMIT_SHAPE)
-        )
-        raw_k = bench_raw_lmdb(
-            work / f"raw-shaped-{k}", count, chain=False, per_txn=round(run.mean_group)
-        )
-        runs.append((run, raw_k))
-    run = max(runs, key=lambda pair: pair[0].rate)[0]
-    raw = max(raw_k for _, raw_k in runs)
-    groups = "/".join(f"{r.mean_group:.0f}" for r, _ in runs)
+    run, raw, groups = against_raw(work, "shaped", count, shape=COMMIT_SHAPE)
     print(
         f"  append_many, {APPENDERS} appenders, {label} events in {len(COMMIT_SHAPE)} streams a "
         f"call (a run's commit)\n"
