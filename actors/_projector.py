@@ -42,7 +42,6 @@ from cuelog.runtime import (
     ProjectionGroup,
     ProjectionPhase,
     ProjectionRunner,
-    ProjectionStore,
     configure_logging,
     open_event_log,
     open_projection_store,
@@ -182,15 +181,12 @@ class Projector:
 
         await nursery.start(inline)
 
-    def _inline_cpu(self) -> float:
-        return self.group.read_seconds + self.group.store.apply_seconds
-
     async def _until_busy(self) -> None:
         """Wait until the inline read models take `AUTO_SHARE` of a core over a window."""
         while True:
-            before, started = self._inline_cpu(), time.monotonic()
+            before, started = self.group.cpu_seconds(), time.monotonic()
             await trio.sleep(AUTO_WINDOW)
-            share = (self._inline_cpu() - before) / (time.monotonic() - started)
+            share = (self.group.cpu_seconds() - before) / (time.monotonic() - started)
             if share >= AUTO_SHARE and self._inline_running:
                 logger.info("moving the read models to a projector process", share=round(share, 3))
                 return
@@ -348,14 +344,10 @@ async def keep_current(
 
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)
-            nursery.start_soon(_keep_synced, store)
+            nursery.start_soon(store.keep_synced)
             nursery.start_soon(report)
             await listen()
             nursery.cancel_scope.cancel()
-
-
-async def _keep_synced(store: ProjectionStore) -> None:
-    await store.keep_synced()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,7 +78,7 @@ class ReadModels:
         """CPU time the read models have taken: reading the log's batches and applying them,
         in this process and in its projector processes."""
         elsewhere = self.projector.cpu_seconds() if self.projector is not None else 0.0
-        return self.group.read_seconds + self.store.apply_seconds + elsewhere
+        return self.group.cpu_seconds() + elsewhere
 
     async def _fresh(self, name: str) -> None:
         """Wait (briefly) until the projection has applied what the log held now: a run

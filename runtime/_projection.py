@@ -408,7 +408,6 @@ class LmdbProjectionStore(ProjectionStore):
         self._sync_each = sync and self._boot is None
         self._marker = path / UNSYNCED_MARKER
         self._forget_torn_state()
-        self._marked = self._marker.exists()  # this boot's, from a process that died
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -444,31 +443,19 @@ class LmdbProjectionStore(ProjectionStore):
         _fsync_dir(self.path)
 
     def _mark(self) -> None:
-        """Before a commit that will not be synced at once: say so, durably. Called holding
-        LMDB's write lock (in a write transaction), so no process can unmark the store between
-        this and the commit (see `_unmark_if_unchanged`); another process may have unmarked it
-        since this one last looked, hence the stat."""
-        if self._boot is None:
+        """Before a commit that will not be synced at once: say so, durably (unless the marker,
+        this process's or another's, is there already). Every commit calls it holding LMDB's
+        write lock (in its write transaction), so no process can unmark the store between this
+        and the commit (see `_unmark_if_unchanged`); a batch applied in the event loop's thread
+        also calls it ahead, in a worker thread, so the two fsyncs of a new marker happen there
+        and the check in the transaction only stats it."""
+        if self._boot is None or self._marker.exists():
             return
-        if self._marker.exists():  # this process's mark or another's: it covers this commit
-            self._marked = True
-            return
-        self._write_marker()
-
-    def _write_marker(self) -> None:
-        assert self._boot is not None
         with open(self._marker, "w") as marker:
             marker.write(self._boot + "\n")
             marker.flush()
             os.fsync(marker.fileno())
         _fsync_dir(self.path)
-        self._marked = True
-
-    def _premark(self) -> None:
-        """Mark the store ahead of a batch, outside LMDB's write lock (two fsyncs, in a worker
-        thread): the batch's own check then only stats the marker."""
-        if self._boot is not None and not self._marker.exists():
-            self._write_marker()
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:
@@ -489,7 +476,6 @@ class LmdbProjectionStore(ProjectionStore):
         try:
             if self._last_txn() == synced_to:
                 self._marker.unlink(missing_ok=True)
-                self._marked = False
         finally:
             txn.abort()
 
@@ -498,7 +484,6 @@ class LmdbProjectionStore(ProjectionStore):
         if none came while syncing."""
         async with self._lock:  # no batch of this process in flight
             if not self._marker.exists():
-                self._marked = False
                 return
             synced_to = self._last_txn()
         await trio.to_thread.run_sync(self._env.sync, True)
@@ -511,7 +496,7 @@ class LmdbProjectionStore(ProjectionStore):
             await self.sync_unsynced()
 
     def close(self) -> None:
-        if self._marked or self._marker.exists():
+        if self._marker.exists():
             synced_to = self._last_txn()
             self._env.sync(True)
             self._unmark_if_unchanged(synced_to)
@@ -577,7 +562,7 @@ class LmdbProjectionStore(ProjectionStore):
             if self._sync_each:  # each commit fsyncs: not in the loop's thread
                 return await trio.to_thread.run_sync(self._apply_all_sync, projections, dbs, events)
             if self._boot is not None and not self._marker.exists():
-                await trio.to_thread.run_sync(self._premark)  # two fsyncs: not in the loop
+                await trio.to_thread.run_sync(self._mark)  # two fsyncs: not in the loop
             # In the loop's thread (see `GROUP_BATCH_EVENTS`); a commit that is not synced
             # writes nothing out.
             return self._apply_all_sync(projections, dbs, events)
@@ -832,6 +817,11 @@ class ProjectionGroup:
                     if runner._phase != "failed":
                         runner._phase = "stopped"
                     runner._wake()
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the group has taken in this process: reading the log's batches and
+        applying them."""
+        return self.read_seconds + self.store.apply_seconds
 
     def hand_over(self) -> None:
         """Stop applying, leaving the projections' phases as they are: another process (which

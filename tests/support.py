@@ -88,3 +88,12 @@ def running_server(
     finally:
         if server.proc.poll() is None:
             server.kill()
+
+
+def exited(pid: int) -> bool:
+    """The process has exited: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status

@@ -37,6 +37,7 @@ from tests.actors.test_sessions_catalog import (
     mixed_workload,
     rows,
 )
+from tests.support import exited
 
 
 @asynccontextmanager
@@ -169,17 +170,9 @@ async def test_a_stuck_projector_is_killed_and_replaced(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        assert gone(pid)
+        assert exited(pid)
         await chats(rt, "after", count=3)
         await assert_equal_to_a_rebuild(rt, store)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def test_auto_moves_the_read_models_to_a_process_only_when_they_cost_something(

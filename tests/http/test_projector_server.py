@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import start_server
+from tests.support import exited, start_server
 
 API_KEY = "projector-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -33,15 +33,6 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
-
-
-def gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie its new parent has not reaped yet."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -80,7 +71,7 @@ def test_a_server_with_a_projector_answers_fresh_and_a_sigkill_takes_both_down(
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=15)
     # The projector reads the end of its input and exits by itself, syncing its store.
-    wait_for(lambda: gone(projector), timeout=10)
+    wait_for(lambda: exited(projector), timeout=10)
     assert not (data / "projections" / "unsynced").exists()
 
     monkeypatch.setenv("CUELOG_LOG_PROJECTOR", "inline")
