@@ -1,7 +1,9 @@
 """HTTP throughput and latency of the run pipeline against a bare Quart-Trio endpoint.
 
 Both servers are subprocesses on 127.0.0.1 with the same Hypercorn `Config` (from
-`hypercorn_config`). The load comes from `wrk` (a C load generator; `make bench` installs it),
+`hypercorn_config`); the bare one runs on Hypercorn's own HTTP/1.1 protocol (h11), cuelog on its
+connections (httptools), and the bare app is measured on those too, which leaves the run
+pipeline's own cost. The load comes from `wrk` (a C load generator; `make bench` installs it),
 WRK_CONNECTIONS keep-alive connections for DURATION seconds, and each line prints wrk's CPU share
 beside the server's, so it shows when the generator is the limit. The bare endpoint answers the
 same JSON body the pipeline does, with no auth, actors or log: non-streaming chat completions and
@@ -53,7 +55,7 @@ WAKE_PATH = "/v1/agents/default/wake"
 
 # The bare baseline: the same Hypercorn config, routes answering the pipeline's JSON bodies.
 BARE_APP = """
-import json, sys, trio
+import json, os, sys, trio
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -100,9 +102,18 @@ async def events() -> Response:
 async def main() -> None:
     from cuelog.http.api import hypercorn_config
     settings = load_settings(None, environ={}, flags={"server": {"port": 0}})
+    config = hypercorn_config(settings)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: serve(
-            app, hypercorn_config(settings), task_status=task_status))
+        if os.environ.get("BARE_CONNECTIONS") == "cuelog":  # cuelog's own HTTP/1.1 connections
+            from cuelog.http._connections import serve_http
+            from cuelog.http._server import bind_sockets
+            binds = await nursery.start(lambda task_status: serve_http(
+                app, config, bind_sockets(settings, config), max_connections=1024,
+                max_body=settings.server.max_body_bytes, shutdown_trigger=trio.sleep_forever,
+                task_status=task_status))
+        else:
+            binds = await nursery.start(lambda task_status: serve(
+                app, config, task_status=task_status))
         print(json.dumps({"event": "serving", "urls": binds}), file=sys.stderr, flush=True)
 
 trio.run(main)
@@ -319,6 +330,33 @@ def wrk_pair(
     )
     print(mine.line(f"cuelog {label}"), flush=True)
     return base, mine
+
+
+def pipeline_share(chat: WrkResult, wake: WrkResult) -> None:
+    """The bare app again, on cuelog's own HTTP/1.1 connections instead of Hypercorn's: what is
+    left between it and cuelog is the run pipeline alone."""
+    bare = Server([sys.executable, "-c", BARE_APP], env={"BARE_CONNECTIONS": "cuelog"})
+    try:
+        for label, path, body, mine in (
+            ("chat", "/v1/chat/completions", CHAT_BODY, chat),
+            ("sync wake", WAKE_PATH, WAKE_BODY, wake),
+        ):
+            base = run_wrk(
+                bare.url + path,
+                json.dumps(body).encode(),
+                {},
+                duration=DURATION,
+                connections=WRK_CONNECTIONS,
+                server_pid=bare.proc.pid,
+            )
+            print(base.line(f"bare {label}, cuelog's connections"), flush=True)
+            print(
+                f"   {label}: {mine.rate / base.rate:.2f} of the bare app on the same connections "
+                "(the run pipeline's own cost)",
+                flush=True,
+            )
+    finally:
+        bare.stop()
 
 
 def log_counters(client: httpx.Client) -> tuple[float, float]:
@@ -593,6 +631,7 @@ def main() -> None:
             print(_ratio("chat", chat.rate, chat_base.rate, TARGET))
             print(_ratio("sync wake", wake.rate, wake_base.rate, TARGET), flush=True)
             bare.stop()
+            pipeline_share(chat, wake)
             print("-- one client at a time", flush=True)
             sync50, sync99 = fdatasync_ms(workdir)
             print(

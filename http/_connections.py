@@ -1,20 +1,13 @@
-"""Hypercorn's trio worker, held to HTTP's connection rules and to a connection budget.
+"""The server's connections: accepted under a budget, each served by `H1Connection`.
 
-Hypercorn 0.18.0's trio worker under Quart-Trio 0.12 never closes an answered HTTP/1.1 connection
-itself (upstream: pgjones/hypercorn#330). When a response ends, Hypercorn's h11 protocol first
-tells the app `http.disconnect`, then asks the TCP server to close the socket (`Connection: close`,
-HTTP/1.0) or to start the keep-alive idle timer, and it does both from inside the app's task.
-Quart-Trio cancels that task as soon as it sees the disconnect, so the close is cancelled at its
-first checkpoint (`send_eof`, before `aclose`) and the idle timer is cancelled before it starts:
-the socket stays open until the client goes away. `ConnectionServer` runs those two steps shielded.
-
-`serve_http` is `hypercorn.trio.worker_serve` (lifespan, listeners, graceful drain) with three
-changes: the server above, a cap on open connections (at the cap the longest-idle connection is
-closed to make room; when none becomes idle within `IDLE_WITHIN` a client gets a JSON 503 with
-`Retry-After` and the connection is closed, without holding up the accept loop), and an accept
-loop that reports fd exhaustion
+`serve_http` is `hypercorn.trio.worker_serve` (lifespan, listeners, graceful drain) with the
+connections its own: each is an `H1Connection` (httptools parsing, `_h1`), the open connections
+are capped (at the cap the longest-idle connection is closed to make room; when none becomes
+idle within `IDLE_WITHIN` a client gets a JSON 503 with `Retry-After` and the connection is
+closed, without holding up the accept loop), and the accept loop reports fd exhaustion
 (EMFILE/ENFILE) as one structured line per interval instead of trio's traceback every 0.1 s.
-TLS and QUIC are not served: cuelog's config has neither.
+On shutdown idle connections close at once and requests in flight get `graceful_timeout`.
+TLS, HTTP/2 and WebSockets are not served: cuelog's config has none of them.
 """
 
 from __future__ import annotations
@@ -29,14 +22,12 @@ from typing import final
 import structlog
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, Updated
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr
+from hypercorn.typing import LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from cuelog.http._errors import error_body
+from cuelog.http._h1 import ASGIApp, H1Connection
 
 log = structlog.get_logger("cuelog.server")
 
@@ -85,51 +76,6 @@ def connection_cap(max_connections: int, fd_limit: int) -> int:
     return max(1, min(max_connections, fd_limit - FD_RESERVE))
 
 
-class ConnectionServer(TCPServer):
-    """Hypercorn's TCP server with its connection-level steps shielded from the app's cancel.
-
-    Closing the socket and (re)starting the idle timer are the connection's business, not the
-    request's: the app task that happens to carry them out may be cancelled by Quart-Trio at any
-    checkpoint once it has seen `http.disconnect`. And once the client has gone, the idle timer
-    stops: Hypercorn leaves it running, which holds the connection (and its fd) until the
-    timer fires.
-
-    While no request is in progress the connection's stream is in `idle`, where the accept loop
-    may close it to make room for a new connection."""
-
-    def __init__(
-        self,
-        app: AppWrapper,
-        config: Config,
-        context: WorkerContext,
-        state: ConnectionState,
-        stream: trio.SocketStream,
-        idle: IdleConnections,
-    ) -> None:
-        # Hypercorn types the stream as TLS; without TLS it takes the plain socket stream.
-        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
-        self._idle = idle
-        idle.add(stream)  # no request yet
-
-    async def _read_data(self) -> None:
-        try:
-            await super()._read_data()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.idle_task.stop()
-
-    async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, Updated):
-            self._idle.discard(self.stream)  # type: ignore[arg-type]
-            if event.idle:
-                self._idle.add(self.stream)  # type: ignore[arg-type]
-        if isinstance(event, Closed | Updated):
-            with trio.CancelScope(shield=True):
-                await super().protocol_send(event)
-        else:
-            await super().protocol_send(event)
-
-
 @final
 class IdleConnections:
     """The connections with no request in progress, oldest first."""
@@ -155,6 +101,12 @@ class IdleConnections:
         oldest = next(iter(self._streams))
         del self._streams[oldest]
         return oldest
+
+    def close_all(self) -> None:
+        """Close every idle connection (its reader wakes with ClosedResourceError)."""
+        for stream in self._streams:
+            stream.socket.close()
+        self._streams.clear()
 
 
 class _ExhaustionReport:
@@ -198,17 +150,17 @@ async def _refuse(stream: trio.SocketStream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     handler_nursery: trio.Nursery,
-    serve_one: Callable[[trio.SocketStream, IdleConnections], Awaitable[None]],
+    serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+    idle: IdleConnections,
     cap: int,
 ) -> None:
     open_connections = trio.CapacityLimiter(cap)
     refusing = trio.CapacityLimiter(MAX_REFUSING)
-    idle = IdleConnections()
     report = _ExhaustionReport()
 
     async def serve(stream: trio.SocketStream) -> None:
         try:
-            await serve_one(stream, idle)
+            await serve_one(stream)
         finally:
             idle.discard(stream)
             open_connections.release_on_behalf_of(stream)
@@ -273,19 +225,21 @@ async def _raise_on(trigger: Callable[[], Awaitable[None]]) -> None:
 
 
 async def serve_http(
-    app: AppWrapper,
+    app: ASGIApp,
     config: Config,
     sockets: list[socket.socket],
     *,
     max_connections: int,
+    max_body: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on bound `sockets` until `shutdown_trigger` returns, then drain within
     `config.graceful_timeout`; report the URLs once listening."""
     lifespan_state: LifespanState = {}
-    lifespan = Lifespan(app, config, lifespan_state)
-    context = WorkerContext(None)
+    lifespan = Lifespan(wrap_app(app, config.wsgi_max_body_size, None), config, lifespan_state)
+    stopping = False
+    idle = IdleConnections()
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
@@ -295,10 +249,18 @@ async def serve_http(
                 sock.listen(config.backlog)
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-            state = ConnectionState(lifespan_state.copy())
+            state = dict(lifespan_state)
 
-            async def serve_one(stream: trio.SocketStream, idle: IdleConnections) -> None:
-                await ConnectionServer(app, config, context, state, stream, idle).run()
+            async def serve_one(stream: trio.SocketStream) -> None:
+                await H1Connection(
+                    app,
+                    stream,
+                    idle,
+                    state=state,
+                    max_body=max_body,
+                    keep_alive_timeout=config.keep_alive_timeout,
+                    stopping=lambda: stopping,
+                ).run()
 
             task_status.started(binds)
             try:
@@ -306,13 +268,14 @@ async def serve_http(
                     accepting.start_soon(_raise_on, shutdown_trigger)
                     for listener in listeners:
                         accepting.start_soon(
-                            _accept_loop, listener, connections, serve_one, max_connections
+                            _accept_loop, listener, connections, serve_one, idle, max_connections
                         )
             except* _Shutdown:
                 pass
             finally:
                 # Idle keep-alive connections close at once; requests in flight get the grace.
-                await context.terminated.set()
+                stopping = True
+                idle.close_all()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

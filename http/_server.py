@@ -20,7 +20,6 @@ from typing import Any
 import structlog
 import trio
 from hypercorn.config import Config
-from hypercorn.utils import wrap_app
 
 from cuelog.actors import (
     AgentSpec,
@@ -351,10 +350,11 @@ async def _serve(
         async with trio.open_nursery() as server:
             binds = await server.start(
                 lambda task_status: serve_http(
-                    wrap_app(app, config.wsgi_max_body_size, None),
+                    app,
                     config,
                     sockets,
                     max_connections=max_connections,
+                    max_body=settings.server.max_body_bytes,
                     shutdown_trigger=stop.wait,
                     task_status=task_status,
                 )
