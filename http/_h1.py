@@ -18,11 +18,14 @@ What a connection does:
   the connection closed;
 - keeps the connection alive as the request and the answer allow; idle between requests it sits
   in `IdleConnections` (the accept loop may close it to make room) and is closed after
-  `keep_alive_timeout`, or at once when the server is stopping.
+  `keep_alive_timeout`, or at once when the server is stopping; a request that has begun must
+  arrive whole within `READ_TIMEOUT`;
+- answers 500 (and closes) when the app raises or answers nothing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,7 +51,8 @@ MAX_HEAD: Final = 16 * 1024
 MAX_HEADERS: Final = 100
 # While an answer is being sent, at most this many bytes of the next requests are read ahead.
 MAX_PIPELINED: Final = 64 * 1024
-# How long a request, once its first byte arrived, may take between two reads of its rest.
+# How long a request may take to arrive whole, from its first bytes (a client that trickles a
+# head or a body holds a connection no longer than this).
 READ_TIMEOUT: Final = 30.0
 # How long a connection closed after an error answer waits for the client to close its end
 # (closing with unread input makes the kernel send RST, which can destroy the answer).
@@ -387,18 +391,23 @@ class H1Connection:
         """The next whole request, or None when the connection should close."""
         parser = self.parser
         stream = self.stream
+        deadline = math.inf  # for the whole request, from its first bytes
         while not parser.done:
             if self.refused is not None:
                 raise self.refused  # found while the last answer was sent
             if self.closed or parser.upgraded:
                 return None
-            reading = parser.reading
-            if not reading:
+            if parser.reading:
+                if deadline == math.inf:
+                    deadline = trio.current_time() + READ_TIMEOUT
+                until = deadline
+            else:
                 if self.stopping():
                     return None
                 self.idle.add(stream)
+                until = trio.current_time() + self.keep_alive_timeout
             data = None
-            with trio.move_on_after(READ_TIMEOUT if reading else self.keep_alive_timeout):
+            with trio.move_on_at(until):
                 try:
                     data = await stream.receive_some(RECEIVE_BYTES)
                 finally:
@@ -430,8 +439,9 @@ class H1Connection:
                 await self._watch_for_close()
             return {"type": "http.disconnect"}
 
+        scope = self._scope(request)
         try:
-            await self.app(self._scope(request), receive, answer)
+            await self.app(scope, receive, answer)
         except Exception as exc:
             if not _only_broken(exc):
                 log.error("unhandled error", method=request.method, exc_info=exc)
@@ -440,8 +450,12 @@ class H1Connection:
             await self.stream.send_all(error_answer(500, _INTERNAL))
             return False
         if not answer.finished:
-            if answer.sent:
-                return False  # the app stopped part way: the client sees the answer cut off
+            if answer.sent or self.closed:
+                return False  # cut off part way (the client sees it), or nobody to answer
+            if answer.head is None:
+                log.error("no answer from the app", method=request.method, path=scope["path"])
+                await self.stream.send_all(error_answer(500, _INTERNAL))
+                return False
             await answer.body(b"", False)  # an app that sent a head and no body
         return not answer.closing
 
