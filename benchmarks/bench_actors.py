@@ -64,6 +64,9 @@ class Notes(EventSourcedActor[NotesState]):
         return state.count
 
 
+ROUNDS = 3
+
+
 def _n(count: int) -> int:
     return max(int(count * SCALE), CLIENTS)
 
@@ -195,12 +198,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cuelog-bench-", dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
         n = _n(64_000)
-        print(f"(a) persisted commands, 400 B events, {CLIENTS} concurrent clients", flush=True)
-        raw = trio.run(raw_appends, work / "raw", n)
+        print(
+            f"(a) persisted commands, 400 B events, {CLIENTS} concurrent clients "
+            f"(best of {ROUNDS}, alternated)",
+            flush=True,
+        )
+        # The three cases take turns, each in a fresh log, so a burst of other load on the
+        # machine or a slow disk flush weighs on all of them alike; each keeps its best round.
+        raw = one = spread = 0.0
+        for round_ in range(ROUNDS):
+            r = trio.run(raw_appends, work / f"raw{round_}", n)
+            o = trio.run(actor_commands, work / f"one{round_}", n, 1)
+            s = trio.run(actor_commands, work / f"spread{round_}", n, 1000)
+            print(f"    (round {round_ + 1}: raw {r:,.0f}, one {o:,.0f}, spread {s:,.0f})")
+            raw, one, spread = max(raw, r), max(one, o), max(spread, s)
         print(f"  raw log.append                 {raw:>10,.0f} ev/s", flush=True)
-        one = trio.run(actor_commands, work / "one", n, 1)
         print(f"  one actor (ask)                {one:>10,.0f} cmd/s  {one / raw:.2f}x raw")
-        spread = trio.run(actor_commands, work / "spread", n, 1000)
         print(f"  1,000 actors (ask)             {spread:>10,.0f} cmd/s  {spread / raw:.2f}x raw")
         print("    target: >= 0.70x raw", flush=True)
 

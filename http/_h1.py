@@ -14,8 +14,8 @@ What a connection does:
   socket, so a client that goes away becomes `http.disconnect` (a streamed answer ends and a
   run can be cancelled); bytes of a pipelined next request are kept, up to `MAX_PIPELINED`;
 - writes a fixed-length answer in one `send_all` (Quart sends the body in pieces), a streamed
-  one (SSE) chunked, a piece a chunk as it comes; HTTP/1.0 clients get the body unframed and
-  the connection closed;
+  one (SSE) chunked: its head at once, then a piece a chunk as it comes; HTTP/1.0 clients get
+  the body unframed and the connection closed;
 - keeps the connection alive as the request and the answer allow; idle between requests it sits
   in `IdleConnections` (the accept loop may close it to make room) and is closed after
   `keep_alive_timeout`, or at once when the server is stopping; a request that has begun must
@@ -266,6 +266,10 @@ class _Answer:
             if self.sent or self.head is not None:
                 raise RuntimeError("http.response.start sent twice")
             self._start(message["status"], message.get("headers", ()))
+            if self.length is None and not self.head_only:
+                # A streamed answer (SSE) may wait long for its first piece: its head goes now,
+                # so a client following a quiet stream sees the answer begin.
+                await self.body(b"", True)
         elif kind == "http.response.body":
             if self.finished:
                 return

@@ -126,6 +126,41 @@ def test_head_gets_the_head_only_and_the_connection_goes_on(server: ServerProces
         assert status_of(read_answer(sock)) == 200
 
 
+def test_a_quiet_stream_answers_at_once_and_its_frames_follow(server: ServerProcess) -> None:
+    """Following the log past its head: the answer's head arrives before any event exists
+    (a client sees the stream open), and the frames of a chat made afterwards follow on it."""
+    with socket.create_connection(address(server), timeout=5) as sock:
+        auth = f"Authorization: Bearer {API_KEY}\r\n"
+        sock.sendall(f"GET /v1/health HTTP/1.1\r\nHost: t\r\n{auth}\r\n".encode())
+        head_seq = json.loads(body_of(read_answer(sock)))["head_seq"]
+    with socket.create_connection(address(server), timeout=5) as follower:
+        follower.sendall(
+            f"GET /v1/events?after={head_seq} HTTP/1.1\r\nHost: t\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        follower.settimeout(3)  # nothing is appended: the head alone must come
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = follower.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert status_of(head) == 200
+        assert b"content-type: text/event-stream" in head.lower()
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert rest == b""
+        with socket.create_connection(address(server), timeout=5) as sock:
+            sock.sendall(post_head("/v1/chat/completions", f"Content-Length: {len(CHAT)}\r\n"))
+            sock.sendall(CHAT)
+            assert status_of(read_answer(sock)) == 200
+        follower.settimeout(5)
+        while b"id: " not in rest:
+            chunk = follower.recv(65536)
+            assert chunk, rest
+            rest += chunk
+        assert f"id: {head_seq + 1}\n".encode() in rest
+
+
 def test_a_percent_encoded_path_is_decoded(server: ServerProcess) -> None:
     with socket.create_connection(address(server), timeout=5) as sock:
         sock.sendall(
