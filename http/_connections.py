@@ -16,7 +16,7 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import final
 
 import structlog
@@ -27,7 +27,7 @@ from hypercorn.typing import LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from cuelog.http._errors import error_body
-from cuelog.http._h1 import ASGIApp, H1Connection
+from cuelog.http._h1 import ASGIApp, CorsOrigins, H1Connection
 
 log = structlog.get_logger("cuelog.server")
 
@@ -232,6 +232,7 @@ async def serve_http(
     max_connections: int,
     max_body: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    cors_origins: Iterable[str] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on bound `sockets` until `shutdown_trigger` returns, then drain within
@@ -240,6 +241,7 @@ async def serve_http(
     lifespan = Lifespan(wrap_app(app, config.wsgi_max_body_size, None), config, lifespan_state)
     stopping = False
     idle = IdleConnections()
+    cors = CorsOrigins(cors_origins)
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
@@ -260,6 +262,7 @@ async def serve_http(
                     max_body=max_body,
                     keep_alive_timeout=config.keep_alive_timeout,
                     stopping=lambda: stopping,
+                    cors=cors,
                 ).run()
 
             task_status.started(binds)

@@ -8,8 +8,9 @@ about half of the server's CPU for a small request, while llhttp (httptools) par
 What a connection does:
 - reads a whole request (head and body) before it calls the app; a head over `MAX_HEAD` bytes
   gets 431, a body over `max_body` gets 413 (at once when `Content-Length` says so), a request
-  httptools refuses gets 400, each answered with the API's JSON error shape and the connection
-  closed; `Expect: 100-continue` is answered before the body is read;
+  httptools refuses gets 400, each answered with the API's JSON error shape (and CORS headers
+  when its Origin is allowed) and the connection closed; `Expect: 100-continue` is answered
+  before the body is read;
 - calls the app in its own task; while the app runs, its `receive()` after the body watches the
   socket, so a client that goes away becomes `http.disconnect` (a streamed answer ends and a
   run can be cancelled); bytes of a pipelined next request are kept, up to `MAX_PIPELINED`;
@@ -39,6 +40,7 @@ import structlog
 import trio
 from hypercorn.typing import ASGIFramework
 
+from cuelog.http._cors import EXPOSED_HEADERS
 from cuelog.http._errors import error_body
 
 ASGIApp = ASGIFramework
@@ -101,19 +103,23 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.origin: bytes | None = None  # the request's Origin, when its headers were read
 
 
 def _head_too_large() -> HttpError:
     return HttpError(431, "the request's headers are over the size limit")
 
 
-def error_answer(status: int, message: str) -> bytes:
+def error_answer(status: int, message: str, cors: bytes = b"") -> bytes:
+    """A JSON error answer that closes the connection; `cors` holds header lines from
+    `CorsOrigins.lines`."""
     body = error_body(status, message)
     return (
         _status_line(status)
         + b"content-type: application/json\r\ncontent-length: "
         + str(len(body)).encode()
         + b"\r\nconnection: close\r\n"
+        + cors
         + _CLOCK.header()
         + b"\r\n"
         + body
@@ -121,6 +127,32 @@ def error_answer(status: int, message: str) -> bytes:
 
 
 _INTERNAL: Final = "internal error; the server log has the details"
+
+
+@final
+class CorsOrigins:
+    """The origins `server.cors_origins` allows, for the answers this connection writes itself
+    (a refused request, a 500): a browser on an allowed origin can read them as it reads the
+    app's, which `install_cors` marks."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self.origins = frozenset(origin.encode() for origin in origins)
+        self.any = b"*" in self.origins
+
+    def lines(self, origin: bytes | None) -> bytes:
+        if origin is None or not (self.any or origin in self.origins):
+            return b""
+        return (
+            b"access-control-allow-origin: %b\r\naccess-control-expose-headers: %b\r\n"
+            b"vary: Origin\r\n" % (origin, EXPOSED_HEADERS.encode())
+        )
+
+
+def _origin(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"origin":
+            return value
+    return None
 
 
 @final
@@ -169,12 +201,18 @@ class _Parser:
         except httptools.HttpParserUpgrade:
             self.upgraded = True
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, HttpError):  # refused by a callback below
-                raise exc.__context__ from None
-            raise HttpError(400, f"malformed HTTP request: {exc}") from None
+            refused = exc.__context__  # refused by a callback below
+            if not isinstance(refused, HttpError):
+                refused = HttpError(400, f"malformed HTTP request: {exc}")
+            raise self._refused(refused) from None
         request = self.current
         if request is not None and request.head_size > MAX_HEAD:
-            raise _head_too_large()  # a head still arriving
+            raise self._refused(_head_too_large())  # a head still arriving
+
+    def _refused(self, exc: HttpError) -> HttpError:
+        if self.current is not None:
+            exc.origin = _origin(self.current.headers)
+        return exc
 
     @property
     def reading(self) -> bool:
@@ -362,9 +400,11 @@ class H1Connection:
         max_body: int,
         keep_alive_timeout: float,
         stopping: Callable[[], bool],
+        cors: CorsOrigins | None = None,
     ) -> None:
         # Called with plain dicts: the ASGI TypedDicts would cost a cast a message.
         self.app: Callable[..., Awaitable[None]] = app
+        self.cors = cors or CorsOrigins(())
         self.stream = stream
         self.idle = idle
         self.state = state
@@ -451,14 +491,14 @@ class H1Connection:
                 log.error("unhandled error", method=request.method, exc_info=exc)
             if answer.sent or answer.finished:
                 return False
-            await self.stream.send_all(error_answer(500, _INTERNAL))
+            await self.stream.send_all(self._internal_error(request))
             return False
         if not answer.finished:
             if answer.sent or self.closed:
                 return False  # cut off part way (the client sees it), or nobody to answer
             if answer.head is None:
                 log.error("no answer from the app", method=request.method, path=scope["path"])
-                await self.stream.send_all(error_answer(500, _INTERNAL))
+                await self.stream.send_all(self._internal_error(request))
                 return False
             await answer.body(b"", False)  # an app that sent a head and no body
         return not answer.closing
@@ -491,7 +531,9 @@ class H1Connection:
         try:
             path = unquote(raw_path.decode("ascii"))
         except UnicodeDecodeError:
-            raise HttpError(400, "malformed HTTP request: the path is not ASCII") from None
+            refused = HttpError(400, "malformed HTTP request: the path is not ASCII")
+            refused.origin = _origin(request.headers)
+            raise refused from None
         return {
             "type": "http",
             "asgi": _ASGI,
@@ -509,13 +551,17 @@ class H1Connection:
             "extensions": {},
         }
 
+    def _internal_error(self, request: _Request) -> bytes:
+        return error_answer(500, _INTERNAL, self.cors.lines(_origin(request.headers)))
+
     async def _refuse(self, exc: HttpError) -> None:
         """Answer a refused request and close, reading what the client still sends for a
         moment so the kernel does not reset the connection before the answer is read."""
         stream = self.stream
         try:
             with trio.move_on_after(LINGER):
-                await stream.send_all(error_answer(exc.status, exc.message))
+                cors = self.cors.lines(exc.origin)
+                await stream.send_all(error_answer(exc.status, exc.message, cors))
                 await stream.send_eof()
                 while await stream.receive_some(RECEIVE_BYTES):
                     pass

@@ -356,6 +356,7 @@ async def _serve(
                     max_connections=max_connections,
                     max_body=settings.server.max_body_bytes,
                     shutdown_trigger=stop.wait,
+                    cors_origins=settings.server.cors_origins,
                     task_status=task_status,
                 )
             )
