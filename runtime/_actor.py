@@ -31,6 +31,7 @@ Invariants the code relies on (trio is cooperative, so "synchronous" means "atom
 
 from __future__ import annotations
 
+import contextvars
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -585,7 +586,11 @@ class ActorSystem:
         cell = _Cell(self, address)
         self._live[address] = cell
         self._spawned += 1
-        self._nursery.start_soon(self._run, cell, name=cell.stream)
+        # An actor outlives the request whose message spawned it: its task starts with no
+        # context variables, so it does not hold that request (Quart's request and app
+        # contexts, the body, the connection) in memory while it lives.
+        nursery = self._nursery
+        contextvars.Context().run(lambda: nursery.start_soon(self._run, cell, name=cell.stream))
         if len(self._live) == 1:
             self._sweeper_wakeup.set()
         return cell
@@ -890,7 +895,12 @@ class ActorSystem:
         fn: Callable[..., Awaitable[object]],
         args: tuple[object, ...],
     ) -> None:
-        self._nursery.start_soon(self._run_task, cell, handle, fn, args, name=handle.name)
+        # Without the context of the task that started it (the asker's, when the handler ran
+        # inline): see `_spawn`.
+        nursery = self._nursery
+        contextvars.Context().run(
+            lambda: nursery.start_soon(self._run_task, cell, handle, fn, args, name=handle.name)
+        )
 
     async def _run_task(
         self,

@@ -199,6 +199,9 @@ class PendingAppend:
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+        # The writer may hold this request a while longer (its last batch): not the task,
+        # which holds the caller's context.
+        self.task = None
         if self.error is not None:
             raise self.error
         assert self.result is not None
