@@ -26,8 +26,9 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.typing import LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from cuelog.http._cors import CorsOrigins
 from cuelog.http._errors import error_body
-from cuelog.http._h1 import ASGIApp, CorsOrigins, H1Connection
+from cuelog.http._h1 import ASGIApp, H1Connection
 
 log = structlog.get_logger("cuelog.server")
 

@@ -4,7 +4,8 @@ so the browser keeps them out. Keys are still required as usual."""
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, final
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -25,17 +26,39 @@ ALLOWED_METHODS: Final = "GET, POST, PATCH, DELETE, OPTIONS"
 PREFLIGHT_MAX_AGE: Final = "600"
 
 
+@final
+class CorsOrigins:
+    """The origins allowed to read answers (`*`: any): the one rule for the app's answers
+    (`install_cors`) and for those the connection writes itself (a refused request, a 500)."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self.origins = frozenset(origins)
+        self.any = "*" in self.origins
+
+    def allowed(self, origin: str | None) -> str | None:
+        """`origin` when it may read the answer, else None."""
+        if origin is None or not (self.any or origin in self.origins):
+            return None
+        return origin
+
+    def header_lines(self, origin: bytes | None) -> bytes:
+        """The CORS headers of an answer the connection writes itself, as raw header lines."""
+        if origin is None or self.allowed(origin.decode("latin-1")) is None:
+            return b""
+        return (
+            b"access-control-allow-origin: %b\r\naccess-control-expose-headers: %b\r\n"
+            b"vary: Origin\r\n" % (origin, EXPOSED_HEADERS.encode())
+        )
+
+
 def install_cors(app: QuartTrio, origins: list[str]) -> None:
     """Answer preflights and mark responses for `origins` (`*` allows any origin)."""
     if not origins:
         return
-    allowed = frozenset(origins)
+    allowed = CorsOrigins(origins)
 
     def allowed_origin() -> str | None:
-        origin = request.headers.get("origin")
-        if origin is None:
-            return None
-        return origin if origin in allowed or "*" in allowed else None
+        return allowed.allowed(request.headers.get("origin"))
 
     @app.before_request
     async def preflight() -> Response | None:

@@ -40,7 +40,7 @@ import structlog
 import trio
 from hypercorn.typing import ASGIFramework
 
-from cuelog.http._cors import EXPOSED_HEADERS
+from cuelog.http._cors import CorsOrigins
 from cuelog.http._errors import error_body
 
 ASGIApp = ASGIFramework
@@ -112,7 +112,7 @@ def _head_too_large() -> HttpError:
 
 def error_answer(status: int, message: str, cors: bytes = b"") -> bytes:
     """A JSON error answer that closes the connection; `cors` holds header lines from
-    `CorsOrigins.lines`."""
+    `CorsOrigins.header_lines`."""
     body = error_body(status, message)
     return (
         _status_line(status)
@@ -127,25 +127,6 @@ def error_answer(status: int, message: str, cors: bytes = b"") -> bytes:
 
 
 _INTERNAL: Final = "internal error; the server log has the details"
-
-
-@final
-class CorsOrigins:
-    """The origins `server.cors_origins` allows, for the answers this connection writes itself
-    (a refused request, a 500): a browser on an allowed origin can read them as it reads the
-    app's, which `install_cors` marks."""
-
-    def __init__(self, origins: Iterable[str]) -> None:
-        self.origins = frozenset(origin.encode() for origin in origins)
-        self.any = b"*" in self.origins
-
-    def lines(self, origin: bytes | None) -> bytes:
-        if origin is None or not (self.any or origin in self.origins):
-            return b""
-        return (
-            b"access-control-allow-origin: %b\r\naccess-control-expose-headers: %b\r\n"
-            b"vary: Origin\r\n" % (origin, EXPOSED_HEADERS.encode())
-        )
 
 
 def _origin(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -552,7 +533,7 @@ class H1Connection:
         }
 
     def _internal_error(self, request: _Request) -> bytes:
-        return error_answer(500, _INTERNAL, self.cors.lines(_origin(request.headers)))
+        return error_answer(500, _INTERNAL, self.cors.header_lines(_origin(request.headers)))
 
     async def _refuse(self, exc: HttpError) -> None:
         """Answer a refused request and close, reading what the client still sends for a
@@ -560,7 +541,7 @@ class H1Connection:
         stream = self.stream
         try:
             with trio.move_on_after(LINGER):
-                cors = self.cors.lines(exc.origin)
+                cors = self.cors.header_lines(exc.origin)
                 await stream.send_all(error_answer(exc.status, exc.message, cors))
                 await stream.send_eof()
                 while await stream.receive_some(RECEIVE_BYTES):

@@ -455,6 +455,16 @@ class ActorRef:
             system._asks -= 1
 
 
+def _start_without_context(
+    nursery: trio.Nursery, fn: Callable[..., Awaitable[object]], *args: object, name: str
+) -> None:
+    """Start `fn(*args)` in `nursery` with no context variables. An actor, and a task it
+    starts, outlive the request whose message spawned them: started in its context they would
+    hold that request (Quart's request and app contexts, the body, the connection) in memory
+    for as long as they live."""
+    contextvars.Context().run(lambda: nursery.start_soon(fn, *args, name=name))
+
+
 @final
 class ActorSystem:
     """Spawns, supervises and passivates actors. Open it with `open_actor_system`."""
@@ -586,11 +596,7 @@ class ActorSystem:
         cell = _Cell(self, address)
         self._live[address] = cell
         self._spawned += 1
-        # An actor outlives the request whose message spawned it: its task starts with no
-        # context variables, so it does not hold that request (Quart's request and app
-        # contexts, the body, the connection) in memory while it lives.
-        nursery = self._nursery
-        contextvars.Context().run(lambda: nursery.start_soon(self._run, cell, name=cell.stream))
+        _start_without_context(self._nursery, self._run, cell, name=cell.stream)
         if len(self._live) == 1:
             self._sweeper_wakeup.set()
         return cell
@@ -895,11 +901,10 @@ class ActorSystem:
         fn: Callable[..., Awaitable[object]],
         args: tuple[object, ...],
     ) -> None:
-        # Without the context of the task that started it (the asker's, when the handler ran
-        # inline): see `_spawn`.
-        nursery = self._nursery
-        contextvars.Context().run(
-            lambda: nursery.start_soon(self._run_task, cell, handle, fn, args, name=handle.name)
+        # Not in the context of the task that started it (the asker's, when the handler ran
+        # inline).
+        _start_without_context(
+            self._nursery, self._run_task, cell, handle, fn, args, name=handle.name
         )
 
     async def _run_task(
